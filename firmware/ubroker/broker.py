@@ -1,0 +1,268 @@
+"""The broker's state and the routing of messages: the session table, the subscription index,
+retained messages, delivery with bounded in-flight windows and queues, and the counters that
+$SYS reports. It knows nothing of sockets: outgoing bytes are appended to Conn.out and the
+connection is listed in `dirty` for the server to flush."""
+
+from .codec import PUBREL, ack, put_publish
+from .session import AWAIT_ACK, CLOSED, MSG, PID, QOS, STAGE, UP, Session
+from .topics import Index, match_levels
+
+SYS_PREFIX = b"$SYS/"
+
+
+class Stats:
+    """Counters reported under $SYS. `limits` counts how often each limit was hit."""
+
+    def __init__(self):
+        self.connected = 0
+        self.max_connected = 0
+        self.msgs_in = 0
+        self.msgs_out = 0
+        self.pub_in = 0
+        self.pub_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dropped = 0
+        self.limits = {}
+
+    def hit(self, name):
+        self.limits[name] = self.limits.get(name, 0) + 1
+
+
+class Broker:
+    def __init__(self, cfg, log):
+        self.cfg = cfg
+        self.log = log
+        self.max_inflight = cfg["max_inflight_messages"]
+        self.max_queued = cfg["max_queued_messages"]
+        self.max_held_bytes = cfg["max_queued_bytes"]
+        self.out_limit = cfg["out_buffer_size"]
+        self.max_qos = cfg["max_qos"]
+        self.sessions = {}  # client id -> Session
+        self.index = Index()
+        self.retained = {}  # topic -> (payload, qos)
+        self.retained_bytes = 0
+        self.sys_retained = {}  # $SYS topic -> (payload, 0), outside the user's limits
+        self.held_bytes = 0  # bytes of messages in all in-flight windows and queues
+        self.dirty = []  # connections with fresh output
+        self.freed = False  # a window or queue made room: paused publishers may resume
+        self.stats = Stats()
+        self.kick = None  # set by the server: close a connection (conn, reason)
+        self._hits = []
+        self._seq = 0
+
+    # ---------------------------------------------------------------- output
+
+    def send(self, conn, data):
+        out = conn.out
+        if out is None:
+            conn.out = out = bytearray()
+            self.dirty.append(conn)
+        elif not out:
+            self.dirty.append(conn)
+        out.extend(data)
+
+    def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
+        out = conn.out
+        if out is None:
+            conn.out = out = bytearray()
+            self.dirty.append(conn)
+        elif not out:
+            self.dirty.append(conn)
+        put_publish(out, topic, payload, qos, retain, dup, pid)
+        self.stats.pub_out += 1
+
+    # ---------------------------------------------------------------- routing
+
+    def room(self, s, size):
+        """Can session s take one more QoS 1/2 message without dropping anything?"""
+        if self.held_bytes + size > self.max_held_bytes:
+            self.stats.hit("queued_bytes")
+            return False
+        c = s.conn
+        if c is not None and c.state == UP and (not s.inflight or len(s.inflight) < self.max_inflight):
+            return True
+        if not s.queue or len(s.queue) < self.max_queued:
+            return True
+        self.stats.hit("queued_messages")
+        return False
+
+    def publish(self, topic, payload, qos, retain, force=False):
+        """Route one message. Returns False, having changed nothing, when a subscriber that
+        must get it at QoS 1/2 has no room: the caller then withholds the acknowledgement and
+        stops reading from the publisher. With force (wills, $SYS) it never waits; a message
+        that finds no room is dropped and counted."""
+        self._seq += 1
+        seq = self._seq
+        hits = self._hits
+        self.index.collect(topic, hits, seq)
+        try:
+            size = len(topic) + len(payload)
+            if qos and not force:
+                for s in hits:
+                    if s.mq and not self.room(s, size):
+                        return False
+            msg = None
+            for s in hits:
+                q = s.mq if s.mq < qos else qos
+                if q == 0:
+                    c = s.conn
+                    if c is not None and c.state == UP:
+                        if c.out is None or len(c.out) < self.out_limit:
+                            self._write_publish(c, topic, payload, 0, False, False, 0)
+                        else:
+                            self.stats.dropped += 1
+                            self.stats.hit("out_buffer")
+                    continue
+                if msg is None:
+                    msg = (topic, bytes(payload))
+                self.deliver(s, msg, q)
+        finally:
+            hits.clear()
+        if retain:
+            self.retain(topic, payload, qos)
+        return True
+
+    def deliver(self, s, msg, qos, retain=False):
+        """Give a QoS 1/2 message to a session: into the in-flight window if the client is
+        online and the window has room, else onto its queue. retain marks a retained message
+        sent for a new subscription."""
+        size = len(msg[0]) + len(msg[1])
+        entry = [0, qos, msg, AWAIT_ACK]
+        c = s.conn
+        inflight = s.inflight
+        if c is not None and c.state == UP and (not inflight or len(inflight) < self.max_inflight):
+            if inflight is None:
+                s.inflight = inflight = []
+            pid = entry[PID] = s.next_pid()
+            inflight.append(entry)
+            self._write_publish(c, msg[0], msg[1], qos, retain, False, pid)
+        elif not s.queue or len(s.queue) < self.max_queued:
+            if s.queue is None:
+                s.queue = []
+            s.queue.append(entry)
+        else:
+            self.stats.dropped += 1
+            self.stats.hit("queued_messages")
+            return
+        self.held_bytes += size
+
+    def refill(self, s):
+        """Move queued messages into the in-flight window as far as it has room."""
+        queue = s.queue
+        c = s.conn
+        if not queue or c is None or c.state != UP:
+            return
+        if s.inflight is None:
+            s.inflight = []
+        inflight = s.inflight
+        while queue and len(inflight) < self.max_inflight:
+            e = queue.pop(0)
+            e[PID] = s.next_pid()
+            inflight.append(e)
+            self._write_publish(c, e[MSG][0], e[MSG][1], e[QOS], False, False, e[PID])
+        if not queue:
+            s.queue = None
+
+    def release(self, s, i):
+        """An outbound message is done (PUBACK or PUBCOMP): free its slot."""
+        e = s.inflight.pop(i)
+        self.held_bytes -= len(e[MSG][0]) + len(e[MSG][1])
+        self.freed = True
+        self.refill(s)
+
+    def resend(self, s):
+        """On reconnect, resend what was in flight in its original order, with DUP, and the
+        PUBRELs still unanswered (MQTT-4.4.0-1), then top the window up from the queue."""
+        c = s.conn
+        if s.inflight:
+            for e in s.inflight:
+                if e[STAGE] == AWAIT_ACK:
+                    self._write_publish(c, e[MSG][0], e[MSG][1], e[QOS], False, True, e[PID])
+                else:
+                    self.send(c, ack(PUBREL, e[PID]))
+        self.refill(s)
+
+    # ---------------------------------------------------------------- retained
+
+    def retain(self, topic, payload, qos):
+        """Store, replace or clear (empty payload, MQTT-3.3.1-10/11) a retained message."""
+        if topic.startswith(SYS_PREFIX):
+            return
+        old = self.retained.get(topic)
+        oldsize = len(old[0]) + len(topic) if old else 0
+        if not payload:
+            if old:
+                del self.retained[topic]
+                self.retained_bytes -= oldsize
+            return
+        size = len(topic) + len(payload)
+        if old is None and len(self.retained) >= self.cfg["max_retained_messages"]:
+            self.stats.hit("retained_messages")
+            return
+        if self.retained_bytes - oldsize + size > self.cfg["max_retained_bytes"]:
+            self.stats.hit("retained_bytes")
+            return
+        self.retained[topic] = (bytes(payload), qos)
+        self.retained_bytes += size - oldsize
+
+    def send_retained(self, s, flt, granted):
+        """Retained messages matching a new subscription, with RETAIN set (MQTT-3.3.1-6)."""
+        levels = flt.split(b"/")
+        c = s.conn
+        for table in (self.retained, self.sys_retained):
+            for topic in table:
+                if not match_levels(levels, topic):
+                    continue
+                payload, q = table[topic]
+                q = q if q < granted else granted
+                if q == 0:
+                    self._write_publish(c, topic, payload, 0, True, False, 0)
+                elif self.room(s, len(topic) + len(payload)):
+                    self.deliver(s, (topic, payload), q, True)
+                else:
+                    self.stats.dropped += 1
+
+    # ---------------------------------------------------------------- sessions
+
+    def session(self, cid, clean):
+        s = self.sessions.get(cid)
+        if s is not None and clean:
+            self.drop_session(s)
+            s = None
+        present = s is not None
+        if s is None:
+            if len(self.sessions) >= self.cfg["max_sessions"]:
+                self.stats.hit("sessions")
+                return None, False
+            s = self.sessions[cid] = Session(cid, clean)
+        return s, present
+
+    def drop_session(self, s):
+        if s.subs:
+            for flt in s.subs:
+                self.index.remove(flt, s)
+        for q in (s.inflight, s.queue):
+            if q:
+                for e in q:
+                    self.held_bytes -= len(e[MSG][0]) + len(e[MSG][1])
+        s.subs = s.inflight = s.queue = s.qos2in = None
+        if self.sessions.get(s.cid) is s:
+            del self.sessions[s.cid]
+        self.freed = True
+
+    def detach(self, conn, abnormal):
+        """A connection is gone. Publish its will if it did not say DISCONNECT
+        (MQTT-3.1.2-8/10); end the session if it was a clean one (MQTT-3.1.2-6)."""
+        s = conn.sess
+        if conn.state == UP:
+            self.stats.connected -= 1
+        conn.state = CLOSED
+        will = conn.will
+        conn.will = None
+        if s is not None and s.conn is conn:
+            s.conn = None
+            if s.clean:
+                self.drop_session(s)
+        if will is not None and abnormal:
+            self.publish(will[0], will[1], will[2], will[3], True)

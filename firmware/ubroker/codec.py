@@ -1,0 +1,153 @@
+"""MQTT 3.1.1 wire format: the packet types, parsing fields in place from a buffer, and
+encoding packets into a caller's bytearray. No I/O and no state: imported by the broker on
+MicroPython and by the host tools and tests on CPython."""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+CONNECT = const(1)
+CONNACK = const(2)
+PUBLISH = const(3)
+PUBACK = const(4)
+PUBREC = const(5)
+PUBREL = const(6)
+PUBCOMP = const(7)
+SUBSCRIBE = const(8)
+SUBACK = const(9)
+UNSUBSCRIBE = const(10)
+UNSUBACK = const(11)
+PINGREQ = const(12)
+PINGRESP = const(13)
+DISCONNECT = const(14)
+
+# CONNACK return codes (MQTT 3.1.1 table 3.1)
+ACCEPTED = const(0)
+BAD_PROTOCOL = const(1)
+BAD_CLIENT_ID = const(2)
+UNAVAILABLE = const(3)
+BAD_CREDENTIALS = const(4)
+NOT_AUTHORISED = const(5)
+
+SUB_FAILURE = const(0x80)
+
+PINGRESP_PKT = b"\xd0\x00"
+
+
+class Malformed(Exception):
+    """A packet that breaks the spec: the connection must be closed (MQTT-4.8.0-1)."""
+
+
+def decode_length(buf, pos, end):
+    """Remaining Length at buf[pos:end]. Returns (value, position after it), or (-1, pos)
+    when more bytes are needed. Raises Malformed past four bytes (MQTT 2.2.3)."""
+    value = 0
+    shift = 0
+    while pos < end:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 21:
+            raise Malformed("remaining length longer than 4 bytes")
+    if shift > 21:
+        raise Malformed("remaining length longer than 4 bytes")
+    return -1, pos
+
+
+def put_length(out, n):
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return
+
+
+def length_size(n):
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
+
+
+def u16(buf, pos, end):
+    if pos + 2 > end:
+        raise Malformed("truncated field")
+    return (buf[pos] << 8) | buf[pos + 1]
+
+
+def field(buf, pos, end):
+    """A length-prefixed field (string or binary data) as (start, stop) of its bytes."""
+    n = u16(buf, pos, end)
+    pos += 2
+    if pos + n > end:
+        raise Malformed("truncated string")
+    return pos, pos + n
+
+
+def check_utf8(b):
+    """MQTT strings: well-formed UTF-8, no U+0000 (MQTT-1.5.3-2), no surrogates
+    (MQTT-1.5.3-1). The C decoder rejects malformed sequences but lets surrogates pass."""
+    try:
+        str(b, "utf-8")
+    except (UnicodeError, ValueError):
+        raise Malformed("invalid UTF-8")
+    if b"\x00" in b:
+        raise Malformed("U+0000 in string")
+    i = b.find(b"\xed")
+    while i >= 0:
+        if i + 1 < len(b) and b[i + 1] >= 0xA0:
+            raise Malformed("UTF-16 surrogate in string")
+        i = b.find(b"\xed", i + 1)
+
+
+def utf8(buf, pos, end):
+    """A UTF-8 string field copied out as bytes, validated. Returns (bytes, next pos)."""
+    a, b = field(buf, pos, end)
+    s = bytes(buf[a:b])
+    check_utf8(s)
+    return s, b
+
+
+def ack(ptype, pid):
+    """PUBACK, PUBREC, PUBREL (flags 0010 as MQTT-3.6.1-1 requires), PUBCOMP, UNSUBACK."""
+    return bytes(((ptype << 4) | (2 if ptype == PUBREL else 0), 2, pid >> 8, pid & 0xFF))
+
+
+def connack(session_present, code):
+    return bytes((0x20, 2, 1 if session_present else 0, code))
+
+
+def put_publish(out, topic, payload, qos, retain, dup, pid):
+    """Append one PUBLISH to out. payload may be bytes or a memoryview into a read buffer."""
+    rl = 2 + len(topic) + len(payload) + (2 if qos else 0)
+    out.append(0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0))
+    put_length(out, rl)
+    out.append(len(topic) >> 8)
+    out.append(len(topic) & 0xFF)
+    out.extend(topic)
+    if qos:
+        out.append(pid >> 8)
+        out.append(pid & 0xFF)
+    out.extend(payload)
+
+
+def publish(topic, payload, qos=0, retain=False, dup=False, pid=0):
+    out = bytearray()
+    put_publish(out, topic, payload, qos, retain, dup, pid)
+    return bytes(out)
+
+
+def suback(pid, codes):
+    out = bytearray((0x90,))
+    put_length(out, 2 + len(codes))
+    out.append(pid >> 8)
+    out.append(pid & 0xFF)
+    out.extend(codes)
+    return out

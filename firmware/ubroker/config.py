@@ -1,0 +1,179 @@
+"""Configuration in mosquitto.conf form: one `key value` per line, `#` comments. The same
+parser reads the board profile (boards/*.conf) and the user's config, on the board and in the
+host tools, so a mistake is reported with the same line number everywhere.
+Settings apply in layers: DEFAULTS <- board profile <- user config <- command line."""
+
+# key -> kind. Kinds: int (>= 0), pos (>= 1), size (>= 1, with an optional k or M suffix:
+# 96k = 98304), bool, str, qos (0..2), listener, and
+# "+str": a key that may repeat, collected in a list.
+SCHEMA = {
+    # Mosquitto's own keys
+    "listener": "listener",
+    "port": "pos",
+    "bind_address": "str",
+    "max_connections": "pos",
+    "max_inflight_messages": "pos",
+    "max_queued_messages": "pos",
+    "max_packet_size": "size",
+    "max_qos": "qos",
+    "retain_available": "bool",
+    "sys_interval": "int",
+    "persistence": "bool",
+    "persistence_location": "str",
+    "allow_anonymous": "bool",
+    "max_keepalive": "int",
+    # ubroker's limits, for what Mosquitto has no word for
+    "max_sessions": "pos",
+    "max_subscriptions": "pos",
+    "max_subscriptions_per_client": "pos",
+    "max_retained_messages": "int",
+    "max_retained_bytes": "int",
+    "max_topic_length": "pos",
+    "max_client_id_length": "pos",
+    "max_queued_bytes": "size",
+    "out_buffer_size": "size",
+    "read_buffer_size": "size",
+    "connect_timeout": "pos",
+    # board profile (boards/*.conf)
+    "board": "str",
+    "description": "str",
+    "arch": "str",
+    "heap_budget": "size",
+    "usb_id": "+str",
+    "flash_store": "str",
+    "store_size": "size",
+    "wifi": "str",
+    "sensor": "+str",
+    "pin": "+str",
+}
+
+DEFAULTS = {
+    "listener": [(1883, "127.0.0.1")],
+    "max_connections": 1024,
+    "max_sessions": 2048,
+    "max_inflight_messages": 20,
+    "max_queued_messages": 1000,
+    "max_queued_bytes": 16 * 1024 * 1024,
+    "max_packet_size": 256 * 1024,
+    "max_topic_length": 1024,
+    "max_client_id_length": 256,
+    "max_subscriptions": 16384,
+    "max_subscriptions_per_client": 256,
+    "max_retained_messages": 4096,
+    "max_retained_bytes": 4 * 1024 * 1024,
+    "max_qos": 2,
+    "retain_available": True,
+    "out_buffer_size": 64 * 1024,
+    "read_buffer_size": 16 * 1024,
+    "connect_timeout": 10,
+    "max_keepalive": 65535,
+    "sys_interval": 10,
+    "persistence": False,
+    "persistence_location": "",
+    "allow_anonymous": True,
+}
+
+
+class ConfigError(Exception):
+    """All the mistakes of one file, each as 'source:line: message'."""
+
+    def __init__(self, errors):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _value(kind, words):
+    if kind == "listener":
+        if not 1 <= len(words) <= 2:
+            raise ValueError("expects 'listener PORT [ADDRESS]'")
+        port = _value("pos", words[:1])
+        if port > 65535:
+            raise ValueError("port must be 1..65535")
+        return (port, words[1] if len(words) > 1 else "0.0.0.0")
+    if kind == "+str" or kind == "str":
+        if not words:
+            raise ValueError("expects a value")
+        return " ".join(words)
+    if len(words) != 1:
+        raise ValueError("expects exactly one value")
+    w = words[0]
+    if kind == "size":
+        mult = 1
+        if w[-1:] in ("k", "K"):
+            mult, w = 1024, w[:-1]
+        elif w[-1:] in ("m", "M"):
+            mult, w = 1024 * 1024, w[:-1]
+        try:
+            n = int(w) * mult
+        except ValueError:
+            raise ValueError("expects a size such as 4096, 96k or 2M, not '%s'" % words[0])
+        if n < 1:
+            raise ValueError("must be at least 1")
+        return n
+    if kind == "bool":
+        if w in ("true", "false"):
+            return w == "true"
+        raise ValueError("expects true or false, not '%s'" % w)
+    try:
+        n = int(w)
+    except ValueError:
+        raise ValueError("expects a whole number, not '%s'" % w)
+    if kind == "pos" and n < 1:
+        raise ValueError("must be at least 1")
+    if kind == "int" and n < 0:
+        raise ValueError("must not be negative")
+    if kind == "qos" and not 0 <= n <= 2:
+        raise ValueError("must be 0, 1 or 2")
+    return n
+
+
+def parse(text, source="config"):
+    """Settings of one file as a dict. Raises ConfigError naming every bad line."""
+    out = {}
+    errors = []
+    listeners = []
+    for no, line in enumerate(text.split("\n"), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        key = words[0]
+        kind = SCHEMA.get(key)
+        if kind is None:
+            errors.append("%s:%d: unknown key '%s'" % (source, no, key))
+            continue
+        try:
+            v = _value(kind, words[1:])
+        except ValueError as e:
+            errors.append("%s:%d: %s %s" % (source, no, key, e.args[0]))
+            continue
+        if kind == "listener":
+            listeners.append(v)
+        elif kind == "+str":
+            out.setdefault(key, []).append(v)
+        else:
+            out[key] = v
+    if errors:
+        raise ConfigError(errors)
+    if listeners:
+        out["listener"] = listeners
+    return out
+
+
+def resolve(*layers):
+    """Merge layers over DEFAULTS; the old single-listener keys port/bind_address become a
+    listener, as in Mosquitto."""
+    cfg = dict(DEFAULTS)
+    for layer in layers:
+        cfg.update(layer)
+        if "port" in layer or "bind_address" in layer:
+            port = layer.get("port", cfg["listener"][0][0])
+            addr = layer.get("bind_address", "0.0.0.0" if "port" in layer else cfg["listener"][0][1])
+            cfg["listener"] = [(port, addr)]
+    cfg.pop("port", None)
+    cfg.pop("bind_address", None)
+    return cfg
+
+
+def load(path, source=None):
+    with open(path) as f:
+        return parse(f.read(), source or path)

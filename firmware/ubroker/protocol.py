@@ -1,0 +1,303 @@
+"""The server side of MQTT 3.1.1: one function per control packet, dispatched on the packet
+type. Each checks the packet as the spec demands and raises Malformed for anything that must
+close the connection (MQTT-4.8.0-1); the server does the closing. A handler returns False
+when the packet cannot be taken yet (a subscriber has no room) and must be offered again."""
+
+from .codec import (
+    ACCEPTED,
+    BAD_CLIENT_ID,
+    BAD_PROTOCOL,
+    CONNECT,
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP_PKT,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUB_FAILURE,
+    SUBSCRIBE,
+    UNAVAILABLE,
+    UNSUBSCRIBE,
+    Malformed,
+    ack,
+    check_utf8,
+    connack,
+    field,
+    suback,
+    u16,
+    utf8,
+)
+from .session import AWAIT_ACK, AWAIT_COMP, NEW, QOS, STAGE, UP
+from .topics import valid_filter, valid_topic
+
+# Fixed-header flag bits each type must carry (MQTT-2.2.2-1/2); PUBLISH is checked apart.
+_FLAGS = (None, 0, None, None, 0, 0, 2, 0, 2, None, 2, None, 0, None, 0, None)
+
+
+class Protocol:
+    def __init__(self, broker, server):
+        self.b = broker
+        self.server = server
+        self.cfg = broker.cfg
+        self._ids = 0
+
+    def handle(self, c, b0, buf, pos, end):
+        ptype = b0 >> 4
+        if ptype == PUBLISH:
+            if c.state != UP:
+                raise Malformed("PUBLISH before CONNECT")
+            return self.publish(c, b0, buf, pos, end)
+        flags = _FLAGS[ptype]
+        if flags is None:
+            raise Malformed("packet type %d not accepted by a server" % ptype)
+        if b0 & 0x0F != flags:
+            raise Malformed("reserved flags of packet type %d" % ptype)
+        if c.state == NEW:
+            if ptype != CONNECT:
+                raise Malformed("first packet is not CONNECT")  # MQTT-3.1.0-1
+            return self.connect(c, buf, pos, end)
+        if ptype == CONNECT:
+            raise Malformed("second CONNECT")  # MQTT-3.1.0-2
+        if ptype == PINGREQ or ptype == DISCONNECT:
+            if end != pos:
+                raise Malformed("remaining length must be 0")
+            if ptype == PINGREQ:
+                self.b.send(c, PINGRESP_PKT)  # MQTT-3.12.4-1
+            else:
+                self.server.close(c, "disconnected", False)  # MQTT-3.14.4-1/3
+            return True
+        if ptype == SUBSCRIBE:
+            return self.subscribe(c, buf, pos, end)
+        if ptype == UNSUBSCRIBE:
+            return self.unsubscribe(c, buf, pos, end)
+        # PUBACK, PUBREC, PUBREL, PUBCOMP
+        if end - pos != 2:
+            raise Malformed("acknowledgement length must be 2")
+        pid = u16(buf, pos, end)
+        if pid == 0:
+            raise Malformed("packet id 0")  # MQTT-2.3.1-1
+        s = c.sess
+        if ptype == PUBREL:
+            if s.qos2in and pid in s.qos2in:
+                s.qos2in.remove(pid)
+            self.b.send(c, ack(PUBCOMP, pid))  # MQTT-4.3.3-2
+            return True
+        i = s.find(pid)
+        if i < 0:
+            return True  # an acknowledgement for nothing we sent: ignore
+        e = s.inflight[i]
+        if ptype == PUBACK:
+            if e[QOS] == 1:
+                self.b.release(s, i)
+        elif ptype == PUBREC:
+            if e[QOS] == 2:
+                e[STAGE] = AWAIT_COMP  # MQTT-4.3.3-1: discard the message, keep the id
+                self.b.send(c, ack(PUBREL, pid))
+        elif e[QOS] == 2 and e[STAGE] == AWAIT_COMP:  # PUBCOMP
+            self.b.release(s, i)
+        return True
+
+    # ------------------------------------------------------------------ CONNECT
+
+    def connect(self, c, buf, pos, end):
+        a, b = field(buf, pos, end)
+        name = bytes(buf[a:b])
+        if b + 4 > end:
+            raise Malformed("truncated CONNECT")
+        level = buf[b]
+        flags = buf[b + 1]
+        keepalive = (buf[b + 2] << 8) | buf[b + 3]
+        pos = b + 4
+        if not ((name == b"MQTT" and level == 4) or (name == b"MQIsdp" and level == 3)):
+            if name == b"MQTT" or name == b"MQIsdp":
+                self.refuse(c, BAD_PROTOCOL, "protocol level %d not supported" % level)  # MQTT-3.1.2-2
+                return True
+            raise Malformed("protocol name")  # MQTT-3.1.2-1
+        if flags & 1:
+            raise Malformed("reserved CONNECT flag")  # MQTT-3.1.2-3
+        clean = bool(flags & 2)
+        will_flag = flags & 4
+        will_qos = (flags >> 3) & 3
+        will_retain = flags & 0x20
+        if will_qos == 3:
+            raise Malformed("will QoS 3")  # MQTT-3.1.2-14
+        if not will_flag and (will_qos or will_retain):
+            raise Malformed("will QoS/retain without will flag")  # MQTT-3.1.2-13/15
+        if flags & 0x40 and not flags & 0x80:
+            raise Malformed("password without user name")  # MQTT-3.1.2-22
+        cid, pos = utf8(buf, pos, end)  # MQTT-3.1.3-4
+        will = None
+        if will_flag:
+            topic, pos = utf8(buf, pos, end)
+            a, pos = field(buf, pos, end)
+            if not valid_topic(topic):
+                raise Malformed("will topic")
+            will = (topic, bytes(buf[a:pos]), will_qos, bool(will_retain))
+        if flags & 0x80:
+            _user, pos = utf8(buf, pos, end)
+        if flags & 0x40:
+            _a, pos = field(buf, pos, end)
+        if pos != end:
+            raise Malformed("bytes after the CONNECT payload")
+        if not cid:
+            if not clean:
+                self.refuse(c, BAD_CLIENT_ID, "empty client id with a persistent session")  # MQTT-3.1.3-8
+                return True
+            self._ids += 1
+            cid = b"ub-%d-%d" % (self._ids, self.server.now & 0xFFFF)  # MQTT-3.1.3-6
+        elif len(cid) > self.cfg["max_client_id_length"]:
+            self.b.stats.hit("client_id_length")
+            self.refuse(c, BAD_CLIENT_ID, "client id too long")
+            return True
+        b_ = self.b
+        old = b_.sessions.get(cid)
+        takeover = old is not None and old.conn is not None
+        if not takeover and b_.stats.connected >= self.cfg["max_connections"]:
+            b_.stats.hit("connections")
+            self.refuse(c, UNAVAILABLE, "too many clients")
+            return True
+        if takeover:
+            self.server.close(old.conn, "taken over by a new connection", True)  # MQTT-3.1.4-2
+        s, present = b_.session(cid, clean)
+        if s is None:
+            self.refuse(c, UNAVAILABLE, "too many sessions")
+            return True
+        s.conn = c
+        c.sess = s
+        c.will = will
+        c.state = UP
+        c.ka = keepalive * 1500
+        st = b_.stats
+        st.connected += 1
+        if st.connected > st.max_connected:
+            st.max_connected = st.connected
+        b_.send(c, connack(present, ACCEPTED))  # MQTT-3.2.2-1..3
+        self.server.log_event(c, "connected")
+        if present:
+            b_.resend(s)
+        return True
+
+    def refuse(self, c, code, why):
+        self.b.send(c, connack(False, code))
+        self.server.close(c, why, False, True)
+
+    # ------------------------------------------------------------------ PUBLISH
+
+    def publish(self, c, b0, buf, pos, end):
+        qos = (b0 >> 1) & 3
+        if qos == 3:
+            raise Malformed("PUBLISH QoS 3")  # MQTT-3.3.1-4
+        a, p = field(buf, pos, end)
+        if p - a > self.cfg["max_topic_length"]:
+            self.b.stats.hit("topic_length")
+            raise Malformed("topic longer than max_topic_length")
+        topic = bytes(buf[a:p])
+        check_utf8(topic)
+        if not valid_topic(topic):
+            raise Malformed("topic name empty or with a wildcard")  # MQTT-3.3.2-2, 4.7.3-1
+        b_ = self.b
+        s = c.sess
+        pid = 0
+        if qos:
+            pid = u16(buf, p, end)
+            if pid == 0:
+                raise Malformed("packet id 0")  # MQTT-2.3.1-1
+            p += 2
+            if qos == 2 and s.qos2in and pid in s.qos2in:
+                # A resent QoS 2 PUBLISH we already took: acknowledge, never deliver twice.
+                b_.send(c, ack(PUBREC, pid))
+                return True
+        retain = b0 & 1 and self.cfg["retain_available"]
+        if topic.startswith(b"$"):
+            # Clients may not write $ topics such as $SYS: acknowledged, not delivered.
+            b_.stats.hit("publish_to_dollar_topic")
+        elif not b_.publish(topic, memoryview(buf)[p:end], qos, retain):
+            return False
+        st = b_.stats
+        st.pub_in += 1
+        if qos == 1:
+            b_.send(c, ack(PUBACK, pid))  # MQTT-4.3.2-2
+        elif qos == 2:
+            q2 = s.qos2in
+            if q2 is None:
+                s.qos2in = q2 = []
+            if len(q2) >= 4 * self.b.max_inflight + 16:
+                b_.stats.hit("qos2_inbound")
+                raise Malformed("too many QoS 2 messages awaiting PUBREL")
+            q2.append(pid)
+            b_.send(c, ack(PUBREC, pid))  # MQTT-4.3.3-2
+        return True
+
+    # ------------------------------------------------------------------ SUBSCRIBE
+
+    def subscribe(self, c, buf, pos, end):
+        pid = u16(buf, pos, end)
+        if pid == 0:
+            raise Malformed("packet id 0")  # MQTT-2.3.1-1
+        pos += 2
+        if pos == end:
+            raise Malformed("SUBSCRIBE without a filter")  # MQTT-3.8.3-3
+        reqs = []
+        while pos < end:
+            flt, pos = utf8(buf, pos, end)  # MQTT-3.8.3-1
+            if pos >= end:
+                raise Malformed("SUBSCRIBE filter without QoS byte")
+            q = buf[pos]
+            pos += 1
+            if q > 2:
+                raise Malformed("SUBSCRIBE requested QoS byte")  # MQTT-3-8.3-4
+            if not valid_filter(flt):
+                raise Malformed("invalid topic filter")  # MQTT-4.7.1-2/3, 4.7.3-1
+            reqs.append((flt, q))
+        b_ = self.b
+        s = c.sess
+        codes = bytearray()
+        granted_new = []
+        for flt, q in reqs:
+            if q > b_.max_qos:
+                q = b_.max_qos
+            subs = s.subs
+            fresh = subs is None or flt not in subs
+            if fresh and len(flt) > self.cfg["max_topic_length"]:
+                b_.stats.hit("topic_length")
+                codes.append(SUB_FAILURE)
+                continue
+            if fresh and subs is not None and len(subs) >= self.cfg["max_subscriptions_per_client"]:
+                b_.stats.hit("subscriptions_per_client")
+                codes.append(SUB_FAILURE)
+                continue
+            if fresh and b_.index.count >= self.cfg["max_subscriptions"]:
+                b_.stats.hit("subscriptions")
+                codes.append(SUB_FAILURE)
+                continue
+            if subs is None:
+                s.subs = subs = {}
+            subs[flt] = q  # replaces an identical filter (MQTT-3.8.4-3)
+            b_.index.add(flt, s, q)
+            codes.append(q)
+            granted_new.append((flt, q))
+        b_.send(c, suback(pid, codes))  # MQTT-3.8.4-1, 3.8.4-5
+        for flt, q in granted_new:
+            b_.send_retained(s, flt, q)  # MQTT-3.3.1-6
+        return True
+
+    def unsubscribe(self, c, buf, pos, end):
+        pid = u16(buf, pos, end)
+        if pid == 0:
+            raise Malformed("packet id 0")
+        pos += 2
+        if pos == end:
+            raise Malformed("UNSUBSCRIBE without a filter")  # MQTT-3.10.3-2
+        flts = []
+        while pos < end:
+            flt, pos = utf8(buf, pos, end)
+            flts.append(flt)
+        s = c.sess
+        for flt in flts:
+            if s.subs and flt in s.subs:
+                del s.subs[flt]
+                self.b.index.remove(flt, s)  # MQTT-3.10.4-1
+        self.b.send(c, ack(11, pid))  # UNSUBACK even when nothing matched (MQTT-3.10.4-5)
+        return True

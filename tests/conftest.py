@@ -1,0 +1,156 @@
+"""Fixtures: a real ubroker in the MicroPython unix port, started through `ubroker run` like a
+user would, on a free loopback port, and checked at the end of each test to still be alive.
+
+By default the broker runs with the smallest board's profile (boards/esp32.conf: its heap
+budget and its limits), so every protocol test also proves the broker fits that board."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from mqttraw import RawClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UBROKER = os.path.join(os.path.dirname(sys.executable), "ubroker")
+if not os.path.exists(UBROKER):
+    UBROKER = shutil.which("ubroker")
+SMALLEST_BOARD = "esp32"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningBroker:
+    def __init__(self, proc, port, logpath, data):
+        self.proc = proc
+        self.host = "127.0.0.1"
+        self.port = port
+        self.logpath = logpath
+        self.data = data
+        self._clients = []
+
+    def log(self):
+        with open(self.logpath, errors="replace") as f:
+            return f.read()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def raw(self, timeout=5.0):
+        c = RawClient(self.port, self.host, timeout)
+        self._clients.append(c)
+        return c
+
+    def client(self, client_id=None, clean_session=True, keepalive=60, will=None, connect=True,
+               userdata=None):
+        """A paho client with a message list (c.messages) and its loop running.
+        will: (topic, payload, qos, retain)."""
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                        client_id=client_id if client_id is not None else "t-" + uuid.uuid4().hex[:8],
+                        clean_session=clean_session, userdata=userdata)
+        c.messages = []
+        c.on_message = lambda cl, u, m: cl.messages.append(m)
+        if will is not None:
+            c.will_set(will[0], will[1], will[2], will[3])
+        if connect:
+            c.connect(self.host, self.port, keepalive)
+            c.loop_start()
+            deadline = time.time() + 5
+            while not c.is_connected() and time.time() < deadline:
+                time.sleep(0.01)
+            assert c.is_connected(), "paho client did not connect"
+        self._clients.append(c)
+        return c
+
+    def stop(self):
+        for c in self._clients:
+            try:
+                if isinstance(c, RawClient):
+                    c.close()
+                else:
+                    c.loop_stop()
+                    c.disconnect()
+            except Exception:
+                pass
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=None, extra=()):
+    port = port or free_port()
+    data = tmp_path / ("data-%d" % port)
+    logpath = tmp_path / ("broker-%d.log" % port)
+    cmd = [UBROKER, "run", "--port", str(port), "--board", board, "--data", str(data), "--verbose"]
+    if config is not None:
+        cfg = tmp_path / ("broker-%d.conf" % port)
+        cfg.write_text(config)
+        cmd += ["--config", str(cfg)]
+    if heap is not None:
+        cmd += ["--heap", str(heap)]
+    cmd += list(extra)
+    log = open(logpath, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                log.close()
+                raise RuntimeError("broker did not start:\n" + logpath.read_text())
+            time.sleep(0.02)
+    return RunningBroker(proc, port, logpath, data)
+
+
+@pytest.fixture
+def broker_factory(tmp_path):
+    """start(board=..., config='key value\\n...', heap='96k') -> RunningBroker. Every broker
+    started must still be running, with no traceback in its log, when the test ends."""
+    started = []
+
+    def start(**kw):
+        b = start_broker(tmp_path, **kw)
+        started.append(b)
+        return b
+
+    yield start
+    problems = []
+    for b in started:
+        if not b.alive():
+            problems.append("broker on port %d died (exit %s):\n%s" % (b.port, b.proc.returncode, b.log()))
+        b.stop()
+        if "Traceback" in b.log():
+            problems.append("broker on port %d logged a traceback:\n%s" % (b.port, b.log()))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def broker(broker_factory):
+    """A fresh broker with the smallest board's profile."""
+    return broker_factory()
+
+
+def wait_for(cond, timeout=5.0, step=0.01):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
