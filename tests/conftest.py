@@ -79,8 +79,8 @@ class RunningBroker:
                 if isinstance(c, RawClient):
                     c.close()
                 else:
-                    c.loop_stop()
                     c.disconnect()
+                    c.loop_stop()
             except Exception:
                 pass
         if self.proc.poll() is None:

@@ -43,6 +43,11 @@ SCHEMA = {
     "flash_store": "str",
     "store_size": "size",
     "wifi": "str",
+    "wifi_ssid": "str",
+    "wifi_password": "str",
+    "wifi_ap_ssid": "str",
+    "wifi_ap_password": "str",
+    "hostname": "str",
     "sensor": "+str",
     "pin": "+str",
 }
