@@ -34,6 +34,7 @@ class Server:
         # One read buffer for all connections, sized to hold the largest packet allowed.
         self.rbuf = bytearray(max(cfg["read_buffer_size"], self.max_packet + 5))
         self.rmv = memoryview(self.rbuf)
+        self.rx_limit = len(self.rbuf) // 2
         self.poll = select.poll()
         self.listeners = []
         self.conns = {}  # socket -> Conn
@@ -106,7 +107,8 @@ class Server:
             self.log("client %s %s" % (s.cid.decode() if s else "?", what))
 
     def _mask(self, c):
-        m = (0 if c.paused else _IN) | (_OUT if c.out else 0)
+        # A paused connection is still read while what it sent fits in half the read buffer.
+        m = (_IN if not c.paused or len(c.rx) < self.rx_limit else 0) | (_OUT if c.out else 0)
         if m != c.mask:
             c.mask = m
             self.poll.modify(c.sock, m)
@@ -137,45 +139,78 @@ class Server:
         self.consume(c, have + n)
 
     def consume(self, c, have):
-        """Handle every complete packet in rbuf[:have]; keep the incomplete rest in c.rx."""
-        buf = self.rbuf
-        proto = self.proto
-        stats = self.broker.stats
-        pos = 0
+        """Handle the complete packets in rbuf[:have]; keep the incomplete rest in c.rx. A
+        paused connection only has its acknowledgements taken (see _acks_only)."""
         try:
-            while have - pos >= 2:
-                rl, p = decode_length(buf, pos + 1, have)
-                if rl < 0:
-                    break
-                if rl > self.max_packet:
-                    stats.hit("packet_size")
-                    raise Malformed("packet of %d bytes exceeds max_packet_size" % rl)
-                end = p + rl
-                if end > have:
-                    break
-                if not proto.handle(c, buf[pos], buf, p, end):
-                    self.pause(c)
-                    break
-                stats.msgs_in += 1
-                if c.sock is None:
-                    return
-                pos = end
+            if c.paused:
+                self._acks_only(c, have)
+            else:
+                self._packets(c, have)
         except Malformed as e:
             self.close(c, "protocol error: %s" % e.args[0])
-            return
         except MemoryError:
             c.rx = None
             self.broker.stats.hit("memory")
             gc.collect()
             self.close(c, "out of memory")
             gc.collect()
-            return
         except Exception as e:  # a bug must cost one connection, never the broker
             sys.print_exception(e)
             self.close(c, "internal error %r" % e)
-            return
+
+    def _packets(self, c, have):
+        buf = self.rbuf
+        proto = self.proto
+        stats = self.broker.stats
+        pos = 0
+        while have - pos >= 2:
+            rl, p = decode_length(buf, pos + 1, have)
+            if rl < 0:
+                break
+            if rl > self.max_packet:
+                stats.hit("packet_size")
+                raise Malformed("packet of %d bytes exceeds max_packet_size" % rl)
+            end = p + rl
+            if end > have:
+                break
+            if not proto.handle(c, buf[pos], buf, p, end):
+                c.rx = bytes(self.rmv[pos:have])
+                self.pause(c)
+                return
+            stats.msgs_in += 1
+            if c.sock is None:
+                return
+            pos = end
         if pos < have:
             c.rx = bytes(self.rmv[pos:have])
+
+    def _acks_only(self, c, have):
+        """While a publisher waits for room, keep taking its PUBACK/PUBREC/PUBREL/PUBCOMP and
+        PINGREQ, which may come after the waiting PUBLISH: a client that subscribes to what it
+        publishes would otherwise never acknowledge the messages that would make the room.
+        Every other packet keeps its place behind the waiting one."""
+        buf = self.rbuf
+        mv = self.rmv
+        rl, p = decode_length(buf, 1, have)
+        pos = p + rl  # the waiting PUBLISH, always complete
+        keep = bytearray(mv[:pos])
+        while have - pos >= 2:
+            rl, p = decode_length(buf, pos + 1, have)
+            if rl < 0 or rl > self.max_packet or p + rl > have:
+                break
+            end = p + rl
+            t = buf[pos] >> 4
+            if 4 <= t <= 7 or t == 12:
+                self.proto.handle(c, buf[pos], buf, p, end)
+                self.broker.stats.msgs_in += 1
+                if c.sock is None:
+                    return
+            else:
+                keep.extend(mv[pos:end])
+            pos = end
+        keep.extend(mv[pos:have])
+        c.rx = bytes(keep)
+        self._mask(c)
 
     def pause(self, c):
         """Stop reading from a publisher whose message has nowhere to go yet; its
@@ -266,10 +301,8 @@ class Server:
                     flags = ev[1]
                     if flags & _OUT and c.out:
                         self.broker.dirty.append(c)
-                    if flags & (_IN | _ERR) and not c.paused:
+                    if flags & (_IN | _ERR):
                         self.read(c)
-                    elif flags & _ERR:
-                        self.close(c, "connection lost")
                 self.now = time.ticks_ms()
                 if self.broker.freed:
                     self.resume()
