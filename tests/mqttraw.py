@@ -129,14 +129,18 @@ class RawClient:
     def __init__(self, port, host="127.0.0.1", timeout=5.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
+        self.buf = bytearray()
+        self.pos = 0  # start of unread bytes in buf
 
     def send(self, data):
         self.sock.sendall(data)
 
     def _fill(self, n):
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
+        while len(self.buf) - self.pos < n:
+            if self.pos > 65536:
+                del self.buf[:self.pos]
+                self.pos = 0
+            chunk = self.sock.recv(262144)
             if not chunk:
                 return False
             self.buf += chunk
@@ -152,7 +156,7 @@ class RawClient:
             while True:
                 if not self._fill(i + 1):
                     return None
-                b = self.buf[i]
+                b = self.buf[self.pos + i]
                 rl += (b & 0x7F) * mult
                 mult *= 128
                 i += 1
@@ -160,8 +164,9 @@ class RawClient:
                     break
             if not self._fill(i + rl):
                 return None
-            p = Packet(self.buf[0], self.buf[i:i + rl])
-            self.buf = self.buf[i + rl:]
+            at = self.pos
+            p = Packet(self.buf[at], bytes(self.buf[at + i:at + i + rl]))
+            self.pos = at + i + rl
             return p
         except ConnectionResetError:
             return None

@@ -3,7 +3,7 @@ retained messages, delivery with bounded in-flight windows and queues, and the c
 $SYS reports. It knows nothing of sockets: outgoing bytes are appended to Conn.out and the
 connection is listed in `dirty` for the server to flush."""
 
-from .codec import PUBREL, ack, put_publish
+from .codec import PUBREL, ack, put_length, put_publish
 from .session import AWAIT_ACK, CLOSED, MSG, PID, QOS, STAGE, UP, Session
 from .topics import Index, match_levels
 
@@ -39,7 +39,7 @@ class Broker:
         self.out_limit = cfg["out_buffer_size"]
         self.max_qos = cfg["max_qos"]
         self.sessions = {}  # client id -> Session
-        self.index = Index()
+        self.index = Index(cfg["route_cache_size"])
         self.retained = {}  # topic -> (payload, qos)
         self.retained_bytes = 0
         self.sys_retained = {}  # $SYS topic -> (payload, 0), outside the user's limits
@@ -48,28 +48,31 @@ class Broker:
         self.freed = False  # a window or queue made room: paused publishers may resume
         self.stats = Stats()
         self.kick = None  # set by the server: close a connection (conn, reason)
-        self._hits = []
-        self._seq = 0
 
     # ---------------------------------------------------------------- output
 
-    def send(self, conn, data):
+    def _out(self, conn):
+        """The connection's output buffer, listing the connection for the next flush."""
         out = conn.out
         if out is None:
             conn.out = out = bytearray()
             self.dirty.append(conn)
         elif not out:
             self.dirty.append(conn)
-        out.extend(data)
+        return out
+
+    def send(self, conn, data):
+        self._out(conn).extend(data)
 
     def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
-        out = conn.out
-        if out is None:
-            conn.out = out = bytearray()
-            self.dirty.append(conn)
-        elif not out:
-            self.dirty.append(conn)
-        put_publish(out, topic, payload, qos, retain, dup, pid)
+        put_publish(self._out(conn), topic, payload, qos, retain, dup, pid)
+        self.stats.pub_out += 1
+
+    def _write_raw(self, conn, raw):
+        out = self._out(conn)
+        out.append(0x30)
+        put_length(out, len(raw))
+        out.extend(raw)
         self.stats.pub_out += 1
 
     # ---------------------------------------------------------------- routing
@@ -87,38 +90,40 @@ class Broker:
         self.stats.hit("queued_messages")
         return False
 
-    def publish(self, topic, payload, qos, retain, force=False):
+    def publish(self, topic, payload, qos, retain, force=False, raw=None):
         """Route one message. Returns False, having changed nothing, when a subscriber that
         must get it at QoS 1/2 has no room: the caller then withholds the acknowledgement and
         stops reading from the publisher. With force (wills, $SYS) it never waits; a message
-        that finds no room is dropped and counted."""
-        self._seq += 1
-        seq = self._seq
-        hits = self._hits
-        self.index.collect(topic, hits, seq)
-        try:
+        that finds no room is dropped and counted. raw, for a QoS 0 PUBLISH as received, is
+        its topic field and payload: forwarded at QoS 0 those bytes go out unchanged."""
+        r = self.index.route(topic)
+        n = len(r)
+        if qos and not force:
             size = len(topic) + len(payload)
-            if qos and not force:
-                for s in hits:
-                    if s.mq and not self.room(s, size):
-                        return False
-            msg = None
-            for s in hits:
-                q = s.mq if s.mq < qos else qos
-                if q == 0:
-                    c = s.conn
-                    if c is not None and c.state == UP:
-                        if c.out is None or len(c.out) < self.out_limit:
+            for i in range(1, n, 2):
+                if r[i] and not self.room(r[i - 1], size):
+                    return False
+        msg = None
+        for i in range(0, n, 2):
+            s = r[i]
+            q = r[i + 1]
+            if q > qos:
+                q = qos
+            if q == 0:
+                c = s.conn
+                if c is not None and c.state == UP:
+                    if c.out is None or len(c.out) < self.out_limit:
+                        if raw is None:
                             self._write_publish(c, topic, payload, 0, False, False, 0)
                         else:
-                            self.stats.dropped += 1
-                            self.stats.hit("out_buffer")
-                    continue
-                if msg is None:
-                    msg = (topic, bytes(payload))
-                self.deliver(s, msg, q)
-        finally:
-            hits.clear()
+                            self._write_raw(c, raw)
+                    else:
+                        self.stats.dropped += 1
+                        self.stats.hit("out_buffer")
+                continue
+            if msg is None:
+                msg = (topic, bytes(payload))
+            self.deliver(s, msg, q)
         if retain:
             self.retain(topic, payload, qos)
         return True

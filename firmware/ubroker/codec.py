@@ -96,7 +96,7 @@ def check_utf8(b):
     (MQTT-1.5.3-1). The C decoder rejects malformed sequences but lets surrogates pass."""
     try:
         str(b, "utf-8")
-    except (UnicodeError, ValueError):
+    except UnicodeError:  # one class: a tuple here costs ~4 us a call on MicroPython
         raise Malformed("invalid UTF-8")
     if b"\x00" in b:
         raise Malformed("U+0000 in string")

@@ -34,6 +34,7 @@ SCHEMA = {
     "out_buffer_size": "size",
     "read_buffer_size": "size",
     "connect_timeout": "pos",
+    "route_cache_size": "pos",
     # board profile (boards/*.conf)
     "board": "str",
     "description": "str",
@@ -71,6 +72,7 @@ DEFAULTS = {
     "out_buffer_size": 64 * 1024,
     "read_buffer_size": 16 * 1024,
     "connect_timeout": 10,
+    "route_cache_size": 64,
     "max_keepalive": 65535,
     "sys_interval": 10,
     "persistence": False,

@@ -193,10 +193,11 @@ class Protocol:
         if p - a > self.cfg["max_topic_length"]:
             self.b.stats.hit("topic_length")
             raise Malformed("topic longer than max_topic_length")
-        topic = bytes(buf[a:p])
-        check_utf8(topic)
-        if not valid_topic(topic):
-            raise Malformed("topic name empty or with a wildcard")  # MQTT-3.3.2-2, 4.7.3-1
+        topic = bytes(self.server.rmv[a:p])
+        if topic not in self.b.index.cache:  # a cached route's topic was checked before
+            check_utf8(topic)
+            if not valid_topic(topic):
+                raise Malformed("topic name empty or with a wildcard")  # MQTT-3.3.2-2, 4.7.3-1
         b_ = self.b
         s = c.sess
         pid = 0
@@ -213,7 +214,8 @@ class Protocol:
         if topic.startswith(b"$"):
             # Clients may not write $ topics such as $SYS: acknowledged, not delivered.
             b_.stats.hit("publish_to_dollar_topic")
-        elif not b_.publish(topic, memoryview(buf)[p:end], qos, retain):
+        elif not b_.publish(topic, self.server.rmv[p:end], qos, retain, False,
+                            self.server.rmv[pos:end] if qos == 0 else None):
             return False
         st = b_.stats
         st.pub_in += 1

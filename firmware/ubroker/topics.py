@@ -62,12 +62,34 @@ def matches(flt, topic):
 
 class Index:
     """Subscriptions of all clients. Exact filters are found by one dict lookup; wildcard
-    filters are walked. Each filter maps to {client: granted qos}."""
+    filters are walked. Each filter maps to {client: granted qos}. The routes of recently
+    published topics are cached until the subscriptions change, so a sensor publishing to
+    the same topic again costs one dict lookup however many wildcard filters there are."""
 
-    def __init__(self):
+    def __init__(self, cache_size=64):
         self.exact = {}
         self.wild = {}  # filter -> (levels, {client: qos})
         self.count = 0
+        self.cache = {}  # topic -> [client, qos, client, qos, ...]
+        self.cache_size = cache_size
+        self._seq = 0
+
+    def route(self, topic):
+        """The clients a message on topic goes to, each once with the highest QoS of its
+        matching subscriptions (MQTT-3.3.5-1), as a flat list [client, qos, ...]."""
+        r = self.cache.get(topic)
+        if r is None:
+            self._seq += 1
+            hits = []
+            self.collect(topic, hits, self._seq)
+            r = []
+            for c in hits:
+                r.append(c)
+                r.append(c.mq)
+            if len(self.cache) >= self.cache_size:
+                self.cache.clear()
+            self.cache[topic] = r
+        return r
 
     def add(self, flt, client, qos):
         """Returns True when this is a new subscription, False when it replaced one."""
@@ -82,6 +104,7 @@ class Index:
                 subs = self.exact[flt] = {}
         new = client not in subs
         subs[client] = qos
+        self.cache.clear()
         if new:
             self.count += 1
         return new
@@ -95,6 +118,7 @@ class Index:
         if client not in subs:
             return False
         del subs[client]
+        self.cache.clear()
         if not subs:
             del table[flt]
         self.count -= 1
