@@ -92,19 +92,32 @@ def field(buf, pos, end):
 
 
 def check_utf8(b):
-    """MQTT strings: well-formed UTF-8, no U+0000 (MQTT-1.5.3-2), no surrogates
-    (MQTT-1.5.3-1). The C decoder rejects malformed sequences but lets surrogates pass."""
+    """MQTT strings: well-formed UTF-8 as RFC 3629 defines it (MQTT-1.5.3-1), no U+0000
+    (MQTT-1.5.3-2). The C decoder catches most faults; what it lets through (overlong forms,
+    UTF-16 surrogates, code points above U+10FFFF) is checked here, only for non-ASCII."""
     try:
-        str(b, "utf-8")
+        n = len(str(b, "utf-8"))
     except UnicodeError:  # one class: a tuple here costs ~4 us a call on MicroPython
         raise Malformed("invalid UTF-8")
     if b"\x00" in b:
         raise Malformed("U+0000 in string")
-    i = b.find(b"\xed")
-    while i >= 0:
-        if i + 1 < len(b) and b[i + 1] >= 0xA0:
-            raise Malformed("UTF-16 surrogate in string")
-        i = b.find(b"\xed", i + 1)
+    if n == len(b):
+        return  # ASCII only
+    last = len(b) - 1
+    for i in range(len(b)):
+        x = b[i]
+        if x < 0xC0:
+            continue
+        y = b[i + 1] if i < last else 0
+        if (
+            x < 0xC2
+            or x > 0xF4
+            or (x == 0xE0 and y < 0xA0)
+            or (x == 0xED and y >= 0xA0)
+            or (x == 0xF0 and y < 0x90)
+            or (x == 0xF4 and y >= 0x90)
+        ):
+            raise Malformed("ill-formed UTF-8 (overlong, surrogate or above U+10FFFF)")
 
 
 def utf8(buf, pos, end):
