@@ -5,7 +5,8 @@ import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FIRMWARE = os.path.join(ROOT, "firmware")
+# UBROKER_FIRMWARE points the host tools at another firmware tree (a git worktree under test).
+FIRMWARE = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
 BOARDS = os.path.join(ROOT, "boards")
 
 
