@@ -7,10 +7,10 @@ board profile <- config file <- command line."""
 import os
 import sys
 
+import gc
+
 from ubroker import VERSION
-from ubroker.config import ConfigError, load, resolve
 from ubroker.log import log
-from ubroker.server import Server
 
 USAGE = "usage: unix_main.py [--host H] [--port P] [--config FILE] [--board-file FILE] [--data DIR] [--verbose]"
 
@@ -42,21 +42,40 @@ def makedirs(path):
                 pass
 
 
-def main(argv):
+def settings(opts):
+    """The resolved config. The parser's tables are dropped from the heap afterwards: the
+    broker keeps only the resulting dict."""
+    from ubroker.config import ConfigError, load, resolve
+
     try:
-        opts = args(argv)
         layers = []
         if "board-file" in opts:
             layers.append(load(opts["board-file"]))
         if "config" in opts:
             layers.append(load(opts["config"]))
-        cfg = resolve(*layers)
+        return resolve(*layers)
     except ConfigError as e:
         for line in e.errors:
             log(line)
-        return 2
-    except (ValueError, OSError) as e:
+    except OSError as e:
         log(str(e))
+    finally:
+        import ubroker
+
+        del sys.modules["ubroker.config"]
+        del ubroker.config
+    return None
+
+
+def main(argv):
+    try:
+        opts = args(argv)
+    except ValueError as e:
+        log(str(e))
+        return 2
+    cfg = settings(opts)
+    gc.collect()
+    if cfg is None:
         return 2
     if "host" in opts or "port" in opts:
         port0, host0 = cfg["listener"][0]
@@ -71,7 +90,11 @@ def main(argv):
         makedirs(opts["data"])
     cfg["verbose"] = opts.get("verbose", False)
     log("ubroker %s on MicroPython %s" % (VERSION, ".".join(str(v) for v in sys.implementation.version[:3])))
+    from ubroker.server import Server
+
     server = Server(cfg, log)
+    gc.collect()
+    log("heap: %d bytes used, %d free" % (gc.mem_alloc(), gc.mem_free()))
     try:
         server.serve()
     except KeyboardInterrupt:

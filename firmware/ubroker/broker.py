@@ -3,6 +3,7 @@ retained messages, delivery with bounded in-flight windows and queues, and the c
 $SYS reports. It knows nothing of sockets: outgoing bytes are appended to Conn.out and the
 connection is listed in `dirty` for the server to flush."""
 
+from .buffers import Pool, presize
 from .codec import PUBREL, ack, put_length, put_publish
 from .session import AWAIT_ACK, CLOSED, MSG, PID, QOS, STAGE, UP, Session
 from .topics import Index, match_levels
@@ -38,13 +39,15 @@ class Broker:
         self.max_held_bytes = cfg["max_queued_bytes"]
         self.out_limit = cfg["out_buffer_size"]
         self.max_qos = cfg["max_qos"]
-        self.sessions = {}  # client id -> Session
+        self.sessions = presize({}, cfg["max_sessions"])  # client id -> Session
         self.index = Index(cfg["route_cache_size"])
-        self.retained = {}  # topic -> (payload, qos)
+        presize(self.index.exact, cfg["max_subscriptions"])
+        self.retained = presize({}, cfg["max_retained_messages"])  # topic -> (payload, qos)
         self.retained_bytes = 0
         self.sys_retained = {}  # $SYS topic -> (payload, 0), outside the user's limits
         self.held_bytes = 0  # bytes of messages in all in-flight windows and queues
         self.dirty = []  # connections with fresh output
+        self.pool = Pool(cfg["buffer_pool_size"])
         self.freed = False  # a window or queue made room: paused publishers may resume
         self.stats = Stats()
         self.kick = None  # set by the server: close a connection (conn, reason)
@@ -55,7 +58,7 @@ class Broker:
         """The connection's output buffer, listing the connection for the next flush."""
         out = conn.out
         if out is None:
-            conn.out = out = bytearray()
+            conn.out = out = self.pool.take()
             self.dirty.append(conn)
         elif not out:
             self.dirty.append(conn)

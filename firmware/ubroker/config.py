@@ -35,6 +35,7 @@ SCHEMA = {
     "read_buffer_size": "size",
     "connect_timeout": "pos",
     "route_cache_size": "pos",
+    "buffer_pool_size": "int",
     # board profile (boards/*.conf)
     "board": "str",
     "description": "str",
@@ -73,6 +74,7 @@ DEFAULTS = {
     "read_buffer_size": 16 * 1024,
     "connect_timeout": 10,
     "route_cache_size": 64,
+    "buffer_pool_size": 8,
     "max_keepalive": 65535,
     "sys_interval": 10,
     "persistence": False,

@@ -10,6 +10,7 @@ import sys
 import time
 
 from .broker import Broker
+from .buffers import presize
 from .codec import Malformed, decode_length
 from .protocol import Protocol
 from .session import NEW, UP, Conn
@@ -37,7 +38,7 @@ class Server:
         self.rx_limit = len(self.rbuf) // 2
         self.poll = select.poll()
         self.listeners = []
-        self.conns = {}  # socket -> Conn
+        self.conns = presize({}, cfg["max_connections"] + 8)  # socket -> Conn
         self.pending = 0  # connections that have not finished CONNECT
         self.paused = []
         self.running = False
@@ -72,10 +73,16 @@ class Server:
                 s.setsockopt(6, 1, 1)  # TCP_NODELAY: each packet goes out at once
             except (OSError, AttributeError):
                 pass
-            c = Conn(s, self.now)
+            try:
+                c = Conn(s, self.now)
+                self.poll.register(s, _IN)
+            except MemoryError:
+                self.broker.stats.hit("memory")
+                s.close()
+                gc.collect()
+                continue
             self.conns[s] = c
             c.mask = _IN
-            self.poll.register(s, _IN)
 
     def close(self, c, why, abnormal=True, flush=False):
         s = c.sock
@@ -87,8 +94,13 @@ class Server:
             except OSError:
                 pass
         c.sock = None
-        c.out = None
-        c.rx = None
+        pool = self.broker.pool
+        if c.out is not None:
+            pool.give(c.out)
+            c.out = None
+        if c.rx is not None:
+            pool.give(c.rx)
+            c.rx = None
         try:
             self.poll.unregister(s)
         except (OSError, ValueError, KeyError):
@@ -122,15 +134,16 @@ class Server:
         if rx is not None:
             have = len(rx)
             buf[:have] = rx
-            c.rx = None
         try:
             n = c.sock.readinto(self.rmv[have:])
         except OSError as e:
             self.close(c, "read error %s" % e)
             return
-        if n is None:  # spurious wake-up
-            c.rx = rx
+        if n is None:  # spurious wake-up; c.rx is still as it was
             return
+        if rx is not None:
+            c.rx = None
+            self.broker.pool.give(rx)
         if n == 0:
             self.close(c, "connection closed by the client")
             return
@@ -152,7 +165,7 @@ class Server:
             c.rx = None
             self.broker.stats.hit("memory")
             gc.collect()
-            self.close(c, "out of memory")
+            self.close(c, "out of memory (%d bytes free)" % gc.mem_free())
             gc.collect()
         except Exception as e:  # a bug must cost one connection, never the broker
             sys.print_exception(e)
@@ -174,7 +187,7 @@ class Server:
             if end > have:
                 break
             if not proto.handle(c, buf[pos], buf, p, end):
-                c.rx = bytes(self.rmv[pos:have])
+                self._carry(c, pos, have)
                 self.pause(c)
                 return
             stats.msgs_in += 1
@@ -182,7 +195,12 @@ class Server:
                 return
             pos = end
         if pos < have:
-            c.rx = bytes(self.rmv[pos:have])
+            self._carry(c, pos, have)
+
+    def _carry(self, c, pos, have):
+        rx = self.broker.pool.take()
+        rx.extend(self.rmv[pos:have])
+        c.rx = rx
 
     def _acks_only(self, c, have):
         """While a publisher waits for room, keep taking its PUBACK/PUBREC/PUBREL/PUBCOMP and
@@ -193,7 +211,8 @@ class Server:
         mv = self.rmv
         rl, p = decode_length(buf, 1, have)
         pos = p + rl  # the waiting PUBLISH, always complete
-        keep = bytearray(mv[:pos])
+        keep = self.broker.pool.take()
+        keep.extend(mv[:pos])
         while have - pos >= 2:
             rl, p = decode_length(buf, pos + 1, have)
             if rl < 0 or rl > self.max_packet or p + rl > have:
@@ -209,7 +228,7 @@ class Server:
                 keep.extend(mv[pos:end])
             pos = end
         keep.extend(mv[pos:have])
-        c.rx = bytes(keep)
+        c.rx = keep
         self._mask(c)
 
     def pause(self, c):
@@ -233,8 +252,10 @@ class Server:
                 rx = c.rx
                 c.rx = None
                 c.last = self.now
-                self.rbuf[: len(rx)] = rx
-                self.consume(c, len(rx))
+                n = len(rx)
+                self.rbuf[:n] = rx
+                self.broker.pool.give(rx)
+                self.consume(c, n)
                 if c.sock is not None:
                     self._mask(c)
         b.freed = False
@@ -258,6 +279,7 @@ class Server:
             stats.bytes_out += n
             if n == len(out):
                 c.out = None
+                self.broker.pool.give(out)
             elif n:
                 out[:n] = b""
             self._mask(c)
@@ -269,15 +291,21 @@ class Server:
         """Once a second: keepalive (MQTT-3.1.2-24), connect timeouts, $SYS."""
         now = self.now
         limit = self.cfg["connect_timeout"] * 1000
-        for c in list(self.conns.values()):
+        late = None
+        for c in self.conns.values():
             if c.paused:
                 continue
             idle = time.ticks_diff(now, c.last)
-            if c.state == UP:
-                if c.ka and idle > c.ka:
+            if (c.state == UP and c.ka and idle > c.ka) or (c.state == NEW and idle > limit):
+                if late is None:
+                    late = []
+                late.append(c)
+        if late:
+            for c in late:
+                if c.state == UP:
                     self.close(c, "keepalive expired")
-            elif c.state == NEW and idle > limit:
-                self.close(c, "no CONNECT within connect_timeout", False)
+                else:
+                    self.close(c, "no CONNECT within connect_timeout", False)
         self.sys.tick(now)
 
     # ------------------------------------------------------------------ loop

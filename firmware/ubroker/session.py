@@ -19,17 +19,20 @@ CLOSED = 2
 
 
 class Session:
+    # Defaults live on the class: an instance stores only the fields it has set, which keeps
+    # an idle client's attribute table small (MicroPython instances have no __slots__).
+    conn = None
+    subs = None  # {filter: qos}
+    inflight = None  # [entry], oldest first
+    queue = None  # [entry] waiting for an inflight slot, oldest first
+    qos2in = None  # [packet id] of inbound QoS 2 awaiting PUBREL
+    pid = 0
+    mark = 0  # routing scratch, see topics.Index.collect
+    mq = 0
+
     def __init__(self, cid, clean):
         self.cid = cid
         self.clean = clean
-        self.conn = None
-        self.subs = None  # {filter: qos}
-        self.inflight = None  # [entry], oldest first
-        self.queue = None  # [entry] waiting for an inflight slot, oldest first
-        self.qos2in = None  # [packet id] of inbound QoS 2 awaiting PUBREL
-        self.pid = 0
-        self.mark = 0  # routing scratch, see topics.Index.collect
-        self.mq = 0
 
     def next_pid(self):
         """A packet id not in use by an outbound message (MQTT-2.3.1-2)."""
@@ -61,14 +64,15 @@ class Session:
 
 
 class Conn:
+    sess = None
+    state = NEW
+    rx = None  # unparsed bytes carried to the next read
+    out = None  # bytearray waiting for the socket
+    mask = 0  # poll events registered
+    ka = 0  # keepalive window in ms (1.5 x the client's keepalive), 0 = none
+    will = None  # (topic, payload, qos, retain)
+    paused = False  # reading stopped until subscribers make room
+
     def __init__(self, sock, now):
         self.sock = sock
-        self.sess = None
-        self.state = NEW
-        self.rx = None  # unparsed bytes carried to the next read
-        self.out = None  # bytearray waiting for the socket
-        self.mask = 0  # poll events registered
         self.last = now  # ticks_ms of the last packet received
-        self.ka = 0  # keepalive window in ms (1.5 x the client's keepalive), 0 = none
-        self.will = None  # (topic, payload, qos, retain)
-        self.paused = False  # reading stopped until subscribers make room

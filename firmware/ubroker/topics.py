@@ -61,22 +61,26 @@ def matches(flt, topic):
 
 
 class Index:
-    """Subscriptions of all clients. Exact filters are found by one dict lookup; wildcard
-    filters are walked. Each filter maps to {client: granted qos}. The routes of recently
-    published topics are cached until the subscriptions change, so a sensor publishing to
-    the same topic again costs one dict lookup however many wildcard filters there are."""
+    """Subscriptions of all clients. Each filter maps to a flat list [client, qos, client,
+    qos, ...] (smaller than a dict for the usual one or two subscribers). A topic's exact
+    filter is found by one dict lookup; wildcard filters are walked, and the routes of
+    recently published topics are cached until the subscriptions change, so a sensor
+    publishing to the same topic again costs one dict lookup however many wildcard filters
+    there are."""
 
     def __init__(self, cache_size=64):
-        self.exact = {}
-        self.wild = {}  # filter -> (levels, {client: qos})
+        self.exact = {}  # filter -> [client, qos, ...]
+        self.wild = {}  # filter -> (levels, [client, qos, ...])
         self.count = 0
-        self.cache = {}  # topic -> [client, qos, client, qos, ...]
+        self.cache = {}  # topic -> [client, qos, ...] merged over all matching filters
         self.cache_size = cache_size
         self._seq = 0
 
     def route(self, topic):
         """The clients a message on topic goes to, each once with the highest QoS of its
         matching subscriptions (MQTT-3.3.5-1), as a flat list [client, qos, ...]."""
+        if not self.wild:
+            return self.exact.get(topic, _NONE)  # one filter matches: no duplicates
         r = self.cache.get(topic)
         if r is None:
             self._seq += 1
@@ -91,43 +95,51 @@ class Index:
             self.cache[topic] = r
         return r
 
-    def add(self, flt, client, qos):
-        """Returns True when this is a new subscription, False when it replaced one."""
+    def _subs(self, flt, create):
         if is_wild(flt):
             entry = self.wild.get(flt)
-            if entry is None:
-                entry = self.wild[flt] = (flt.split(b"/"), {})
-            subs = entry[1]
-        else:
-            subs = self.exact.get(flt)
-            if subs is None:
-                subs = self.exact[flt] = {}
-        new = client not in subs
-        subs[client] = qos
+            if entry is None and create:
+                entry = self.wild[flt] = (flt.split(b"/"), [])
+            return None if entry is None else entry[1]
+        subs = self.exact.get(flt)
+        if subs is None and create:
+            subs = self.exact[flt] = []
+        return subs
+
+    def add(self, flt, client, qos):
+        """Returns True when this is a new subscription, False when it replaced one."""
+        subs = self._subs(flt, True)
         self.cache.clear()
-        if new:
-            self.count += 1
-        return new
+        for i in range(0, len(subs), 2):
+            if subs[i] is client:
+                subs[i + 1] = qos
+                return False
+        subs.append(client)
+        subs.append(qos)
+        self.count += 1
+        return True
 
     def remove(self, flt, client):
-        table = self.wild if is_wild(flt) else self.exact
-        entry = table.get(flt)
-        if entry is None:
+        subs = self._subs(flt, False)
+        if subs is None:
             return False
-        subs = entry[1] if isinstance(entry, tuple) else entry
-        if client not in subs:
-            return False
-        del subs[client]
-        self.cache.clear()
-        if not subs:
-            del table[flt]
-        self.count -= 1
-        return True
+        for i in range(0, len(subs), 2):
+            if subs[i] is client:
+                del subs[i : i + 2]
+                self.cache.clear()
+                self.count -= 1
+                if not subs:
+                    if is_wild(flt):
+                        del self.wild[flt]
+                    else:
+                        del self.exact[flt]
+                return True
+        return False
 
     def collect(self, topic, hits, seq):
         """Append each subscribed client once to hits, leaving on it the highest QoS of its
-        matching subscriptions (MQTT-3.3.5-1). Clients carry two scratch fields for this:
-        mark (the publish sequence number last seen) and mq."""
+        matching subscriptions. Clients carry two scratch fields for this: mark (the
+        sequence number of the last collect that saw them) and mq."""
         subs = self.exact.get(topic)
         if subs:
             _take(subs, hits, seq)
@@ -138,9 +150,13 @@ class Index:
                 _take(subs, hits, seq)
 
 
+_NONE = []
+
+
 def _take(subs, hits, seq):
-    for c in subs:
-        q = subs[c]
+    for i in range(0, len(subs), 2):
+        c = subs[i]
+        q = subs[i + 1]
         if c.mark != seq:
             c.mark = seq
             c.mq = q

@@ -1,0 +1,34 @@
+"""Tables and buffers allocated once, at start. presize() grows a dict's table to its limit
+while the heap is still in one piece (deleting keys keeps the table), so a table never has
+to find a large free block later, in a heap fragmented by traffic. Pool holds reusable
+bytearrays for output batches and carried-over input. A bytearray
+emptied with b[:] = b"" keeps its allocation, so reusing a few long-lived buffers instead of
+allocating one per flush keeps large blocks from being scattered through a small heap."""
+
+
+class Pool:
+    def __init__(self, keep, size=0):
+        """keep: how many free buffers to hold; all are allocated now with room for size
+        bytes, while the heap is still in one piece."""
+        self.free = []
+        self.keep = keep
+        for _ in range(keep):
+            b = bytearray(size)
+            b[:] = b""
+            self.free.append(b)
+
+    def take(self):
+        return self.free.pop() if self.free else bytearray()
+
+    def give(self, b):
+        if len(self.free) < self.keep:
+            b[:] = b""
+            self.free.append(b)
+
+
+def presize(d, n):
+    for i in range(n):
+        d[i] = None
+    for i in range(n):
+        del d[i]
+    return d
