@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench setup clean
+.PHONY: run test bench bench-setup setup clean
 
 setup: $(STAMP)
 
@@ -25,8 +25,37 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)
+bench: $(STAMP) bench-setup
 	$(BIN)/ubroker bench
+
+# The peers and tools of the benchmark, each installed only if missing; a peer that cannot be
+# installed is reported as unavailable by `ubroker bench` rather than stopping the run.
+#   cc (bench/loadgen.c, built by `ubroker bench` into bench/bin/), mosquitto (Debian),
+#   aedes (npm, pinned by bench/package-lock.json), amqtt (PyPI, pinned, in its own .venv-bench).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT  := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -y -q
+APT_UPDATED := bench/bin/.apt-updated
+
+$(APT_UPDATED):
+	mkdir -p bench/bin
+	$(APT) update && touch $@
+
+bench-setup:
+	@command -v cc >/dev/null || command -v gcc >/dev/null || \
+	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install gcc libc6-dev; }
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install mosquitto; } || \
+	  echo "bench-setup: could not install mosquitto; it will be reported unavailable"
+	@{ command -v node >/dev/null && command -v npm >/dev/null; } || \
+	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install nodejs npm; } || \
+	  echo "bench-setup: could not install node/npm; aedes will be reported unavailable"
+	@test bench/node_modules/.package-lock.json -nt bench/package-lock.json || \
+	  (cd bench && npm ci --no-audit --no-fund --loglevel=error) || \
+	  echo "bench-setup: could not install aedes; it will be reported unavailable"
+	@test .venv-bench/.installed -nt bench/requirements-amqtt.txt || \
+	  { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/python -m pip install -q -r bench/requirements-amqtt.txt && \
+	    touch .venv-bench/.installed; } || \
+	  { rm -rf .venv-bench; echo "bench-setup: could not install amqtt; it will be reported unavailable"; }
 
 clean:
 	rm -rf $(VENV) build data

@@ -31,13 +31,17 @@ class Stats:
 
 
 class Broker:
-    def __init__(self, cfg, log):
+    def __init__(self, cfg, log, write_out):
         self.cfg = cfg
         self.log = log
         self.max_inflight = cfg["max_inflight_messages"]
         self.max_queued = cfg["max_queued_messages"]
         self.max_held_bytes = cfg["max_queued_bytes"]
         self.out_limit = cfg["out_buffer_size"]
+        # A subscriber's output is written as soon as it passes this, not only at the end of
+        # the loop pass: under a flood it keeps the subscriber fed instead of dropping.
+        self.flush_at = self.out_limit // 2
+        self.write_out = write_out  # the server's: send a connection's output now
         self.max_qos = cfg["max_qos"]
         self.sessions = presize({}, cfg["max_sessions"])  # client id -> Session
         self.index = Index(cfg["route_cache_size"])
@@ -50,7 +54,6 @@ class Broker:
         self.pool = Pool(cfg["buffer_pool_size"])
         self.freed = False  # a window or queue made room: paused publishers may resume
         self.stats = Stats()
-        self.kick = None  # set by the server: close a connection (conn, reason)
 
     # ---------------------------------------------------------------- output
 
@@ -68,8 +71,11 @@ class Broker:
         self._out(conn).extend(data)
 
     def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
-        put_publish(self._out(conn), topic, payload, qos, retain, dup, pid)
+        out = self._out(conn)
+        put_publish(out, topic, payload, qos, retain, dup, pid)
         self.stats.pub_out += 1
+        if len(out) >= self.flush_at:
+            self.write_out(conn, False)
 
     def _write_raw(self, conn, raw):
         out = self._out(conn)
@@ -77,6 +83,8 @@ class Broker:
         put_length(out, len(raw))
         out.extend(raw)
         self.stats.pub_out += 1
+        if len(out) >= self.flush_at:
+            self.write_out(conn, False)
 
     # ---------------------------------------------------------------- routing
 
@@ -194,25 +202,25 @@ class Broker:
     # ---------------------------------------------------------------- retained
 
     def retain(self, topic, payload, qos):
-        """Store, replace or clear (empty payload, MQTT-3.3.1-10/11) a retained message."""
+        """Store, replace or clear (empty payload, MQTT-3.3.1-10/11) a retained message. The
+        old one goes first in every case (MQTT-3.3.1-7), even when the new one does not fit."""
         if topic.startswith(SYS_PREFIX):
             return
         old = self.retained.get(topic)
-        oldsize = len(old[0]) + len(topic) if old else 0
+        if old is not None:
+            del self.retained[topic]
+            self.retained_bytes -= len(old[0]) + len(topic)
         if not payload:
-            if old:
-                del self.retained[topic]
-                self.retained_bytes -= oldsize
             return
         size = len(topic) + len(payload)
-        if old is None and len(self.retained) >= self.cfg["max_retained_messages"]:
+        if len(self.retained) >= self.cfg["max_retained_messages"]:
             self.stats.hit("retained_messages")
             return
-        if self.retained_bytes - oldsize + size > self.cfg["max_retained_bytes"]:
+        if self.retained_bytes + size > self.cfg["max_retained_bytes"]:
             self.stats.hit("retained_bytes")
             return
         self.retained[topic] = (bytes(payload), qos)
-        self.retained_bytes += size - oldsize
+        self.retained_bytes += size
 
     def send_retained(self, s, flt, granted):
         """Retained messages matching a new subscription, with RETAIN set (MQTT-3.3.1-6)."""

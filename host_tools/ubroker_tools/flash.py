@@ -1,0 +1,222 @@
+"""`ubroker flash`: build the firmware for a board, then with mpremote copy to the board only
+the files whose sha256 differs from the board's copy, write the config, and reset the board.
+
+Each step talks to the board through mpremote (as a subprocess, with `resume`: no soft reset
+on connect, which the unix port and ubroker vboard need, and which real boards do not mind).
+"""
+
+import argparse
+import ast
+import hashlib
+import os
+import subprocess
+import sys
+
+from . import build as buildmod
+from . import config as configmod
+from . import paths, profiles
+
+HELP = """Build the firmware for a board and copy it with mpremote (only what changed), then
+write the config and reset the board so that the broker starts.
+
+example:
+  ubroker flash --board esp32 --port auto --config ubroker.conf
+  ubroker flash --board rp2-pico-w --port /dev/ttyACM0
+  ubroker flash --board unix --port /tmp/board.tty      # a virtual board (ubroker vboard)
+"""
+
+MIN_VERSION = (1, 23)  # first MicroPython that loads .mpy v6.3 (mpy-cross 1.29 writes that)
+TIMEOUT = 60
+PROBE_TIMEOUT = 10  # a board's REPL answers in well under a second
+# Hash the board's copies: prints the repr of {path: hex sha256 or None}, and the files in
+# ubroker/ (to remove ones the build no longer has).
+HASH_SCRIPT = """
+import os, hashlib, binascii
+def _h(p):
+    try:
+        f = open(p, 'rb')
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    b = bytearray(512)
+    while True:
+        n = f.readinto(b)
+        if not n:
+            break
+        h.update(b[:n])
+    f.close()
+    return binascii.hexlify(h.digest()).decode()
+try:
+    os.mkdir('ubroker')
+except OSError:
+    pass
+print('UBHASH', repr({p: _h(p) for p in %r}))
+print('UBLIST', repr(os.listdir('ubroker')))
+"""
+PROBE = ("import sys; print('UBPROBE', repr((sys.platform, tuple(sys.implementation.version[:3]), "
+         "getattr(sys.implementation, '_mpy', 0))))")
+
+
+class FlashError(Exception):
+    pass
+
+
+def add_parser(sub):
+    p = sub.add_parser("flash", help="build and copy the firmware to a board (mpremote)", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--board", required=True, help="board profile name (see boards/)")
+    p.add_argument("--port", default="auto", help="serial port, socket://, rfc2217:// or auto (default)")
+    p.add_argument("--config", help="config file to write to the board as ubroker.conf (checked first)")
+    p.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
+    p.set_defaults(func=main)
+
+
+# ------------------------------------------------------------------ finding the board
+
+def find_port(board):
+    """The one serial port whose USB id is in a board profile; FlashError otherwise."""
+    from serial.tools import list_ports
+
+    ids = {}
+    for name in paths.known_boards():
+        try:
+            for vp in profiles.usb_ids(profiles.load_board(name)):
+                ids.setdefault(vp, []).append(name)
+        except Exception:
+            continue
+    mine = set(profiles.usb_ids(profiles.load_board(board)))
+    ports = list(list_ports.comports())
+    found = [p for p in ports if p.vid is not None and (p.vid, p.pid) in mine]
+    if not found:
+        seen = ", ".join("%s (%s)" % (p.device, "%04x:%04x" % (p.vid, p.pid) if p.vid is not None else "no USB id")
+                         for p in ports) or "none"
+        raise FlashError("no %s board found on USB (looked for %s; serial ports seen: %s). Plug the board in with a "
+                         "data cable, or pass --port PORT (e.g. /dev/ttyUSB0, COM3)."
+                         % (board, ", ".join("%04x:%04x" % vp for vp in sorted(mine)) or "no usb_id in the profile",
+                            seen))
+    if len(found) > 1:
+        raise FlashError("several boards found: %s. Unplug the others, or pass --port with one of them."
+                         % ", ".join("%s (%s)" % (p.device, p.description) for p in found))
+    return found[0].device
+
+
+# ------------------------------------------------------------------ mpremote
+
+def mpremote(port, *args, timeout=TIMEOUT):
+    cmd = [sys.executable, "-m", "mpremote", "connect", port, "resume"] + list(args)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise FlashError("mpremote did not finish within %d s on %s. Is the board busy or not running MicroPython? "
+                         "Press its reset button and try again." % (timeout, port))
+    return r.returncode, r.stdout, r.stderr
+
+
+def marked(out, mark):
+    for line in out.splitlines():
+        if line.startswith(mark + " "):
+            return ast.literal_eval(line[len(mark) + 1:])
+    return None
+
+
+def probe(port, profile):
+    try:
+        rc, out, err = mpremote(port, "exec", PROBE, timeout=PROBE_TIMEOUT)
+    except FlashError:
+        rc, out, err = 1, "", "no answer within %d s" % PROBE_TIMEOUT
+    info = marked(out, "UBPROBE")
+    if rc != 0 or info is None:
+        text = (err or out).strip().splitlines()
+        raise FlashError("no MicroPython REPL answered on %s (%s). Install MicroPython on the board first "
+                         "(ESP32: esptool.py write_flash; Pico W: hold BOOTSEL, copy the .uf2), then run this again."
+                         % (port, text[-1] if text else "no answer"))
+    platform, version, mpy = info
+    if tuple(version[:2]) < MIN_VERSION:
+        raise FlashError("the board runs MicroPython %s; ubroker needs %d.%d or newer (its .mpy files are v6.3). "
+                         "Update the board's MicroPython firmware, then flash again."
+                         % (".".join(map(str, version)), MIN_VERSION[0], MIN_VERSION[1]))
+    expect = {"none": "linux", "x64": "linux"}.get(profile["arch"])
+    if expect and platform != expect:
+        raise FlashError("board %s is the unix port, but %s runs MicroPython for %s; pick its profile with --board"
+                         % (profile["board"], port, platform))
+    if profile["arch"].startswith("xtensa") and platform != "esp32" or \
+            profile["arch"].startswith("armv") and platform != "rp2":
+        raise FlashError("the board on %s runs MicroPython for %s, not for a %s board; pick its profile with --board"
+                         % (port, platform, profile["board"]))
+    return platform, version
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# ------------------------------------------------------------------ flash
+
+def flash(board, port, config=None, reset=True, say=print):
+    profile = profiles.load_board(board)
+    if config:
+        problems = configmod.check(board, config)
+        if problems:
+            raise FlashError("the config has mistakes; nothing was copied:\n" + "\n".join(problems))
+    out, files = buildmod.build(board)
+    say("built %s: %d files, %d bytes" % (board, len(files), sum(s for _, s in files)))
+    if port == "auto":
+        port = find_port(board)
+        say("found %s on %s" % (board, port))
+    platform, version = probe(port, profile)
+    say("MicroPython %s (%s) on %s" % (".".join(map(str, version)), platform, port))
+
+    local = {name: os.path.join(out, name) for name, _ in files}
+    if config:
+        local["ubroker.conf"] = os.path.abspath(config)
+    remote_names = sorted(local)
+    rc, stdout, err = mpremote(port, "exec", HASH_SCRIPT % (remote_names,))
+    have = marked(stdout, "UBHASH")
+    listing = marked(stdout, "UBLIST")
+    if rc != 0 or have is None:
+        raise FlashError("could not read the board's files: %s" % (err or stdout).strip())
+    copy = []
+    for name in remote_names:
+        if name == "ubroker.conf" and not config and have.get(name) is not None:
+            continue  # keep the board's own config unless --config is given
+        if have.get(name) != sha256(local[name]):
+            copy.append(name)
+    stale = ["ubroker/" + f for f in (listing or []) if "ubroker/" + f not in local]
+    args = []
+    for name in copy:
+        if args:
+            args.append("+")
+        args += ["fs", "cp", local[name], ":" + name]
+    for name in stale:
+        if args:
+            args.append("+")
+        args += ["fs", "rm", ":" + name]
+    if args:
+        rc, stdout, err = mpremote(port, *args, timeout=TIMEOUT + 10 * len(copy))
+        if rc != 0:
+            raise FlashError("copying failed: %s" % (err or stdout).strip())
+    nbytes = sum(os.path.getsize(local[n]) for n in copy)
+    say("copied %d file%s (%d bytes), %d unchanged, %d removed%s"
+        % (len(copy), "" if len(copy) == 1 else "s", nbytes, len(remote_names) - len(copy), len(stale),
+           "; config written" if "ubroker.conf" in copy else ""))
+    if reset:
+        # Always: connecting with mpremote interrupted the running broker (Ctrl-C), so the
+        # board is reset even when nothing changed. The unix port has no machine.reset(); its soft reset ends the process, and a
+        # vboard boots it again. A board's hard reset drops the USB link: do not wait for it.
+        code = "import machine; machine." + ("soft_reset()" if platform == "linux" else "reset()")
+        mpremote(port, "exec", "--no-follow", code, timeout=20)
+        say("board reset")
+    return copy, stale
+
+
+def main(args):
+    try:
+        flash(args.board, args.port, args.config, not args.no_reset)
+    except profiles.UnknownBoard as e:
+        print("ubroker flash: %s" % e, file=sys.stderr)
+        return 2
+    except (FlashError, buildmod.BuildError) as e:
+        print("ubroker flash: %s" % e, file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,160 @@
+"""`ubroker build`: every board builds; the .mpy headers are v6.3 with the board's arch (or
+none, for bytecode-only modules, which load on every arch); the -march wiring gives the arch
+byte of PLATFORM.md §5 on native code; and the unix build runs the broker in the unix port
+from .mpy alone."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import free_port, wait_for
+from ubroker_tools import build, paths, profiles
+
+UBROKER = os.path.join(os.path.dirname(sys.executable), "ubroker")
+# PLATFORM.md §5: the third header byte of a native .mpy per -march.
+PLATFORM_ARCH_BYTE = {"xtensawin": 0x2B, "armv6m": 0x13, "armv7emsp": 0x1F}
+
+
+def run_build(board, out):
+    return subprocess.run([UBROKER, "build", "--board", board, "--out", str(out), "-v"],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("board", paths.known_boards())
+def test_board_builds(board, tmp_path):
+    out = tmp_path / board
+    r = run_build(board, out)
+    assert r.returncode == 0, r.stderr
+    assert "built %s:" % board in r.stdout
+    prof = profiles.load_board(board)
+    mpys = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".mpy")]
+    names = {os.path.relpath(p, out) for p in mpys}
+    pkg = os.path.join(paths.FIRMWARE, "ubroker")
+    srcs = {"ubroker/" + f[:-3] + ".mpy" for f in os.listdir(pkg) if f.endswith(".py")}
+    assert names == srcs | {"ubmain.mpy"}
+    for p in mpys:
+        with open(p, "rb") as f:
+            head = f.read(4)
+        assert head[:2] == b"M\x06", p
+        assert head[2] in (0, build.header_byte(prof["arch"])), "%s: arch byte %#x" % (p, head[2])
+        assert head[3] == 31, p  # -msmall-int-bits=31
+    total = sum(os.path.getsize(p) for p in mpys)
+    assert "%d bytes of .mpy code" % total in r.stdout
+    with open(out / "board.conf") as f, open(paths.board_file(board)) as g:
+        assert f.read() == g.read()
+    profiles.fwconfig().load(str(out / "ubroker.conf"))  # the default config parses
+
+
+@pytest.mark.parametrize("arch", sorted(PLATFORM_ARCH_BYTE))
+def test_march_gives_platform_arch_byte(arch, tmp_path):
+    """Bytecode-only modules carry arch 0 (portable); once a module has native code, the byte
+    must be the board's. Compiled through the build's own compile step."""
+    src = tmp_path / "nat.py"
+    src.write_text("import micropython\n@micropython.native\ndef f(x):\n    return x + 1\n")
+    dst = tmp_path / "nat.mpy"
+    build.compile_one(str(src), str(dst), arch, "nat.py")
+    head = dst.read_bytes()[:4]
+    assert head[2] == PLATFORM_ARCH_BYTE[arch] == build.header_byte(arch)
+
+
+def test_unknown_board_names_known_ones(tmp_path):
+    r = run_build("no-such-board", tmp_path / "x")
+    assert r.returncode == 2
+    for b in paths.known_boards():
+        assert b in r.stderr
+
+
+def test_unix_build_runs_broker_from_mpy(tmp_path):
+    board = tmp_path / "board"
+    r = run_build("unix", board)
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    (board / "ubroker.conf").write_text("listener %d 127.0.0.1\n" % port)
+    mp = paths.micropython()
+    env = dict(os.environ, MICROPYPATH=os.pathsep + ".frozen")  # '' = the board folder only
+    which = subprocess.run([mp, "-c", "import ubroker.server as s; print(s.__file__)"], cwd=board, env=env,
+                           capture_output=True, text=True, timeout=20)
+    assert which.stdout.strip().endswith("ubroker/server.mpy"), which.stdout + which.stderr
+    log = open(tmp_path / "log", "w")
+    proc = subprocess.Popen([mp, "main.py"], cwd=board, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return True
+            except OSError:
+                return False
+        assert wait_for(up, 15), (tmp_path / "log").read_text()
+        got = []
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="build-test")
+        c.on_message = lambda cl, u, m: got.append((m.topic, m.payload))
+        c.on_subscribe = lambda cl, u, mid, rc, p: cl.publish("b/t", b"from-mpy", 1)
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        c.subscribe("b/#", 1)
+        assert wait_for(lambda: got, 5)
+        assert got == [("b/t", b"from-mpy")]
+        c.disconnect()
+        c.loop_stop()
+        assert "broker at mqtt://127.0.0.1:%d" % port in (tmp_path / "log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def start_board(tmp_path, conf):
+    board = tmp_path / "board"
+    r = run_build("unix", board)
+    assert r.returncode == 0, r.stderr
+    (board / "ubroker.conf").write_text(conf)
+    env = dict(os.environ, MICROPYPATH=os.pathsep + ".frozen")
+    logpath = tmp_path / "log"
+    proc = subprocess.Popen([paths.micropython(), "main.py"], cwd=board, env=env, stdout=open(logpath, "w"),
+                            stderr=subprocess.STDOUT)
+    return proc, logpath
+
+
+def test_main_restarts_broker_after_crash(tmp_path):
+    """The listener's port is taken: serving fails, main.py logs it and tries again until the
+    port is free, then the broker serves."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    proc, logpath = start_board(tmp_path, "listener %d 127.0.0.1\n" % port)
+    try:
+        assert wait_for(lambda: "broker crashed (2)" in logpath.read_text(), 15), logpath.read_text()
+        assert proc.poll() is None
+        blocker.close()
+
+        def up():
+            try:
+                c = socket.create_connection(("127.0.0.1", port), 0.2)
+                c.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")  # CONNECT, empty id
+                ok = c.recv(4) == b"\x20\x02\x00\x00"
+                c.close()
+                return ok
+            except OSError:
+                return False
+        assert wait_for(up, 20), logpath.read_text()
+    finally:
+        blocker.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_main_reports_config_mistake_and_stops(tmp_path):
+    proc, logpath = start_board(tmp_path, "listener 1883\nmax_qos 7\n")
+    try:
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = logpath.read_text()
+    assert "ubroker.conf:2: max_qos must be 0, 1 or 2" in log
+    assert "fix ubroker.conf" in log
+    assert "broker at" not in log
