@@ -19,14 +19,16 @@ The block device protocol is the one vfs.VfsLfs2 uses (the "extended" interface)
                                       5 -> block size; 6 -> erase block `arg`, returns 0
 
 NOR rules: an erase sets every byte of a block to 0xFF; a program can only clear bits (the
-stored byte becomes old & new). A program that would need to set a 0 bit back to 1 is counted
-in `nor_violations` (LittleFS never does that, so tests assert it stays 0).
+stored byte becomes old & new). A program that would need to set a 0 bit back to 1 counts
+one in `nor_violations` (per program; LittleFS never does that, so tests assert it stays 0).
 
 Power cut: with cut_after=N the N-th program-or-erase (counting from 1, over the life of this
 object) does not complete. With torn=True the first half of it is applied (the first half of
 the data for a program, the first half of the block for an erase); otherwise nothing of it is.
 Then PowerCut is raised, and every later call on the device (read, write, ioctl) raises
-PowerCut too: the chip is dead. PowerCut derives from BaseException, so `except Exception`
+PowerCut too: the chip is dead. (One exception: calls made by garbage-collector finalisers of
+files left open on the dead filesystem go quietly to a private "ghost" copy and never change
+the surviving image; see "the dead chip" below.) PowerCut derives from BaseException, so `except Exception`
 handlers in the code under test cannot swallow it. To "power up again", make a new device on
 the surviving bytes: dev.reboot() (or FlashSim(image=...), or FlashSim(path=...) for a file).
 
@@ -35,7 +37,9 @@ written through (seek + write + flush), so the image survives the death of the p
 existing file of the right size is loaded; otherwise it is created erased (all 0xFF).
 
 Heap: the image is a bytearray of blocks*block_size bytes in the MicroPython heap (the unix port
-default heap is 2 MiB, so a 1 MiB device needs `micropython -X heapsize=8M`).
+default heap is 2 MiB, so a 1 MiB device needs `micropython -X heapsize=8M`, and at the cut
+a ghost copy of the same size is made; if it does not fit, finalisers get PowerCut, which
+MicroPython prints on stdout).
 """
 
 try:

@@ -3,12 +3,24 @@ retained messages, delivery with bounded in-flight windows and queues, and the c
 $SYS reports. It knows nothing of sockets: outgoing bytes are appended to Conn.out and the
 connection is listed in `dirty` for the server to flush."""
 
+import gc
+import sys
+
 from .buffers import Pool, presize
 from .codec import PUBREL, ack, put_length, put_publish
-from .session import AWAIT_ACK, CLOSED, MSG, PID, QOS, STAGE, UP, Session
+from .session import AWAIT_ACK, MSG, PID, QOS, STAGE, Session
 from .topics import Index, match_levels
 
 SYS_PREFIX = b"$SYS/"
+
+# Heap bytes one queued or in-flight message costs beyond its topic and payload (entry list,
+# message tuple, object headers): 222 B measured on the 64-bit unix port; half that assumed
+# on 32-bit boards. max_queued_bytes counts it, so the limit bounds the heap really used.
+ENTRY_COST = 224 if sys.maxsize > 1 << 32 else 112
+
+
+def cost(msg):
+    return len(msg[0]) + len(msg[1]) + ENTRY_COST
 
 
 class Stats:
@@ -37,6 +49,9 @@ class Broker:
         self.max_inflight = cfg["max_inflight_messages"]
         self.max_queued = cfg["max_queued_messages"]
         self.max_held_bytes = cfg["max_queued_bytes"]
+        # Free heap kept for connections and packets: below it, QoS 1/2 messages wait
+        # (backpressure) rather than being taken on and lost to a MemoryError.
+        self.heap_reserve = cfg["heap_reserve"]
         self.out_limit = cfg["out_buffer_size"]
         # A subscriber's output is written as soon as it passes this, not only at the end of
         # the loop pass: under a flood it keeps the subscriber fed instead of dropping.
@@ -48,34 +63,58 @@ class Broker:
         presize(self.index.exact, cfg["max_subscriptions"])
         self.retained = presize({}, cfg["max_retained_messages"])  # topic -> (payload, qos)
         self.retained_bytes = 0
-        self.sys_retained = {}  # $SYS topic -> (payload, 0), outside the user's limits
-        self.held_bytes = 0  # bytes of messages in all in-flight windows and queues
-        self.dirty = []  # connections with fresh output
-        self.pool = Pool(cfg["buffer_pool_size"])
+        self.sys_report = None  # set by the server: the $SYS figures now, [(topic, payload)]
+        self.held_bytes = 0  # heap bytes of messages in all in-flight windows and queues
+        # Connections with fresh output, in a list allocated once: dirty[:ndirty]. A
+        # connection is listed once per loop pass, when its output buffer is first filled.
+        self.dirty = [None] * (cfg["max_connections"] + 8)
+        self.ndirty = 0
+        # The pool is filled now, while the heap is in one piece.
+        self.pool = Pool(cfg["buffer_pool_size"], cfg["out_buffer_size"])
+        self.scratch = bytearray(cfg["out_buffer_size"])
         self.freed = False  # a window or queue made room: paused publishers may resume
         self.stats = Stats()
 
     # ---------------------------------------------------------------- output
 
     def _out(self, conn):
-        """The connection's output buffer, listing the connection for the next flush."""
+        """Where to put bytes for conn: its output buffer, listed for the next flush; or,
+        when it has nothing waiting and the pool has no buffer to spare, the shared scratch
+        buffer, written out at once by _done (no heap used per connection)."""
         out = conn.out
         if out is None:
+            if not self.pool.free:
+                out = self.scratch
+                out[:] = b""
+                return out
             conn.out = out = self.pool.take()
-            self.dirty.append(conn)
+            self.mark_dirty(conn)
         elif not out:
-            self.dirty.append(conn)
+            self.mark_dirty(conn)
         return out
 
+    def _done(self, conn, out):
+        if out is self.scratch:
+            self.write_out(conn, False, out)
+        elif len(out) >= self.flush_at:
+            self.write_out(conn, False)
+
+    def mark_dirty(self, conn):
+        n = self.ndirty
+        if n < len(self.dirty):
+            self.dirty[n] = conn
+            self.ndirty = n + 1
+
     def send(self, conn, data):
-        self._out(conn).extend(data)
+        out = self._out(conn)
+        out.extend(data)
+        self._done(conn, out)
 
     def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
         out = self._out(conn)
         put_publish(out, topic, payload, qos, retain, dup, pid)
         self.stats.pub_out += 1
-        if len(out) >= self.flush_at:
-            self.write_out(conn, False)
+        self._done(conn, out)
 
     def _write_raw(self, conn, raw):
         out = self._out(conn)
@@ -83,8 +122,7 @@ class Broker:
         put_length(out, len(raw))
         out.extend(raw)
         self.stats.pub_out += 1
-        if len(out) >= self.flush_at:
-            self.write_out(conn, False)
+        self._done(conn, out)
 
     # ---------------------------------------------------------------- routing
 
@@ -93,8 +131,13 @@ class Broker:
         if self.held_bytes + size > self.max_held_bytes:
             self.stats.hit("queued_bytes")
             return False
+        if self.heap_reserve and gc.mem_free() < self.heap_reserve:
+            gc.collect()
+            if gc.mem_free() < self.heap_reserve:
+                self.stats.hit("heap_reserve")
+                return False
         c = s.conn
-        if c is not None and c.state == UP and (not s.inflight or len(s.inflight) < self.max_inflight):
+        if c is not None and (not s.inflight or len(s.inflight) < self.max_inflight):
             return True
         if not s.queue or len(s.queue) < self.max_queued:
             return True
@@ -110,7 +153,7 @@ class Broker:
         r = self.index.route(topic)
         n = len(r)
         if qos and not force:
-            size = len(topic) + len(payload)
+            size = len(topic) + len(payload) + ENTRY_COST
             for i in range(1, n, 2):
                 if r[i] and not self.room(r[i - 1], size):
                     return False
@@ -122,7 +165,7 @@ class Broker:
                 q = qos
             if q == 0:
                 c = s.conn
-                if c is not None and c.state == UP:
+                if c is not None:
                     if c.out is None or len(c.out) < self.out_limit:
                         if raw is None:
                             self._write_publish(c, topic, payload, 0, False, False, 0)
@@ -143,11 +186,11 @@ class Broker:
         """Give a QoS 1/2 message to a session: into the in-flight window if the client is
         online and the window has room, else onto its queue. retain marks a retained message
         sent for a new subscription."""
-        size = len(msg[0]) + len(msg[1])
+        size = cost(msg)
         entry = [0, qos, msg, AWAIT_ACK]
         c = s.conn
         inflight = s.inflight
-        if c is not None and c.state == UP and (not inflight or len(inflight) < self.max_inflight):
+        if c is not None and (not inflight or len(inflight) < self.max_inflight):
             if inflight is None:
                 s.inflight = inflight = []
             pid = entry[PID] = s.next_pid()
@@ -167,7 +210,7 @@ class Broker:
         """Move queued messages into the in-flight window as far as it has room."""
         queue = s.queue
         c = s.conn
-        if not queue or c is None or c.state != UP:
+        if not queue or c is None:
             return
         if s.inflight is None:
             s.inflight = []
@@ -183,7 +226,7 @@ class Broker:
     def release(self, s, i):
         """An outbound message is done (PUBACK or PUBCOMP): free its slot."""
         e = s.inflight.pop(i)
-        self.held_bytes -= len(e[MSG][0]) + len(e[MSG][1])
+        self.held_bytes -= cost(e[MSG])
         self.freed = True
         self.refill(s)
 
@@ -226,18 +269,23 @@ class Broker:
         """Retained messages matching a new subscription, with RETAIN set (MQTT-3.3.1-6)."""
         levels = flt.split(b"/")
         c = s.conn
-        for table in (self.retained, self.sys_retained):
-            for topic in table:
-                if not match_levels(levels, topic):
-                    continue
-                payload, q = table[topic]
-                q = q if q < granted else granted
-                if q == 0:
+        if flt.startswith(b"$SYS") and self.sys_report is not None:
+            # $SYS values are not stored: the current ones are the retained ones.
+            for topic, payload in self.sys_report():
+                if match_levels(levels, topic):
                     self._write_publish(c, topic, payload, 0, True, False, 0)
-                elif self.room(s, len(topic) + len(payload)):
-                    self.deliver(s, (topic, payload), q, True)
-                else:
-                    self.stats.dropped += 1
+        table = self.retained
+        for topic in table:
+            if not match_levels(levels, topic):
+                continue
+            payload, q = table[topic]
+            q = q if q < granted else granted
+            if q == 0:
+                self._write_publish(c, topic, payload, 0, True, False, 0)
+            elif self.room(s, len(topic) + len(payload) + ENTRY_COST):
+                self.deliver(s, (topic, payload), q, True)
+            else:
+                self.stats.dropped += 1
 
     # ---------------------------------------------------------------- sessions
 
@@ -255,13 +303,19 @@ class Broker:
         return s, present
 
     def drop_session(self, s):
-        if s.subs:
-            for flt in s.subs:
+        """Forget a session. Allocates nothing: it also runs when the heap is exhausted."""
+        subs = s.subs
+        if subs:
+            for flt in subs:
                 self.index.remove(flt, s)
-        for q in (s.inflight, s.queue):
-            if q:
-                for e in q:
-                    self.held_bytes -= len(e[MSG][0]) + len(e[MSG][1])
+        q = s.inflight
+        if q:
+            for e in q:
+                self.held_bytes -= cost(e[MSG])
+        q = s.queue
+        if q:
+            for e in q:
+                self.held_bytes -= cost(e[MSG])
         s.subs = s.inflight = s.queue = s.qos2in = None
         if self.sessions.get(s.cid) is s:
             del self.sessions[s.cid]
@@ -271,9 +325,8 @@ class Broker:
         """A connection is gone. Publish its will if it did not say DISCONNECT
         (MQTT-3.1.2-8/10); end the session if it was a clean one (MQTT-3.1.2-6)."""
         s = conn.sess
-        if conn.state == UP:
+        if s is not None:  # it had been accepted (CONNACK 0)
             self.stats.connected -= 1
-        conn.state = CLOSED
         will = conn.will
         conn.will = None
         if s is not None and s.conn is conn:

@@ -36,6 +36,7 @@ SCHEMA = {
     "connect_timeout": "pos",
     "route_cache_size": "pos",
     "buffer_pool_size": "int",
+    "heap_reserve": "size",
     # board profile (boards/*.conf)
     "board": "str",
     "description": "str",
@@ -75,6 +76,7 @@ DEFAULTS = {
     "connect_timeout": 10,
     "route_cache_size": 64,
     "buffer_pool_size": 8,
+    "heap_reserve": 0,
     "max_keepalive": 65535,
     "sys_interval": 10,
     "persistence": False,

@@ -29,7 +29,7 @@ from .codec import (
     u16,
     utf8,
 )
-from .session import AWAIT_ACK, AWAIT_COMP, NEW, QOS, STAGE, UP
+from .session import AWAIT_COMP, QOS, STAGE
 from .topics import valid_filter, valid_topic
 
 # Fixed-header flag bits each type must carry (MQTT-2.2.2-1/2); PUBLISH is checked apart.
@@ -46,7 +46,7 @@ class Protocol:
     def handle(self, c, b0, buf, pos, end):
         ptype = b0 >> 4
         if ptype == PUBLISH:
-            if c.state != UP:
+            if c.sess is None:
                 raise Malformed("PUBLISH before CONNECT")
             return self.publish(c, b0, buf, pos, end)
         flags = _FLAGS[ptype]
@@ -54,7 +54,7 @@ class Protocol:
             raise Malformed("packet type %d not accepted by a server" % ptype)
         if b0 & 0x0F != flags:
             raise Malformed("reserved flags of packet type %d" % ptype)
-        if c.state == NEW:
+        if c.sess is None:
             if ptype != CONNECT:
                 raise Malformed("first packet is not CONNECT")  # MQTT-3.1.0-1
             return self.connect(c, buf, pos, end)
@@ -166,9 +166,10 @@ class Protocol:
             return True
         s.conn = c
         c.sess = s
-        c.will = will
-        c.state = UP
-        c.ka = keepalive * 1500
+        if will is not None:  # an attribute set costs heap: only what differs from the default
+            c.will = will
+        if keepalive:
+            c.ka = keepalive * 1500
         st = b_.stats
         st.connected += 1
         if st.connected > st.max_connected:
@@ -275,9 +276,10 @@ class Protocol:
                 codes.append(SUB_FAILURE)
                 continue
             if subs is None:
-                s.subs = subs = {}
-            subs[flt] = q  # replaces an identical filter (MQTT-3.8.4-3)
-            b_.index.add(flt, s, q)
+                s.subs = subs = []
+            if fresh:
+                subs.append(flt)
+            b_.index.add(flt, s, q)  # replaces the QoS of an identical filter (MQTT-3.8.4-3)
             codes.append(q)
             granted_new.append((flt, q))
         b_.send(c, suback(pid, codes))  # MQTT-3.8.4-1, 3.8.4-5
@@ -299,7 +301,7 @@ class Protocol:
         s = c.sess
         for flt in flts:
             if s.subs and flt in s.subs:
-                del s.subs[flt]
+                s.subs.remove(flt)
                 self.b.index.remove(flt, s)  # MQTT-3.10.4-1
         self.b.send(c, ack(11, pid))  # UNSUBACK even when nothing matched (MQTT-3.10.4-5)
         return True

@@ -13,7 +13,7 @@ from .broker import Broker
 from .buffers import presize
 from .codec import Malformed, decode_length
 from .protocol import Protocol
-from .session import NEW, UP, Conn
+from .session import Conn
 from .sysinfo import SysInfo
 
 _IN = select.POLLIN
@@ -33,9 +33,15 @@ class Server:
         self.sys = SysInfo(self)
         self.max_packet = cfg["max_packet_size"]
         # One read buffer for all connections, sized to hold the largest packet allowed.
-        self.rbuf = bytearray(max(cfg["read_buffer_size"], self.max_packet + 5))
+        # One read buffer for all connections: what a connection carried over (at most one
+        # incomplete packet, or what a paused publisher sent) plus one read of at most
+        # read_buffer_size bytes. A small read keeps what a paused publisher carries small.
+        self.chunk = cfg["read_buffer_size"]
+        self.rbuf = bytearray(self.max_packet + 5 + self.chunk)
         self.rmv = memoryview(self.rbuf)
-        self.rx_limit = len(self.rbuf) // 2
+        # A paused publisher is still read (for its acknowledgements) while what it carries
+        # leaves room for one more read: at most one packet's worth of bytes.
+        self.rx_limit = self.max_packet + 5
         self.poll = select.poll()
         self.listeners = []
         self.conns = presize({}, cfg["max_connections"] + 8)  # socket -> Conn
@@ -55,6 +61,26 @@ class Server:
             self.poll.register(s, _IN)
             self.listeners.append(s)
             self.log("listening on %s:%d" % (host, port))
+        self._presize_poll(self.cfg["max_connections"] + 8)
+
+    def _presize_poll(self, n):
+        """Grow the poll table to n entries now (registering and dropping placeholder
+        sockets), so registering a client later never needs a large free block. A board
+        with few sockets simply stops at its limit."""
+        spare = []
+        try:
+            for _ in range(n):
+                s = socket.socket()
+                spare.append(s)
+                self.poll.register(s, _IN)
+        except (OSError, MemoryError):
+            pass
+        for s in spare:
+            try:
+                self.poll.unregister(s)
+            except (OSError, ValueError, KeyError):
+                pass
+            s.close()
 
     def accept(self, ls):
         while True:
@@ -119,7 +145,6 @@ class Server:
             self.log("client %s %s" % (s.cid.decode() if s else "?", what))
 
     def _mask(self, c):
-        # A paused connection is still read while what it sent fits in half the read buffer.
         m = (_IN if not c.paused or len(c.rx) < self.rx_limit else 0) | (_OUT if c.out else 0)
         if m != c.mask:
             c.mask = m
@@ -135,7 +160,7 @@ class Server:
             have = len(rx)
             buf[:have] = rx
         try:
-            n = c.sock.readinto(self.rmv[have:])
+            n = c.sock.readinto(self.rmv[have : have + self.chunk])
         except OSError as e:
             self.close(c, "read error %s" % e)
             return
@@ -263,16 +288,22 @@ class Server:
     # ------------------------------------------------------------------ output
 
     def flush(self):
-        dirty = self.broker.dirty
-        for c in dirty:
-            self.write_out(c, True)
-        dirty.clear()
+        b = self.broker
+        dirty = b.dirty
+        # Entries are cleared only once all are written: if a write raises (MemoryError),
+        # the next pass writes them again rather than forgetting a connection's output.
+        for i in range(b.ndirty):
+            self.write_out(dirty[i], True)
+        for i in range(b.ndirty):
+            dirty[i] = None
+        b.ndirty = 0
 
-    def write_out(self, c, may_close):
-        """Send what c has waiting, as far as its socket takes it. In the middle of routing
-        (may_close False) a write error only leaves the bytes for the next flush, which then
-        closes: closing there would change the subscriber lists being walked."""
-        out = c.out
+    def write_out(self, c, may_close, data=None):
+        """Send what c has waiting (or data, from the broker's scratch buffer, which must not
+        be kept), as far as its socket takes it. In the middle of routing (may_close False)
+        a write error only leaves the bytes for the next flush, which then closes: closing
+        there would change the subscriber lists being walked."""
+        out = c.out if data is None else data
         if c.sock is None or not out:
             return
         try:
@@ -280,10 +311,17 @@ class Server:
         except OSError as e:
             if may_close:
                 self.close(c, "write error %s" % e)
-            return
+                return
+            n = 0
         if n is None:
             n = 0
         self.broker.stats.bytes_out += n
+        if data is not None:
+            if n < len(data):  # the socket is full: keep the rest in a buffer of its own
+                c.out = bytearray(memoryview(data)[n:])
+                self.broker.mark_dirty(c)
+                self._mask(c)
+            return
         if n == len(out):
             c.out = None
             self.broker.pool.give(out)
@@ -302,13 +340,14 @@ class Server:
             if c.paused:
                 continue
             idle = time.ticks_diff(now, c.last)
-            if (c.state == UP and c.ka and idle > c.ka) or (c.state == NEW and idle > limit):
+            up = c.sess is not None
+            if (up and c.ka and idle > c.ka) or (not up and idle > limit):
                 if late is None:
                     late = []
                 late.append(c)
         if late:
             for c in late:
-                if c.state == UP:
+                if c.sess is not None:
                     self.close(c, "keepalive expired")
                 else:
                     self.close(c, "no CONNECT within connect_timeout", False)
@@ -319,36 +358,50 @@ class Server:
     def serve(self):
         self.listen()
         self.running = True
-        poll = self.poll
-        conns = self.conns
-        listeners = self.listeners
-        next_tick = time.ticks_add(time.ticks_ms(), 1000)
+        self.next_tick = time.ticks_add(time.ticks_ms(), 1000)
         try:
             while self.running:
-                for ev in poll.ipoll(200):
-                    s = ev[0]
-                    c = conns.get(s)
-                    if c is None:
-                        if s in listeners:
-                            self.accept(s)
-                        continue
-                    flags = ev[1]
-                    if flags & _OUT and c.out:
-                        self.broker.dirty.append(c)
-                    if flags & (_IN | _ERR):
-                        self.read(c)
-                self.now = time.ticks_ms()
-                if self.broker.freed:
-                    self.resume()
-                if self.broker.dirty:
-                    self.flush()
-                if time.ticks_diff(self.now, next_tick) >= 0:
-                    next_tick = time.ticks_add(self.now, 1000)
-                    self.tick()
-                    if self.broker.dirty:
-                        self.flush()
+                try:
+                    self.one_pass()
+                except MemoryError:
+                    # Outside any one connection's handling (that has its own guard): drop
+                    # the garbage and carry on; the next pass retries.
+                    self.broker.stats.hit("memory")
+                    gc.collect()
+                    try:
+                        self.log("out of memory in the loop (%d bytes free)" % gc.mem_free())
+                    except MemoryError:
+                        pass
+                except Exception as e:
+                    sys.print_exception(e)
         finally:
             self.shutdown()
+
+    def one_pass(self):
+        conns = self.conns
+        b = self.broker
+        for ev in self.poll.ipoll(200):
+            s = ev[0]
+            c = conns.get(s)
+            if c is None:
+                if s in self.listeners:
+                    self.accept(s)
+                continue
+            flags = ev[1]
+            if flags & _OUT and c.out:
+                b.mark_dirty(c)
+            if flags & (_IN | _ERR):
+                self.read(c)
+        self.now = time.ticks_ms()
+        if b.freed:
+            self.resume()
+        if b.ndirty:
+            self.flush()
+        if time.ticks_diff(self.now, self.next_tick) >= 0:
+            self.next_tick = time.ticks_add(self.now, 1000)
+            self.tick()
+            if b.ndirty:
+                self.flush()
 
     def shutdown(self):
         conns = self.conns

@@ -12,17 +12,13 @@ STAGE = 3
 AWAIT_ACK = 0
 AWAIT_COMP = 1
 
-# Conn.state
-NEW = 0  # accepted, CONNECT not yet seen
-UP = 1  # CONNACK 0 sent
-CLOSED = 2
 
 
 class Session:
     # Defaults live on the class: an instance stores only the fields it has set, which keeps
     # an idle client's attribute table small (MicroPython instances have no __slots__).
     conn = None
-    subs = None  # {filter: qos}
+    subs = None  # [filter, ...]; the granted QoS is kept in the subscription index
     inflight = None  # [entry], oldest first
     queue = None  # [entry] waiting for an inflight slot, oldest first
     qos2in = None  # [packet id] of inbound QoS 2 awaiting PUBREL
@@ -64,8 +60,10 @@ class Session:
 
 
 class Conn:
+    """A connection is new until CONNACK 0 gives it a session (sess), closed once sock is
+    None."""
+
     sess = None
-    state = NEW
     rx = None  # unparsed bytes carried to the next read
     out = None  # bytearray waiting for the socket
     mask = 0  # poll events registered
