@@ -46,7 +46,7 @@ def compiled(verbose=False):
     only for files that changed. Boards run .mpy too; loading bytecode instead of compiling
     the source on start leaves the heap unfragmented, which matters at a board's heap size.
     Returns the folder to put on MICROPYPATH, or None if mpy-cross is not available."""
-    out = os.path.join(paths.ROOT, "build", "run")
+    out = os.path.join(os.path.dirname(paths.FIRMWARE), "build", "run")
     jobs = []
     for sub in ("", "ubroker"):
         src_dir = os.path.join(paths.FIRMWARE, sub)
