@@ -98,7 +98,10 @@ def main(argv):
     try:
         server.serve()
     except KeyboardInterrupt:
-        log("stopped")
+        try:
+            log("stopped")
+        except MemoryError:
+            pass
     except OSError as e:
         log("cannot serve: %s" % e)
         return 1

@@ -119,6 +119,7 @@ class Server:
                 s.write(c.out)
             except OSError:
                 pass
+        self.conns.pop(s, None)
         c.sock = None
         pool = self.broker.pool
         if c.out is not None:
@@ -407,8 +408,17 @@ class Server:
         conns = self.conns
         while conns:  # no list copy: shutting down must work in a full heap
             s, c = conns.popitem()
-            conns[s] = c
-            self.close(c, "broker stopping", False, True)
+            try:
+                if c.sock is s:
+                    self.close(c, "broker stopping", False, True)
+                    continue
+            except MemoryError:
+                # A signal can land while the heap is locked (in a collection); then only
+                # what allocates nothing is possible: close the socket.
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
         for s in self.listeners:
             s.close()
-        self.listeners = []

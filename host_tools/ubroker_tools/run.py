@@ -98,13 +98,24 @@ def command(args, code_dir=None):
     return cmd
 
 
+def _die_with_parent():
+    """In the child, before exec: if this supervisor dies (even by SIGKILL), the kernel
+    sends the broker SIGKILL too (Linux prctl PR_SET_PDEATHSIG), so no broker is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(args):
     code_dir = None if args.from_source else compiled()
     cmd = command(args, code_dir)
     env = dict(os.environ)
     env["MICROPYPATH"] = (code_dir or paths.FIRMWARE) + os.pathsep + ".frozen"
     # Its own session: a terminal Ctrl-C reaches only us, and we pass it on once.
-    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    child = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
 
     def stop(signum, frame):
         if child.poll() is None:
