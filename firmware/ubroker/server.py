@@ -405,20 +405,20 @@ class Server:
                 self.flush()
 
     def shutdown(self):
+        """Send what is waiting and close every socket. Nothing here allocates: a SIGINT can
+        arrive while the heap is locked, and stopping must work then too."""
         conns = self.conns
-        while conns:  # no list copy: shutting down must work in a full heap
-            s, c = conns.popitem()
+        for s in conns:
+            c = conns[s]
             try:
-                if c.sock is s:
-                    self.close(c, "broker stopping", False, True)
-                    continue
-            except MemoryError:
-                # A signal can land while the heap is locked (in a collection); then only
-                # what allocates nothing is possible: close the socket.
+                if c.out:
+                    s.write(c.out)
+            except OSError:
                 pass
             try:
                 s.close()
             except OSError:
                 pass
+        conns.clear()
         for s in self.listeners:
             s.close()
