@@ -51,6 +51,7 @@ static int o_pipe = 2000;            /* QoS 0: messages per publisher ahead of t
 static int o_payload = 16;           /* bytes, at least 16 */
 static double o_drain = 10.0;        /* seconds allowed after publishing for deliveries to finish */
 static double o_idle = 1.5;          /* end the drain after this long with no progress */
+static int o_persistent = 0;         /* subscribers with a persistent session */
 static int o_pair = 0;               /* latency: separate publisher and subscriber connections */
 static int o_conc = 8;               /* connect: connections in progress at once */
 static int o_clients = 100;          /* idle: clients to hold */
@@ -109,12 +110,12 @@ static size_t put_str(uint8_t *p, const char *s, size_t len) {
     return len + 2;
 }
 
-static size_t enc_connect(uint8_t *out, const char *cid, int keepalive) {
+static size_t enc_connect(uint8_t *out, const char *cid, int keepalive, int clean) {
     uint8_t body[300];
     size_t n = 0;
     n += put_str(body + n, "MQTT", 4);
     body[n++] = 4;    /* protocol level 3.1.1 */
-    body[n++] = 0x02; /* clean session */
+    body[n++] = clean ? 0x02 : 0x00; /* clean session, or a persistent one */
     body[n++] = keepalive >> 8;
     body[n++] = keepalive & 0xff;
     n += put_str(body + n, cid, strlen(cid));
@@ -270,7 +271,8 @@ static int mqtt_open(const char *cid, const char *filter, int qos, int keepalive
     int fd = tcp_connect(0);
     if (fd < 0) die("connect to %s:%d: %s", o_host, o_port, strerror(errno));
     uint8_t buf[4096];
-    size_t have = 0, n = enc_connect(buf, cid, keepalive);
+    /* --persistent: subscribers keep a persistent session (clean session 0) */
+    size_t have = 0, n = enc_connect(buf, cid, keepalive, !(filter && o_persistent));
     write_all(fd, buf, n);
     uint8_t hdr;
     const uint8_t *body;
@@ -906,7 +908,7 @@ static int run_connect(void) {
                 char cid[96];
                 snprintf(cid, sizeof cid, "lg-%s-c%ld", o_tag, serial++);
                 uint8_t pkt[160];
-                size_t n = enc_connect(pkt, cid, 60);
+                size_t n = enc_connect(pkt, cid, 60, 1);
                 if (write(s->fd, pkt, n) != (ssize_t)n) {
                     close(s->fd);
                     s->state = 0;
@@ -1008,6 +1010,7 @@ static void usage(void) {
             "  --payload B            payload bytes, at least 16 (16)\n"
             "  --drain S --idle S     after publishing: wait at most S, or S without progress (10, 1.5)\n"
             "  --pair                 latency: separate publisher and subscriber connections\n"
+            "  --persistent           subscribers keep a persistent session (clean session 0)\n"
             "  --samples N            latency: round trips at most (20000)\n"
             "  --conc C               connect: connections in progress at once (8)\n"
             "  --clients N            idle: clients to hold (100)\n"
@@ -1046,6 +1049,7 @@ int main(int argc, char **argv) {
         else if (OPT("--tag")) o_tag = v;
         else if (OPT("--watch")) o_watch = atoi(v);
         else if (!strcmp(a, "--pair")) o_pair = 1;
+        else if (!strcmp(a, "--persistent")) o_persistent = 1;
         else usage();
 #undef OPT
     }

@@ -87,6 +87,7 @@ def main(argv):
         cfg["listener"] = [(port, opts.get("host", host0))]
     if "data" in opts:
         cfg["persistence_location"] = opts["data"]
+        cfg["persistence"] = True
         makedirs(opts["data"])
     cfg["verbose"] = opts.get("verbose", False)
     log("ubroker %s on MicroPython %s" % (VERSION, ".".join(str(v) for v in sys.implementation.version[:3])))

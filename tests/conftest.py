@@ -92,11 +92,14 @@ class RunningBroker:
                 self.proc.wait()
 
 
-def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=None, extra=()):
+def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=None, extra=(), data=None):
+    """data: a folder for the durable store (persistence on), or None for a broker that
+    keeps everything in memory, as the protocol tests use it."""
     port = port or free_port()
-    data = tmp_path / ("data-%d" % port)
     logpath = tmp_path / ("broker-%d.log" % port)
-    cmd = [UBROKER, "run", "--port", str(port), "--board", board, "--data", str(data), "--verbose"]
+    cmd = [UBROKER, "run", "--port", str(port), "--board", board, "--verbose"]
+    if data is not None:
+        cmd += ["--data", str(data)]
     if config is not None:
         cfg = tmp_path / ("broker-%d.conf" % port)
         cfg.write_text(config)
@@ -121,7 +124,7 @@ def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=No
 
 @pytest.fixture
 def broker_factory(tmp_path):
-    """start(board=..., config='key value\\n...', heap='96k') -> RunningBroker. Every broker
+    """start(board=..., config='key value\\n...', heap='96k', data=DIR) -> RunningBroker. Every broker
     started must still be running, with no traceback in its log, when the test ends."""
     started = []
 

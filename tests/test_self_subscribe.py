@@ -5,10 +5,10 @@ from mqttraw import puback, publish, subscribe
 
 
 def test_self_subscriber_burst_beyond_window_and_queue_completes(broker):
-    """esp32 profile: 8 in flight + 32 queued; 100 QoS 1 messages sent in one burst to a topic
+    """esp32 profile: 8 in flight + 32 queued; 60 QoS 1 messages sent in one burst to a topic
     the sender subscribes to. Every message is acknowledged (MQTT-4.3.2-2), delivered once,
     in order (MQTT-4.6.0-2), and nothing stalls."""
-    n = 100
+    n = 60
     c = broker.raw()
     assert c.connect("self-sub") == (0, 0)
     c.send(subscribe(1, ("self/t", 1)))

@@ -15,6 +15,9 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
+import mqttraw
+from mqttraw import RawClient
+
 from conftest import free_port, wait_for
 
 UBROKER = os.path.join(os.path.dirname(sys.executable), "ubroker")
@@ -72,7 +75,7 @@ def flash(vb, config):
 def test_flash_run_reset_reflash(vboard, tmp_path):
     port = free_port()
     conf = tmp_path / "ubroker.conf"
-    conf.write_text("listener %d 127.0.0.1\nsys_interval 1\n" % port)
+    conf.write_text("listener %d 127.0.0.1\nsys_interval 1\npersistence true\npersistence_location data\n" % port)
 
     r = flash(vboard, conf)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -86,6 +89,22 @@ def test_flash_run_reset_reflash(vboard, tmp_path):
     assert boots == 2  # the first boot had no main.py; the flash reset booted main.py
     round_trip(port, "first")
 
+    # State for after the reset: a persistent subscriber goes offline with a QoS 1 message
+    # queued for it, and a retained message is set.
+    sub = RawClient(port)
+    assert sub.connect("vb-keeper", clean=False) == (0, 0)
+    sub.send(mqttraw.subscribe(1, ("keepvb/#", 1)))
+    sub.expect(9)
+    sub.send(mqttraw.DISCONNECT)
+    sub.close()
+    pub = RawClient(port)
+    pub.connect("vb-pub")
+    pub.send(mqttraw.publish("keepvb/q", b"queued", qos=1, pid=1))
+    pub.expect(4)
+    pub.send(mqttraw.publish("keepvb/r", b"retained", qos=1, retain=True, pid=2))
+    pub.expect(4)
+    pub.close()
+
     # Soft reset through real mpremote: the unix process ends, the vboard boots it again.
     r = subprocess.run([sys.executable, "-m", "mpremote", "connect", vboard.link, "resume", "exec",
                         "--no-follow", "import machine; machine.soft_reset()"], capture_output=True, text=True,
@@ -94,6 +113,21 @@ def test_flash_run_reset_reflash(vboard, tmp_path):
     assert wait_for(lambda: vboard.boots() == boots + 1, 10), vboard.logpath.read_text()
     assert wait_for(lambda: port_open(port), 15), vboard.logpath.read_text()
     round_trip(port, "after-reset")
+    # ... and the board kept its persisted state: the session, its queued message, the
+    # retained message.
+    sub = RawClient(port)
+    assert sub.connect("vb-keeper", clean=False) == (1, 0)
+    got = sub.expect(3)
+    assert (got.topic, got.payload) == (b"keepvb/q", b"queued")
+    sub.send(mqttraw.puback(got.pid))
+    late = RawClient(port)
+    late.connect("vb-late")
+    late.send(mqttraw.subscribe(1, ("keepvb/r", 1)))
+    late.expect(9)
+    got = late.expect(3)
+    assert (got.payload, got.retain) == (b"retained", True)
+    sub.close()
+    late.close()
 
     r = flash(vboard, conf)
     assert r.returncode == 0, r.stdout + r.stderr

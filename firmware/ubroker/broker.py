@@ -4,24 +4,13 @@ $SYS reports. It knows nothing of sockets: outgoing bytes are appended to Conn.o
 connection is listed in `dirty` for the server to flush."""
 
 import gc
-import sys
 
 from .buffers import Pool, presize
 from .codec import PUBREL, ack, put_length, put_publish
-from .session import AWAIT_ACK, MSG, PID, QOS, STAGE, Session
+from .session import AWAIT_ACK, ENTRY_COST, MSG, PID, QOS, STAGE, Session, cost
 from .topics import Index, match_levels
 
 SYS_PREFIX = b"$SYS/"
-
-# Heap bytes one queued or in-flight message costs beyond its topic and payload (entry list,
-# message tuple, object headers): 222 B measured on the 64-bit unix port; half that assumed
-# on 32-bit boards. max_queued_bytes counts it, so the limit bounds the heap really used.
-ENTRY_COST = 224 if sys.maxsize > 1 << 32 else 112
-
-
-def cost(msg):
-    return len(msg[0]) + len(msg[1]) + ENTRY_COST
-
 
 class Stats:
     """Counters reported under $SYS. `limits` counts how often each limit was hit."""
@@ -63,6 +52,7 @@ class Broker:
         presize(self.index.exact, cfg["max_subscriptions"])
         self.retained = presize({}, cfg["max_retained_messages"])  # topic -> (payload, qos)
         self.retained_bytes = 0
+        self.persist = None  # the durable store's bookkeeping (persist.py), when enabled
         self.sys_report = None  # set by the server: the $SYS figures now, [(topic, payload)]
         self.held_bytes = 0  # heap bytes of messages in all in-flight windows and queues
         # Connections with fresh output, in a list allocated once: dirty[:ndirty]. A
@@ -70,7 +60,7 @@ class Broker:
         self.dirty = [None] * (cfg["max_connections"] + 8)
         self.ndirty = 0
         # The pool is filled now, while the heap is in one piece.
-        self.pool = Pool(cfg["buffer_pool_size"], cfg["out_buffer_size"])
+        self.pool = Pool(cfg["buffer_pool_size"], max(cfg["out_buffer_size"], 2 * cfg["read_buffer_size"]))
         self.scratch = bytearray(cfg["out_buffer_size"])
         self.freed = False  # a window or queue made room: paused publishers may resume
         self.stats = Stats()
@@ -136,6 +126,9 @@ class Broker:
             if gc.mem_free() < self.heap_reserve:
                 self.stats.hit("heap_reserve")
                 return False
+        if self.persist is not None and not s.clean and not self.persist.room(size):
+            self.stats.hit("store_full")
+            return False
         c = s.conn
         if c is not None and (not s.inflight or len(s.inflight) < self.max_inflight):
             return True
@@ -176,8 +169,10 @@ class Broker:
                         self.stats.hit("out_buffer")
                 continue
             if msg is None:
-                msg = (topic, bytes(payload))
+                msg = [topic, bytes(payload), 0]
             self.deliver(s, msg, q)
+        if force and self.persist is not None:
+            self.persist.forget_fresh()
         if retain:
             self.retain(topic, payload, qos)
         return True
@@ -185,17 +180,15 @@ class Broker:
     def deliver(self, s, msg, qos, retain=False):
         """Give a QoS 1/2 message to a session: into the in-flight window if the client is
         online and the window has room, else onto its queue. retain marks a retained message
-        sent for a new subscription."""
-        size = cost(msg)
-        entry = [0, qos, msg, AWAIT_ACK]
+        sent for a new subscription. The packet id is given now, for good."""
+        entry = [s.next_pid(), qos, msg, AWAIT_ACK]
         c = s.conn
         inflight = s.inflight
         if c is not None and (not inflight or len(inflight) < self.max_inflight):
             if inflight is None:
                 s.inflight = inflight = []
-            pid = entry[PID] = s.next_pid()
             inflight.append(entry)
-            self._write_publish(c, msg[0], msg[1], qos, retain, False, pid)
+            self._write_publish(c, msg[0], msg[1], qos, retain, False, entry[PID])
         elif not s.queue or len(s.queue) < self.max_queued:
             if s.queue is None:
                 s.queue = []
@@ -204,7 +197,9 @@ class Broker:
             self.stats.dropped += 1
             self.stats.hit("queued_messages")
             return
-        self.held_bytes += size
+        self.held_bytes += cost(msg)
+        if self.persist is not None:
+            self.persist.delivered(s, entry)
 
     def refill(self, s):
         """Move queued messages into the in-flight window as far as it has room."""
@@ -217,9 +212,13 @@ class Broker:
         inflight = s.inflight
         while queue and len(inflight) < self.max_inflight:
             e = queue.pop(0)
-            e[PID] = s.next_pid()
             inflight.append(e)
-            self._write_publish(c, e[MSG][0], e[MSG][1], e[QOS], False, False, e[PID])
+            if e[STAGE] != AWAIT_ACK:  # recovered from flash past PUBREC: PUBREL again
+                self.send(c, ack(PUBREL, e[PID]))
+                continue
+            # One recovered from flash may have been sent before the restart: DUP.
+            dup = len(e) > 5 and e[5] == 2
+            self._write_publish(c, e[MSG][0], e[MSG][1], e[QOS], False, dup, e[PID])
         if not queue:
             s.queue = None
 
@@ -227,6 +226,8 @@ class Broker:
         """An outbound message is done (PUBACK or PUBCOMP): free its slot."""
         e = s.inflight.pop(i)
         self.held_bytes -= cost(e[MSG])
+        if self.persist is not None:
+            self.persist.entry_done(s, e)
         self.freed = True
         self.refill(s)
 
@@ -253,6 +254,8 @@ class Broker:
         if old is not None:
             del self.retained[topic]
             self.retained_bytes -= len(old[0]) + len(topic)
+            if self.persist is not None:
+                self.persist.retained(topic, b"", qos)
         if not payload:
             return
         size = len(topic) + len(payload)
@@ -264,9 +267,12 @@ class Broker:
             return
         self.retained[topic] = (bytes(payload), qos)
         self.retained_bytes += size
+        if self.persist is not None:
+            self.persist.retained(topic, payload, qos)
 
     def send_retained(self, s, flt, granted):
-        """Retained messages matching a new subscription, with RETAIN set (MQTT-3.3.1-6)."""
+        """Retained messages matching a new subscription, with RETAIN set (MQTT-3.3.1-6).
+        Nobody's acknowledgement waits on these deliveries."""
         levels = flt.split(b"/")
         c = s.conn
         if flt.startswith(b"$SYS") and self.sys_report is not None:
@@ -283,9 +289,11 @@ class Broker:
             if q == 0:
                 self._write_publish(c, topic, payload, 0, True, False, 0)
             elif self.room(s, len(topic) + len(payload) + ENTRY_COST):
-                self.deliver(s, (topic, payload), q, True)
+                self.deliver(s, [topic, payload, 0], q, True)
             else:
                 self.stats.dropped += 1
+        if self.persist is not None:
+            self.persist.forget_fresh()
 
     # ---------------------------------------------------------------- sessions
 
@@ -300,10 +308,14 @@ class Broker:
                 self.stats.hit("sessions")
                 return None, False
             s = self.sessions[cid] = Session(cid, clean)
+            if self.persist is not None:
+                self.persist.session_added(s)
         return s, present
 
     def drop_session(self, s):
         """Forget a session. Allocates nothing: it also runs when the heap is exhausted."""
+        if self.persist is not None:
+            self.persist.session_dropped(s)
         subs = s.subs
         if subs:
             for flt in subs:
@@ -331,6 +343,8 @@ class Broker:
         conn.will = None
         if s is not None and s.conn is conn:
             s.conn = None
+            if self.persist is not None and not s.clean:
+                self.persist.session_offline(s)
             if s.clean:
                 self.drop_session(s)
         if will is not None and abnormal:

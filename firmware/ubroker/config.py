@@ -37,6 +37,7 @@ SCHEMA = {
     "route_cache_size": "pos",
     "buffer_pool_size": "int",
     "heap_reserve": "size",
+    "store_hold_ms": "int",
     # board profile (boards/*.conf)
     "board": "str",
     "description": "str",
@@ -77,6 +78,8 @@ DEFAULTS = {
     "route_cache_size": 64,
     "buffer_pool_size": 8,
     "heap_reserve": 0,
+    "store_hold_ms": 100,
+    "store_size": 1024 * 1024,
     "max_keepalive": 65535,
     "sys_interval": 10,
     "persistence": False,

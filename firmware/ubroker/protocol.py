@@ -80,9 +80,12 @@ class Protocol:
             raise Malformed("packet id 0")  # MQTT-2.3.1-1
         s = c.sess
         if ptype == PUBREL:
+            durable = False
             if s.qos2in and pid in s.qos2in:
                 s.qos2in.remove(pid)
-            self.b.send(c, ack(PUBCOMP, pid))  # MQTT-4.3.3-2
+                if self.b.persist is not None:
+                    durable = self.b.persist.q2_removed(s, pid)
+            self.acknowledge(c, ack(PUBCOMP, pid), durable)  # MQTT-4.3.3-2
             return True
         i = s.find(pid)
         if i < 0:
@@ -94,7 +97,9 @@ class Protocol:
         elif ptype == PUBREC:
             if e[QOS] == 2:
                 e[STAGE] = AWAIT_COMP  # MQTT-4.3.3-1: discard the message, keep the id
-                self.b.send(c, ack(PUBREL, pid))
+                pkt = ack(PUBREL, pid)
+                if self.b.persist is None or not self.b.persist.released(s, e, pkt):
+                    self.b.send(c, pkt)
         elif e[QOS] == 2 and e[STAGE] == AWAIT_COMP:  # PUBCOMP
             self.b.release(s, i)
         return True
@@ -220,8 +225,10 @@ class Protocol:
             return False
         st = b_.stats
         st.pub_in += 1
+        # A retained message must be on flash before it is acknowledged, like a queued one.
+        durable = bool(retain) and b_.persist is not None
         if qos == 1:
-            b_.send(c, ack(PUBACK, pid))  # MQTT-4.3.2-2
+            self.acknowledge(c, ack(PUBACK, pid), durable)  # MQTT-4.3.2-2
         elif qos == 2:
             q2 = s.qos2in
             if q2 is None:
@@ -230,8 +237,18 @@ class Protocol:
                 b_.stats.hit("qos2_inbound")
                 raise Malformed("too many QoS 2 messages awaiting PUBREL")
             q2.append(pid)
-            b_.send(c, ack(PUBREC, pid))  # MQTT-4.3.3-2
+            if b_.persist is not None and b_.persist.q2_added(s, pid):
+                durable = True  # exactly once across a power cut needs the id on flash
+            self.acknowledge(c, ack(PUBREC, pid), durable)  # MQTT-4.3.3-2
         return True
+
+    def acknowledge(self, c, pkt, durable):
+        """PUBACK/PUBREC/PUBCOMP: at once, or once what it confirms is safe (persist.py)."""
+        p = self.b.persist
+        if p is None:
+            self.b.send(c, pkt)
+        else:
+            p.acknowledge(c, pkt, durable)
 
     # ------------------------------------------------------------------ SUBSCRIBE
 
@@ -275,11 +292,11 @@ class Protocol:
                 b_.stats.hit("subscriptions")
                 codes.append(SUB_FAILURE)
                 continue
-            if subs is None:
-                s.subs = subs = []
             if fresh:
-                subs.append(flt)
+                s.add_filter(flt)
             b_.index.add(flt, s, q)  # replaces the QoS of an identical filter (MQTT-3.8.4-3)
+            if b_.persist is not None:
+                b_.persist.subscribed(s, flt, q)
             codes.append(q)
             granted_new.append((flt, q))
         b_.send(c, suback(pid, codes))  # MQTT-3.8.4-1, 3.8.4-5
@@ -300,8 +317,9 @@ class Protocol:
             flts.append(flt)
         s = c.sess
         for flt in flts:
-            if s.subs and flt in s.subs:
-                s.subs.remove(flt)
+            if s.drop_filter(flt):
                 self.b.index.remove(flt, s)  # MQTT-3.10.4-1
+                if self.b.persist is not None:
+                    self.b.persist.unsubscribed(s, flt)
         self.b.send(c, ack(11, pid))  # UNSUBACK even when nothing matched (MQTT-3.10.4-5)
         return True

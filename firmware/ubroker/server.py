@@ -29,6 +29,11 @@ class Server:
         self.now = time.ticks_ms()
         self.started = self.now
         self.broker = b = Broker(cfg, log, self.write_out)
+        self.persist = None
+        if cfg["persistence"] and cfg["persistence_location"]:
+            from .persist import Persist
+
+            self.persist = b.persist = Persist(b, cfg["persistence_location"], cfg, log)
         self.proto = Protocol(b, self)
         self.sys = SysInfo(self)
         self.max_packet = cfg["max_packet_size"]
@@ -40,8 +45,8 @@ class Server:
         self.rbuf = bytearray(self.max_packet + 5 + self.chunk)
         self.rmv = memoryview(self.rbuf)
         # A paused publisher is still read (for its acknowledgements) while what it carries
-        # leaves room for one more read: at most one packet's worth of bytes.
-        self.rx_limit = self.max_packet + 5
+        # is under one read's worth, so a carry never outgrows a pool buffer (2 reads).
+        self.rx_limit = self.chunk
         self.poll = select.poll()
         self.listeners = []
         self.conns = presize({}, cfg["max_connections"] + 8)  # socket -> Conn
@@ -108,7 +113,6 @@ class Server:
                 gc.collect()
                 continue
             self.conns[s] = c
-            c.mask = _IN
 
     def close(self, c, why, abnormal=True, flush=False):
         s = c.sock
@@ -128,6 +132,8 @@ class Server:
         if c.rx is not None:
             pool.give(c.rx)
             c.rx = None
+        if c.acks is not None:
+            c.acks = None
         try:
             self.poll.unregister(s)
         except (OSError, ValueError, KeyError):
@@ -148,7 +154,11 @@ class Server:
     def _mask(self, c):
         m = (_IN if not c.paused or len(c.rx) < self.rx_limit else 0) | (_OUT if c.out else 0)
         if m != c.mask:
-            c.mask = m
+            # The usual mask is the class default: an idle connection keeps no field for it.
+            if m == _IN:
+                del c.mask
+            else:
+                c.mask = m
             self.poll.modify(c.sock, m)
 
     # ------------------------------------------------------------------ input
@@ -357,6 +367,8 @@ class Server:
     # ------------------------------------------------------------------ loop
 
     def serve(self):
+        if self.persist is not None:
+            self.persist.start()
         self.listen()
         self.running = True
         self.next_tick = time.ticks_add(time.ticks_ms(), 1000)
@@ -396,6 +408,10 @@ class Server:
         self.now = time.ticks_ms()
         if b.freed:
             self.resume()
+        p = self.persist
+        if p is not None:
+            p.tick(self.now)
+            p.commit()  # group commit: one flush for all this pass took on
         if b.ndirty:
             self.flush()
         if time.ticks_diff(self.now, self.next_tick) >= 0:
@@ -406,7 +422,14 @@ class Server:
 
     def shutdown(self):
         """Send what is waiting and close every socket. Nothing here allocates: a SIGINT can
-        arrive while the heap is locked, and stopping must work then too."""
+        arrive while the heap is locked, and stopping must work then too. The store's last
+        lazy records (deliveries done) are written if the heap allows; if not, those messages
+        are only sent again after the restart, which QoS 1/2 permits."""
+        if self.persist is not None:
+            try:
+                self.persist.store.commit()
+            except Exception:
+                pass
         conns = self.conns
         for s in conns:
             c = conns[s]

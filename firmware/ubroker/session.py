@@ -3,8 +3,22 @@ QoS 1/2 messages in flight or queued, inbound QoS 2 ids awaiting PUBREL) and out
 connection when the session is persistent. A Conn is one TCP connection. Containers are
 created on first use so that an idle client costs little heap."""
 
-# Outbound entry: [packet id, qos, message, stage]; message is (topic, payload) and stage is
-# AWAIT_ACK (PUBLISH sent, PUBACK/PUBREC expected) or AWAIT_COMP (PUBREL sent).
+import sys
+
+# Heap bytes one queued or in-flight message costs beyond its topic and payload (entry list,
+# message tuple, object headers): 222 B measured on the 64-bit unix port; half that assumed
+# on 32-bit boards. max_queued_bytes counts it, so the limit bounds the heap really used.
+ENTRY_COST = 224 if sys.maxsize > 1 << 32 else 112
+
+
+def cost(msg):
+    return len(msg[0]) + len(msg[1]) + ENTRY_COST
+
+
+# Outbound entry: [packet id, qos, message, stage]; message is [topic, payload, mid] (mid: its
+# id in the durable store, 0 until written) and stage is AWAIT_ACK (PUBLISH sent, PUBACK/PUBREC
+# expected) or AWAIT_COMP (PUBREL sent). Entries of persistent sessions have three more
+# fields when persistence is on (persist.py).
 PID = 0
 QOS = 1
 MSG = 2
@@ -18,7 +32,7 @@ class Session:
     # Defaults live on the class: an instance stores only the fields it has set, which keeps
     # an idle client's attribute table small (MicroPython instances have no __slots__).
     conn = None
-    subs = None  # [filter, ...]; the granted QoS is kept in the subscription index
+    subs = None  # (filter,) or [filter, ...]; the granted QoS is kept in the subscription index
     inflight = None  # [entry], oldest first
     queue = None  # [entry] waiting for an inflight slot, oldest first
     qos2in = None  # [packet id] of inbound QoS 2 awaiting PUBREL
@@ -30,20 +44,35 @@ class Session:
         self.cid = cid
         self.clean = clean
 
+    def add_filter(self, flt):
+        """Note a subscription's filter: one is kept as a 1-tuple, a list's heap only for more."""
+        subs = self.subs
+        if subs is None:
+            self.subs = (flt,)
+        elif flt not in subs:
+            if type(subs) is tuple:
+                self.subs = subs = list(subs)
+            subs.append(flt)
+
+    def drop_filter(self, flt):
+        subs = self.subs
+        if subs and flt in subs:
+            if len(subs) == 1:
+                self.subs = None
+            else:
+                subs.remove(flt)
+            return True
+        return False
+
     def next_pid(self):
-        """A packet id not in use by an outbound message (MQTT-2.3.1-2)."""
-        inflight = self.inflight
+        """A packet id not in use by an outbound message, in flight or queued (MQTT-2.3.1-2).
+        Ids are given when a message is taken on, so one kept on flash keeps its id."""
         while True:
             p = self.pid + 1
             if p > 65535:
                 p = 1
             self.pid = p
-            if not inflight:
-                return p
-            for e in inflight:
-                if e[PID] == p:
-                    break
-            else:
+            if not (_uses(self.inflight, p) or _uses(self.queue, p)):
                 return p
 
     def find(self, pid):
@@ -59,6 +88,14 @@ class Session:
         return n + (len(self.queue) if self.queue else 0)
 
 
+def _uses(entries, pid):
+    if entries:
+        for e in entries:
+            if e[PID] == pid:
+                return True
+    return False
+
+
 class Conn:
     """A connection is new until CONNACK 0 gives it a session (sess), closed once sock is
     None."""
@@ -66,10 +103,11 @@ class Conn:
     sess = None
     rx = None  # unparsed bytes carried to the next read
     out = None  # bytearray waiting for the socket
-    mask = 0  # poll events registered
+    mask = 1  # poll events registered (select.POLLIN)
     ka = 0  # keepalive window in ms (1.5 x the client's keepalive), 0 = none
     will = None  # (topic, payload, qos, retain)
     paused = False  # reading stopped until subscribers make room
+    acks = None  # acknowledgements waiting for their turn (persist.py), in packet order
 
     def __init__(self, sock, now):
         self.sock = sock

@@ -47,6 +47,15 @@ class SysInfo:
         yield "ubroker/heap/free", gc.mem_free()
         yield "ubroker/heap/used", gc.mem_alloc()
         yield "ubroker/retained/bytes", b.retained_bytes
+        p = sv.persist
+        if p is not None:
+            st = p.store
+            yield "ubroker/store/bytes", st.size
+            yield "ubroker/store/budget", st.budget
+            yield "ubroker/store/commits", st.commits
+            yield "ubroker/store/bytes_written", st.bytes_written
+            yield "ubroker/store/compactions", st.compactions
+            yield "ubroker/store/torn", st.torn
         for name in st.limits:
             yield "ubroker/limits/" + name, st.limits[name]
 

@@ -69,7 +69,7 @@ class Index:
     there are."""
 
     def __init__(self, cache_size=64):
-        self.exact = {}  # filter -> [client, qos, ...]
+        self.exact = {}  # filter -> (client, qos) or [client, qos, client, qos, ...]
         self.wild = {}  # filter -> (levels, [client, qos, ...])
         self.count = 0
         self.cache = {}  # topic -> [client, qos, ...] merged over all matching filters
@@ -96,20 +96,31 @@ class Index:
         return r
 
     def _subs(self, flt, create):
+        """The subscriber list of flt; create makes one for a wildcard filter only."""
         if is_wild(flt):
             entry = self.wild.get(flt)
             if entry is None and create:
                 entry = self.wild[flt] = (flt.split(b"/"), [])
             return None if entry is None else entry[1]
-        subs = self.exact.get(flt)
-        if subs is None and create:
-            subs = self.exact[flt] = []
-        return subs
+        return self.exact.get(flt)
 
     def add(self, flt, client, qos):
-        """Returns True when this is a new subscription, False when it replaced one."""
-        subs = self._subs(flt, True)
+        """Returns True when this is a new subscription, False when it replaced one. An exact
+        filter with one subscriber is held as a tuple (half a list's heap)."""
         self.cache.clear()
+        if not is_wild(flt):
+            subs = self.exact.get(flt)
+            if subs is None:
+                self.exact[flt] = (client, qos)
+                self.count += 1
+                return True
+            if type(subs) is tuple:
+                if subs[0] is client:
+                    self.exact[flt] = (client, qos)
+                    return False
+                subs = self.exact[flt] = list(subs)
+        else:
+            subs = self._subs(flt, True)
         for i in range(0, len(subs), 2):
             if subs[i] is client:
                 subs[i + 1] = qos
@@ -125,16 +136,25 @@ class Index:
             return False
         for i in range(0, len(subs), 2):
             if subs[i] is client:
-                del subs[i : i + 2]
                 self.cache.clear()
                 self.count -= 1
-                if not subs:
+                if len(subs) == 2:
                     if is_wild(flt):
                         del self.wild[flt]
                     else:
                         del self.exact[flt]
+                else:
+                    del subs[i : i + 2]
                 return True
         return False
+
+    def qos_of(self, flt, client):
+        subs = self._subs(flt, False)
+        if subs:
+            for i in range(0, len(subs), 2):
+                if subs[i] is client:
+                    return subs[i + 1]
+        return 0
 
     def collect(self, topic, hits, seq):
         """Append each subscribed client once to hits, leaving on it the highest QoS of its

@@ -1,0 +1,391 @@
+"""What is durable and when acknowledgements may go out. The broker tells this module what
+happens (a persistent session appears, subscribes, a QoS 1/2 message goes to it, a client
+acknowledges); this module writes the records to the store (store.py) and decides when the
+publisher's PUBACK / PUBREC / PUBCOMP is safe to send:
+
+- at once, when no persistent session must get the message;
+- without any flash write, when every persistent subscriber acknowledged within hold_ms;
+- else after the message and its deliveries are committed to flash (group commit, once per
+  loop pass).
+
+Acknowledgements leave in the order their packets came (MQTT-4.6.0-2/3/4): each connection
+keeps a queue of them (Conn.acks). At start the log is replayed to rebuild sessions,
+subscriptions, queued and in-flight messages, inbound QoS 2 ids and retained messages."""
+
+import struct
+import time
+
+from .session import AWAIT_COMP, MSG, PID, QOS, STAGE, Session, cost
+from .store import Store
+
+# record types (0 is the store's END)
+S_ADD = 1
+S_DEL = 2
+SUB = 3
+UNSUB = 4
+MSG_REC = 5
+ENQ = 6
+REL = 7
+DONE = 8
+Q2_ADD = 9
+Q2_DEL = 10
+RET = 11
+RET_DEL = 12
+
+# entry fields beyond session.py's, on deliveries to persistent sessions only: the hold
+# waiting on it, whether it is on flash, and its session
+HOLD = 4
+STORED = 5
+SESS = 6
+NOT_STORED = 0
+IS_STORED = 1
+RECOVERED = 2  # on flash from before a restart: sent again with DUP
+
+# hold fields: [ack packet, ready, subscribers still to acknowledge, due (ticks), entries, conn]
+_PKT = 0
+_READY = 1
+_WAIT = 2
+_DUE = 3
+_ENTRIES = 4
+_CONN = 5
+
+
+def _s(b):
+    return struct.pack(">H", len(b)) + b
+
+
+def _take(body, pos):
+    n = (body[pos] << 8) | body[pos + 1]
+    return bytes(body[pos + 2 : pos + 2 + n]), pos + 2 + n
+
+
+class Persist:
+    def __init__(self, broker, path, cfg, log):
+        self.b = broker
+        self.log = log
+        self.store = Store(path, cfg["store_size"], log)
+        self.hold_ms = cfg["store_hold_ms"]
+        self.holds = []  # waiting for subscribers, oldest first
+        self.committing = []  # ready once the pending records are on flash
+        self.next_mid = 1
+        self.fresh = []  # deliveries to persistent sessions of the message being routed
+
+    # ------------------------------------------------------------------ start
+
+    def start(self):
+        """Replay the log into the broker, then compact it into a new generation (which also
+        leaves any torn tail behind)."""
+        b = self.b
+        msgs = {}
+        sessions = b.sessions
+        for rtype, body in self.store.recover():
+            if rtype == RET:
+                topic, pos = _take(body, 1)
+                b.retained[topic] = (body[pos:], body[0])
+                b.retained_bytes += len(topic) + len(body) - pos
+                continue
+            if rtype == RET_DEL:
+                topic, _ = _take(body, 0)
+                old = b.retained.pop(topic, None)
+                if old is not None:
+                    b.retained_bytes -= len(topic) + len(old[0])
+                continue
+            if rtype == MSG_REC:
+                mid = struct.unpack_from(">I", body, 0)[0]
+                topic, pos = _take(body, 4)
+                msgs[mid] = [topic, body[pos:], mid]
+                if mid >= self.next_mid:
+                    self.next_mid = mid + 1
+                continue
+            if rtype in (ENQ, REL, DONE):
+                mid = struct.unpack_from(">I", body, 0)[0]
+                extra = 7 if rtype == ENQ else 4
+                cid, _ = _take(body, extra)
+                s = sessions.get(cid)
+                if s is None:
+                    continue
+                if rtype == ENQ:
+                    msg = msgs.get(mid)
+                    if msg is None:
+                        continue
+                    pid = (body[5] << 8) | body[6]
+                    if s.queue is None:
+                        s.queue = []
+                    s.queue.append([pid, body[4], msg, 0, None, RECOVERED, s])
+                    s.pid = pid
+                    b.held_bytes += cost(msg)
+                else:
+                    q = s.queue or []
+                    for i in range(len(q)):
+                        if q[i][MSG][2] == mid:
+                            if rtype == REL:
+                                q[i][STAGE] = AWAIT_COMP
+                            else:
+                                b.held_bytes -= cost(q[i][MSG])
+                                q.pop(i)
+                            break
+                continue
+            if rtype == SUB:
+                cid, pos = _take(body, 1)
+                flt, _ = _take(body, pos)
+                s = sessions.get(cid)
+                if s is not None:
+                    s.add_filter(flt)
+                    b.index.add(flt, s, body[0])
+                continue
+            cid, pos = _take(body, 2 if rtype in (Q2_ADD, Q2_DEL) else 0)
+            if rtype == S_ADD:
+                if cid not in sessions:
+                    sessions[cid] = Session(cid, False)
+            elif rtype == S_DEL:
+                s = sessions.get(cid)
+                if s is not None:
+                    b.drop_session(s)
+            elif rtype == UNSUB:
+                flt, _ = _take(body, pos)
+                s = sessions.get(cid)
+                if s is not None and s.drop_filter(flt):
+                    b.index.remove(flt, s)
+            else:
+                s = sessions.get(cid)
+                if s is not None:
+                    pid = (body[0] << 8) | body[1]
+                    if rtype == Q2_ADD:
+                        if s.qos2in is None:
+                            s.qos2in = []
+                        if pid not in s.qos2in:
+                            s.qos2in.append(pid)
+                    elif s.qos2in and pid in s.qos2in:
+                        s.qos2in.remove(pid)
+        n = len(sessions)
+        self.compact()
+        st = self.store
+        self.log("store: %d sessions, %d messages, %d retained recovered; generation %d" % (
+            n, sum(s.held() for s in sessions.values()), len(b.retained), st.gen))
+
+    def compact(self):
+        """Write the live state as the next generation; the older files go once it is whole."""
+        st = self.store
+        st.begin_snapshot()
+        b = self.b
+        for topic in b.retained:
+            payload, q = b.retained[topic]
+            st.append(RET, bytes((q,)) + _s(topic) + payload)
+        written = {}
+        for s in b.sessions.values():
+            if s.clean:
+                continue
+            cid = _s(s.cid)
+            st.append(S_ADD, cid)
+            if s.subs:
+                for flt in s.subs:
+                    st.append(SUB, bytes((b.index.qos_of(flt, s),)) + cid + _s(flt))
+            for q in (s.inflight, s.queue):
+                if q:
+                    for e in q:
+                        if e[STORED]:
+                            self._write_entry(s, e, written)
+            if s.qos2in:
+                for pid in s.qos2in:
+                    st.append(Q2_ADD, struct.pack(">H", pid) + cid)
+            if len(st.buf) > 4096:
+                st.snapshot_flush()
+        st.end_snapshot()
+
+    # ------------------------------------------------------------------ events
+
+    def session_added(self, s):
+        if not s.clean:
+            self.store.append(S_ADD, _s(s.cid))
+
+    def session_dropped(self, s):
+        """The session's deliveries no longer hold anyone's acknowledgement back."""
+        for q in (s.inflight, s.queue):
+            if q:
+                for e in q:
+                    self.entry_done(s, e, False)
+        if not s.clean:
+            self.store.append(S_DEL, _s(s.cid))
+
+    def subscribed(self, s, flt, qos):
+        """A persistent subscription is on flash before its SUBACK (a message published
+        right after must find it after a power cut)."""
+        if not s.clean:
+            self.store.append(SUB, bytes((qos,)) + _s(s.cid) + _s(flt))
+            self.commit()
+
+    def unsubscribed(self, s, flt):
+        if not s.clean:
+            self.store.append(UNSUB, _s(s.cid) + _s(flt))
+
+    def delivered(self, s, e):
+        """A QoS 1/2 message was given to session s (entry e)."""
+        if not s.clean:
+            e.append(None)  # HOLD
+            e.append(NOT_STORED)
+            e.append(s)  # SESS
+            self.fresh.append(e)
+
+    def forget_fresh(self):
+        """Deliveries no publisher waits for (wills, retained messages on subscribe, $SYS)."""
+        if self.fresh:
+            self.fresh = []
+
+    def released(self, s, e, pkt):
+        """Entry e got its PUBREC (QoS 2); pkt is the PUBREL to send. For a message on flash
+        the new stage goes to flash before the PUBREL: a subscriber that completes forgets
+        the id, and a broker that then restarted and sent the PUBLISH again would have it
+        delivered twice. Returns True when this module sends pkt."""
+        if len(e) > STORED and e[STORED]:
+            self.store.append(REL, struct.pack(">I", e[MSG][2]) + _s(s.cid))
+            c = s.conn
+            h = [pkt, False, 0, 0, None, c]
+            if c.acks is None:
+                c.acks = []
+            c.acks.append(h)
+            self.committing.append(h)
+            return True
+        return False
+
+    def session_offline(self, s):
+        """A persistent subscriber went away: what it was given cannot be acknowledged soon,
+        so the publishers waiting on it get their acknowledgement once it is on flash."""
+        for q in (s.inflight, s.queue):
+            if q:
+                for e in q:
+                    if len(e) > STORED and e[HOLD] is not None and not e[HOLD][_READY] \
+                            and e[HOLD][_ENTRIES] is not None:
+                        self._store_hold(e[HOLD])
+
+    def entry_done(self, s, e, acked=True):
+        """Entry e is finished (PUBACK, PUBCOMP, or its session ended)."""
+        if len(e) <= STORED:
+            return
+        h = e[HOLD]
+        if h is not None:
+            e[HOLD] = None
+            if not h[_READY] and h not in self.committing:
+                h[_WAIT] -= 1
+                if h[_WAIT] <= 0:
+                    h[_READY] = True
+                    self.release(h[_CONN])
+        if e[STORED] and acked:
+            self.store.append(DONE, struct.pack(">I", e[MSG][2]) + _s(s.cid))
+
+    def q2_added(self, s, pid):
+        if not s.clean:
+            self.store.append(Q2_ADD, struct.pack(">H", pid) + _s(s.cid))
+            return True
+        return False
+
+    def q2_removed(self, s, pid):
+        if not s.clean:
+            self.store.append(Q2_DEL, struct.pack(">H", pid) + _s(s.cid))
+            return True
+        return False
+
+    def retained(self, topic, payload, qos):
+        if payload:
+            self.store.append(RET, bytes((qos,)) + _s(topic) + bytes(payload))
+        else:
+            self.store.append(RET_DEL, _s(topic))
+
+    # ------------------------------------------------------------------ acknowledgements
+
+    def acknowledge(self, c, pkt, must_commit):
+        """Send pkt (PUBACK/PUBREC/PUBCOMP) to c once what it acknowledges is safe: the
+        deliveries in self.fresh, and records already appended when must_commit."""
+        entries = self.fresh
+        if entries:
+            self.fresh = []
+        if not entries and not must_commit:
+            if c.acks:
+                c.acks.append([pkt, True])
+            else:
+                self.b.send(c, pkt)
+            return
+        h = [pkt, False, len(entries), time.ticks_add(time.ticks_ms(), self.hold_ms), entries, c]
+        if c.acks is None:
+            c.acks = []
+        c.acks.append(h)
+        offline = False
+        for e in entries:
+            e[HOLD] = h
+            if e[SESS].conn is None:
+                offline = True  # it cannot acknowledge in time: to flash now
+        if must_commit or offline or self.hold_ms <= 0:
+            self._store_hold(h)
+        else:
+            self.holds.append(h)
+
+    def _store_hold(self, h):
+        written = None
+        for e in h[_ENTRIES]:
+            if e[HOLD] is h and not e[STORED]:
+                if written is None:
+                    written = {}
+                self._write_entry(e[SESS], e, written)
+        h[_ENTRIES] = None
+        self.committing.append(h)
+
+    def _write_entry(self, s, e, written):
+        msg = e[MSG]
+        st = self.store
+        if msg[2] == 0:
+            msg[2] = self.next_mid
+            self.next_mid += 1
+        mid = msg[2]
+        if mid not in written:
+            written[mid] = True
+            st.append(MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
+        st.append(ENQ, struct.pack(">IBH", mid, e[QOS], e[PID]) + _s(s.cid))
+        if e[STAGE] == AWAIT_COMP:
+            st.append(REL, struct.pack(">I", mid) + _s(s.cid))
+        if not e[STORED]:
+            e[STORED] = IS_STORED
+
+    def release(self, c):
+        """Send c's acknowledgements that are ready, in order."""
+        acks = c.acks
+        if not acks:
+            return
+        if c.sock is None:
+            c.acks = None
+            return
+        while acks and acks[0][_READY]:
+            self.b.send(c, acks.pop(0)[_PKT])
+
+    def room(self, extra):
+        return not self.store.full(extra)
+
+    # ------------------------------------------------------------------ each loop pass
+
+    def tick(self, now):
+        """Holds whose subscribers did not all acknowledge in time go to flash."""
+        holds = self.holds
+        while holds:
+            h = holds[0]
+            if h[_READY] or h[_ENTRIES] is None:
+                holds.pop(0)
+                continue
+            if time.ticks_diff(now, h[_DUE]) < 0:
+                break
+            holds.pop(0)
+            if h[_CONN].sock is None:
+                continue  # the publisher is gone: no acknowledgement is owed
+            self._store_hold(h)
+
+    def commit(self):
+        st = self.store
+        if st.buf:
+            st.commit()
+        if self.committing:
+            done = self.committing
+            self.committing = []
+            for h in done:
+                h[_READY] = True
+            for h in done:
+                self.release(h[_CONN])
+        if st.wants_compaction():
+            self.compact()
+

@@ -1,0 +1,195 @@
+"""The log on flash: records with a sequence number and a CRC, committed in groups; files
+laid out so that LittleFS wears its blocks as little as it can; compaction that is crash-safe;
+recovery that stops at a torn or corrupt record. It knows the framing, not the meaning of
+records (persist.py gives them that).
+
+Why these files. On LittleFS, appending to a file and flushing costs about one block erase per
+flush, however little was written (the partly written last block is copied). A new file no
+larger than LittleFS's inline limit (128 B at a 32 B program size) lives inside its directory's
+metadata instead and costs about a tenth of an erase (measured: make bench, README). So each
+commit is a file of its own, written whole and closed before anything in it is acknowledged:
+
+    ubroker.<g>.log        generation g: the snapshot of the live state, ending in END
+    ubroker.<g>.<n>        the n-th commit since that snapshot
+
+LittleFS keeps the old or the new content of a file across a power cut, never a mix, and a
+file created but not closed reads empty. Compaction writes generation g+1 and only when its
+END is on flash deletes generation g: at every instant one complete copy exists.
+
+Record: magic 0xA5, type, body length (u16), seq (u32), crc32 of type..body (u32), body."""
+
+import binascii
+import os
+import struct
+
+_MAGIC = 0xA5
+_HDR = "<BBHII"
+HDR_SIZE = 12
+END = 0  # record type: the snapshot that starts a generation is complete
+
+
+class Store:
+    def __init__(self, path, budget, log):
+        self.path = path
+        self.budget = budget
+        self.log = log
+        self.gen = 0
+        self.nseg = 0  # commits (files) of this generation so far
+        self.seq = 0
+        self.size = 0  # bytes in this generation's files
+        self.live = 0  # bytes of the last snapshot: what compaction cannot reclaim
+        self.buf = bytearray()  # records waiting for the next commit
+        self.commits = 0
+        self.bytes_written = 0
+        self.compactions = 0
+        self.torn = 0  # torn or corrupt tails found at recovery
+        self.f = None  # the snapshot being written
+        self._hdr = bytearray(HDR_SIZE)
+
+    def _file(self, gen, kind):
+        return "%s/ubroker.%d.%s" % (self.path, gen, kind)
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, rtype, body):
+        self.seq += 1
+        h = self._hdr
+        struct.pack_into("<BHI", h, 1, rtype, len(body), self.seq)
+        crc = binascii.crc32(body, binascii.crc32(memoryview(h)[1:8]))
+        struct.pack_into("<I", h, 8, crc)
+        h[0] = _MAGIC
+        self.buf.extend(h)
+        self.buf.extend(body)
+
+    def commit(self):
+        """Put the waiting records on flash as one new file (group commit)."""
+        buf = self.buf
+        if not buf:
+            return
+        self.nseg += 1
+        with open(self._file(self.gen, str(self.nseg)), "wb") as f:
+            f.write(buf)
+        self.size += len(buf)
+        self.bytes_written += len(buf)
+        self.commits += 1
+        buf[:] = b""  # keeps its allocation for the next group
+
+    def full(self, extra):
+        """The store would pass its budget with extra more bytes. Compaction starts at half
+        the budget, so this is reached only when live state itself fills the store."""
+        return self.size + len(self.buf) + extra > self.budget
+
+    def wants_compaction(self):
+        # Many files cost directory metadata; much dead data costs space.
+        return self.nseg >= 128 or (self.size + len(self.buf) > self.budget // 2 and self.size > 2 * self.live)
+
+    # ------------------------------------------------------------------ generations
+
+    def _gens(self):
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return []
+        gens = []
+        for n in names:
+            if n.startswith("ubroker.") and n.endswith(".log"):
+                try:
+                    gens.append(int(n[8:-4]))
+                except ValueError:
+                    pass
+        gens.sort()
+        return gens
+
+    def begin_snapshot(self):
+        """Start the next generation; the caller appends the live state, then end_snapshot()."""
+        self.gen += 1
+        self.f = open(self._file(self.gen, "log"), "wb")
+        self.size = 0
+
+    def snapshot_flush(self):
+        """Write what the snapshot has so far (keeps the buffer small for a large state)."""
+        self.f.write(self.buf)
+        self.size += len(self.buf)
+        self.buf[:] = b""
+
+    def end_snapshot(self):
+        self.append(END, b"")
+        self.snapshot_flush()
+        self.f.close()
+        self.f = None
+        self.live = self.size
+        self.bytes_written += self.size
+        self.compactions += 1
+        self.nseg = 0
+        for name in os.listdir(self.path):
+            if name.startswith("ubroker."):
+                parts = name.split(".")
+                try:
+                    old = int(parts[1]) < self.gen
+                except (ValueError, IndexError):
+                    old = False
+                if old:
+                    try:
+                        os.remove(self.path + "/" + name)
+                    except OSError:
+                        pass
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self):
+        """The (type, body) records of the newest complete generation: its snapshot, then its
+        commits in order, stopping at the first torn or corrupt record. A
+        newer generation without its END (a crash during compaction) is passed over."""
+        for gen in reversed(self._gens()):
+            records = []
+            if self._read(self._file(gen, "log"), records, True):
+                self.gen = gen
+                break
+        else:
+            return []
+        prefix = "ubroker.%d." % gen
+        segs = []
+        for n in os.listdir(self.path):
+            if n.startswith(prefix) and n[len(prefix):].isdigit():
+                segs.append(int(n[len(prefix):]))
+        segs.sort()
+        for k in segs:
+            if not self._read(self._file(gen, str(k)), records, False):
+                break  # a torn file is the last one written: nothing after it counts
+        self.nseg = segs[-1] if segs else 0
+        return records
+
+    def _read(self, name, out, snapshot):
+        """Append the records of one file to out. For the snapshot, True only if its END was
+        read; for other files, True unless the file ended in a torn or corrupt record."""
+        try:
+            f = open(name, "rb")
+        except OSError:
+            return False
+        hdr = bytearray(HDR_SIZE)
+        ok = True
+        complete = False
+        with f:
+            while True:
+                n = f.readinto(hdr)
+                if not n:
+                    break
+                if n < HDR_SIZE:
+                    ok = False
+                    break
+                magic, rtype, blen, seq, crc = struct.unpack(_HDR, hdr)
+                body = f.read(blen) if blen else b""
+                if magic != _MAGIC or len(body) != blen or \
+                        binascii.crc32(body, binascii.crc32(memoryview(hdr)[1:8])) != crc:
+                    ok = False
+                    break
+                if seq > self.seq:
+                    self.seq = seq
+                if rtype == END:
+                    complete = True
+                else:
+                    out.append((rtype, body))
+        if not ok:
+            self.torn += 1
+            self.log("store: %s ends in a torn or corrupt record; what follows it is skipped" % name)
+        return complete if snapshot else ok
