@@ -224,3 +224,25 @@ def test_prompt_online_subscriber_causes_no_flash_write(tmp_path):
         assert sorted(os.listdir(data)) == before
     finally:
         b.stop()
+
+
+def test_store_figures_in_sys(tmp_path):
+    """With the store on, $SYS reports it, and the report keeps working (all figures, limit
+    counters included, every sys_interval)."""
+    b = start_broker(tmp_path, board="unix", data=tmp_path / "store", config="sys_interval 1\n")
+    try:
+        subscribe_persistent(b, "fig/#", 1, "fig-sub")
+        c = b.client()
+        c.publish("fig/t", b"x", qos=1).wait_for_publish(5)
+        w = b.client()
+        w.subscribe("$SYS/broker/ubroker/#", 0)
+        want = {"$SYS/broker/ubroker/store/commits", "$SYS/broker/ubroker/store/bytes",
+                "$SYS/broker/ubroker/store/torn", "$SYS/broker/ubroker/heap/free"}
+        assert wait_for(lambda: want <= {m.topic for m in w.messages}, 5), [m.topic for m in w.messages]
+        commits = [int(m.payload) for m in w.messages if m.topic.endswith("store/commits")]
+        assert commits[-1] >= 1
+        time.sleep(2.2)  # two more reports
+        assert "Traceback" not in b.log(), b.log()
+        assert b.alive()
+    finally:
+        b.stop()

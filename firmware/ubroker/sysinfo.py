@@ -49,13 +49,13 @@ class SysInfo:
         yield "ubroker/retained/bytes", b.retained_bytes
         p = sv.persist
         if p is not None:
-            st = p.store
-            yield "ubroker/store/bytes", st.size
-            yield "ubroker/store/budget", st.budget
-            yield "ubroker/store/commits", st.commits
-            yield "ubroker/store/bytes_written", st.bytes_written
-            yield "ubroker/store/compactions", st.compactions
-            yield "ubroker/store/torn", st.torn
+            store = p.store
+            yield "ubroker/store/bytes", store.size
+            yield "ubroker/store/budget", store.budget
+            yield "ubroker/store/commits", store.commits
+            yield "ubroker/store/bytes_written", store.bytes_written
+            yield "ubroker/store/compactions", store.compactions
+            yield "ubroker/store/torn", store.torn
         for name in st.limits:
             yield "ubroker/limits/" + name, st.limits[name]
 

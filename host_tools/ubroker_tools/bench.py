@@ -44,6 +44,9 @@ SCENARIOS = {
     "fanin0": ("fan-in QoS 0, 8 pub -> 1 sub", ["fanin", "--qos", "0", "--pubs", "8", "--subs", "1"]),
     "fanin1": ("fan-in QoS 1, 8 pub -> 1 sub", ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1"]),
     "fanin2": ("fan-in QoS 2, 8 pub -> 1 sub", ["fanin", "--qos", "2", "--pubs", "8", "--subs", "1"]),
+    # The durable store's cost: the same as fanin1, the subscriber with a persistent session.
+    "fanin1p": ("fan-in QoS 1, 8 pub -> 1 persistent sub",
+                ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1", "--persistent"]),
     "fanout0": ("fan-out QoS 0, 1 pub -> 16 sub", ["fanout", "--qos", "0", "--pubs", "1", "--subs", "16"]),
     "latency": ("round trip QoS 0, 1 client", ["latency"]),
     "connect": ("connects", ["connect", "--conc", "16"]),
@@ -429,6 +432,7 @@ ROWS = [
     ("fanin0", "fan-in QoS 0 (8 -> 1)", "msg/s", "fanin0", lambda r: r.get("rate"), False),
     ("fanin1", "fan-in QoS 1 (8 -> 1)", "msg/s", "fanin1", lambda r: r.get("rate"), False),
     ("fanin2", "fan-in QoS 2 (8 -> 1)", "msg/s", "fanin2", lambda r: r.get("rate"), False),
+    ("fanin1p", "fan-in QoS 1, persistent sub", "msg/s", "fanin1p", lambda r: r.get("rate"), False),
     ("fanout0", "fan-out QoS 0 (1 -> 16)", "deliveries/s", "fanout0", lambda r: r.get("rate"), False),
     ("lat50", "round trip p50", "us", "latency", lambda r: r.get("p50_us"), True),
     ("lat99", "round trip p99", "us", "latency", lambda r: r.get("p99_us"), True),
@@ -605,6 +609,10 @@ def targets(report):
     if u.get("fanin2"):
         v = verification(u["fanin2"])
         out.append("fan-in QoS 2 lossless: %s -> %s" % (v, mark(v == "ok")))
+    up, un = val(u, "fanin1p", lambda r: r.get("rate")), val(u, "fanin1", lambda r: r.get("rate"))
+    if up is not None and un:
+        out.append("ubroker fan-in QoS 1, persistent subscriber (durable store on) within 20%% of "
+                   "non-persistent: %.2f x -> %s" % (up / un, mark(up / un >= 0.8)))
     uv, mv = val(u, "latency", lambda r: r.get("p50_us")), val(m, "latency", lambda r: r.get("p50_us"))
     if uv is not None and mv:
         out.append("latency p50 <= 2 x Mosquitto: %.2f x -> %s" % (uv / mv, mark(uv / mv <= 2)))
