@@ -60,7 +60,8 @@ class Broker:
         self.dirty = [None] * (cfg["max_connections"] + 8)
         self.ndirty = 0
         # The pool is filled now, while the heap is in one piece.
-        self.pool = Pool(cfg["buffer_pool_size"], max(cfg["out_buffer_size"], 2 * cfg["read_buffer_size"]))
+        # Each buffer starts with room for a small board's largest use (it grows if needed).
+        self.pool = Pool(cfg["buffer_pool_size"], min(4096, max(cfg["out_buffer_size"], 2 * cfg["read_buffer_size"])))
         self.scratch = bytearray(cfg["out_buffer_size"])
         self.freed = False  # a window or queue made room: paused publishers may resume
         self.stats = Stats()

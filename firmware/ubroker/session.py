@@ -65,14 +65,17 @@ class Session:
         return False
 
     def next_pid(self):
-        """A packet id not in use by an outbound message, in flight or queued (MQTT-2.3.1-2).
-        Ids are given when a message is taken on, so one kept on flash keeps its id."""
+        """A packet id not in use by an outbound message (MQTT-2.3.1-2). Ids are given when a
+        message is taken on, so one kept on flash keeps its id. Only the in-flight window is
+        searched: the queue is first in, first out and shorter than the 65535 ids, so an id
+        there cannot come round again while it waits (searching it cost a slow subscriber's
+        whole queue per message)."""
         while True:
             p = self.pid + 1
             if p > 65535:
                 p = 1
             self.pid = p
-            if not (_uses(self.inflight, p) or _uses(self.queue, p)):
+            if not _uses(self.inflight, p):
                 return p
 
     def find(self, pid):
