@@ -38,6 +38,7 @@ SCHEMA = {
     "buffer_pool_size": "int",
     "heap_reserve": "size",
     "store_hold_ms": "int",
+    "poll_presize": "bool",
     # board profile (boards/*.conf)
     "board": "str",
     "description": "str",
@@ -79,6 +80,7 @@ DEFAULTS = {
     "buffer_pool_size": 8,
     "heap_reserve": 0,
     "store_hold_ms": 100,
+    "poll_presize": False,
     "store_size": 1024 * 1024,
     "max_keepalive": 65535,
     "sys_interval": 10,
