@@ -34,19 +34,6 @@ def settings():
     return resolve(*layers)
 
 
-def makedirs(path):
-    import os
-
-    cur = ""
-    for part in path.split("/"):
-        cur = cur + part + "/" if part else cur + "/"
-        if part:
-            try:
-                os.mkdir(cur)
-            except OSError:
-                pass
-
-
 def main():
     log("ubroker %s on MicroPython %s (%s)"
         % (VERSION, ".".join(str(v) for v in sys.implementation.version[:3]), sys.platform))
@@ -54,6 +41,8 @@ def main():
     if cfg is None:
         return
     if cfg.get("persistence") and cfg.get("persistence_location"):
+        from ubroker.store import makedirs
+
         makedirs(cfg["persistence_location"])
     pause = 1000
     address = network_up(cfg, log)

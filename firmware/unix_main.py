@@ -4,10 +4,8 @@
 `ubroker run` on the host builds this command line. Settings apply in layers: defaults <-
 board profile <- config file <- command line."""
 
-import os
-import sys
-
 import gc
+import sys
 
 from ubroker import VERSION
 from ubroker.log import log
@@ -29,17 +27,6 @@ def args(argv):
         opts[a[2:]] = argv[i + 1]
         i += 2
     return opts
-
-
-def makedirs(path):
-    cur = ""
-    for part in path.split("/"):
-        cur = cur + part + "/" if part else cur + "/"
-        if part:
-            try:
-                os.mkdir(cur)
-            except OSError:
-                pass
 
 
 def settings(opts):
@@ -88,6 +75,8 @@ def main(argv):
     if "data" in opts:
         cfg["persistence_location"] = opts["data"]
         cfg["persistence"] = True
+        from ubroker.store import makedirs
+
         makedirs(opts["data"])
     cfg["verbose"] = opts.get("verbose", False)
     log("ubroker %s on MicroPython %s" % (VERSION, ".".join(str(v) for v in sys.implementation.version[:3])))

@@ -22,6 +22,18 @@ import binascii
 import os
 import struct
 
+def makedirs(path):
+    """Create the store's folder and its parents (MicroPython's os has no makedirs)."""
+    cur = ""
+    for part in path.split("/"):
+        cur = cur + part + "/" if part else cur + "/"
+        if part:
+            try:
+                os.mkdir(cur)
+            except OSError:
+                pass
+
+
 _MAGIC = 0xA5
 _HDR = "<BBHII"
 HDR_SIZE = 12
