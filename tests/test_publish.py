@@ -9,20 +9,13 @@ the same connection, and checks what the subscriber got before the marker."""
 import socket
 
 import mqttraw as m
+from marker import MARK, connected, until_marker
 from conftest import wait_for
 
 PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK = 3, 4, 5, 6, 7, 9
-MARK = b"zz/marker"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def connected(broker, cid):
-    c = broker.raw()
-    present, rc = c.connect(cid)
-    assert rc == 0
-    return c
 
 
 def subscriber(broker, cid, *filters):
@@ -53,25 +46,6 @@ def nothing_within(c, seconds):
     except socket.timeout:
         return True
     return False if p is not None else True
-
-
-def until_marker(c, timeout=5.0):
-    """PUBLISH packets received before the marker, acknowledging each as a client must."""
-    got = []
-    while True:
-        p = c.recv_packet(timeout)
-        assert p is not None, "broker closed the subscriber's connection"
-        if p.type == PUBREL:
-            c.send(m.pubcomp(p.pid))
-            continue
-        assert p.type == PUBLISH, p
-        if p.topic == MARK:
-            return got
-        got.append(p)
-        if p.qos == 1:
-            c.send(m.puback(p.pid))
-        elif p.qos == 2:
-            c.send(m.pubrec(p.pid))
 
 
 def assert_still_serving(broker):

@@ -6,16 +6,10 @@ After a SUBSCRIBE, the retained messages the broker sends follow the SUBACK on t
 connection; a marker published afterwards by another client closes the list."""
 
 import mqttraw as m
+from marker import MARK, connected
+from marker import until_marker as collect
 
 PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK = 3, 4, 5, 6, 7, 9
-MARK = b"zz/marker"
-
-
-def connected(broker, cid):
-    c = broker.raw()
-    present, rc = c.connect(cid)
-    assert rc == 0
-    return c
 
 
 def publish(c, topic, payload, qos=0, pid=1, retain=True):
@@ -33,25 +27,6 @@ def subscribe(c, pid, *filters):
     p = c.expect(SUBACK)
     assert p.pid == pid
     return list(p.body[2:])
-
-
-def collect(c, timeout=5.0):
-    """PUBLISH packets up to the marker, acknowledged as a client must."""
-    got = []
-    while True:
-        p = c.recv_packet(timeout)
-        assert p is not None, "broker closed the connection"
-        if p.type == PUBREL:
-            c.send(m.pubcomp(p.pid))
-            continue
-        assert p.type == PUBLISH, p
-        if p.topic == MARK:
-            return got
-        got.append(p)
-        if p.qos == 1:
-            c.send(m.puback(p.pid))
-        elif p.qos == 2:
-            c.send(m.pubrec(p.pid))
 
 
 def retained_for(broker, cid, pub, *filters):

@@ -8,19 +8,12 @@ publisher, and checks what the subscriber got before the marker."""
 import socket
 
 import mqttraw as m
+from marker import MARK, connected, until_marker
 
 PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK = 3, 4, 5, 6, 7, 9, 11
-MARK = b"zz/marker"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def connected(broker, cid):
-    c = broker.raw()
-    present, rc = c.connect(cid)
-    assert rc == 0
-    return c
 
 
 def suback(c, pid, *filters):
@@ -46,25 +39,6 @@ def publish(c, topic, payload, qos=0, pid=1, retain=False):
         assert c.expect(PUBREC).pid == pid
         c.send(m.pubrel(pid))
         assert c.expect(PUBCOMP).pid == pid
-
-
-def until_marker(c, timeout=5.0):
-    """PUBLISH packets received before the marker, acknowledged as a client must."""
-    got = []
-    while True:
-        p = c.recv_packet(timeout)
-        assert p is not None, "broker closed the subscriber's connection"
-        if p.type == PUBREL:
-            c.send(m.pubcomp(p.pid))
-            continue
-        assert p.type == PUBLISH, p
-        if p.topic == MARK:
-            return got
-        got.append(p)
-        if p.qos == 1:
-            c.send(m.puback(p.pid))
-        elif p.qos == 2:
-            c.send(m.pubrec(p.pid))
 
 
 def mark(pub):
