@@ -5,7 +5,7 @@ publishes to the marker topic afterwards and checks what came before it: no slee
 import mqttraw as m
 
 MARK = b"zz/marker"
-PUBLISH, PUBREL = 3, 6
+PUBLISH, PUBREL, PINGRESP = 3, 6, 13
 
 
 def connected(broker, cid):
@@ -32,3 +32,16 @@ def until_marker(c, timeout=5.0):
             c.send(m.puback(p.pid))
         elif p.qos == 2:
             c.send(m.pubrec(p.pid))
+
+
+def until_pingresp(raw, timeout=5.0):
+    """Send PINGREQ and return every packet the broker sent before the PINGRESP. The broker
+    answers in order, so anything it had already decided to send comes first."""
+    raw.send(m.PINGREQ)
+    got = []
+    while True:
+        p = raw.recv_packet(timeout)
+        assert p is not None, "connection closed while waiting for PINGRESP"
+        if p.type == PINGRESP:
+            return got
+        got.append(p)

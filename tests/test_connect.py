@@ -7,22 +7,10 @@ import time
 import pytest
 
 import mqttraw as m
+from marker import until_pingresp
 from conftest import wait_for
 
 CONNACK, PUBLISH, SUBACK, PINGRESP = 2, 3, 9, 13
-
-
-def until_pingresp(raw, timeout=5.0):
-    """Send PINGREQ and return every packet the broker sent before the PINGRESP. The broker
-    answers in order, so anything it had already decided to send comes first."""
-    raw.send(m.PINGREQ)
-    got = []
-    while True:
-        p = raw.recv_packet(timeout)
-        assert p is not None, "connection closed while waiting for PINGRESP"
-        if p.type == PINGRESP:
-            return got
-        got.append(p)
 
 
 def assert_closed_not_accepted(raw, timeout=5.0):

@@ -216,6 +216,8 @@ def test_prompt_online_subscriber_causes_no_flash_write(tmp_path):
         assert wait_for(lambda: done, 5)
         time.sleep(0.2)
         before = sorted(os.listdir(data))
+        # the store is there and holds the session: the test cannot pass without one
+        assert any(n.endswith(".log") for n in before), before
         pub = b.client()
         infos = [pub.publish("fast/t", b"%d" % i, qos=1) for i in range(300)]
         for info in infos:

@@ -5,21 +5,9 @@ left unacknowledged. Raw sockets, so packet ids and the DUP flag can be checked.
 import time
 
 import mqttraw as m
+from marker import until_pingresp
 
-CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, PINGRESP = 2, 3, 4, 5, 6, 7, 9, 13
-
-
-def until_pingresp(raw, timeout=5.0):
-    """PINGREQ, then every packet the broker sent before the PINGRESP (it answers in order,
-    so anything it already had queued for us comes first)."""
-    raw.send(m.PINGREQ)
-    got = []
-    while True:
-        p = raw.recv_packet(timeout)
-        assert p is not None, "connection closed while waiting for PINGRESP"
-        if p.type == PINGRESP:
-            return got
-        got.append(p)
+CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK = 2, 3, 4, 5, 6, 7, 9
 
 
 def connect(broker, cid, clean, expect_present=None):

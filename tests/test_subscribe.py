@@ -7,6 +7,8 @@ publisher, and checks what the subscriber got before the marker."""
 
 import socket
 
+import pytest
+
 import mqttraw as m
 from marker import MARK, connected, until_marker
 
@@ -309,29 +311,17 @@ def test_subscribe_packet_id_zero_closes(broker):
     closes(broker, m.packet(0x82, b"\x00\x00\x00\x03a/b\x00"))
 
 
-def test_subscribe_flags_0000_close(broker):
-    """SUBSCRIBE fixed-header flags must be 0010 (MQTT-3.8.1-1): 0000."""
-    closes(broker, m.packet(0x80, b"\x00\x01\x00\x03a/b\x00"))
-
-
-def test_subscribe_flags_0011_close(broker):
-    """SUBSCRIBE fixed-header flags must be 0010 (MQTT-3.8.1-1): 0011."""
-    closes(broker, m.packet(0x83, b"\x00\x01\x00\x03a/b\x00"))
-
-
-def test_subscribe_flags_1010_close(broker):
-    """SUBSCRIBE fixed-header flags must be 0010 (MQTT-3.8.1-1): 1010."""
-    closes(broker, m.packet(0x8A, b"\x00\x01\x00\x03a/b\x00"))
-
-
-def test_unsubscribe_flags_0000_close(broker):
-    """UNSUBSCRIBE fixed-header flags must be 0010 (MQTT-3.10.1-1): 0000."""
-    closes(broker, m.packet(0xA0, b"\x00\x01\x00\x03a/b"))
-
-
-def test_unsubscribe_flags_0110_close(broker):
-    """UNSUBSCRIBE fixed-header flags must be 0010 (MQTT-3.10.1-1): 0110."""
-    closes(broker, m.packet(0xA6, b"\x00\x01\x00\x03a/b"))
+@pytest.mark.parametrize("b0, body", [
+    (0x80, b"\x00\x01\x00\x03a/b\x00"),  # SUBSCRIBE 0000
+    (0x83, b"\x00\x01\x00\x03a/b\x00"),  # SUBSCRIBE 0011
+    (0x8A, b"\x00\x01\x00\x03a/b\x00"),  # SUBSCRIBE 1010
+    (0xA0, b"\x00\x01\x00\x03a/b"),  # UNSUBSCRIBE 0000
+    (0xA6, b"\x00\x01\x00\x03a/b"),  # UNSUBSCRIBE 0110
+], ids=["sub-0000", "sub-0011", "sub-1010", "unsub-0000", "unsub-0110"])
+def test_subscribe_and_unsubscribe_flags_other_than_0010_close(broker, b0, body):
+    """SUBSCRIBE and UNSUBSCRIBE fixed-header flags must be 0010 (MQTT-3.8.1-1,
+    MQTT-3.10.1-1); anything else closes the connection."""
+    closes(broker, m.packet(b0, body))
 
 
 def test_unsubscribe_without_filter_closes(broker):

@@ -8,8 +8,9 @@ import time
 import pytest
 
 import mqttraw as m
+from marker import until_pingresp
 
-CONNACK, PUBLISH, PUBREL, SUBACK, PINGRESP = 2, 3, 6, 9, 13
+CONNACK, PUBLISH, PUBREL, SUBACK = 2, 3, 6, 9
 
 
 def subscriber(broker, flt, qos=2, cid=None):
@@ -19,18 +20,6 @@ def subscriber(broker, flt, qos=2, cid=None):
     p = r.expect(SUBACK)
     assert p.body[2] == qos
     return r
-
-
-def until_pingresp(raw, timeout=5.0):
-    """PINGREQ, then every packet the broker sent before the PINGRESP."""
-    raw.send(m.PINGREQ)
-    got = []
-    while True:
-        p = raw.recv_packet(timeout)
-        assert p is not None, "connection closed while waiting for PINGRESP"
-        if p.type == PINGRESP:
-            return got
-        got.append(p)
 
 
 def ack(raw, p):
