@@ -119,6 +119,10 @@ class Broker:
 
     def room(self, s, size):
         """Can session s take one more QoS 1/2 message without dropping anything?"""
+        return self.budget(size) and self.slot(s, size)
+
+    def budget(self, size):
+        """Is there heap (max_queued_bytes, heap_reserve) for size more bytes of messages?"""
         if self.held_bytes + size > self.max_held_bytes:
             self.stats.hit("queued_bytes")
             return False
@@ -127,6 +131,10 @@ class Broker:
             if gc.mem_free() < self.heap_reserve:
                 self.stats.hit("heap_reserve")
                 return False
+        return True
+
+    def slot(self, s, size):
+        """Has session s a place (window or queue, and store room if persistent)?"""
         if self.persist is not None and not s.clean and not self.persist.room(size):
             self.stats.hit("store_full")
             return False
@@ -147,9 +155,17 @@ class Broker:
         r = self.index.route(topic)
         n = len(r)
         if qos and not force:
+            # The heap budget once for all the copies this message will take, then a place
+            # at each subscriber (a per-subscriber heap check would let the total overrun).
             size = len(topic) + len(payload) + ENTRY_COST
+            k = 0
             for i in range(1, n, 2):
-                if r[i] and not self.room(r[i - 1], size):
+                if r[i]:
+                    k += 1
+            if k and not self.budget(k * size):
+                return False
+            for i in range(1, n, 2):
+                if r[i] and not self.slot(r[i - 1], size):
                     return False
         msg = None
         for i in range(0, n, 2):

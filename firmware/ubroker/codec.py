@@ -72,10 +72,6 @@ def put_length(out, n):
             return
 
 
-def length_size(n):
-    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
-
-
 def u16(buf, pos, end):
     if pos + 2 > end:
         raise Malformed("truncated field")

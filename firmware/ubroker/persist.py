@@ -221,9 +221,7 @@ class Persist:
     def delivered(self, s, e):
         """A QoS 1/2 message was given to session s (entry e)."""
         if not s.clean:
-            e.append(None)  # HOLD
-            e.append(NOT_STORED)
-            e.append(s)  # SESS
+            e.extend((None, NOT_STORED, s))  # HOLD, STORED, SESS
             self.fresh.append(e)
 
     def forget_fresh(self):
@@ -238,11 +236,7 @@ class Persist:
         delivered twice. Returns True when this module sends pkt."""
         if len(e) > STORED and e[STORED]:
             self.store.append(REL, struct.pack(">I", e[MSG][2]) + _s(s.cid))
-            c = s.conn
-            h = [pkt, False, 0, 0, None, c]
-            if c.acks is None:
-                c.acks = []
-            c.acks.append(h)
+            h = self._queue(s.conn, [pkt, False, 0, 0, None, s.conn])
             self.committing.append(h)
             return True
         return False
@@ -300,14 +294,12 @@ class Persist:
             self.fresh = []
         if not entries and not must_commit:
             if c.acks:
-                c.acks.append([pkt, True])
+                c.acks.append([pkt, True])  # behind acknowledgements still waiting
             else:
                 self.b.send(c, pkt)
             return
-        h = [pkt, False, len(entries), time.ticks_add(time.ticks_ms(), self.hold_ms), entries, c]
-        if c.acks is None:
-            c.acks = []
-        c.acks.append(h)
+        h = self._queue(c, [pkt, False, len(entries), time.ticks_add(time.ticks_ms(), self.hold_ms),
+                            entries, c])
         offline = False
         for e in entries:
             e[HOLD] = h
@@ -317,6 +309,13 @@ class Persist:
             self._store_hold(h)
         else:
             self.holds.append(h)
+
+    def _queue(self, c, h):
+        """Put a pending acknowledgement last in c's queue (packet order)."""
+        if c.acks is None:
+            c.acks = []
+        c.acks.append(h)
+        return h
 
     def _store_hold(self, h):
         written = None
