@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-setup setup clean
+.PHONY: run test test-deps bench bench-setup setup clean
 
 setup: $(STAMP)
 
@@ -22,8 +22,13 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(BIN)/ubroker run --data data
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q tests
+
+# The bridge tests start Debian's mosquitto as the upstream broker.
+test-deps:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install mosquitto; }
 
 bench: $(STAMP) bench-setup
 	$(BIN)/ubroker bench

@@ -102,6 +102,8 @@ class Broker:
         self._done(conn, out)
 
     def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
+        if conn.bridge is not None:
+            topic = conn.bridge.remote_topic(topic)
         out = self._out(conn)
         put_publish(out, topic, payload, qos, retain, dup, pid)
         self.stats.pub_out += 1
@@ -141,17 +143,18 @@ class Broker:
         c = s.conn
         if c is not None and (not s.inflight or len(s.inflight) < self.max_inflight):
             return True
-        if not s.queue or len(s.queue) < self.max_queued:
+        if not s.queue or len(s.queue) < (s.qmax or self.max_queued):
             return True
         self.stats.hit("queued_messages")
         return False
 
-    def publish(self, topic, payload, qos, retain, force=False, raw=None):
+    def publish(self, topic, payload, qos, retain, force=False, raw=None, origin=None):
         """Route one message. Returns False, having changed nothing, when a subscriber that
         must get it at QoS 1/2 has no room: the caller then withholds the acknowledgement and
         stops reading from the publisher. With force (wills, $SYS) it never waits; a message
         that finds no room is dropped and counted. raw, for a QoS 0 PUBLISH as received, is
-        its topic field and payload: forwarded at QoS 0 those bytes go out unchanged."""
+        its topic field and payload: forwarded at QoS 0 those bytes go out unchanged. origin,
+        a bridge's session for what came from its upstream, is skipped (no loop)."""
         r = self.index.route(topic)
         n = len(r)
         if qos and not force:
@@ -160,16 +163,18 @@ class Broker:
             size = len(topic) + len(payload) + ENTRY_COST
             k = 0
             for i in range(1, n, 2):
-                if r[i]:
+                if r[i] and r[i - 1] is not origin:
                     k += 1
             if k and not self.budget(k * size):
                 return False
             for i in range(1, n, 2):
-                if r[i] and not self.slot(r[i - 1], size):
+                if r[i] and r[i - 1] is not origin and not self.slot(r[i - 1], size):
                     return False
         msg = None
         for i in range(0, n, 2):
             s = r[i]
+            if s is origin:
+                continue
             q = r[i + 1]
             if q > qos:
                 q = qos
@@ -177,13 +182,17 @@ class Broker:
                 c = s.conn
                 if c is not None:
                     if c.out is None or len(c.out) < self.out_limit:
-                        if raw is None:
+                        if raw is None or c.bridge is not None:
                             self._write_publish(c, topic, payload, 0, False, False, 0)
                         else:
                             self._write_raw(c, raw)
                     else:
                         self.stats.dropped += 1
                         self.stats.hit("out_buffer")
+                        if s.fwd is not None:
+                            s.fwd.dropped += 1
+                elif s.fwd is not None:
+                    s.fwd.dropped += 1  # QoS 0 is not kept for an unreachable upstream
                 continue
             if msg is None:
                 msg = [topic, bytes(payload), 0]
@@ -206,7 +215,7 @@ class Broker:
                 s.inflight = inflight = []
             inflight.append(entry)
             self._write_publish(c, msg[0], msg[1], qos, retain, False, entry[PID])
-        elif not s.queue or len(s.queue) < self.max_queued:
+        elif not s.queue or len(s.queue) < (s.qmax or self.max_queued):
             if s.queue is None:
                 s.queue = []
             s.queue.append(entry)

@@ -55,6 +55,33 @@ SCHEMA = {
     "hostname": "str",
     "sensor": "+str",
     "pin": "+str",
+    # bridges: `connection NAME` opens a section that the BRIDGE keys below fill
+    "connection": "section",
+    "bridge_max_queued_messages": "pos",
+}
+
+# Keys of a `connection NAME` section (Mosquitto's bridge keys), with their defaults.
+# topic: PATTERN [in|out|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]], repeatable.
+BRIDGE = {
+    "address": "str",
+    "topic": "+topic",
+    "remote_clientid": "str",
+    "remote_username": "str",
+    "remote_password": "str",
+    "keepalive_interval": "pos",
+    "cleansession": "bool",
+    "try_private": "bool",
+    "restart_timeout": "backoff",
+    "bridge_cafile": "str",
+    "bridge_insecure": "bool",
+}
+
+BRIDGE_DEFAULTS = {
+    "keepalive_interval": 60,
+    "cleansession": False,
+    "try_private": True,
+    "restart_timeout": (5, 30),
+    "bridge_insecure": False,
 }
 
 DEFAULTS = {
@@ -87,6 +114,7 @@ DEFAULTS = {
     "persistence": False,
     "persistence_location": "",
     "allow_anonymous": True,
+    "bridge_max_queued_messages": 1000,
 }
 
 
@@ -98,7 +126,40 @@ class ConfigError(Exception):
         self.errors = errors
 
 
+def _topic(words):
+    """A bridge `topic` line: (pattern, direction, qos, local prefix, remote prefix). "" is an
+    empty pattern or prefix, as in Mosquitto (the prefix alone is then the topic)."""
+    if not 1 <= len(words) <= 5 or len(words) == 4:
+        raise ValueError("expects PATTERN [in|out|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]")
+    w = [("" if x == '""' else x) for x in words]
+    direction = w[1] if len(w) > 1 else "out"
+    if direction not in ("in", "out", "both"):
+        raise ValueError("direction must be in, out or both, not '%s'" % direction)
+    qos = _value("qos", w[2:3]) if len(w) > 2 else 0
+    local = w[3] if len(w) > 3 else ""
+    remote = w[4] if len(w) > 4 else ""
+    if not (w[0] or local or remote):
+        raise ValueError("needs a pattern or a prefix")
+    if "+" in local + remote or "#" in local + remote:
+        raise ValueError("prefixes cannot hold wildcards")
+    return (w[0], direction, qos, local, remote)
+
+
 def _value(kind, words):
+    if kind == "+topic":
+        return _topic(words)
+    if kind == "backoff":
+        if not 1 <= len(words) <= 2:
+            raise ValueError("expects BASE [CAP] in seconds")
+        base = _value("pos", words[:1])
+        cap = _value("pos", words[1:]) if len(words) > 1 else max(base, 30)
+        if cap < base:
+            raise ValueError("cap must not be below base")
+        return (base, cap)
+    if kind == "section":
+        if len(words) != 1:
+            raise ValueError("expects one name")
+        return words[0]
     if kind == "listener":
         if not 1 <= len(words) <= 2:
             raise ValueError("expects 'listener PORT [ADDRESS]'")
@@ -143,31 +204,79 @@ def _value(kind, words):
     return n
 
 
+def split(line):
+    """The words of a line. `#` starts a comment at the start of a word, except on a bridge
+    `topic` line, whose pattern may be `#` itself (as in Mosquitto, a comment there must have
+    its own line)."""
+    words = line.split()
+    if words and words[0] != "topic":
+        for i in range(len(words)):
+            if words[i][0] == "#":
+                return words[:i]
+    elif words and words[0][0] == "#":
+        return []
+    return words
+
+
+def _address(v):
+    """HOST[:PORT] -> (host, port); 1883 when no port is given."""
+    host, _, port = v.partition(":")
+    if " " in v or not host:
+        raise ValueError("expects HOST[:PORT]")
+    if not port:
+        return (host, 1883)
+    n = _value("pos", [port])
+    if n > 65535:
+        raise ValueError("port must be 1..65535")
+    return (host, n)
+
+
 def parse(text, source="config"):
     """Settings of one file as a dict. Raises ConfigError naming every bad line."""
     out = {}
     errors = []
     listeners = []
+    section = None  # the `connection` being filled
     for no, line in enumerate(text.split("\n"), 1):
-        words = line.split("#", 1)[0].split()
+        words = split(line)
         if not words:
             continue
         key = words[0]
         kind = SCHEMA.get(key)
+        into = out
+        if kind is None and key in BRIDGE:
+            kind = BRIDGE[key]
+            if section is None:
+                errors.append("%s:%d: %s belongs to a bridge: put it after a `connection NAME` line"
+                              % (source, no, key))
+                continue
+            into = section
         if kind is None:
             errors.append("%s:%d: unknown key '%s'" % (source, no, key))
             continue
         try:
             v = _value(kind, words[1:])
+            if key == "address":
+                v = _address(v)
         except ValueError as e:
             errors.append("%s:%d: %s %s" % (source, no, key, e.args[0]))
             continue
-        if kind == "listener":
+        if kind == "section":
+            section = dict(BRIDGE_DEFAULTS)
+            section["name"] = v
+            section["line"] = no
+            out.setdefault(key, []).append(section)
+        elif kind == "listener":
             listeners.append(v)
-        elif kind == "+str":
-            out.setdefault(key, []).append(v)
+        elif kind[0] == "+":
+            into.setdefault(key, []).append(v)
         else:
-            out[key] = v
+            into[key] = v
+    for br in out.get("connection", ()):
+        if "address" not in br:
+            errors.append("%s:%d: connection %s has no `address HOST[:PORT]`" % (source, br["line"], br["name"]))
+        if "topic" not in br:
+            errors.append("%s:%d: connection %s has no `topic` line" % (source, br["line"], br["name"]))
     if errors:
         raise ConfigError(errors)
     if listeners:

@@ -51,6 +51,8 @@ class Protocol:
             return self.publish(c, b0, buf, pos, end)
         flags = _FLAGS[ptype]
         if flags is None:
+            if c.bridge is not None:  # our upstream link: CONNACK, SUBACK, ... (bridge.py)
+                return c.bridge.handle(c, ptype, buf, pos, end)
             raise Malformed("packet type %d not accepted by a server" % ptype)
         if b0 & 0x0F != flags:
             raise Malformed("reserved flags of packet type %d" % ptype)
@@ -156,6 +158,9 @@ class Protocol:
             self.b.stats.hit("client_id_length")
             self.refuse(c, BAD_CLIENT_ID, "client id too long")
             return True
+        elif cid.startswith(b"$bridge/"):
+            self.refuse(c, BAD_CLIENT_ID, "client ids starting $bridge/ are the bridges' own")
+            return True
         b_ = self.b
         old = b_.sessions.get(cid)
         takeover = old is not None and old.conn is not None
@@ -217,7 +222,12 @@ class Protocol:
                 b_.send(c, ack(PUBREC, pid))
                 return True
         retain = b0 & 1 and self.cfg["retain_available"]
-        if topic.startswith(b"$"):
+        br = c.bridge
+        if br is not None:  # from upstream: under its local name, and never sent back up
+            topic = br.local_topic(topic)
+            if not b_.publish(topic, self.server.rmv[p:end], qos, retain, False, None, s):
+                return False
+        elif topic.startswith(b"$"):
             # Clients may not write $ topics such as $SYS: acknowledged, not delivered.
             b_.stats.hit("publish_to_dollar_topic")
         elif not b_.publish(topic, self.server.rmv[p:end], qos, retain, False,

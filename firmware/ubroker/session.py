@@ -40,6 +40,8 @@ class Session:
     pid = 0
     mark = 0  # routing scratch, see topics.Index.collect
     mq = 0
+    fwd = None  # the Bridge, for a bridge's own session (bridge.py)
+    qmax = 0  # its own queue limit; 0: max_queued_messages
 
     def __init__(self, cid, clean):
         self.cid = cid
@@ -112,6 +114,7 @@ class Conn:
     will = None  # (topic, payload, qos, retain)
     paused = False  # reading stopped until subscribers make room
     acks = None  # acknowledgements waiting for their turn (persist.py), in packet order
+    bridge = None  # the Bridge whose upstream link this is (bridge.py)
 
     def __init__(self, sock, now):
         self.sock = sock

@@ -56,6 +56,8 @@ class SysInfo:
             yield "ubroker/store/bytes_written", store.bytes_written
             yield "ubroker/store/compactions", store.compactions
             yield "ubroker/store/torn", store.torn
+        for br in sv.bridges:
+            yield from br.figures()
         for name in st.limits:
             yield "ubroker/limits/" + name, st.limits[name]
 

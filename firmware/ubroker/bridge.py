@@ -1,0 +1,287 @@
+"""A bridge to an upstream broker (a `connection NAME` section, as in Mosquitto): an MQTT
+client inside the broker's own loop, no thread.
+
+What goes up is held by a local session of its own, `$bridge/NAME`, persistent and subscribed
+to the `out` patterns: the broker queues, stores on flash and resends for it exactly as for
+any persistent subscriber, and a message leaves that session only when the upstream broker
+acknowledges it (PUBACK, or PUBCOMP for QoS 2). The upstream connection is that session's
+connection, so the upstream's PUBACK/PUBREC/PUBCOMP and its PUBLISHes (the `in` patterns)
+go through the ordinary handlers; this module only adds what a client does that a server
+does not: CONNECT, SUBSCRIBE, PINGREQ, reading CONNACK/SUBACK, and reconnecting with a
+growing, jittered delay.
+
+No loops: a message that came from upstream is routed locally with this session as its
+origin, which routing skips, and the CONNECT says "bridge" (protocol level 0x84, Mosquitto's
+try_private) so the upstream does not echo our own messages back."""
+
+import random
+import socket
+import time
+
+from .codec import CONNACK, PINGREQ, SUBACK, put_length
+from .session import Conn
+from .topics import match_levels
+
+_IN_OUT = 5  # select.POLLIN | select.POLLOUT: writable once the TCP connection is made
+_CONNACK_TEXT = ("accepted", "unacceptable protocol level", "client id rejected", "server unavailable",
+                 "bad user name or password", "not authorised")
+
+
+def _str(out, s):
+    b = s.encode()
+    out.append(len(b) >> 8)
+    out.append(len(b) & 0xFF)
+    out.extend(b)
+
+
+class Bridge:
+    def __init__(self, server, bc):
+        self.server = server
+        self.b = server.broker
+        self.log = server.log
+        self.name = bc["name"]
+        self.host, self.port = bc["address"]
+        self.client_id = bc.get("remote_clientid") or "ubroker." + self.name
+        self.user = bc.get("remote_username")
+        self.password = bc.get("remote_password")
+        self.keepalive = bc["keepalive_interval"]
+        self.clean = bc["cleansession"]
+        self.private = bc["try_private"]
+        self.base, self.cap = bc["restart_timeout"]
+        self.cafile = bc.get("bridge_cafile")
+        self.topics = bc["topic"]
+        self.cid = b"$bridge/" + self.name.encode()
+        # Prefix rewriting, only for the topic lines that have one: (filter levels, from, to).
+        self.up = []  # local topic -> remote topic
+        self.down = []  # remote topic -> local topic
+        for pattern, direction, _q, local, remote in self.topics:
+            if local == remote:
+                continue
+            if direction != "in":
+                self.up.append(((local + pattern).encode().split(b"/"), local.encode(), remote.encode()))
+            if direction != "out":
+                self.down.append(((remote + pattern).encode().split(b"/"), remote.encode(), local.encode()))
+        self.sess = None
+        self.conn = None
+        self.connected = False
+        self.failures = 0
+        self.due = 0  # ticks_ms of the next connection attempt
+        self.pinged = 0
+        self.sent = 0
+        self.received = 0
+        self.dropped = 0  # QoS 0 messages for upstream while it was unreachable
+        self.last_error = ""
+
+    # ------------------------------------------------------------------ start
+
+    def start(self, now):
+        """Take (or recover from flash) the bridge's local session and make its subscriptions
+        the configured `out` patterns. Connecting starts at once."""
+        b = self.b
+        s, _present = b.session(self.cid, False)
+        if s is None:
+            raise MemoryError("no session left for bridge %s" % self.name)
+        self.sess = s
+        s.fwd = self
+        s.qmax = b.cfg["bridge_max_queued_messages"]
+        want = {}
+        for pattern, direction, qos, local, _remote in self.topics:
+            if direction != "in":
+                flt = (local + pattern).encode()
+                if want.get(flt, -1) < qos:
+                    want[flt] = qos
+        p = b.persist
+        for flt in list(s.subs or ()):
+            if flt not in want:
+                s.drop_filter(flt)
+                b.index.remove(flt, s)
+                if p is not None:
+                    p.unsubscribed(s, flt)
+        for flt in want:
+            if s.subs is None or flt not in s.subs or b.index.qos_of(flt, s) != want[flt]:
+                s.add_filter(flt)
+                b.index.add(flt, s, want[flt])
+                if p is not None:
+                    p.subscribed(s, flt, want[flt])
+        self.due = now
+
+    # ------------------------------------------------------------------ topics
+
+    def remote_topic(self, topic):
+        """The topic a local message goes up under; counts it as sent."""
+        self.sent += 1
+        for levels, frm, to in self.up:
+            if match_levels(levels, topic):
+                return to + topic[len(frm):]
+        return topic
+
+    def local_topic(self, topic):
+        self.received += 1
+        for levels, frm, to in self.down:
+            if match_levels(levels, topic):
+                return to + topic[len(frm):]
+        return topic
+
+    # ------------------------------------------------------------------ connection
+
+    def tick(self, now):
+        """Once a second: connect when due, keep the link alive with PINGREQ."""
+        c = self.conn
+        if c is not None and c.sock is None:
+            self.conn = c = None
+        if c is None:
+            if time.ticks_diff(now, self.due) >= 0:
+                self.connect(now)
+            return
+        if self.connected and time.ticks_diff(now, self.pinged) >= self.keepalive * 1000:
+            self.pinged = now
+            self.b.send(c, bytes((PINGREQ << 4, 0)))
+
+    def connect(self, now):
+        sv = self.server
+        try:
+            addr = socket.getaddrinfo(self.host, self.port)[0][-1]
+            s = socket.socket()
+        except (OSError, MemoryError) as e:
+            self.failed(now, "address %s:%d: %s" % (self.host, self.port, e))
+            return
+        try:
+            s.setblocking(False)
+            try:
+                s.connect(addr)
+            except OSError as e:
+                if e.args[0] not in (115, 119):  # EINPROGRESS (Linux, lwIP): connecting
+                    raise
+            c = Conn(s, now)
+            c.bridge = self  # type: ignore[assignment]  # the class default is None
+            c.out = self.connect_packet()
+            c.mask = _IN_OUT
+            sv.poll.register(s, _IN_OUT)
+        except (OSError, MemoryError) as e:
+            s.close()
+            self.failed(now, "connect to %s:%d: %s" % (self.host, self.port, e))
+            return
+        sv.conns[s] = c
+        self.conn = c
+
+    def connect_packet(self):
+        flags = 0x02 if self.clean else 0
+        if self.user is not None:
+            flags |= 0x80
+            if self.password is not None:
+                flags |= 0x40
+        body = bytearray(b"\x00\x04MQTT")
+        body.append(0x84 if self.private else 4)
+        body.append(flags)
+        body.append(self.keepalive >> 8)
+        body.append(self.keepalive & 0xFF)
+        _str(body, self.client_id)
+        if self.user is not None:
+            _str(body, self.user)
+            if self.password is not None:
+                _str(body, self.password)
+        out = bytearray(b"\x10")
+        put_length(out, len(body))
+        out.extend(body)
+        return out
+
+    def failed(self, now, why):
+        """One more failed attempt: the next one waits base * 2^failures seconds, capped, and
+        shortened by a random part so gateways that lost the same uplink do not return in step."""
+        self.last_error = why
+        self.log("bridge %s: %s" % (self.name, why))
+        delay = self.base << min(self.failures, 16)
+        if delay > self.cap:
+            delay = self.cap
+        self.failures += 1
+        ms = delay * 1000
+        ms -= ms * random.getrandbits(8) // 512  # up to half of it
+        self.due = time.ticks_add(now, ms)
+
+    def closed(self, c, why):
+        """The server closed the upstream connection (error, keepalive, refusal)."""
+        if c is not self.conn:
+            return
+        was = self.connected
+        self.connected = False
+        self.conn = None
+        if was:
+            self.log("bridge %s: disconnected: %s" % (self.name, why))
+            self.last_error = why
+            self.failures = 0
+            self.due = self.server.now  # try again at once, then back off
+        else:
+            self.failed(self.server.now, why)
+
+    # ------------------------------------------------------------------ packets
+
+    def handle(self, c, ptype, buf, pos, end):
+        """The packets only a server sends: CONNACK, SUBACK, UNSUBACK, PINGRESP."""
+        from .codec import Malformed
+
+        if ptype == CONNACK:
+            if end - pos != 2 or self.connected:
+                raise Malformed("unexpected CONNACK")
+            code = buf[pos + 1]
+            if code:
+                if code == 1 and self.private:
+                    self.private = False  # an upstream that does not know bridges: plain 3.1.1
+                    self.log("bridge %s: upstream refuses bridge mode; using plain MQTT 3.1.1" % self.name)
+                    self.failures = 0
+                why = _CONNACK_TEXT[code] if code < len(_CONNACK_TEXT) else "code %d" % code
+                self.server.close(c, "upstream refused: CONNACK %d (%s)" % (code, why), False)
+                return True
+            self.up_(c, buf[pos] & 1)
+            return True
+        if not self.connected:
+            raise Malformed("packet before CONNACK")
+        if ptype == SUBACK:
+            for i in range(pos + 2, end):
+                if buf[i] == 0x80:
+                    self.last_error = "upstream refused a subscription"
+                    self.log("bridge %s: %s" % (self.name, self.last_error))
+                    break
+        return True  # UNSUBACK, PINGRESP: receiving them was the point (c.last)
+
+    def up_(self, c, present):
+        sv = self.server
+        b = self.b
+        s = self.sess
+        self.connected = True
+        self.failures = 0
+        self.last_error = ""
+        self.pinged = sv.now
+        c.ka = self.keepalive * 1500  # the server closes the link after 1.5 x keepalive of silence
+        c.sess = s
+        s.conn = c
+        st = b.stats
+        st.connected += 1
+        if st.connected > st.max_connected:
+            st.max_connected = st.connected
+        self.log("bridge %s: connected to %s:%d%s" % (self.name, self.host, self.port,
+                                                     " (session present)" if present else ""))
+        body = bytearray(b"\x00\x01")
+        n = 0
+        for pattern, direction, qos, _local, remote in self.topics:
+            if direction != "out":
+                _str(body, remote + pattern)
+                body.append(qos)
+                n += 1
+        if n:
+            out = bytearray(b"\x82")
+            put_length(out, len(body))
+            out.extend(body)
+            b.send(c, out)
+        b.resend(s)
+
+    # ------------------------------------------------------------------ $SYS
+
+    def figures(self):
+        p = "bridge/" + self.name + "/"
+        s = self.sess
+        yield p + "connected", 1 if self.connected else 0
+        yield p + "queued", s.held() if s is not None else 0
+        yield p + "sent", self.sent
+        yield p + "received", self.received
+        yield p + "dropped", self.dropped
+        yield p + "last_error", self.last_error or "none"

@@ -1,0 +1,303 @@
+"""The bridge to an upstream broker, end to end: ubroker in the unix port bridging to a real
+Mosquitto that the test starts, with real clients on both sides. Forwarding each way with
+prefixes, the uplink going away and coming back, ubroker killed with SIGKILL while messages
+wait for upstream, loops, the queue limit, and the $SYS figures."""
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+import mqttraw as m
+from conftest import free_port, start_broker, wait_for
+from test_durable import kill9, publish_acked
+from upstream import Mosquitto
+
+
+def bridge_conf(up_port, topics, extra=""):
+    return ("connection up\naddress 127.0.0.1:%d\nremote_clientid gw-test\nrestart_timeout 1 1\n"
+            "keepalive_interval 5\n%s%s" % (up_port, "".join("topic %s\n" % t for t in topics), extra))
+
+
+class Collector:
+    """A paho subscriber that counts each payload it gets (duplicates show as counts > 1)."""
+
+    def __init__(self, port, flt, cid, clean=True, qos=2):
+        self.got = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=clean)
+        self.c.on_message = self._on
+        self.flt, self.qos = flt, qos
+        self.c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe(flt, qos)
+        self.c.connect("127.0.0.1", port, 30)
+        self.c.loop_start()
+        assert wait_for(self.c.is_connected, 5)
+
+    def _on(self, cl, u, msg):
+        with self.lock:
+            self.got.append((msg.topic, msg.payload))
+
+    def payloads(self):
+        with self.lock:
+            return [p for _t, p in self.got]
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    u = Mosquitto(tmp_path, free_port()).start()
+    yield u
+    u.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """start(config, data=None, port=None) -> a ubroker (unix board) bridging as configured;
+    all are checked alive and traceback-free at the end."""
+    started = []
+
+    def start(config, data=None, port=None):
+        b = start_broker(tmp_path, board="unix", config=config, data=data, port=port)
+        started.append(b)
+        return b
+
+    yield start
+    problems = []
+    for b in started:
+        if b.alive() and "Traceback" in b.log():
+            problems.append(b.log())
+        b.stop()
+    assert not problems, "\n".join(problems)
+
+
+def sys_value(b, name, timeout=5.0):
+    """The current value of $SYS/broker/<name> (sent at once to a new $SYS subscriber)."""
+    r = b.raw()
+    r.connect("sys-%d" % time.monotonic_ns())
+    r.send(m.subscribe(1, ("$SYS/broker/" + name, 0)))
+    r.expect(9)
+    p = r.expect(3, timeout)
+    r.close()
+    return p.payload.decode()
+
+
+def bridge_up(b, timeout=10.0):
+    return wait_for(lambda: sys_value(b, "bridge/up/connected") == "1", timeout, 0.1)
+
+
+def test_forwards_out_and_in_with_prefixes(upstream, gateway):
+    gw = gateway(bridge_conf(upstream.port, ["sensors/# out 1", "cmd/# in 1",
+                                             "x/# both 2 site/ cloud/gw1/"]))
+    assert bridge_up(gw)
+    up = Collector(upstream.port, "#", "up-sub")
+    local = Collector(gw.port, "#", "local-sub")
+    time.sleep(0.3)  # both subscriptions in place
+    pub = gw.client()
+    pub.publish("sensors/t1", b"s1", qos=1).wait_for_publish(5)
+    pub.publish("site/x/a", b"p1", qos=2).wait_for_publish(5)
+    pub.publish("cmd/local", b"not-up", qos=1).wait_for_publish(5)  # `in` only: stays here
+    upc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="up-pub")
+    upc.connect("127.0.0.1", upstream.port)
+    upc.loop_start()
+    upc.publish("cmd/valve", b"c1", qos=1).wait_for_publish(5)
+    upc.publish("cloud/gw1/x/b", b"p2", qos=2).wait_for_publish(5)
+    upc.publish("sensors/remote", b"not-down", qos=1).wait_for_publish(5)  # `out` only
+    assert wait_for(lambda: len(up.got) >= 5 and len(local.got) >= 5, 5)
+    time.sleep(0.5)
+    assert sorted(up.got) == sorted([("sensors/t1", b"s1"), ("cloud/gw1/x/a", b"p1"), ("cmd/valve", b"c1"),
+                                     ("cloud/gw1/x/b", b"p2"), ("sensors/remote", b"not-down")])
+    assert sorted(local.got) == sorted([("sensors/t1", b"s1"), ("site/x/a", b"p1"), ("cmd/local", b"not-up"),
+                                        ("cmd/valve", b"c1"), ("site/x/b", b"p2")])
+    upc.disconnect()
+    upc.loop_stop()
+    assert int(sys_value(gw, "bridge/up/sent")) >= 2
+    assert int(sys_value(gw, "bridge/up/received")) >= 2
+
+
+def test_no_loop_with_overlapping_both_patterns(upstream, gateway):
+    """A message from upstream is not sent back up, and the upstream does not echo ours back,
+    with `both` on overlapping patterns (each side sees each message once)."""
+    gw = gateway(bridge_conf(upstream.port, ["a/# both 1", "a/b/# both 2", "# both 0"]))
+    assert bridge_up(gw)
+    up = Collector(upstream.port, "#", "up-sub")
+    local = Collector(gw.port, "#", "local-sub")
+    time.sleep(0.3)
+    pub = gw.client()
+    upc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="up-pub")
+    upc.connect("127.0.0.1", upstream.port)
+    upc.loop_start()
+    for i in range(10):
+        pub.publish("a/b/l%d" % i, b"L%d" % i, qos=2).wait_for_publish(5)
+        upc.publish("a/b/u%d" % i, b"U%d" % i, qos=2).wait_for_publish(5)
+    pub.publish("a/b/end", b"END-L", qos=1).wait_for_publish(5)
+    upc.publish("a/b/end", b"END-U", qos=1).wait_for_publish(5)
+    assert wait_for(lambda: {b"END-L", b"END-U"} <= set(up.payloads()) and
+                    {b"END-L", b"END-U"} <= set(local.payloads()), 5)
+    time.sleep(1.0)  # a loop would keep bringing copies: give them time to show
+    want = sorted([b"L%d" % i for i in range(10)] + [b"U%d" % i for i in range(10)] + [b"END-L", b"END-U"])
+    assert sorted(up.payloads()) == want
+    assert sorted(local.payloads()) == want
+    upc.disconnect()
+    upc.loop_stop()
+
+
+def test_uplink_down_then_back_nothing_lost_in_order(upstream, gateway, tmp_path):
+    gw = gateway(bridge_conf(upstream.port, ["data/# out 2"]), data=tmp_path / "gw-data")
+    assert bridge_up(gw)
+    up = Collector(upstream.port, "data/#", "up-sub", clean=False)
+    time.sleep(0.2)
+    upstream.stop()
+    assert wait_for(lambda: sys_value(gw, "bridge/up/connected") == "0", 10, 0.1)
+    r = gw.raw()
+    r.connect("pub-down")
+    for i in range(1, 61):
+        assert publish_acked(r, "data/q%d" % (i % 2 + 1), b"%d" % i, 1 + i % 2, i)
+    assert int(sys_value(gw, "bridge/up/queued")) == 60
+    assert "connect" in sys_value(gw, "bridge/up/last_error") or sys_value(gw, "bridge/up/last_error") != "none"
+    time.sleep(2)  # down "for a while": several reconnection attempts fail
+    upstream.start()
+    assert bridge_up(gw, 15)
+    ok = wait_for(lambda: len(up.got) >= 60, 15)
+    assert ok, (len(up.got), sys_value(gw, "bridge/up/queued"), sys_value(gw, "bridge/up/sent"), upstream.log()[-3000:], gw.log()[-2000:])
+    time.sleep(0.5)
+    got = up.got
+    assert sorted(p for _t, p in got) == sorted(b"%d" % i for i in range(1, 61))  # none lost, none twice
+    for topic in ("data/q1", "data/q2"):
+        seq = [int(p) for t, p in got if t == topic]
+        assert seq == sorted(seq), "order per topic"
+    assert wait_for(lambda: sys_value(gw, "bridge/up/queued") == "0", 5)
+    up.close()
+
+
+def test_sigkill_while_waiting_for_upstream_then_restart(upstream, gateway, tmp_path):
+    """ubroker killed with SIGKILL while acknowledged messages wait for an unreachable
+    upstream: after the restart all reach upstream, QoS 2 exactly once."""
+    data = tmp_path / "gw-data"
+    port = free_port()
+    conf = bridge_conf(upstream.port, ["data/# out 2"])
+    gw = gateway(conf, data=data, port=port)
+    assert bridge_up(gw)
+    up = Collector(upstream.port, "data/#", "up-sub", clean=False)
+    time.sleep(0.2)
+    upstream.stop()
+    assert wait_for(lambda: sys_value(gw, "bridge/up/connected") == "0", 10, 0.1)
+    r = gw.raw()
+    r.connect("pub-kill")
+    for i in range(1, 41):
+        assert publish_acked(r, "data/k", b"%d" % i, 1 + i % 2, i)
+    kill9(gw)
+    gw2 = gateway(conf, data=data, port=port)
+    assert int(sys_value(gw2, "bridge/up/queued")) == 40
+    upstream.start()
+    assert wait_for(lambda: len(up.got) >= 40, 15)
+    time.sleep(0.5)
+    assert sorted(int(p) for p in up.payloads()) == list(range(1, 41))
+    up.close()
+
+
+def test_sigkill_while_forwarding_qos2_exactly_once_upstream(upstream, gateway, tmp_path):
+    """Killed in the middle of forwarding QoS 2 (some messages at PUBLISH, some at PUBREL):
+    after the restart every acknowledged message reaches upstream exactly once."""
+    data = tmp_path / "gw-data"
+    port = free_port()
+    conf = bridge_conf(upstream.port, ["data/# out 2"])
+    gw = gateway(conf, data=data, port=port)
+    assert bridge_up(gw)
+    up = Collector(upstream.port, "data/#", "up-sub", clean=False)
+    time.sleep(0.2)
+    acked = []
+    r = gw.raw()
+    r.connect("pub-fwd")
+    for i in range(1, 401):
+        try:
+            if not publish_acked(r, "data/f", b"%d" % i, 2, i):
+                break
+        except (OSError, AssertionError):
+            break
+        acked.append(i)
+        if i == 150:
+            threading.Thread(target=kill9, args=(gw,)).start()
+    assert 100 <= len(acked) < 400, len(acked)
+    gw.proc.wait(10)
+    gateway(conf, data=data, port=port)
+    assert wait_for(lambda: set(acked) <= {int(p) for p in up.payloads()}, 20)
+    time.sleep(1.0)
+    counts = {}
+    for p in up.payloads():
+        counts[int(p)] = counts.get(int(p), 0) + 1
+    assert [i for i in acked if counts.get(i) != 1] == [], "lost or duplicated upstream"
+    up.close()
+
+
+def test_queue_limit_backpressure_and_qos0_counted(upstream, gateway):
+    """At bridge_max_queued_messages the bridge's queue holds the publisher back (its PUBACK
+    waits) instead of dropping; QoS 0 for an unreachable upstream is dropped and counted."""
+    gw = gateway(bridge_conf(upstream.port, ["data/# out 1"], "bridge_max_queued_messages 5\n"))
+    assert bridge_up(gw)
+    up = Collector(upstream.port, "data/#", "up-sub", clean=False)
+    time.sleep(0.2)
+    upstream.stop()
+    assert wait_for(lambda: sys_value(gw, "bridge/up/connected") == "0", 10, 0.1)
+    r = gw.raw()
+    r.connect("pub-limit")
+    for i in range(1, 6):
+        assert publish_acked(r, "data/l", b"%d" % i, 1, i)
+    r.send(m.publish("data/l", b"6", qos=1, pid=6))
+    with pytest.raises(OSError):  # held back: no PUBACK while the queue is full (time-out)
+        r.recv_packet(1.0)
+    other = gw.raw()
+    other.connect("pub-qos0")
+    for i in range(3):
+        other.send(m.publish("data/zero", b"z", qos=0))
+    assert wait_for(lambda: sys_value(gw, "bridge/up/dropped") == "3", 5)
+    assert int(sys_value(gw, "ubroker/limits/queued_messages")) >= 1
+    upstream.start()
+    p = r.recv_packet(15)  # the uplink drained the queue: message 6 is taken and acknowledged
+    assert p is not None and p.type == 4 and p.pid == 6
+    assert wait_for(lambda: len(up.got) >= 6, 15)
+    assert sorted(int(x) for x in up.payloads()) == [1, 2, 3, 4, 5, 6]
+    up.close()
+
+
+def test_refused_by_upstream_reported_and_local_service_goes_on(upstream, gateway):
+    """An upstream that refuses the bridge (anonymous clients not allowed: CONNACK 5) shows in
+    last_error; local clients are served meanwhile."""
+    upstream.stop()
+    upstream.conf.write_text(upstream.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+    upstream.start()
+    gw = gateway(bridge_conf(upstream.port, ["data/# out 1"]))
+    assert wait_for(lambda: "CONNACK 5" in sys_value(gw, "bridge/up/last_error"), 10, 0.2)
+    assert sys_value(gw, "bridge/up/connected") == "0"
+    c = gw.client()
+    assert c.is_connected()
+
+
+def test_bridge_config_errors_named_with_line(tmp_path):
+    from conftest import UBROKER
+    import subprocess
+
+    cfg = tmp_path / "bad.conf"
+    cfg.write_text("address 127.0.0.1:1883\nconnection up\naddress h:70000\ntopic a/# sideways 1\n")
+    r = subprocess.run([UBROKER, "config", "--check", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "bad.conf:1: address belongs to a bridge" in r.stderr
+    assert "bad.conf:3: address port must be 1..65535" in r.stderr
+    assert "bad.conf:4: topic direction must be in, out or both" in r.stderr
+
+
+def test_plain_mqtt_upstream_without_bridge_mode(gateway, broker_factory):
+    """An upstream that does not know bridge mode (ubroker itself answers protocol level 0x84
+    with CONNACK 1) is used as a plain MQTT 3.1.1 server."""
+    upstream = broker_factory(board="unix")
+    gw = gateway(bridge_conf(upstream.port, ["data/# out 1"]))
+    assert bridge_up(gw)
+    assert "upstream refuses bridge mode" in gw.log()
+    up = Collector(upstream.port, "data/#", "up-sub")
+    time.sleep(0.2)
+    gw.client().publish("data/x", b"hello", qos=1).wait_for_publish(5)
+    assert wait_for(lambda: up.payloads() == [b"hello"], 5)
+    up.close()
