@@ -34,6 +34,21 @@ def _str(out, s):
     out.extend(b)
 
 
+def start_all(server):
+    """Each configured bridge takes its local session and starts connecting; the session of
+    a bridge no longer configured is dropped with what it held (it goes nowhere now)."""
+    server.bridges = bridges = [Bridge(server, bc) for bc in server.cfg["connection"]]
+    names = [br.cid for br in bridges]
+    b = server.broker
+    for cid in list(b.sessions):
+        if cid.startswith(b"$bridge/") and cid not in names:
+            server.log("bridge %s is no longer configured: its queue is dropped" % cid[8:].decode())
+            b.drop_session(b.sessions[cid])
+    for br in bridges:
+        br.start(server.now)
+        br.tick(server.now)
+
+
 class Bridge:
     def __init__(self, server, bc):
         self.server = server

@@ -159,7 +159,7 @@ class Protocol:
             self.refuse(c, BAD_CLIENT_ID, "client id too long")
             return True
         elif cid.startswith(b"$bridge/"):
-            self.refuse(c, BAD_CLIENT_ID, "client ids starting $bridge/ are the bridges' own")
+            self.refuse(c, BAD_CLIENT_ID, "client id of a bridge")
             return True
         b_ = self.b
         old = b_.sessions.get(cid)

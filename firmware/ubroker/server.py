@@ -53,11 +53,7 @@ class Server:
         self.pending = 0  # connections that have not finished CONNECT
         self.paused = []
         self.running = False
-        self.bridges = []
-        if cfg.get("connection"):
-            from .bridge import Bridge
-
-            self.bridges = [Bridge(self, bc) for bc in cfg["connection"]]
+        self.bridges = ()  # bridge.py, imported only when a `connection` is configured
 
     # ------------------------------------------------------------------ sockets
 
@@ -370,10 +366,8 @@ class Server:
             for c in late:
                 if c.sess is not None:
                     self.close(c, "keepalive expired")
-                elif c.bridge is not None:
-                    self.close(c, "no CONNACK from upstream within connect_timeout", False)
                 else:
-                    self.close(c, "no CONNECT within connect_timeout", False)
+                    self.close(c, "no CONNECT/CONNACK within connect_timeout", False)
         for br in self.bridges:
             br.tick(now)
         self.sys.tick(now)
@@ -383,7 +377,10 @@ class Server:
     def serve(self):
         if self.persist is not None:
             self.persist.start()
-        self.start_bridges()
+        if self.cfg.get("connection"):
+            from .bridge import start_all
+
+            start_all(self)
         self.listen()
         self.running = True
         self.next_tick = time.ticks_add(time.ticks_ms(), 1000)
@@ -404,19 +401,6 @@ class Server:
                     sys.print_exception(e)
         finally:
             self.shutdown()
-
-    def start_bridges(self):
-        """Each configured bridge takes its local session; the session of a bridge no longer
-        configured is dropped with what it held (the config says it goes nowhere now)."""
-        names = [b"$bridge/" + br.name.encode() for br in self.bridges]
-        b = self.broker
-        for cid in list(b.sessions):
-            if cid.startswith(b"$bridge/") and cid not in names:
-                self.log("bridge %s is no longer configured: its queue is dropped" % cid[8:].decode())
-                b.drop_session(b.sessions[cid])
-        for br in self.bridges:
-            br.start(self.now)
-            br.tick(self.now)
 
     def one_pass(self):
         conns = self.conns

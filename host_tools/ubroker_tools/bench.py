@@ -30,11 +30,16 @@ scenario on a free 127.0.0.1 port. The load generator (bench/loadgen.c, built wi
 bench/bin/) verifies every delivery; any lost acknowledged message, QoS 2 duplicate or reordering
 is reported. Peers that are not installed are shown as unavailable (`make bench` installs them).
 
+Scenario `bridge` (bench_bridge.py): ubroker's bridge next to Mosquitto's own bridge, each forwarding
+`topic bench/# out 1` to an upstream Mosquitto: the forwarding rate at QoS 1 and QoS 0, and the time
+to drain --drain-messages QoS 1 messages queued while the upstream was down once it starts again.
+
 example:
   make bench                                 # set up the peers, then the full run (~3-5 min)
   ubroker bench --quick                      # short run while developing
   ubroker bench --brokers ubroker,mosquitto --scenarios fanin1,latency
   ubroker bench --update-results             # also rewrite bench/RESULTS.md (committed table)
+  ubroker bench --scenarios bridge           # only the bridge figures (~1 min)
 """
 
 BROKERS = ["mosquitto", "ubroker", "aedes", "amqtt"]
@@ -52,6 +57,8 @@ SCENARIOS = {
     "connect": ("connects", ["connect", "--conc", "16"]),
     "idle": ("idle clients (1 subscription each)", ["idle"]),
 }
+# Not a per-broker scenario: run by bench_bridge.py, reported in its own "Bridge" table.
+BRIDGE = "bridge"
 
 
 def add_parser(sub):
@@ -59,11 +66,16 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short scenarios (about 1 s each) while developing")
     p.add_argument("--brokers", default=",".join(BROKERS), help="comma-separated, from: " + ", ".join(BROKERS))
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, from: " + ", ".join(SCENARIOS))
+    p.add_argument("--scenarios", default=",".join(list(SCENARIOS) + [BRIDGE]),
+                   help="comma-separated, from: " + ", ".join(list(SCENARIOS) + [BRIDGE]))
     p.add_argument("--duration", type=float, help="seconds of load per scenario (default 3, --quick 1)")
     p.add_argument("--idle-clients", type=int, help="clients held in the idle scenario (default 200, --quick 50)")
     p.add_argument("--out", default=os.path.join(BENCH, "out"), help="where results.md/.json go (default bench/out)")
     p.add_argument("--update-results", action="store_true", help="also write the table to bench/RESULTS.md")
+    p.add_argument("--bridge-messages", type=int,
+                   help="bridge: messages per forwarding run (default 40000, --quick 10000)")
+    p.add_argument("--drain-messages", type=int, default=10000,
+                   help="bridge: messages queued while the upstream is down (default 10000)")
     p.add_argument("--heap", default="8M", help="ubroker's MicroPython heap (default 8M, the unix board's)")
     p.set_defaults(func=main)
 
@@ -641,6 +653,8 @@ def main(args):
     }
     names = [b.strip() for b in args.brokers.split(",") if b.strip()]
     scen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    bridge = BRIDGE in scen
+    scen = [s for s in scen if s != BRIDGE]
     bad = [b for b in names if b not in BROKERS] + [s for s in scen if s not in SCENARIOS]
     if bad:
         print("ubroker bench: unknown broker or scenario: %s (see ubroker bench --help)" % ", ".join(bad),
@@ -667,7 +681,7 @@ def main(args):
     }
     # Mosquitto first: it is the reference of the ratios.
     order = sorted(names, key=lambda b: (b != "mosquitto", BROKERS.index(b)))
-    for b in order:
+    for b in order if scen else []:
         broker = make_broker(b, args.out, args)
         why = broker.unavailable()
         report["brokers"][b] = {"unavailable": why} if why else {"version": broker.version()}
@@ -680,8 +694,15 @@ def main(args):
             r = run_scenario(broker, s, exe, opts)
             report["results"][b][s] = r
             print("bench: %-9s %-8s %5.1fs  %s" % (b, s, time.time() - t, summary(r)), file=sys.stderr)
+    if bridge:
+        from . import bench_bridge
+        report["bridge"] = bench_bridge.run(args.out, names, {
+            "forward_messages": args.bridge_messages or (10000 if quick else 40000),
+            "drain_messages": args.drain_messages, "qos0": True, "limit": 120.0, "heap": args.heap})
     report["seconds"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1)
-    text = render(report)
+    text = render(report) if scen else ""
+    if bridge:
+        text = (text + "\n\n" if text else "") + bench_bridge.render(report["bridge"])
     md = "# ubroker bench, %s\n\n`%s` on %s, %.0f s.\n\n%s\n" % (report["date"], report["command"],
                                                                 report["machine"], report["seconds"], text)
     print(md)
@@ -694,6 +715,8 @@ def main(args):
             f.write(md + NOTE)
     # Exit 1 when ubroker itself failed a check (a peer's trouble is reported, not fatal).
     bad = [s for s, r in report["results"].get("ubroker", {}).items() if is_failure(r)]
+    if bridge:
+        bad += bench_bridge.failures(report["bridge"])
     if bad:
         print("bench: ubroker failed verification in: %s (see the table above)" % ", ".join(bad), file=sys.stderr)
         return 1
