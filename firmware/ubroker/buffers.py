@@ -27,8 +27,13 @@ class Pool:
 
 
 def presize(d, n):
+    """Grow d's table to hold n keys, and leave it empty. The keys go in reverse order: a
+    MicroPython dict marks a deleted slot "deleted" (which every later lookup must step over)
+    unless the next slot is empty, so deleting 0..n-1 forwards left a run of n-1 such marks
+    that each lookup of an absent key walked (measured: 4-9 us instead of 0.2 us, on every
+    new client id, socket and filter), while backwards each slot is freed outright."""
     for i in range(n):
         d[i] = None
-    for i in range(n):
+    for i in range(n - 1, -1, -1):
         del d[i]
     return d

@@ -29,8 +29,6 @@ import subprocess
 import sys
 import time
 
-from . import paths
-
 TOPIC_FILTER = "bench/#"
 WINDOW = 64  # unacknowledged QoS 1 messages per publisher: enough that the publisher never waits on a round trip
 QOS0_AHEAD = 1000  # QoS 0: messages a publisher may be ahead of what the subscriber got (as loadgen's pacing)
@@ -73,16 +71,16 @@ def publish_packet(topic, payload, qos, pid=0):
     return bytes((0x30 | (qos << 1),)) + _remaining(len(body)) + body
 
 
-def payload(phase, pub, seq):
+def payload(run_id, pub, seq):
     """What each message carries, for the subscriber's checks: the run it belongs to, its
     publisher and its sequence number (padded to PAYLOAD bytes)."""
-    return struct.pack(">BBI", phase, pub, seq).ljust(PAYLOAD, b".")
+    return struct.pack(">BBI", run_id, pub, seq).ljust(PAYLOAD, b".")
 
 
-def message_stream(phase, pub, topic, count, qos):
+def message_stream(run_id, pub, topic, count, qos):
     """All of one publisher's PUBLISH packets back to back, every one the same length, so that
     "the first k packets" is a slice of one bytes object. QoS 1 packet ids cycle 1..65535."""
-    pkts = [publish_packet(topic, payload(phase, pub, seq), qos, (seq % 65535) + 1) for seq in range(count)]
+    pkts = [publish_packet(topic, payload(run_id, pub, seq), qos, (seq % 65535) + 1) for seq in range(count)]
     return b"".join(pkts), len(pkts[0]) if pkts else 0
 
 
@@ -352,7 +350,10 @@ def drive(pubs, sub, tally, stall, limit_s):
                 if ev & select.POLLOUT:
                     o.blocked = False
         now = time.monotonic()
-        if tally.unique >= tally.expected and all(p.done_writing() for p in pubs):
+        # Done when everything arrived and, at QoS 1, every publisher also has all its PUBACKs
+        # (the deliveries can overtake the last acknowledgements).
+        if tally.unique >= tally.expected and all(p.done_writing() and (not p.qos or p.acked() >= p.count)
+                                                  for p in pubs):
             break
         if tally.unique != last_unique:
             last_unique = tally.unique
@@ -540,12 +541,13 @@ def wait_bridge_up(local_port, sub, timeout=30.0):
     """Publish a probe (QoS 1) locally every 0.2 s until the upstream subscriber has one: the
     bridge is then connected and subscribed. The probe's payload belongs to no run."""
     s, _ = open_client(local_port, "bench-probe")
-    probe = publish_packet("bench/probe", b"\xff" * PAYLOAD, 1, 1)
     deadline = time.monotonic() + timeout
+    pid = 0
     try:
         while time.monotonic() < deadline:
+            pid += 1
             s.setblocking(True)
-            s.sendall(probe)
+            s.sendall(publish_packet("bench/probe", b"\xff" * PAYLOAD, 1, pid))
             s.setblocking(False)
             end = time.monotonic() + 0.2
             while time.monotonic() < end:
@@ -631,18 +633,22 @@ def scenario_forward(kind, out, opts):
     return res
 
 
-def publish_all_acked(port, count, run_id, limit_s):
+def publish_all_acked(port, count, run_id):
     """One pipelined QoS 1 publisher of `count` messages to bench/drain; returns (acked, seconds)."""
     stream, plen = message_stream(run_id, 0, "bench/drain", count, 1)
     s, _ = open_client(port, "bench-drain-pub")
     p = Publisher(s, 0, stream, plen, count, 1)
-    t0 = time.monotonic()
+    t0 = last = time.monotonic()
+    acked = 0
     try:
-        while p.acked() < count and not p.closed and time.monotonic() - t0 < limit_s:
+        # A broker that stops acknowledging (full, or out of memory) ends it after STALL s.
+        while p.acked() < count and not p.closed and time.monotonic() - last < STALL:
             p.pump(None)
-            r, w, _ = select.select([s], [s] if p.blocked else [], [], 0.5)
+            r, _w, _x = select.select([s], [s] if p.blocked else [], [], 0.5)
             if r:
                 p.readable()
+            if p.acked() != acked:
+                acked, last = p.acked(), time.monotonic()
     finally:
         close_quietly(s)
     return p.acked(), time.monotonic() - t0
@@ -656,7 +662,7 @@ def scenario_drain(kind, out, opts):
     up_port, local_port = free_port(), free_port()
     up_work = os.path.join(base, "upstream")
     upstream = local = sub = None
-    res = {"messages": n}
+    res = {"messages": n, "heap": opts["drain_heap"] if kind == "ubroker" else None}
     try:
         # The subscriber's session must exist upstream before the bridge can get there first
         # (it reconnects within 1 s): make it persistent once, and let mosquitto save it on exit.
@@ -670,8 +676,8 @@ def scenario_drain(kind, out, opts):
         upstream.stop()
         upstream = None
 
-        local = start_local(kind, os.path.join(base, kind), local_port, up_port, n, opts["heap"])
-        acked, pub_s = publish_all_acked(local_port, n, 3, opts["limit"])
+        local = start_local(kind, os.path.join(base, kind), local_port, up_port, n, opts["drain_heap"])
+        acked, pub_s = publish_all_acked(local_port, n, 3)
         res["acked"] = acked
         res["publish_seconds"] = round(pub_s, 3)
         if acked < n:
@@ -734,8 +740,10 @@ def scenario_drain(kind, out, opts):
 
 def run(out, kinds, opts, log=lambda s: print(s, file=sys.stderr)):
     """Both figures for each bridge in `kinds` (of KINDS). opts: forward_messages, drain_messages,
-    qos0 (bool), limit (s per run), heap (ubroker's). Returns the report's "bridge" part."""
+    qos0 (bool), limit (s per run), heap and drain_heap (ubroker's in each). Returns the report's
+    "bridge" part."""
     report = {"settings": {"forward_messages": opts["forward_messages"], "drain_messages": opts["drain_messages"],
+                           "heap": opts["heap"], "drain_heap": opts["drain_heap"],
                            "publishers": PUBLISHERS, "window": WINDOW, "payload": PAYLOAD},
               "results": {}}
     if not mosquitto_exe():
@@ -758,7 +766,7 @@ def run(out, kinds, opts, log=lambda s: print(s, file=sys.stderr)):
 
 # ------------------------------------------------------------------ the table
 
-def verification(r, ordered=True):
+def verification(r):
     """'ok', or what the checks found (bold when a promise was broken)."""
     if r is None:
         return "-"
@@ -774,7 +782,7 @@ def verification(r, ordered=True):
     if r.get("duplicates"):
         d = "%d duplicates (%d flagged DUP)" % (r["duplicates"], r.get("duplicates_flagged_dup", 0))
         notes.append(d if r.get("duplicates") == r.get("duplicates_flagged_dup") else "**" + d + "**")
-    if r.get("out_of_order") and ordered:
+    if r.get("out_of_order"):
         notes.append("**%d out of order**" % r["out_of_order"])
     if r.get("malformed"):
         notes.append("**%d malformed**" % r["malformed"])
@@ -842,10 +850,11 @@ def render(bridge):
            "upstream (QoS 1). `mosquitto` is a local Mosquitto with its own bridge (`connection`), the "
            "reference of the ratios. Forward: %d pipelined publishers (window %d), %s messages in all, rate over "
            "the first publish to the last arrival. Drain: %s QoS 1 messages acknowledged locally while nothing "
-           "listens on the upstream port (ubroker with `--data`, `bridge_max_queued_messages`, "
-           "`restart_timeout 1 1` in both), then the upstream started." % (
+           "listens on the upstream port (ubroker with `--data`, `bridge_max_queued_messages` and "
+           "`--heap %s` for this run, `restart_timeout 1 1` in both), then the upstream started; the time "
+           "includes the bridge's reconnection delay (up to 1 s, jittered)." % (
                TOPIC_FILTER, st["publishers"], st["window"], "{:,}".format(st["forward_messages"]),
-               "{:,}".format(st["drain_messages"])), "",
+               "{:,}".format(st["drain_messages"]), st.get("drain_heap")), "",
            "| bridge figure | unit | " + " | ".join(kinds) + " |",
            "|---|---|" + "---|" * len(kinds)]
     for label, unit, fig, get, lower in ROWS:
@@ -886,7 +895,8 @@ def failures(bridge):
     if not r:
         return []
     bad = []
-    for name, x in (("bridge forward", r.get("forward")), ("bridge forward QoS 1", (r.get("forward") or {}).get("qos1")),
+    forward = r.get("forward") or {}
+    for name, x in (("bridge forward", forward), ("bridge forward QoS 1", forward.get("qos1")),
                     ("bridge drain", r.get("drain"))):
         v = verification(x) if x is not None else "ok"
         if x is not None and ("**" in v or v.startswith("FAILED")):
