@@ -3,6 +3,7 @@ Mosquitto that the test starts, with real clients on both sides. Forwarding each
 prefixes, the uplink going away and coming back, ubroker killed with SIGKILL while messages
 wait for upstream, loops, the queue limit, and the $SYS figures."""
 
+import socket
 import threading
 import time
 
@@ -289,15 +290,100 @@ def test_bridge_config_errors_named_with_line(tmp_path):
     assert "bad.conf:4: topic direction must be in, out or both" in r.stderr
 
 
-def test_plain_mqtt_upstream_without_bridge_mode(gateway, broker_factory):
-    """An upstream that does not know bridge mode (ubroker itself answers protocol level 0x84
-    with CONNACK 1) is used as a plain MQTT 3.1.1 server."""
+class PlainUpstream:
+    """A minimal MQTT server that refuses bridge mode (CONNACK 1 to protocol level 0x84, as a
+    broker without Mosquitto's extension answers) and takes plain 3.1.1: it records the
+    protocol levels offered and acknowledges QoS 1 PUBLISHes."""
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(4)
+        self.srv.settimeout(0.2)
+        self.port = self.srv.getsockname()[1]
+        self.levels = []
+        self.payloads = []
+        self.stop = False
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self):
+        while not self.stop:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    self.session(conn)
+                except OSError:
+                    pass
+
+    def session(self, conn):
+        conn.settimeout(10)
+        buf = b""
+        while not self.stop:
+            while True:  # one packet: fixed header, remaining length (< 128 here), body
+                if len(buf) >= 2 and len(buf) >= 2 + buf[1]:
+                    break
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                buf += chunk
+            b0, body, buf = buf[0], buf[2:2 + buf[1]], buf[2 + buf[1]:]
+            t = b0 >> 4
+            if t == 1:
+                level = body[6]
+                self.levels.append(level)
+                if level != 4:
+                    conn.sendall(b"\x20\x02\x00\x01")
+                    return
+                conn.sendall(b"\x20\x02\x00\x00")
+            elif t == 8:
+                conn.sendall(b"\x90\x03" + body[:2] + b"\x01")
+            elif t == 3:
+                tl = (body[0] << 8) | body[1]
+                pid = body[2 + tl:4 + tl]
+                self.payloads.append(bytes(body[4 + tl:]))
+                conn.sendall(b"\x40\x02" + pid)
+            elif t == 12:
+                conn.sendall(b"\xd0\x00")
+
+    def close(self):
+        self.stop = True
+        self.t.join(5)
+        self.srv.close()
+
+
+def test_upstream_without_bridge_mode_used_as_plain_mqtt(gateway):
+    """An upstream that refuses bridge mode (CONNACK 1 to level 0x84) is used as a plain MQTT
+    3.1.1 server, and messages go up."""
+    plain = PlainUpstream()
+    try:
+        gw = gateway(bridge_conf(plain.port, ["data/# out 1"]))
+        assert bridge_up(gw)
+        assert plain.levels[:2] == [0x84, 4]
+        assert "upstream refuses bridge mode" in gw.log()
+        gw.client().publish("data/x", b"hello", qos=1).wait_for_publish(5)
+        assert wait_for(lambda: plain.payloads == [b"hello"], 5)
+    finally:
+        plain.close()
+
+
+def test_ubroker_as_upstream_of_a_bridge_no_echo(gateway, broker_factory):
+    """ubroker accepts a bridge's CONNECT (level 0x84, as Mosquitto's bridges send by default)
+    and does not send a bridge back what it published: with `# both` between two ubrokers,
+    each side sees each message once."""
     upstream = broker_factory(board="unix")
-    gw = gateway(bridge_conf(upstream.port, ["data/# out 1"]))
+    gw = gateway(bridge_conf(upstream.port, ["# both 1"]))
     assert bridge_up(gw)
-    assert "upstream refuses bridge mode" in gw.log()
-    up = Collector(upstream.port, "data/#", "up-sub")
-    time.sleep(0.2)
-    gw.client().publish("data/x", b"hello", qos=1).wait_for_publish(5)
-    assert wait_for(lambda: up.payloads() == [b"hello"], 5)
-    up.close()
+    assert "upstream refuses bridge mode" not in gw.log()
+    up = Collector(upstream.port, "t/#", "up-sub")
+    local = Collector(gw.port, "t/#", "local-sub")
+    time.sleep(0.3)
+    gw.client().publish("t/from-gw", b"G", qos=1).wait_for_publish(5)
+    upstream.client().publish("t/from-up", b"U", qos=1).wait_for_publish(5)
+    assert wait_for(lambda: len(up.got) >= 2 and len(local.got) >= 2, 5)
+    time.sleep(1.0)
+    assert sorted(up.payloads()) == [b"G", b"U"]
+    assert sorted(local.payloads()) == [b"G", b"U"]

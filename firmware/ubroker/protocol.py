@@ -117,6 +117,10 @@ class Protocol:
         flags = buf[b + 1]
         keepalive = (buf[b + 2] << 8) | buf[b + 3]
         pos = b + 4
+        # 0x80 on the level marks a bridge (Mosquitto's try_private): it is not sent back
+        # what it publishes, so two brokers bridged both ways do not loop.
+        peer = level & 0x80
+        level &= 0x7F
         if not ((name == b"MQTT" and level == 4) or (name == b"MQIsdp" and level == 3)):
             if name == b"MQTT" or name == b"MQIsdp":
                 self.refuse(c, BAD_PROTOCOL, "protocol level %d not supported" % level)  # MQTT-3.1.2-2
@@ -178,6 +182,8 @@ class Protocol:
         c.sess = s
         if will is not None:  # an attribute set costs heap: only what differs from the default
             c.will = will
+        if peer:
+            c.peer = s
         if keepalive:
             c.ka = keepalive * 1500
         st = b_.stats
@@ -231,7 +237,7 @@ class Protocol:
             # Clients may not write $ topics such as $SYS: acknowledged, not delivered.
             b_.stats.hit("publish_to_dollar_topic")
         elif not b_.publish(topic, self.server.rmv[p:end], qos, retain, False,
-                            self.server.rmv[pos:end] if qos == 0 else None):
+                            self.server.rmv[pos:end] if qos == 0 else None, c.peer):
             return False
         st = b_.stats
         st.pub_in += 1

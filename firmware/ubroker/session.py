@@ -115,6 +115,7 @@ class Conn:
     paused = False  # reading stopped until subscribers make room
     acks = None  # acknowledgements waiting for their turn (persist.py), in packet order
     bridge = None  # the Bridge whose upstream link this is (bridge.py)
+    peer = None  # for a bridge connecting to us: its session, which its messages skip
 
     def __init__(self, sock, now):
         self.sock = sock
