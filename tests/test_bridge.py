@@ -13,7 +13,7 @@ import pytest
 import mqttraw as m
 from conftest import free_port, start_broker, wait_for
 from test_durable import kill9, publish_acked
-from upstream import Mosquitto
+from upstream import Mosquitto, make_ca_and_server_cert
 
 
 def bridge_conf(up_port, topics, extra=""):
@@ -283,6 +283,10 @@ def test_bridge_config_errors_named_with_line(tmp_path):
 
     cfg = tmp_path / "bad.conf"
     cfg.write_text("address 127.0.0.1:1883\nconnection up\naddress h:70000\ntopic a/# sideways 1\n")
+    ok = tmp_path / "ok.conf"
+    ok.write_text("connection up\naddress h:1884\ntopic a/# out 1\nbridge_cafile /nonexistent/ca.pem\n")
+    r = subprocess.run([UBROKER, "config", "--check", str(ok)], capture_output=True, text=True)
+    assert r.returncode == 1 and "ok.conf:1: connection up: bridge_cafile /nonexistent/ca.pem does not exist" in r.stderr
     r = subprocess.run([UBROKER, "config", "--check", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 1
     assert "bad.conf:1: address belongs to a bridge" in r.stderr
@@ -387,3 +391,38 @@ def test_ubroker_as_upstream_of_a_bridge_no_echo(gateway, broker_factory):
     time.sleep(1.0)
     assert sorted(up.payloads()) == [b"G", b"U"]
     assert sorted(local.payloads()) == [b"G", b"U"]
+
+
+def test_bridge_over_tls_with_a_ca_file(gateway, tmp_path):
+    """TLS to the upstream (bridge_cafile): the upstream's certificate is checked against the
+    CA; messages flow both ways. A CA that did not sign it: no connection, the reason in
+    last_error, the broker unharmed."""
+    ca, crt, key = make_ca_and_server_cert(tmp_path / "pki")
+    other_ca, _c, _k = make_ca_and_server_cert(tmp_path / "pki", "other")
+    up = Mosquitto(tmp_path, free_port(), tls=(ca, crt, key)).start()
+    try:
+        gw = gateway(bridge_conf(up.port, ["data/# out 1", "cmd/# in 1"], "bridge_cafile %s\n" % ca))
+        assert bridge_up(gw)
+        local = Collector(gw.port, "cmd/#", "local-sub")
+        upc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="up-tls-sub")
+        upc.tls_set(ca_certs=ca)
+        got = []
+        upc.on_message = lambda cl, u, msg: got.append(msg.payload)
+        upc.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe("data/#", 1)
+        upc.connect("localhost", up.port)
+        upc.loop_start()
+        time.sleep(0.5)
+        gw.client().publish("data/t", b"over-tls", qos=1).wait_for_publish(5)
+        assert wait_for(lambda: got == [b"over-tls"], 5)
+        upc.publish("cmd/c", b"down-tls", qos=1).wait_for_publish(5)
+        assert wait_for(lambda: local.payloads() == [b"down-tls"], 5)
+        upc.disconnect()
+        upc.loop_stop()
+
+        bad = gateway(bridge_conf(up.port, ["data/# out 1"], "bridge_cafile %s\n" % other_ca))
+        assert wait_for(lambda: "not correctly signed by the trusted CA" in sys_value(bad, "bridge/up/last_error"),
+                        10, 0.2)
+        assert sys_value(bad, "bridge/up/connected") == "0"
+        assert bad.client().is_connected()
+    finally:
+        up.stop()

@@ -34,6 +34,19 @@ def _str(out, s):
     out.extend(b)
 
 
+def der(path):
+    """The (first) certificate of a PEM or DER file, as DER: MicroPython's ssl takes a CA
+    certificate only in that form (a PEM file gives "invalid cert")."""
+    with open(path, "rb") as f:
+        data = f.read()
+    i = data.find(b"-----BEGIN CERTIFICATE-----")
+    if i < 0:
+        return data
+    import binascii
+
+    return binascii.a2b_base64(data[i + 27 : data.index(b"-----END", i)])
+
+
 def start_all(server):
     """Each configured bridge takes its local session and starts connecting; the session of
     a bridge no longer configured is dropped with what it held (it goes nowhere now)."""
@@ -64,6 +77,8 @@ class Bridge:
         self.private = bc["try_private"]
         self.base, self.cap = bc["restart_timeout"]
         self.cafile = bc.get("bridge_cafile")
+        self.insecure = bc["bridge_insecure"]
+        self.tls = None  # the ssl context, made at the first TLS connection
         self.topics = bc["topic"]
         self.cid = b"$bridge/" + self.name.encode()
         # Prefix rewriting, only for the topic lines that have one: (filter levels, from, to).
@@ -167,17 +182,37 @@ class Bridge:
             except OSError as e:
                 if e.args[0] not in (115, 119):  # EINPROGRESS (Linux, lwIP): connecting
                     raise
+            if self.cafile is not None or self.insecure:
+                s = self.wrap(s)
             c = Conn(s, now)
             c.bridge = self  # type: ignore[assignment]  # the class default is None
             c.out = self.connect_packet()
             c.mask = _IN_OUT
             sv.poll.register(s, _IN_OUT)
-        except (OSError, MemoryError) as e:
+        except (OSError, MemoryError, ValueError) as e:
             s.close()
             self.failed(now, "connect to %s:%d: %s" % (self.host, self.port, e))
             return
         sv.conns[s] = c
         self.conn = c
+
+    def wrap(self, s):
+        """TLS to the upstream, the handshake driven by the loop like any other I/O: the
+        socket is non-blocking and the first write starts it. The certificate must chain to
+        bridge_cafile and name the host of `address`, unless bridge_insecure is true."""
+        ctx = self.tls
+        if ctx is None:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            if self.insecure and self.cafile is None:
+                ctx.verify_mode = ssl.CERT_NONE  # type: ignore[attr-defined]  # not in the stubs; the ports have it
+            else:
+                ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+                ctx.load_verify_locations(cadata=der(self.cafile))
+            self.tls = ctx
+        return ctx.wrap_socket(s, server_hostname=None if self.insecure else self.host,
+                               do_handshake_on_connect=False)
 
     def connect_packet(self):
         flags = 0x02 if self.clean else 0

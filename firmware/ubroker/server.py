@@ -178,8 +178,8 @@ class Server:
             buf[:have] = rx
         try:
             n = c.sock.readinto(self.rmv[have : have + self.chunk])
-        except OSError as e:
-            self.close(c, "read error %s" % e)
+        except (OSError, ValueError) as e:  # ValueError: TLS, e.g. a certificate refused
+            self.close(c, "read error %s" % str(e).strip())
             return
         if n is None:  # spurious wake-up; c.rx is still as it was
             return
@@ -325,7 +325,7 @@ class Server:
             return
         try:
             n = c.sock.write(out)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             if may_close:
                 self.close(c, "write error %s" % e)
                 return

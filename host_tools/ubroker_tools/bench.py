@@ -39,7 +39,7 @@ example:
   ubroker bench --quick                      # short run while developing
   ubroker bench --brokers ubroker,mosquitto --scenarios fanin1,latency
   ubroker bench --update-results             # also rewrite bench/RESULTS.md (committed table)
-  ubroker bench --scenarios bridge           # only the bridge figures (~1 min)
+  ubroker bench --scenarios bridge           # only the bridge figures (~30 s)
 """
 
 BROKERS = ["mosquitto", "ubroker", "aedes", "amqtt"]

@@ -107,6 +107,10 @@ def check(board, path):
                             "for an open access point" % (path, line_of("wifi_ap_password")))
     if "wifi_ssid" in user and prof.get("wifi", "none") == "none":
         problems.append("%s:%d: board %s has no WiFi; remove the wifi_* lines" % (path, line_of("wifi_ssid"), board))
+    for br in user.get("connection", ()):
+        ca = br.get("bridge_cafile")
+        if ca is not None and not os.path.isfile(ca):
+            problems.append("%s:%d: connection %s: bridge_cafile %s does not exist" % (path, br["line"], br["name"], ca))
     cfg = cfgmod.resolve(prof, user)
     ok, need, have = budget.fits(cfg)
     # A profile that itself overcommits (see tests/test_boards.py) is the board's problem,
