@@ -41,6 +41,9 @@ NOT_STORED = 0
 IS_STORED = 1
 RECOVERED = 2  # on flash from before a restart: sent again with DUP
 
+LAZY_MS = 1000
+LAZY_BYTES = 2048
+
 # hold fields: [ack packet, ready, subscribers still to acknowledge, due (ticks), entries, conn]
 _PKT = 0
 _READY = 1
@@ -52,6 +55,11 @@ _CONN = 5
 
 def _s(b):
     return struct.pack(">H", len(b)) + b
+
+
+def _unmark(msg):
+    if msg[2] < 0:
+        msg[2] = -msg[2]
 
 
 def _take(body, pos):
@@ -69,6 +77,7 @@ class Persist:
         self.committing = []  # ready once the pending records are on flash
         self.next_mid = 1
         self.fresh = []  # deliveries to persistent sessions of the message being routed
+        self.lazy_due = None  # when waiting lazy records are committed anyway
 
     # ------------------------------------------------------------------ start
 
@@ -159,19 +168,34 @@ class Persist:
                         s.qos2in.remove(pid)
         n = len(sessions)
         self.compact()
+        self.store.sweep()
         st = self.store
         self.log("store: %d sessions, %d messages, %d retained recovered; generation %d" % (
             n, sum(s.held() for s in sessions.values()), len(b.retained), st.gen))
 
     def compact(self):
-        """Write the live state as the next generation; the older files go once it is whole."""
+        """Write the live state as the next generation; the older files go once it is whole.
+        Nothing here needs a large block of heap (a long queue is written in pieces, and a
+        message shared by sessions is marked written by negating its id rather than kept in
+        a table): in a heap fragmented by thousands of queued messages, a table of them was
+        what failed (found by the bridge benchmark, 8064 queued messages in 8M)."""
         st = self.store
         st.begin_snapshot()
+        try:
+            self._snapshot()
+        except BaseException:
+            st.abandon_snapshot()
+            raise
+        finally:
+            self._each_stored(_unmark)
+        st.end_snapshot()
+
+    def _snapshot(self):
+        st = self.store
         b = self.b
         for topic in b.retained:
             payload, q = b.retained[topic]
             st.append(RET, bytes((q,)) + _s(topic) + payload)
-        written = {}
         for s in b.sessions.values():
             if s.clean:
                 continue
@@ -184,13 +208,23 @@ class Persist:
                 if q:
                     for e in q:
                         if e[STORED]:
-                            self._write_entry(s, e, written)
+                            self._write_entry(s, e, None)
+                            if len(st.buf) > 4096:  # a long queue (a bridge's) in pieces
+                                st.snapshot_flush()
             if s.qos2in:
                 for pid in s.qos2in:
                     st.append(Q2_ADD, struct.pack(">H", pid) + cid)
             if len(st.buf) > 4096:
                 st.snapshot_flush()
-        st.end_snapshot()
+
+    def _each_stored(self, fn):
+        for s in self.b.sessions.values():
+            if not s.clean:
+                for q in (s.inflight, s.queue):
+                    if q:
+                        for e in q:
+                            if len(e) > STORED and e[STORED]:
+                                fn(e[MSG])
 
     # ------------------------------------------------------------------ events
 
@@ -264,7 +298,7 @@ class Persist:
                     h[_READY] = True
                     self.release(h[_CONN])
         if e[STORED] and acked:
-            self.store.append(DONE, struct.pack(">I", e[MSG][2]) + _s(s.cid))
+            self.store.append(DONE, struct.pack(">I", e[MSG][2]) + _s(s.cid), True)
 
     def q2_added(self, s, pid):
         if not s.clean:
@@ -328,13 +362,22 @@ class Persist:
         self.committing.append(h)
 
     def _write_entry(self, s, e, written):
+        """Records of entry e: its message (once), its delivery, its stage. written: the
+        messages already written ({mid: True}), or None during compaction, which marks a
+        written message by negating its id (undone by _unmark)."""
         msg = e[MSG]
         st = self.store
         if msg[2] == 0:
             msg[2] = self.next_mid
             self.next_mid += 1
         mid = msg[2]
-        if mid not in written:
+        if written is None:
+            if mid > 0:
+                st.append(MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
+                msg[2] = -mid
+            else:
+                mid = -mid
+        elif mid not in written:
             written[mid] = True
             st.append(MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
         st.append(ENQ, struct.pack(">IBH", mid, e[QOS], e[PID]) + _s(s.cid))
@@ -375,9 +418,21 @@ class Persist:
             self._store_hold(h)
 
     def commit(self):
+        """Commit what this pass appended. Lazy records alone (deliveries done) wait up to
+        LAZY_MS or LAZY_BYTES for company: a subscriber draining a stored queue would otherwise
+        cost one file per loop pass, in time and in flash wear."""
         st = self.store
         if st.buf:
-            st.commit()
+            if st.urgent or len(st.buf) >= LAZY_BYTES:
+                st.commit()
+            else:
+                now = time.ticks_ms()
+                if self.lazy_due is None:
+                    self.lazy_due = time.ticks_add(now, LAZY_MS)
+                elif time.ticks_diff(now, self.lazy_due) >= 0:
+                    st.commit()
+        if not st.buf:
+            self.lazy_due = None
         if self.committing:
             done = self.committing
             self.committing = []

@@ -51,6 +51,9 @@ class Store:
         self.size = 0  # bytes in this generation's files
         self.live = 0  # bytes of the last snapshot: what compaction cannot reclaim
         self.buf = bytearray()  # records waiting for the next commit
+        self.urgent = False  # buf holds a record that something waits on (not only lazy ones)
+        self.retry_at = 0  # after a compaction that failed: not before this many commits
+        self._old_size = 0
         self.commits = 0
         self.bytes_written = 0
         self.compactions = 0
@@ -63,7 +66,11 @@ class Store:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, rtype, body):
+    def append(self, rtype, body, lazy=False):
+        """Add a record to the next commit. lazy: nothing waits for it to be on flash (losing
+        it to a power cut only means a message is sent again), so it may wait for company."""
+        if not lazy:
+            self.urgent = True
         self.seq += 1
         h = self._hdr
         struct.pack_into("<BHI", h, 1, rtype, len(body), self.seq)
@@ -84,6 +91,7 @@ class Store:
         self.size += len(buf)
         self.bytes_written += len(buf)
         self.commits += 1
+        self.urgent = False
         buf[:] = b""  # keeps its allocation for the next group
 
     def full(self, extra):
@@ -93,6 +101,8 @@ class Store:
 
     def wants_compaction(self):
         # Many files cost directory metadata; much dead data costs space.
+        if self.commits < self.retry_at:
+            return False
         return self.nseg >= 128 or (self.size + len(self.buf) > self.budget // 2 and self.size > 2 * self.live)
 
     # ------------------------------------------------------------------ generations
@@ -116,7 +126,29 @@ class Store:
         """Start the next generation; the caller appends the live state, then end_snapshot()."""
         self.gen += 1
         self.f = open(self._file(self.gen, "log"), "wb")
+        self._old_size = self.size
         self.size = 0
+        # Records still waiting are lazy ones (an urgent one is committed first), and the
+        # snapshot holds the state they describe: they are not needed any more.
+        self.buf[:] = b""
+        self.urgent = False
+
+    def abandon_snapshot(self):
+        """A snapshot that could not be finished (no heap): its file goes, the generation
+        being written stays the current one; compaction is tried again later."""
+        try:
+            self.f.close()
+        except OSError:
+            pass
+        self.f = None
+        try:
+            os.remove(self._file(self.gen, "log"))
+        except OSError:
+            pass
+        self.gen -= 1
+        self.size = self._old_size
+        self.retry_at = self.commits + 32
+        self.buf[:] = b""
 
     def snapshot_flush(self):
         """Write what the snapshot has so far (keeps the buffer small for a large state)."""
@@ -132,19 +164,37 @@ class Store:
         self.live = self.size
         self.bytes_written += self.size
         self.compactions += 1
+        old_segs = self.nseg
         self.nseg = 0
-        for name in os.listdir(self.path):
+        # The new generation is whole and the figures say so; now the previous one goes, by
+        # name: listing the folder would need a list of every name, which a heap fragmented
+        # by thousands of queued messages may not have room for (found by the bridge
+        # benchmark). The commits first, its snapshot last; anything a power cut leaves
+        # behind is swept at the next start.
+        for k in range(1, old_segs + 1):
+            self._remove(self._file(self.gen - 1, str(k)))
+        self._remove(self._file(self.gen - 1, "log"))
+
+    def _remove(self, name):
+        try:
+            os.remove(name)
+        except OSError:
+            pass
+
+    def sweep(self):
+        """At start: remove every file of a generation older than the current one."""
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return
+        for name in names:
             if name.startswith("ubroker."):
-                parts = name.split(".")
                 try:
-                    old = int(parts[1]) < self.gen
+                    old = int(name.split(".")[1]) < self.gen
                 except (ValueError, IndexError):
                     old = False
                 if old:
-                    try:
-                        os.remove(self.path + "/" + name)
-                    except OSError:
-                        pass
+                    self._remove(self.path + "/" + name)
 
     # ------------------------------------------------------------------ recovery
 
