@@ -51,6 +51,16 @@ allow_anonymous true
 
 # --- $SYS report every N seconds (0 = off) ---------------------------------------------------
 sys_interval 10
+
+# --- bridge to an upstream broker (keep this section last: its keys belong to the connection
+# above them) ----------------------------------------------------------------------------------
+#connection cloud
+#address broker.example.net:8883
+#remote_clientid {board}-gateway-1
+#bridge_cafile /ca.pem
+# topic PATTERN [in|out|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]
+#topic sensors/# out 1
+#topic cmd/# in 1
 """
 
 
