@@ -60,3 +60,10 @@ def test_32bit_objects_cost_less_than_64bit():
     small = budget.total(prof)
     prof["arch"] = "none"
     assert budget.total(prof) > small
+
+
+def test_sensors_cost_heap_only_when_on():
+    prof = dict(profiles.load_board("esp32"))
+    off = budget.total(prof)
+    prof["sensor_interval"] = 10
+    assert budget.total(prof) - off == int(budget.SENSORS_64 * 0.55)

@@ -281,3 +281,20 @@ def test_linux_host_sensors_of_the_unix_profile(broker_factory):
         assert -40 < last["cpu_temp"] < 125
     else:  # no thermal zone on this host (a VM): said once at start
         assert b.log().count("sensor cpu_temp: not available here") == 1
+
+
+def test_config_check_prices_the_sensors(tmp_path):
+    """`ubroker config --check` counts the sensors' code against the heap budget: the esp32
+    profile's limits leave no room for it, fewer clients do."""
+    from ubroker_tools import config as configmod
+
+    path = tmp_path / "s.conf"
+    path.write_text("# sensors on the smallest board\nsensor_interval 10\n")
+    problems = configmod.check("esp32", str(path))
+    assert len(problems) == 1 and "turn the sensors off (sensor_interval, line 2" in problems[0], problems
+    path.write_text("sensor_interval 10\nmax_connections 48\n")
+    assert configmod.check("esp32", str(path)) == []
+    path.write_text("sensor_interval ten\nsensor_qos 3\nsensor_retain yes\n")
+    assert [p.split(": ", 1)[1] for p in configmod.check("esp32", str(path))] == [
+        "sensor_interval expects a whole number, not 'ten'", "sensor_qos must be 0, 1 or 2",
+        "sensor_retain expects true or false, not 'yes'"]

@@ -114,6 +114,9 @@ def check(board, path):
     if not ok and need > budget.total(prof):
         raised = [k for k in user if k in prof and isinstance(prof[k], int) and user[k] > prof[k]]
         where = ", ".join("%s (line %d, board value %d)" % (k, line_of(k), prof[k]) for k in raised)
+        if user.get("sensor_interval"):
+            where = (where or "the limits") + " (max_connections, say), or turn the sensors off " \
+                "(sensor_interval, line %d: their code takes heap)" % line_of("sensor_interval")
         problems.append("%s: these limits need %d bytes of heap but board %s has heap_budget %d; lower %s"
                         % (path, need, board, have, where or "the limits"))
     return problems
