@@ -51,6 +51,16 @@ allow_anonymous true
 
 # --- $SYS report every N seconds (0 = off) ---------------------------------------------------
 sys_interval 10
+
+# --- local sensors (README "Sensors"): off while sensor_interval is 0 -------------------------
+# Readings every N seconds to PREFIX/NAME (default ubroker/HOSTNAME-or-board/sensor/NAME).
+# The board's sensors: {sensors}. `sensor` lines here replace that list.
+# The sensors' code takes heap when on: `--check` says if the limits leave room for it.
+#sensor_interval 10
+#sensor_prefix ubroker/{board}/sensor
+#sensor_qos 0
+#sensor_retain false
+#sensor bme280 i2c=0 scl=22 sda=21 addr=0x76
 """
 
 
@@ -68,7 +78,8 @@ def add_parser(sub):
 def default_config(board):
     prof = profiles.load_board(board)
     return TEMPLATE.format(**dict(prof, description=prof.get("description", board),
-                                  flash_store=prof.get("flash_store", "data")))
+                                  flash_store=prof.get("flash_store", "data"),
+                                  sensors=", ".join(prof.get("sensor", [])) or "none"))
 
 
 def check(board, path):
