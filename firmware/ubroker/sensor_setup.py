@@ -84,7 +84,7 @@ def entries(cfg, log, now):
             del sys.modules[mod]
             try:
                 delattr(ubroker, mod[8:])
-            except AttributeError:
+            except (AttributeError, NameError):  # NameError: a port built without delattr
                 pass
     log("sensors under %s/: %s" % (prefix, ", ".join(e[0].name for e in out) or "none"))
     return out

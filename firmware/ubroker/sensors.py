@@ -62,14 +62,16 @@ class Sensors:
         self.qos = cfg.get("sensor_qos", 0)
         self.retain = cfg.get("sensor_retain", False)
         import ubroker
-        from . import sensor_setup
 
         try:
+            from . import sensor_setup
+
             self.entries = sensor_setup.entries(cfg, server.log, server.now)
         finally:
             # Start-up code only: let the next collection take it back.
-            del sys.modules["ubroker.sensor_setup"]
-            del ubroker.sensor_setup
+            sys.modules.pop("ubroker.sensor_setup", None)
+            if hasattr(ubroker, "sensor_setup"):
+                del ubroker.sensor_setup
 
     def tick(self, now):
         """Read every sensor that is due: O(number of sensors), once a second."""
