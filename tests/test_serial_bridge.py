@@ -169,6 +169,9 @@ def test_bridge_says_when_the_broker_is_unreachable(tmp_path, pty_pair):
     (["--topic", "t"], "--port"),
     (["--port", "/dev/null", "--topic", "t", "--broker", "host:port"], "expects HOST:PORT"),
     (["--port", "/dev/null", "--topic", "t", "--qos", "3"], "must be 0, 1 or 2"),
+    (["--port", "/dev/null", "--topic", "home/+/t"], "not a topic to publish to"),
+    (["--port", "/dev/null", "--topic", "$SYS/x"], "not a topic to publish to"),
+    (["--port", "/dev/null", "--topic", "/"], "not a topic to publish to"),
 ])
 def test_bad_arguments(args, why):
     r = subprocess.run([UBROKER, "serial-bridge"] + args, capture_output=True, text=True, timeout=30)

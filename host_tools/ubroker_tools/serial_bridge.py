@@ -77,6 +77,13 @@ def broker_address(text):
     return host, n
 
 
+def topic_value(text):
+    t = text.rstrip("/")
+    if not t or "+" in t or "#" in t or t.startswith("$") or "\0" in t:
+        raise argparse.ArgumentTypeError("%r is not a topic to publish to (no wildcards, not $...)" % text)
+    return t
+
+
 def qos_value(text):
     if text not in ("0", "1", "2"):
         raise argparse.ArgumentTypeError("must be 0, 1 or 2, not %r" % text)
@@ -87,7 +94,7 @@ def add_parser(sub):
     p = sub.add_parser("serial-bridge", help="publish a serial sensor's readings to the broker",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", required=True, metavar="DEV", help="the sensor's serial device, e.g. /dev/ttyUSB0")
-    p.add_argument("--topic", required=True, help="topic of a bare VALUE line; NAME=VALUE goes to TOPIC/NAME")
+    p.add_argument("--topic", required=True, type=topic_value, help="topic of a bare VALUE line; NAME=VALUE goes to TOPIC/NAME")
     p.add_argument("--broker", type=broker_address, default=("127.0.0.1", 1883), metavar="HOST:PORT",
                    help="the MQTT broker (default 127.0.0.1:1883)")
     p.add_argument("--baud", type=int, default=9600, help="serial speed (default 9600)")
