@@ -158,7 +158,8 @@ def test_bad_sensor_lines_are_logged_and_skipped(broker_factory):
     b = broker_factory(config="sensor_interval 1\nsensor_prefix %s\n"
                               "sensor nosuch\nsensor heap_free interval=0\nsensor cpu_load fast\n"
                               "sensor nomodule.Driver\nsensor disk_used path=/no/such/dir\n"
-                              "sensor cpu_load bogus=1\nsensor heap_free\nsensor heap_free\n" % pre)
+                              "sensor cpu_load bogus=1\nsensor disk_used name=disk/unit\n"
+                              "sensor heap_free\nsensor heap_free\n" % pre)
     log = b.log()
     assert re.search(r"sensor nosuch: cannot start: ValueError: unknown sensor 'nosuch' \(built-in: .*heap_free", log)
     assert "sensor heap_free interval=0: cannot start: ValueError: interval must be" in log
@@ -167,6 +168,7 @@ def test_bad_sensor_lines_are_logged_and_skipped(broker_factory):
     assert "sensor disk_used: not available here" in log
     assert "sensor cpu_load bogus=1: cannot start: TypeError" in log
     assert "sensor heap_free: cannot start: ValueError: a sensor named 'heap_free' already runs" in log
+    assert "sensor disk_used name=disk/unit: cannot start: ValueError: a sensor cannot be named 'disk/unit'" in log
     got = collect(b, pre + "/#", 2.5)
     assert {msg.topic for _, msg in got} == {pre + "/heap_free", pre + "/heap_free/unit"}
 

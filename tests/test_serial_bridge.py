@@ -43,6 +43,8 @@ def test_ignored_lines(line):
     (b"a+b=5", "name 'a+b'"),
     (b"a//b=5", "name 'a//b'"),
     (b"/a=5", "name '/a'"),
+    (b"unit=5", "clash with the unit topics"),
+    (b"temp/unit=5", "clash with the unit topics"),
     (b"t=5 C extra", "expected VALUE"),
     (b"t=5 deg/s", "unit 'deg/s'"),
     (b"t=5 averyveryverylongunit", "unit"),

@@ -107,6 +107,8 @@ def add(out, used, line, prefix, every, now, log):
         name = getattr(drv, "name", None)
         if not isinstance(name, str) or not _valid_topic(name) or not callable(getattr(drv, "read", None)):
             raise ValueError("%r is not a sensor driver (needs a name that is a topic and read())" % (drv,))
+        if name == "unit" or name.endswith("/unit"):
+            raise ValueError("a sensor cannot be named '%s': NAME/unit carries a sensor's unit" % name)
         for other in out:
             if other[0].name == name:
                 raise ValueError("a sensor named '%s' already runs; give this one name=..." % name)

@@ -56,6 +56,8 @@ def parse_line(raw):
     name, eq, value = words[0].rpartition("=")
     if eq and not NAME.match(name):
         raise BadLine("name %r is not topic levels of letters, digits, _ - ." % name)
+    if eq and (name == "unit" or name.endswith("/unit")):
+        raise BadLine("name %r would clash with the unit topics" % name)
     if not NUMBER.match(value) or not math.isfinite(float(value)):
         raise BadLine("value %r is not a number" % value)
     unit = words[1] if len(words) > 1 else None
