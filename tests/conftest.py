@@ -92,9 +92,11 @@ class RunningBroker:
                 self.proc.wait()
 
 
-def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=None, extra=(), data=None):
+def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=None, extra=(), data=None,
+                 cwd=None):
     """data: a folder for the durable store (persistence on), or None for a broker that
-    keeps everything in memory, as the protocol tests use it."""
+    keeps everything in memory, as the protocol tests use it. cwd: the broker's working
+    folder, whose modules it can import (a user's sensor driver, say)."""
     port = port or free_port()
     logpath = tmp_path / ("broker-%d.log" % port)
     cmd = [UBROKER, "run", "--port", str(port), "--board", board, "--verbose"]
@@ -108,7 +110,7 @@ def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=No
         cmd += ["--heap", str(heap)]
     cmd += list(extra)
     log = open(logpath, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     deadline = time.time() + 15
     while True:
         try:

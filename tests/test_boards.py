@@ -6,6 +6,9 @@ import pytest
 
 from ubroker_tools import budget, paths, profiles
 
+profiles.fwconfig()  # puts firmware/ on sys.path
+from ubroker import sensor_setup  # noqa: E402
+
 BOARDS = paths.known_boards()
 # Profiles whose limits the broker tests depend on and that, by the cost model's current
 # figures, overcommit their heap. strict: the day they fit, this list must shrink.
@@ -29,7 +32,7 @@ def test_profile_complete(board):
         assert profiles.usb_ids(prof), "a USB board needs usb_id lines for `ubroker flash --port auto`"
         assert prof["wifi"] in ("station", "station+ap")
     for s in prof["sensor"]:
-        assert s.split()[0] in ("chip_temp", "wifi_rssi", "heap_free")
+        assert s.split()[0] in sensor_setup.BUILTIN
 
 
 @pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.xfail(
@@ -57,3 +60,10 @@ def test_32bit_objects_cost_less_than_64bit():
     small = budget.total(prof)
     prof["arch"] = "none"
     assert budget.total(prof) > small
+
+
+def test_sensors_cost_heap_only_when_on():
+    prof = dict(profiles.load_board("esp32"))
+    off = budget.total(prof)
+    prof["sensor_interval"] = 10
+    assert budget.total(prof) - off == int(budget.SENSORS_64 * 0.55)

@@ -54,6 +54,12 @@ SCHEMA = {
     "wifi_ap_password": "str",
     "hostname": "str",
     "sensor": "+str",
+    # local sensors (sensors.py): off while sensor_interval is 0. Not in DEFAULTS: every key
+    # there costs heap in every broker's settings; sensors.py reads them with cfg.get.
+    "sensor_interval": "int",
+    "sensor_prefix": "str",
+    "sensor_qos": "qos",
+    "sensor_retain": "bool",
     "pin": "+str",
     # bridges: `connection NAME` opens a section that the BRIDGE keys below fill
     "connection": "section",

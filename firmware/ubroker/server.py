@@ -23,6 +23,8 @@ _EAGAIN = 11
 
 
 class Server:
+    sensors = None  # the sensor scheduler (sensors.py), only when sensor_interval > 0
+
     def __init__(self, cfg, log):
         self.cfg = cfg
         self.log = log
@@ -36,6 +38,10 @@ class Server:
             self.persist = b.persist = Persist(b, cfg["persistence_location"], cfg, log)
         self.proto = Protocol(b, self)
         self.sys = SysInfo(self)
+        if cfg.get("sensor_interval"):  # imported only when on: no heap for it otherwise
+            from .sensors import Sensors
+
+            self.sensors = Sensors(self)
         self.max_packet = cfg["max_packet_size"]
         # One read buffer for all connections, sized to hold the largest packet allowed.
         # One read buffer for all connections: what a connection carried over (at most one
@@ -349,7 +355,7 @@ class Server:
     # ------------------------------------------------------------------ timers
 
     def tick(self):
-        """Once a second: keepalive (MQTT-3.1.2-24), connect timeouts, $SYS."""
+        """Once a second: keepalive (MQTT-3.1.2-24), connect timeouts, $SYS, sensors."""
         now = self.now
         limit = self.cfg["connect_timeout"] * 1000
         late = None
@@ -371,6 +377,8 @@ class Server:
         for br in self.bridges:
             br.tick(now)
         self.sys.tick(now)
+        if self.sensors is not None:
+            self.sensors.tick(now)
 
     # ------------------------------------------------------------------ loop
 

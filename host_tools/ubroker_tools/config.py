@@ -52,6 +52,16 @@ allow_anonymous true
 # --- $SYS report every N seconds (0 = off) ---------------------------------------------------
 sys_interval 10
 
+# --- local sensors (README "Sensors"): off while sensor_interval is 0 -------------------------
+# Readings every N seconds to PREFIX/NAME (default ubroker/HOSTNAME-or-board/sensor/NAME).
+# The board's sensors: {sensors}. `sensor` lines here replace that list.
+# The sensors' code takes heap when on: `--check` says if the limits leave room for it.
+#sensor_interval 10
+#sensor_prefix ubroker/{board}/sensor
+#sensor_qos 0
+#sensor_retain false
+#sensor bme280 i2c=0 scl=22 sda=21 addr=0x76
+
 # --- bridge to an upstream broker (keep this section last: its keys belong to the connection
 # above them) ----------------------------------------------------------------------------------
 #connection cloud
@@ -78,7 +88,8 @@ def add_parser(sub):
 def default_config(board):
     prof = profiles.load_board(board)
     return TEMPLATE.format(**dict(prof, description=prof.get("description", board),
-                                  flash_store=prof.get("flash_store", "data")))
+                                  flash_store=prof.get("flash_store", "data"),
+                                  sensors=", ".join(prof.get("sensor", [])) or "none"))
 
 
 def check(board, path):
@@ -128,6 +139,9 @@ def check(board, path):
     if not ok and need > budget.total(prof):
         raised = [k for k in user if k in prof and isinstance(prof[k], int) and user[k] > prof[k]]
         where = ", ".join("%s (line %d, board value %d)" % (k, line_of(k), prof[k]) for k in raised)
+        if user.get("sensor_interval"):
+            where = (where or "the limits") + " (max_connections, say), or turn the sensors off " \
+                "(sensor_interval, line %d: their code takes heap)" % line_of("sensor_interval")
         problems.append("%s: these limits need %d bytes of heap but board %s has heap_budget %d; lower %s"
                         % (path, need, board, have, where or "the limits"))
     return problems
