@@ -610,3 +610,39 @@ def backpressure_scenario(b, qos, how, threads):
     lost = [(k, i) for k in snapshot for i in snapshot[k] if b"%d:%d" % (k, i) not in delivered]
     assert lost == [], "acknowledged but never delivered: %r" % lost
     check_delivery(pubs, sub, qos)
+
+
+def test_inbound_qos2_ids_bounded_by_backpressure_not_disconnect(broker):
+    """The inbound QoS 2 ids kept until PUBREL (MQTT-4.3.3-2) are bounded (4 x
+    max_inflight_messages + 16 = 48 on esp32): a publisher that sends more QoS 2 messages
+    without releasing any gets its PUBRECs up to the bound, then waits (no PUBREC, the
+    connection stays open); each PUBREL lets one more through, and every message is
+    delivered once."""
+    bound = 4 * ESP32_INFLIGHT + 16
+    n = bound + 10
+    sub = broker.raw()
+    sub.connect("q2b-sub")
+    sub.send(mqttraw.subscribe(1, ("q2b/#", 0)))
+    sub.expect(9)
+    pub = broker.raw()
+    pub.connect("q2b-pub")
+    for i in range(1, n + 1):
+        pub.send(mqttraw.publish("q2b/t", b"%d" % i, qos=2, pid=i))
+    recs = [pub.expect(5).pid for _ in range(bound)]
+    assert recs == list(range(1, bound + 1))
+    with pytest.raises(OSError):  # held back: no PUBREC past the bound (a time-out)
+        pub.recv_packet(1.0)
+    for i in range(1, bound + 1):
+        pub.send(mqttraw.pubrel(i))
+    got = []
+    while len(got) < n:  # a PUBCOMP for each released id, a PUBREC for each one let through
+        p = pub.recv_packet(5)
+        assert p is not None, "the publisher was disconnected"
+        got.append((p.type, p.pid))
+    assert sorted(pid for t, pid in got if t == 7) == list(range(1, bound + 1))
+    assert sorted(pid for t, pid in got if t == 5) == list(range(bound + 1, n + 1))
+    for i in range(bound + 1, n + 1):
+        pub.send(mqttraw.pubrel(i))
+    assert [pub.expect(7).pid for _ in range(n - bound)] == list(range(bound + 1, n + 1))
+    payloads = [sub.expect(3).payload for _ in range(n)]
+    assert payloads == [b"%d" % i for i in range(1, n + 1)]

@@ -85,6 +85,7 @@ class Protocol:
             durable = False
             if s.qos2in and pid in s.qos2in:
                 s.qos2in.remove(pid)
+                self.b.freed = True  # a publisher held back by that bound may go on
                 if self.b.persist is not None:
                     durable = self.b.persist.q2_removed(s, pid)
             self.acknowledge(c, ack(PUBCOMP, pid), durable)  # MQTT-4.3.3-2
@@ -223,10 +224,16 @@ class Protocol:
             if pid == 0:
                 raise Malformed("packet id 0")  # MQTT-2.3.1-1
             p += 2
-            if qos == 2 and s.qos2in and pid in s.qos2in:
-                # A resent QoS 2 PUBLISH we already took: acknowledge, never deliver twice.
-                b_.send(c, ack(PUBREC, pid))
-                return True
+            if qos == 2 and s.qos2in:
+                if pid in s.qos2in:
+                    # A resent QoS 2 PUBLISH we already took: acknowledge, never deliver twice.
+                    b_.send(c, ack(PUBREC, pid))
+                    return True
+                if len(s.qos2in) >= 4 * b_.max_inflight + 16:
+                    # The ids we keep are bounded: the publisher waits (backpressure) until
+                    # its PUBRELs free some, as for a full queue.
+                    b_.stats.hit("qos2_inbound")
+                    return False
         retain = b0 & 1 and self.cfg["retain_available"]
         br = c.bridge
         if br is not None:  # from upstream: under its local name, and never sent back up
@@ -249,9 +256,6 @@ class Protocol:
             q2 = s.qos2in
             if q2 is None:
                 s.qos2in = q2 = []
-            if len(q2) >= 4 * self.b.max_inflight + 16:
-                b_.stats.hit("qos2_inbound")
-                raise Malformed("too many QoS 2 messages awaiting PUBREL")
             q2.append(pid)
             if b_.persist is not None and b_.persist.q2_added(s, pid):
                 durable = True  # exactly once across a power cut needs the id on flash
