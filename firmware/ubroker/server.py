@@ -50,14 +50,23 @@ class Server:
         self.poll = select.poll()
         self.listeners = []
         self.conns = presize({}, cfg["max_connections"] + 8)  # socket -> Conn
-        self.pending = 0  # connections that have not finished CONNECT
+        # Connection flood limits: accepts in the second that began at `window` (at most
+        # max_connection_rate, 0 = no limit); tls: listening socket -> ssl.SSLContext.
+        self.accepts = 0
+        self.window = self.now
+        self.tls = None
         self.paused = []
         self.running = False
 
     # ------------------------------------------------------------------ sockets
 
     def listen(self):
-        for port, host in self.cfg["listener"]:
+        tls = self.cfg["tls"]
+        if tls:
+            from .tls import contexts
+
+            tls = contexts(tls)  # ValueError for a bad file, before anything listens
+        for i, (port, host) in enumerate(self.cfg["listener"]):
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(socket.getaddrinfo(host, port)[0][-1])
@@ -65,7 +74,11 @@ class Server:
             s.setblocking(False)
             self.poll.register(s, _IN)
             self.listeners.append(s)
-            self.log("listening on %s:%d" % (host, port))
+            if i in tls:
+                if self.tls is None:
+                    self.tls = {}
+                self.tls[s] = tls[i]
+            self.log("listening on %s:%d%s" % (host, port, " (TLS)" if i in tls else ""))
         if self.cfg["poll_presize"]:
             self._presize_poll(self.cfg["max_connections"] + 8)
 
@@ -91,24 +104,49 @@ class Server:
             s.close()
 
     def accept(self, ls):
+        cfg = self.cfg
+        st = self.broker.stats
         while True:
             try:
-                s, _addr = ls.accept()
+                s, addr = ls.accept()
             except OSError:
                 return
-            if len(self.conns) >= self.cfg["max_connections"] + 8:
-                # Beyond the client table and a margin for CONNECTs in progress: no room
-                # even to say CONNACK 3.
-                self.broker.stats.hit("sockets")
-                s.close()
-                continue
+            if cfg["max_connection_rate"]:
+                if time.ticks_diff(self.now, self.window) >= 1000:
+                    self.window = self.now
+                    self.accepts = 0
+                self.accepts += 1
+                if self.accepts > cfg["max_connection_rate"]:
+                    st.hit("connection_rate")
+                    s.close()
+                    continue
+            n = len(self.conns)
+            if n >= cfg["max_connections"] + 8 or n - st.connected >= cfg["max_half_open_connections"]:
+                # The table is full, or holds enough connections still without CONNECT: the
+                # oldest of those makes room, so a flood of sockets that send nothing (or a byte
+                # now and then) only ever displaces itself. Without one, beyond the client
+                # table and its margin there is no room even to say CONNACK 3.
+                if not self.evict() and n >= cfg["max_connections"] + 8:
+                    st.hit("sockets")
+                    s.close()
+                    continue
             s.setblocking(False)
             try:
                 s.setsockopt(6, 1, 1)  # TCP_NODELAY: each packet goes out at once
             except (OSError, AttributeError):
                 pass
+            if self.tls is not None and ls in self.tls:
+                try:
+                    # The handshake happens in the reads that follow, driven by poll.
+                    s = self.tls[ls].wrap_socket(s, server_side=True, do_handshake_on_connect=False)
+                except (OSError, MemoryError):
+                    st.hit("tls")
+                    s.close()
+                    continue
             try:
                 c = Conn(s, self.now)
+                if self.proto.guard is not None:  # to slow down an address that keeps failing
+                    c.verify = addr[0] if type(addr) is tuple else bytes(addr[4:8])
                 self.poll.register(s, _IN)
             except MemoryError:
                 self.broker.stats.hit("memory")
@@ -116,6 +154,19 @@ class Server:
                 gc.collect()
                 continue
             self.conns[s] = c
+
+    def evict(self):
+        """Close the connection waiting longest for its CONNECT (not one paused while its
+        password is checked)."""
+        old = None
+        for c in self.conns.values():
+            if c.sess is None and not c.paused and (old is None or time.ticks_diff(old.last, c.last) > 0):
+                old = c
+        if old is None:
+            return False
+        self.broker.stats.hit("half_open")
+        self.close(old, "closed: too many connections without CONNECT", False)
+        return True
 
     def close(self, c, why, abnormal=True, flush=False):
         s = c.sock
@@ -187,7 +238,8 @@ class Server:
             self.close(c, "connection closed by the client")
             return
         self.broker.stats.bytes_in += n
-        c.last = self.now
+        if c.sess is not None:  # before CONNECT, the accept time stays: a byte a second
+            c.last = self.now  # must not keep a slowloris past connect_timeout
         self.consume(c, have + n)
 
     def consume(self, c, have):
@@ -276,7 +328,8 @@ class Server:
         if not c.paused:
             c.paused = True
             self.paused.append(c)
-            self.broker.stats.hit("backpressure")
+            if c.sess is not None:  # else a CONNECT waiting for its password check
+                self.broker.stats.hit("backpressure")
             self._mask(c)
 
     def resume(self):
@@ -396,7 +449,8 @@ class Server:
     def one_pass(self):
         conns = self.conns
         b = self.broker
-        for ev in self.poll.ipoll(200):
+        g = self.proto.guard
+        for ev in self.poll.ipoll(g.step() if g is not None and g.verifying else 200):
             s = ev[0]
             c = conns.get(s)
             if c is None:

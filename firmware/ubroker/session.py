@@ -112,6 +112,10 @@ class Conn:
     will = None  # (topic, payload, qos, retain)
     paused = False  # reading stopped until subscribers make room
     acks = None  # acknowledgements waiting for their turn (persist.py), in packet order
+    user = None  # user name given in CONNECT (acl.py)
+    # With passwords (auth.Guard): the peer's address until CONNECT, then the password check
+    # (a generator) while it runs, then its result, True or False.
+    verify = None  # type: object
 
     def __init__(self, sock, now):
         self.sock = sock

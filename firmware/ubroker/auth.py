@@ -1,0 +1,239 @@
+"""Password checks. Owns the password file (one `user:$pbkdf2-sha256$ITERATIONS$SALT$HASH`
+line per user, SALT and HASH in base64, written by `ubroker passwd` on the host) and the
+PBKDF2-HMAC-SHA256 verification of a CONNECT's password against it, and the slow-down of
+addresses that keep failing. The board only ever holds the hashes. Imported only when
+`password_file` is configured (or allow_anonymous is false).
+
+Also runs under CPython (the host tools check a password file with this parser)."""
+
+import binascii
+import hashlib
+import time
+
+SCHEME = "$pbkdf2-sha256$"
+BLOCK = 64  # SHA-256 block size, for HMAC's key pads
+# Iterations per slice of a check: about 0.5 ms on a PC, some 15 ms on an ESP32 (estimated),
+# the longest the loop stops serving others for one password check.
+SLICE = 256
+# Failed logins from one address: the answer to its next attempt waits 1, 2, 4, ... up to
+# MAX_DELAY_MS; an address with no failure for FORGET_MS is forgotten. The table keeps at
+# most FAIL_TABLE addresses (the oldest goes), so a flood from many addresses costs no heap.
+MAX_DELAY_MS = 16000
+FORGET_MS = 60000
+FAIL_TABLE = 16
+
+
+def _sha(*parts):
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def _xor(key, pad):
+    return bytes(b ^ pad for b in key)
+
+
+def pbkdf2(password, salt, iterations):
+    """PBKDF2-HMAC-SHA256 of password and salt, in one go."""
+    g = pbkdf2_steps(password, salt, iterations)
+    try:
+        while True:
+            next(g)
+    except StopIteration as e:
+        return e.value
+
+
+def pbkdf2_steps(password, salt, iterations, step=SLICE):
+    """Generator: PBKDF2-HMAC-SHA256 (RFC 8018) with a 32-byte result (one block, so T1 only),
+    yielding 0 after every `step` iterations so the broker's loop can serve others between
+    slices; the derived key is its return value. HMAC is written out because MicroPython has
+    no hmac module; its hash objects cannot be copied either, so the padded key is hashed
+    again every round (4 compressions a round instead of 2)."""
+    if len(password) > BLOCK:
+        password = _sha(password)
+    password = password + bytes(BLOCK - len(password))
+    ipad = _xor(password, 0x36)
+    opad = _xor(password, 0x5C)
+    u = _sha(opad, _sha(ipad, salt, b"\x00\x00\x00\x01"))
+    acc = int.from_bytes(u, "big")
+    left = iterations - 1
+    while left > 0:
+        for _ in range(step if left > step else left):
+            u = _sha(opad, _sha(ipad, u))
+            acc ^= int.from_bytes(u, "big")
+        left -= step
+        if left > 0:
+            yield 0
+    return acc.to_bytes(32, "big")
+
+
+def same(a, b):
+    """Constant-time comparison: the time taken does not tell how many leading bytes match."""
+    if len(a) != len(b):
+        return False
+    d = 0
+    for i in range(len(a)):
+        d |= a[i] ^ b[i]
+    return d == 0
+
+
+def parse_line(line):
+    """'user:$pbkdf2-sha256$N$SALT$HASH' -> (user bytes, (N, salt, hash)); ValueError with a
+    reason for anything else."""
+    user, sep, rest = line.partition(":")
+    if not sep or not user:
+        raise ValueError("expects USER:%sITERATIONS$SALT$HASH" % SCHEME)
+    if not rest.startswith(SCHEME):
+        raise ValueError("unknown hash scheme (expects %s...; make it with `ubroker passwd`)" % SCHEME)
+    parts = rest[len(SCHEME):].split("$")
+    if len(parts) != 3:
+        raise ValueError("expects ITERATIONS$SALT$HASH after %s" % SCHEME)
+    try:
+        n = int(parts[0])
+        salt = binascii.a2b_base64(parts[1])
+        digest = binascii.a2b_base64(parts[2])
+    except Exception:
+        raise ValueError("iterations must be a number, salt and hash base64")
+    if n < 1 or len(salt) < 8 or len(digest) != 32:
+        raise ValueError("iterations >= 1, a salt of 8 bytes or more and a 32-byte hash expected")
+    return user.encode(), (n, salt, digest)
+
+
+def parse(text, source="password_file"):
+    """{user: (iterations, salt, hash)}; ValueError naming the first bad line."""
+    users = {}
+    for no, line in enumerate(text.split("\n"), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            user, entry = parse_line(line)
+        except ValueError as e:
+            raise ValueError("%s:%d: %s" % (source, no, e.args[0]))
+        users[user] = entry
+    return users
+
+
+class Guard:
+    """Who may connect: anonymous clients or not, and user names with their passwords."""
+
+    def __init__(self, proto):
+        cfg = proto.cfg
+        path = cfg["password_file"]
+        anon = cfg["allow_anonymous"]
+        # Unset: anonymous clients are allowed only when there are no users.
+        self.anonymous = anon if anon is not None else not path
+        self.users = {}
+        if path:
+            try:
+                with open(path) as f:
+                    self.users = parse(f.read(), path)
+            except OSError as e:
+                raise ValueError("cannot read password_file %s: %s" % (path, e))
+        # An unknown user costs as much as a known one, so timing does not reveal names.
+        n = 1000
+        for entry in self.users.values():
+            n = entry[0]
+            break
+        self.dummy = (n, b"ubroker-no-user", bytes(32))
+        self.fails = Failures()
+        self.server = proto.server
+        self.stats = proto.b.stats
+        self.verifying = []  # connections whose password is being checked, see step()
+
+    def check(self, c, user, pw):
+        """For a CONNECT: 0 to accept, a CONNACK code to refuse (4 bad user name or password,
+        5 not authorised: MQTT-3.2.2), or None while the password is being checked. PBKDF2 is
+        slow by design, so it runs in slices between loop passes (step) while the connection
+        waits like a paused publisher; then the server hands its CONNECT to the protocol again
+        and this finds the result in c.verify."""
+        if user is None:
+            if self.anonymous:
+                return 0
+            self.stats.hit("auth_failures")
+            return 5
+        v = c.verify
+        if v is True:
+            del c.verify
+            c.user = user
+            return 0
+        if v is False:
+            self.stats.hit("auth_failures")
+            return 4
+        if v is None or type(v) is bytes or type(v) is str:  # the peer's address (Server.accept)
+            c.verify = self.verify(user, pw, v)
+            self.verifying.append(c)
+        return None
+
+    def step(self):
+        """Advance every password check by one slice. Returns the poll timeout for this loop
+        pass: 0 while a check computes, else the time to the nearest delayed answer."""
+        wait = 200
+        for c in list(self.verifying):
+            try:
+                if c.sock is None:  # closed meanwhile
+                    raise StopIteration
+                w = next(c.verify)
+                if w < wait:
+                    wait = w
+            except StopIteration as e:
+                self.verifying.remove(c)
+                if c.sock is not None:
+                    c.verify = e.value
+                    self.server.broker.freed = True  # the server resumes the paused CONNECT
+                    wait = 0
+        return wait
+
+    def verify(self, user, password, addr):
+        """Generator: True when user exists and password is its password, returned once the
+        delay earned by addr's past failures is over. Yields 0 while it computes and the
+        milliseconds left while it waits."""
+        now = self.server.now
+        due = time.ticks_add(now, self.fails.delay(addr, now))
+        entry = self.users.get(user)
+        if entry is None or password is None:
+            entry = self.dummy
+        dk = yield from pbkdf2_steps(password or b"", entry[1], entry[0])
+        ok = entry is not self.dummy and same(dk, entry[2])
+        if ok:
+            self.fails.table.pop(addr, None)
+        else:
+            self.fails.failed(addr, now)
+        while True:
+            left = time.ticks_diff(due, self.server.now)
+            if left <= 0:
+                return ok
+            yield left
+
+
+class Failures:
+    """Recent failed logins per address (bytes, or a str on boards whose accept() gives one)."""
+
+    def __init__(self):
+        self.table = {}  # address -> [failures, ticks_ms of the last one]
+
+    def delay(self, addr, now):
+        e = self.table.get(addr)
+        if e is None:
+            return 0
+        if time.ticks_diff(now, e[1]) > FORGET_MS:
+            del self.table[addr]
+            return 0
+        return min(1000 << min(e[0] - 1, 8), MAX_DELAY_MS)
+
+    def failed(self, addr, now):
+        t = self.table
+        e = t.get(addr)
+        if e is None:
+            if len(t) >= FAIL_TABLE:
+                oldest = None
+                for k in t:
+                    if oldest is None or time.ticks_diff(t[oldest][1], t[k][1]) > 0:
+                        oldest = k
+                del t[oldest]
+            t[addr] = [1, now]
+        else:
+            e[0] += 1
+            e[1] = now
+
