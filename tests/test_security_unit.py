@@ -16,7 +16,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "firmware"))
 
-from ubroker import acl, auth, config  # noqa: E402
+from ubroker import acl, auth, config, secfiles  # noqa: E402
 from ubroker_tools import cli, passwd  # noqa: E402
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
@@ -35,7 +35,7 @@ def test_pbkdf2_in_micropython_matches_cpython_hashlib():
     """The firmware's hand-written HMAC and PBKDF2 (RFC 8018), run by the MicroPython unix port,
     give the bytes CPython's hashlib.pbkdf2_hmac gives, for short, block-sized and long keys
     and iteration counts around the slice size."""
-    script = "from ubroker.auth import pbkdf2\nimport binascii\n" + "".join(
+    script = "from ubroker.secfiles import pbkdf2\nimport binascii\n" + "".join(
         "print(binascii.hexlify(pbkdf2(%r, %r, %d)).decode())\n" % c for c in CASES)
     env = dict(os.environ, MICROPYPATH=os.path.join(ROOT, "firmware"))
     r = subprocess.run([MICROPYTHON, "-c", script], capture_output=True, text=True, env=env, timeout=60)
@@ -47,7 +47,7 @@ def test_pbkdf2_in_micropython_matches_cpython_hashlib():
 
 def test_pbkdf2_under_cpython_too():
     for p, s, n in CASES[:3]:
-        assert auth.pbkdf2(p, s, n) == hashlib.pbkdf2_hmac("sha256", p, s, n)
+        assert secfiles.pbkdf2(p, s, n) == hashlib.pbkdf2_hmac("sha256", p, s, n)
 
 
 def test_constant_time_compare():
@@ -58,10 +58,10 @@ def test_constant_time_compare():
 
 def test_passwd_line_verifies_with_the_firmware_parser():
     line = passwd.hash_line("alice", "s3cret", 500)
-    user, (n, salt, digest) = auth.parse_line(line)
+    user, (n, salt, digest) = secfiles.parse_line(line)
     assert (user, n, len(salt)) == (b"alice", 500, 16)
-    assert auth.same(auth.pbkdf2(b"s3cret", salt, n), digest)
-    assert not auth.same(auth.pbkdf2(b"s3creT", salt, n), digest)
+    assert auth.same(secfiles.pbkdf2(b"s3cret", salt, n), digest)
+    assert not auth.same(secfiles.pbkdf2(b"s3creT", salt, n), digest)
 
 
 @pytest.mark.parametrize("line, why", [
@@ -73,7 +73,7 @@ def test_passwd_line_verifies_with_the_firmware_parser():
 ])
 def test_bad_password_lines_are_named(line, why):
     with pytest.raises(ValueError) as e:
-        auth.parse("# users\n" + line + "\n", "users.txt")
+        secfiles.passwords("# users\n" + line + "\n", "users.txt")
     assert "users.txt:2:" in str(e.value) and why in str(e.value)
 
 
@@ -82,14 +82,14 @@ def test_passwd_command_adds_changes_deletes_and_keeps_mode_0600(tmp_path, capsy
     assert cli.main(["passwd", f, "alice", "--password", "one", "--iterations", "50"]) == 0
     assert cli.main(["passwd", f, "bob", "-b", "two", "--iterations", "50"]) == 0
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
-    first = auth.parse(open(f).read())
+    first = secfiles.passwords(open(f).read())
     assert cli.main(["passwd", f, "alice", "-b", "three", "--iterations", "50"]) == 0
-    users = auth.parse(open(f).read())
+    users = secfiles.passwords(open(f).read())
     assert set(users) == {b"alice", b"bob"} and users[b"alice"] != first[b"alice"]
     n, salt, digest = users[b"alice"]
-    assert auth.same(auth.pbkdf2(b"three", salt, n), digest)
+    assert auth.same(secfiles.pbkdf2(b"three", salt, n), digest)
     assert cli.main(["passwd", f, "bob", "-D"]) == 0
-    assert set(auth.parse(open(f).read())) == {b"alice"}
+    assert set(secfiles.passwords(open(f).read())) == {b"alice"}
     assert cli.main(["passwd", f, "bob", "-D"]) == 1
     assert cli.main(["passwd", f, "bad:name", "-b", "x"]) == 2
     assert "deleted bob" in capsys.readouterr().out
@@ -100,7 +100,7 @@ def test_passwd_reads_stdin_for_scripts(tmp_path):
     r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ubroker"), "passwd", str(f), "carol",
                         "--stdin", "--iterations", "20"], input="pw-from-stdin\n", capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    n, salt, digest = auth.parse(f.read_text())[b"carol"]
+    n, salt, digest = secfiles.passwords(f.read_text())[b"carol"]
     assert hashlib.pbkdf2_hmac("sha256", b"pw-from-stdin", salt, n) == digest
 
 
@@ -122,7 +122,7 @@ pattern read users/%u/inbox
 
 class _Rules(acl.Acl):
     def __init__(self, text):  # the parsed rules without a broker around them
-        self.users, self.patterns = acl.parse(text, "acl")
+        self.users, self.patterns = secfiles.acl(text, "acl")
 
 
 @pytest.fixture
@@ -196,7 +196,7 @@ def test_hash_never_grants_dollar_topics():
 ])
 def test_bad_acl_lines_are_named(text, why):
     with pytest.raises(ValueError) as e:
-        acl.parse("user a\n" + text, "acl.txt")
+        secfiles.acl("user a\n" + text, "acl.txt")
     assert "acl.txt:2:" in str(e.value) and why in str(e.value)
 
 

@@ -19,57 +19,11 @@ checked, which keeps the routing path free of rule lookups. This is stricter tha
 which grants any subscription and drops the messages a rule forbids: here `#` with a rule for
 `home/#` only is refused (SUBACK 0x80), and the client must subscribe to `home/#`.
 
-Also runs under CPython (the host tools check an acl_file with this parser)."""
+The file is parsed by secfiles.py. Also runs under CPython (tests)."""
 
 READ = 1
 WRITE = 2
 DENY = 4
-_ACCESS = {"read": READ, "write": WRITE, "readwrite": READ | WRITE, "deny": DENY}
-
-
-def _rule(words, source, no):
-    if len(words) == 1:
-        access, pat = READ | WRITE, words[0]
-    elif len(words) == 2 and words[0] in _ACCESS:
-        access, pat = _ACCESS[words[0]], words[1]
-    else:
-        raise ValueError("%s:%d: expects [read|write|readwrite|deny] PATTERN" % (source, no))
-    p = pat.encode()
-    n = len(p)
-    i = p.find(b"#")
-    if i >= 0 and (i != n - 1 or (i > 0 and p[i - 1] != 47)):
-        raise ValueError("%s:%d: '#' only as the whole last level" % (source, no))
-    for lv in p.split(b"/"):
-        if b"+" in lv and lv != b"+":
-            raise ValueError("%s:%d: '+' only as a whole level" % (source, no))
-    return access, p
-
-
-def parse(text, source="acl_file"):
-    """(users, patterns): users maps a user name (bytes; None = anonymous) to [(access,
-    levels)]; patterns is [(access, pattern bytes)] with %c/%u still in. ValueError names the
-    first bad line."""
-    users = {}
-    patterns = []
-    current = None
-    for no, line in enumerate(text.split("\n"), 1):
-        words = line.split()  # no trailing comments: '#' is a wildcard in a pattern
-        if not words or words[0][:1] == "#":
-            continue
-        key = words[0]
-        if key == "user":
-            if len(words) != 2:
-                raise ValueError("%s:%d: expects 'user NAME'" % (source, no))
-            current = words[1].encode()
-            users.setdefault(current, [])
-        elif key == "topic":
-            access, p = _rule(words[1:], source, no)
-            users.setdefault(current, []).append((access, p.split(b"/")))
-        elif key == "pattern":
-            patterns.append(_rule(words[1:], source, no))
-        else:
-            raise ValueError("%s:%d: unknown keyword '%s' (user, topic, pattern)" % (source, no, key))
-    return users, patterns
 
 
 def _match(levels, topic):
@@ -131,11 +85,14 @@ class Acl:
     def __init__(self, proto):
         self.proto = proto
         path = proto.cfg["acl_file"]
+        from .secfiles import acl, forget, read
+
         try:
-            with open(path) as f:
-                self.users, self.patterns = parse(f.read(), path)
-        except OSError as e:
-            raise ValueError("cannot read acl_file %s: %s" % (path, e))
+            # users: user name (bytes; None = anonymous) -> [(access, levels)];
+            # patterns: [(access, pattern bytes with %c/%u still in)]
+            self.users, self.patterns = acl(read(path, "acl_file"), path)
+        finally:
+            forget()
 
     def admit(self, c, cid, will):
         """A CONNECT whose will topic the client may not write is refused with CONNACK 5, as

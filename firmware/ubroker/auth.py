@@ -1,16 +1,13 @@
-"""Password checks. Owns the password file (one `user:$pbkdf2-sha256$ITERATIONS$SALT$HASH`
-line per user, SALT and HASH in base64, written by `ubroker passwd` on the host) and the
-PBKDF2-HMAC-SHA256 verification of a CONNECT's password against it, and the slow-down of
-addresses that keep failing. The board only ever holds the hashes. Imported only when
-`password_file` is configured (or allow_anonymous is false).
+"""Password checks. Owns the users of the password file (one
+`user:$pbkdf2-sha256$ITERATIONS$SALT$HASH` line per user, SALT and HASH in base64, written by
+`ubroker passwd` on the host; parsed by secfiles.py), the PBKDF2-HMAC-SHA256 verification of a
+CONNECT's password against them, and the slow-down of addresses that keep failing. The board
+only ever holds the hashes. Imported only when `password_file` is configured (or
+allow_anonymous is false)."""
 
-Also runs under CPython (the host tools check a password file with this parser)."""
-
-import binascii
 import hashlib
 import time
 
-SCHEME = "$pbkdf2-sha256$"
 BLOCK = 64  # SHA-256 block size, for HMAC's key pads
 # Iterations per slice of a check: about 0.5 ms on a PC, some 15 ms on an ESP32 (estimated),
 # the longest the loop stops serving others for one password check.
@@ -32,16 +29,6 @@ def _sha(*parts):
 
 def _xor(key, pad):
     return bytes(b ^ pad for b in key)
-
-
-def pbkdf2(password, salt, iterations):
-    """PBKDF2-HMAC-SHA256 of password and salt, in one go."""
-    g = pbkdf2_steps(password, salt, iterations)
-    try:
-        while True:
-            next(g)
-    except StopIteration as e:
-        return e.value
 
 
 def pbkdf2_steps(password, salt, iterations, step=SLICE):
@@ -78,43 +65,6 @@ def same(a, b):
     return d == 0
 
 
-def parse_line(line):
-    """'user:$pbkdf2-sha256$N$SALT$HASH' -> (user bytes, (N, salt, hash)); ValueError with a
-    reason for anything else."""
-    user, sep, rest = line.partition(":")
-    if not sep or not user:
-        raise ValueError("expects USER:%sITERATIONS$SALT$HASH" % SCHEME)
-    if not rest.startswith(SCHEME):
-        raise ValueError("unknown hash scheme (expects %s...; make it with `ubroker passwd`)" % SCHEME)
-    parts = rest[len(SCHEME):].split("$")
-    if len(parts) != 3:
-        raise ValueError("expects ITERATIONS$SALT$HASH after %s" % SCHEME)
-    try:
-        n = int(parts[0])
-        salt = binascii.a2b_base64(parts[1])
-        digest = binascii.a2b_base64(parts[2])
-    except Exception:
-        raise ValueError("iterations must be a number, salt and hash base64")
-    if n < 1 or len(salt) < 8 or len(digest) != 32:
-        raise ValueError("iterations >= 1, a salt of 8 bytes or more and a 32-byte hash expected")
-    return user.encode(), (n, salt, digest)
-
-
-def parse(text, source="password_file"):
-    """{user: (iterations, salt, hash)}; ValueError naming the first bad line."""
-    users = {}
-    for no, line in enumerate(text.split("\n"), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            user, entry = parse_line(line)
-        except ValueError as e:
-            raise ValueError("%s:%d: %s" % (source, no, e.args[0]))
-        users[user] = entry
-    return users
-
-
 class Guard:
     """Who may connect: anonymous clients or not, and user names with their passwords."""
 
@@ -126,18 +76,19 @@ class Guard:
         self.anonymous = anon if anon is not None else not path
         self.users = {}
         if path:
+            from .secfiles import forget, passwords, read
+
             try:
-                with open(path) as f:
-                    self.users = parse(f.read(), path)
-            except OSError as e:
-                raise ValueError("cannot read password_file %s: %s" % (path, e))
+                self.users = passwords(read(path, "password_file"), path)
+            finally:
+                forget()
         # An unknown user costs as much as a known one, so timing does not reveal names.
         n = 1000
         for entry in self.users.values():
             n = entry[0]
             break
         self.dummy = (n, b"ubroker-no-user", bytes(32))
-        self.fails = Failures()
+        self.fails = {}  # address (bytes, or str where accept() gives one) -> [failures, ticks_ms of the last]
         self.server = proto.server
         self.stats = proto.b.stats
         self.verifying = []  # connections whose password is being checked, see step()
@@ -190,40 +141,33 @@ class Guard:
         delay earned by addr's past failures is over. Yields 0 while it computes and the
         milliseconds left while it waits."""
         now = self.server.now
-        due = time.ticks_add(now, self.fails.delay(addr, now))
+        due = time.ticks_add(now, self.delay(addr, now))
         entry = self.users.get(user)
         if entry is None or password is None:
             entry = self.dummy
         dk = yield from pbkdf2_steps(password or b"", entry[1], entry[0])
         ok = entry is not self.dummy and same(dk, entry[2])
         if ok:
-            self.fails.table.pop(addr, None)
+            self.fails.pop(addr, None)
         else:
-            self.fails.failed(addr, now)
+            self.failed(addr, now)
         while True:
             left = time.ticks_diff(due, self.server.now)
             if left <= 0:
                 return ok
             yield left
 
-
-class Failures:
-    """Recent failed logins per address (bytes, or a str on boards whose accept() gives one)."""
-
-    def __init__(self):
-        self.table = {}  # address -> [failures, ticks_ms of the last one]
-
     def delay(self, addr, now):
-        e = self.table.get(addr)
+        e = self.fails.get(addr)
         if e is None:
             return 0
         if time.ticks_diff(now, e[1]) > FORGET_MS:
-            del self.table[addr]
+            del self.fails[addr]
             return 0
         return min(1000 << min(e[0] - 1, 8), MAX_DELAY_MS)
 
     def failed(self, addr, now):
-        t = self.table
+        t = self.fails
         e = t.get(addr)
         if e is None:
             if len(t) >= FAIL_TABLE:
@@ -236,4 +180,3 @@ class Failures:
         else:
             e[0] += 1
             e[1] = now
-
