@@ -223,3 +223,26 @@ def test_refuses_to_open_beyond_loopback_without_users(text, problem):
     assert bool(msg) is problem
     if problem:
         assert "ubroker passwd" in msg and "allow_anonymous true" in msg
+
+
+def test_config_check_reports_security_mistakes(tmp_path):
+    """`ubroker config --check`: the refusal to open beyond loopback, and a bad line of the
+    password_file or acl_file with its own file and line."""
+    from ubroker_tools import config as configmod
+
+    users = tmp_path / "users.txt"
+    users.write_text(passwd.hash_line("alice", "x", 10) + "\nbob\n")
+    rules = tmp_path / "acl.txt"
+    rules.write_text("user alice\ntopic maybe a/b\n")
+    conf = tmp_path / "u.conf"
+    conf.write_text("listener 1883 0.0.0.0\n")
+    problems = configmod.check("esp32", str(conf))
+    assert len(problems) == 1 and "allow_anonymous true" in problems[0]
+    conf.write_text("listener 1883 0.0.0.0\npassword_file %s\nacl_file %s\n" % (users, rules))
+    problems = configmod.check("esp32", str(conf))
+    assert len(problems) == 2, problems
+    assert "users.txt:2: expects USER:" in problems[0] and "u.conf:2:" in problems[0]
+    assert "acl.txt:2: expects [read|write|readwrite|deny]" in problems[1] and "u.conf:3:" in problems[1]
+    users.write_text(passwd.hash_line("alice", "x", 10) + "\n")
+    rules.write_text("user alice\ntopic read a/#\n")
+    assert configmod.check("esp32", str(conf)) == []

@@ -226,7 +226,7 @@ class Server:
             buf[:have] = rx
         try:
             n = c.sock.readinto(self.rmv[have : have + self.chunk])
-        except OSError as e:
+        except (OSError, ValueError) as e:  # TLS: a client certificate that fails is a ValueError
             self.close(c, "read error %s" % e)
             return
         if n is None:  # spurious wake-up; c.rx is still as it was
@@ -375,7 +375,7 @@ class Server:
             return
         try:
             n = c.sock.write(out)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: from TLS, as in read
             if may_close:
                 self.close(c, "write error %s" % e)
                 return

@@ -11,8 +11,11 @@ import ssl
 
 def der(path):
     """The DER bytes of the first PEM block in path, or the file as it is if it is DER."""
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError("cannot read %s: %s" % (path, e))
     start = data.find(b"-----BEGIN ")
     if start < 0:
         return data
@@ -38,17 +41,17 @@ def context(opts):
     if "certfile" not in opts or "keyfile" not in opts:
         raise ValueError("a TLS listener needs both certfile and keyfile")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert, key = der(opts["certfile"]), der(opts["keyfile"])
     try:
-        ctx.load_cert_chain(der(opts["certfile"]), der(opts["keyfile"]))
-    except OSError as e:
-        raise ValueError("cannot read certfile/keyfile: %s" % e)
-    except ValueError as e:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ValueError) as e:
         raise ValueError("certfile %s / keyfile %s: %s" % (opts["certfile"], opts["keyfile"], e))
     if opts.get("require_certificate"):
         if not opts.get("cafile"):
             raise ValueError("require_certificate true needs a cafile to check client certificates against")
+        ca = der(opts["cafile"])
         try:
-            ctx.load_verify_locations(cadata=der(opts["cafile"]))
+            ctx.load_verify_locations(cadata=ca)
         except (OSError, ValueError) as e:
             raise ValueError("cafile %s: %s" % (opts["cafile"], e))
         ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]  # the stubs lack it; the port has it
