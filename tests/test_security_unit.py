@@ -26,7 +26,8 @@ CASES = [
     (b"secret", b"saltsalt", 2),
     (b"", b"0123456789abcdef", 1000),
     (b"p" * 64, b"saltsalt", 300),  # a key of exactly one block
-    (b"long" * 40, b"saltsalt", 257),  # a key longer than a block is hashed first; 257 = one slice + 1
+    (b"long" * 40, b"saltsalt", 129),  # a key longer than a block is hashed first; 129 = one slice + 1
+    (b"k", b"saltsalt", 256),  # two whole slices
     ("pässwörd".encode(), os.urandom(16), 10000),
 ]
 

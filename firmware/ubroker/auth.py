@@ -9,9 +9,9 @@ import hashlib
 import time
 
 BLOCK = 64  # SHA-256 block size, for HMAC's key pads
-# Iterations per slice of a check: about 0.5 ms on a PC, some 15 ms on an ESP32 (estimated),
-# the longest the loop stops serving others for one password check.
-SLICE = 256
+# Iterations per slice of a check: 0.3 ms on a PC, 10 to 20 ms on an ESP32 (estimated, see
+# README "Security"), the longest the loop stops serving others for one password check.
+SLICE = 128
 # Failed logins from one address: the answer to its next attempt waits 1, 2, 4, ... up to
 # MAX_DELAY_MS; an address with no failure for FORGET_MS is forgotten. The table keeps at
 # most FAIL_TABLE addresses (the oldest goes), so a flood from many addresses costs no heap.

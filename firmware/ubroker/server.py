@@ -139,8 +139,9 @@ class Server:
                 try:
                     # The handshake happens in the reads that follow, driven by poll.
                     s = self.tls[ls].wrap_socket(s, server_side=True, do_handshake_on_connect=False)
-                except (OSError, MemoryError):
+                except (OSError, MemoryError) as e:
                     st.hit("tls")
+                    self.log("TLS: new connection refused: %r" % (e,))
                     s.close()
                     continue
             try:
