@@ -85,23 +85,22 @@ class Acl:
     def __init__(self, proto):
         self.proto = proto
         path = proto.cfg["acl_file"]
-        from .secfiles import acl, forget, read
+        from .secfiles import acl, read
 
-        try:
-            # users: user name (bytes; None = anonymous) -> [(access, levels)];
-            # patterns: [(access, pattern bytes with %c/%u still in)]
-            self.users, self.patterns = acl(read(path, "acl_file"), path)
-        finally:
-            forget()
+        # users: user name (bytes; None = anonymous) -> [(access, levels)];
+        # patterns: [(access, pattern bytes with %c/%u still in)]
+        self.users, self.patterns = acl(read(path, "acl_file"), path)
 
-    def admit(self, c, cid, will):
-        """A CONNECT whose will topic the client may not write is refused with CONNACK 5, as
-        Mosquitto 2 does: the will would otherwise be published where it may not be."""
-        if will is None or self.can_publish(c.user, cid, will[0]):
-            return True
+    def connect(self, c, user, pw, cid, will):
+        """For a CONNECT (after its password check, if any): 0, or CONNACK 5 for a will on a
+        topic the client may not write, as Mosquitto 2 does; the will would otherwise be
+        published where it may not be."""
+        if user is not None:
+            c.user = user
+        if will is None or self.can_publish(user, cid, will[0]):
+            return 0
         self.proto.b.stats.hit("acl_denied_will")
-        self.proto.refuse(c, 5, "refused: will topic not allowed")
-        return False
+        return 5
 
     def recheck(self, c, s):
         """A persistent session may come back under another user name: what it kept

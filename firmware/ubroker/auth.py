@@ -76,12 +76,9 @@ class Guard:
         self.anonymous = anon if anon is not None else not path
         self.users = {}
         if path:
-            from .secfiles import forget, passwords, read
+            from .secfiles import passwords, read
 
-            try:
-                self.users = passwords(read(path, "password_file"), path)
-            finally:
-                forget()
+            self.users = passwords(read(path, "password_file"), path)
         # An unknown user costs as much as a known one, so timing does not reveal names.
         n = 1000
         for entry in self.users.values():
@@ -91,9 +88,10 @@ class Guard:
         self.fails = {}  # address (bytes, or str where accept() gives one) -> [failures, ticks_ms of the last]
         self.server = proto.server
         self.stats = proto.b.stats
+        self.acl = proto.acl  # asked once the password is right
         self.verifying = []  # connections whose password is being checked, see step()
 
-    def check(self, c, user, pw):
+    def connect(self, c, user, pw, cid, will):
         """For a CONNECT: 0 to accept, a CONNACK code to refuse (4 bad user name or password,
         5 not authorised: MQTT-3.2.2), or None while the password is being checked. PBKDF2 is
         slow by design, so it runs in slices between loop passes (step) while the connection
@@ -101,14 +99,14 @@ class Guard:
         and this finds the result in c.verify."""
         if user is None:
             if self.anonymous:
-                return 0
+                return self.acl.connect(c, user, pw, cid, will) if self.acl else 0
             self.stats.hit("auth_failures")
             return 5
         v = c.verify
         if v is True:
             del c.verify
             c.user = user
-            return 0
+            return self.acl.connect(c, user, pw, cid, will) if self.acl else 0
         if v is False:
             self.stats.hit("auth_failures")
             return 4

@@ -44,15 +44,12 @@ class Protocol:
         self._ids = 0
         # Passwords and access rules (auth.py, acl.py) are loaded only when configured: a
         # broker without them pays neither their code nor a check per packet.
-        self.guard = self.acl = None
-        if cfg["password_file"] or cfg["allow_anonymous"] is False:
-            from .auth import Guard
+        # guard: auth.Guard, acl: acl.Acl, sec: the one that checks a CONNECT (secfiles.load)
+        self.guard = self.acl = self.sec = None
+        if cfg["acl_file"] or cfg["password_file"] or cfg["allow_anonymous"] is False:
+            from .secfiles import load
 
-            self.guard = Guard(self)
-        if cfg["acl_file"]:
-            from .acl import Acl
-
-            self.acl = Acl(self)
+            load(self)
 
     def handle(self, c, b0, buf, pos, end):
         ptype = b0 >> 4
@@ -159,17 +156,13 @@ class Protocol:
             pw = buf[a:pos]
         if pos != end:
             raise Malformed("bytes after the CONNECT payload")
-        if self.guard is not None:
-            code = self.guard.check(c, user, pw)
+        if self.sec is not None:
+            code = self.sec.connect(c, user, pw, cid, will)
             if code is None:
                 return False  # its password is being checked: offered again when done
             if code:
                 self.refuse(c, code, "refused: CONNACK %d" % code)  # MQTT-3.2.2: 4 or 5
                 return True
-        elif user is not None:
-            c.user = user
-        if self.acl is not None and not self.acl.admit(c, cid, will):
-            return True
         if not cid:
             if not clean:
                 self.refuse(c, BAD_CLIENT_ID, "empty client id with a persistent session")  # MQTT-3.1.3-8

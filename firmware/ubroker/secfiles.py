@@ -11,6 +11,26 @@ SCHEME = "$pbkdf2-sha256$"
 _ACCESS = {"read": 1, "write": 2, "readwrite": 3, "deny": 4}
 
 
+def load(proto):
+    """Set up what the config asks for on the protocol: its Acl (acl_file), its Guard
+    (password_file, or allow_anonymous false), and sec, the one that checks a CONNECT: the
+    Guard (which asks the Acl once the password is right), else the Acl. Then this module
+    leaves the heap. ValueError names a file that cannot be used."""
+    cfg = proto.cfg
+    try:
+        if cfg["acl_file"]:
+            from .acl import Acl
+
+            proto.acl = Acl(proto)
+        if cfg["password_file"] or cfg["allow_anonymous"] is False:
+            from .auth import Guard
+
+            proto.guard = Guard(proto)
+        proto.sec = proto.guard or proto.acl
+    finally:
+        forget()
+
+
 def forget():
     """Drop this module from the heap (after the files are read)."""
     import ubroker

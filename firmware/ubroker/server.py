@@ -34,7 +34,6 @@ class Server:
             from .persist import Persist
 
             self.persist = b.persist = Persist(b, cfg["persistence_location"], cfg, log)
-        self.proto = Protocol(b, self)
         self.sys = SysInfo(self)
         self.max_packet = cfg["max_packet_size"]
         # One read buffer for all connections, sized to hold the largest packet allowed.
@@ -50,22 +49,20 @@ class Server:
         self.poll = select.poll()
         self.listeners = []
         self.conns = presize({}, cfg["max_connections"] + 8)  # socket -> Conn
-        # Connection flood limits: accepts in the second that began at `window` (at most
-        # max_connection_rate, 0 = no limit); tls: listening socket -> ssl.SSLContext.
-        self.accepts = 0
-        self.window = self.now
-        self.tls = None
+        # After the large blocks: with passwords or rules, files are read and parsed here,
+        # and what the parsing leaves behind must not split the heap before them.
+        self.proto = Protocol(b, self)
+        self.gate = None  # accept-time policies some configurations need (gate.py)
+        if cfg["max_connection_rate"] or cfg["tls"]:
+            from .gate import Gate
+
+            self.gate = Gate(self)  # ValueError for a bad TLS file, before anything listens
         self.paused = []
         self.running = False
 
     # ------------------------------------------------------------------ sockets
 
     def listen(self):
-        tls = self.cfg["tls"]
-        if tls:
-            from .tls import contexts
-
-            tls = contexts(tls)  # ValueError for a bad file, before anything listens
         for i, (port, host) in enumerate(self.cfg["listener"]):
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -74,11 +71,9 @@ class Server:
             s.setblocking(False)
             self.poll.register(s, _IN)
             self.listeners.append(s)
-            if i in tls:
-                if self.tls is None:
-                    self.tls = {}
-                self.tls[s] = tls[i]
-            self.log("listening on %s:%d%s" % (host, port, " (TLS)" if i in tls else ""))
+            self.log("listening on %s:%d" % (host, port))
+            if self.gate is not None:
+                self.gate.listening(i, s)
         if self.cfg["poll_presize"]:
             self._presize_poll(self.cfg["max_connections"] + 8)
 
@@ -106,27 +101,31 @@ class Server:
     def accept(self, ls):
         cfg = self.cfg
         st = self.broker.stats
+        conns = self.conns
         while True:
             try:
                 s, addr = ls.accept()
             except OSError:
                 return
-            if cfg["max_connection_rate"]:
-                if time.ticks_diff(self.now, self.window) >= 1000:
-                    self.window = self.now
-                    self.accepts = 0
-                self.accepts += 1
-                if self.accepts > cfg["max_connection_rate"]:
-                    st.hit("connection_rate")
-                    s.close()
+            if self.gate is not None:  # connection rate, TLS (gate.py)
+                s = self.gate.admit(ls, s)
+                if s is None:
                     continue
-            n = len(self.conns)
+            n = len(conns)
             if n >= cfg["max_connections"] + 8 or n - st.connected >= cfg["max_half_open_connections"]:
                 # The table is full, or holds enough connections still without CONNECT: the
-                # oldest of those makes room, so a flood of sockets that send nothing (or a byte
-                # now and then) only ever displaces itself. Without one, beyond the client
-                # table and its margin there is no room even to say CONNACK 3.
-                if not self.evict() and n >= cfg["max_connections"] + 8:
+                # one waiting longest for its CONNECT makes room, so a flood of sockets that
+                # send nothing (or a byte now and then) only ever displaces itself. Without
+                # one, beyond the client table and its margin there is no room even to say
+                # CONNACK 3. A connection paused for its password check is not taken.
+                old = None
+                for c in conns.values():
+                    if c.sess is None and not c.paused and (old is None or time.ticks_diff(old.last, c.last) > 0):
+                        old = c
+                if old is not None:
+                    st.hit("half_open")
+                    self.close(old, "closed: too many connections without CONNECT", False)
+                elif n >= cfg["max_connections"] + 8:
                     st.hit("sockets")
                     s.close()
                     continue
@@ -135,15 +134,6 @@ class Server:
                 s.setsockopt(6, 1, 1)  # TCP_NODELAY: each packet goes out at once
             except (OSError, AttributeError):
                 pass
-            if self.tls is not None and ls in self.tls:
-                try:
-                    # The handshake happens in the reads that follow, driven by poll.
-                    s = self.tls[ls].wrap_socket(s, server_side=True, do_handshake_on_connect=False)
-                except (OSError, MemoryError) as e:
-                    st.hit("tls")
-                    self.log("TLS: new connection refused: %r" % (e,))
-                    s.close()
-                    continue
             try:
                 c = Conn(s, self.now)
                 if self.proto.guard is not None:  # to slow down an address that keeps failing
@@ -154,20 +144,7 @@ class Server:
                 s.close()
                 gc.collect()
                 continue
-            self.conns[s] = c
-
-    def evict(self):
-        """Close the connection waiting longest for its CONNECT (not one paused while its
-        password is checked)."""
-        old = None
-        for c in self.conns.values():
-            if c.sess is None and not c.paused and (old is None or time.ticks_diff(old.last, c.last) > 0):
-                old = c
-        if old is None:
-            return False
-        self.broker.stats.hit("half_open")
-        self.close(old, "closed: too many connections without CONNECT", False)
-        return True
+            conns[s] = c
 
     def close(self, c, why, abnormal=True, flush=False):
         s = c.sock
