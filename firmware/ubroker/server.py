@@ -137,7 +137,8 @@ class Server:
             try:
                 c = Conn(s, self.now)
                 if self.proto.guard is not None:  # to slow down an address that keeps failing
-                    c.verify = addr[0] if type(addr) is tuple else bytes(addr[4:8])
+                    # a tuple on boards; on the unix port a sockaddr: IPv4 at 4..8, IPv6 at 8..24
+                    c.verify = addr[0] if type(addr) is tuple else bytes(addr[4:8] if addr[0] == 2 else addr[8:24])
                 self.poll.register(s, _IN)
             except MemoryError:
                 self.broker.stats.hit("memory")
