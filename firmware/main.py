@@ -8,7 +8,7 @@ import gc
 import sys
 
 from ubroker import VERSION
-from ubroker.config import ConfigError, load, resolve
+from ubroker.config import ConfigError, load, open_problem, resolve
 from ubroker.log import log
 from ubroker.platform import network_up, print_exception, sleep_ms
 from ubroker.server import Server
@@ -40,6 +40,10 @@ def main():
     cfg = settings()
     if cfg is None:
         return
+    problem = open_problem(cfg)
+    if problem:
+        log("cannot start: %s; fix %s (ubroker config --check) and flash it again" % (problem, CONFIG_FILE))
+        return
     if cfg.get("persistence") and cfg.get("persistence_location"):
         from ubroker.store import makedirs
 
@@ -66,6 +70,9 @@ def main():
             return
         except KeyboardInterrupt:
             log("stopped (Ctrl-C)")
+            return
+        except ValueError as e:  # password, acl or TLS files: restarting cannot mend them
+            log("cannot start: %s; fix it and flash again" % e)
             return
         except Exception as e:  # MemoryError and OSError included: restart, never stay dead
             restarts += 1

@@ -32,7 +32,7 @@ def args(argv):
 def settings(opts):
     """The resolved config. The parser's tables are dropped from the heap afterwards: the
     broker keeps only the resulting dict."""
-    from ubroker.config import ConfigError, load, resolve
+    from ubroker.config import ConfigError, load, open_problem, resolve
 
     try:
         layers = []
@@ -40,7 +40,21 @@ def settings(opts):
             layers.append(load(opts["board-file"]))
         if "config" in opts:
             layers.append(load(opts["config"]))
-        return resolve(*layers)
+        cfg = resolve(*layers)
+        if "host" in opts or "port" in opts:
+            port0, host0 = cfg["listener"][0]
+            try:
+                port = int(opts.get("port", port0))
+            except ValueError:
+                log("--port expects a number")
+                return None
+            # --host/--port move the first listener; the others (a TLS one, say) stay
+            cfg["listener"] = [(port, opts.get("host", host0))] + cfg["listener"][1:]
+        problem = open_problem(cfg)
+        if problem:
+            log("cannot start: " + problem)
+            return None
+        return cfg
     except ConfigError as e:
         for line in e.errors:
             log(line)
@@ -64,14 +78,6 @@ def main(argv):
     gc.collect()
     if cfg is None:
         return 2
-    if "host" in opts or "port" in opts:
-        port0, host0 = cfg["listener"][0]
-        try:
-            port = int(opts.get("port", port0))
-        except ValueError:
-            log("--port expects a number")
-            return 2
-        cfg["listener"] = [(port, opts.get("host", host0))]
     if "data" in opts:
         cfg["persistence_location"] = opts["data"]
         cfg["persistence"] = True
@@ -82,7 +88,11 @@ def main(argv):
     log("ubroker %s on MicroPython %s" % (VERSION, ".".join(str(v) for v in sys.implementation.version[:3])))
     from ubroker.server import Server
 
-    server = Server(cfg, log)
+    try:
+        server = Server(cfg, log)
+    except ValueError as e:  # password_file or acl_file unreadable or wrong
+        log("cannot start: %s" % e)
+        return 2
     gc.collect()
     log("heap: %d bytes used, %d free" % (gc.mem_alloc(), gc.mem_free()))
     try:
@@ -95,6 +105,9 @@ def main(argv):
     except OSError as e:
         log("cannot serve: %s" % e)
         return 1
+    except ValueError as e:  # a TLS listener's files
+        log("cannot start: %s" % e)
+        return 2
     return 0
 
 

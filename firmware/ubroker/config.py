@@ -22,6 +22,13 @@ SCHEMA = {
     "persistence_location": "str",
     "allow_anonymous": "bool",
     "max_keepalive": "int",
+    "password_file": "str",
+    "acl_file": "str",
+    # TLS: these four apply to the listener declared last (Mosquitto's per-listener form)
+    "certfile": "str",
+    "keyfile": "str",
+    "cafile": "str",
+    "require_certificate": "bool",
     # ubroker's limits, for what Mosquitto has no word for
     "max_sessions": "pos",
     "max_subscriptions": "pos",
@@ -39,6 +46,8 @@ SCHEMA = {
     "heap_reserve": "size",
     "store_hold_ms": "int",
     "poll_presize": "bool",
+    "max_connection_rate": "int",
+    "max_half_open_connections": "pos",
     # board profile (boards/*.conf)
     "board": "str",
     "description": "str",
@@ -119,9 +128,18 @@ DEFAULTS = {
     "sys_interval": 10,
     "persistence": False,
     "persistence_location": "",
-    "allow_anonymous": True,
+    # None: not set. Anonymous clients are then allowed when there is no password_file, and
+    # the broker refuses to start on a non-loopback listener (open_problem).
+    "allow_anonymous": None,
+    "password_file": "",
+    "acl_file": "",
+    "max_connection_rate": 0,
+    "max_half_open_connections": 16,
+    "tls": {},  # listener index -> {certfile, keyfile, cafile, require_certificate}
     "bridge_max_queued_messages": 1000,
 }
+
+TLS_KEYS = ("certfile", "keyfile", "cafile", "require_certificate")
 
 
 class ConfigError(Exception):
@@ -274,6 +292,8 @@ def parse(text, source="config"):
             out.setdefault(key, []).append(section)
         elif kind == "listener":
             listeners.append(v)
+        elif key in TLS_KEYS:
+            out.setdefault("tls", {}).setdefault(max(len(listeners) - 1, 0), {})[key] = v
         elif kind[0] == "+":
             into.setdefault(key, []).append(v)
         else:
@@ -295,6 +315,8 @@ def resolve(*layers):
     listener, as in Mosquitto."""
     cfg = dict(DEFAULTS)
     for layer in layers:
+        if "listener" in layer:  # new listeners: TLS settings of replaced ones do not carry over
+            cfg["tls"] = {}
         cfg.update(layer)
         if "port" in layer or "bind_address" in layer:
             port = layer.get("port", cfg["listener"][0][0])
@@ -303,6 +325,19 @@ def resolve(*layers):
     cfg.pop("port", None)
     cfg.pop("bind_address", None)
     return cfg
+
+
+def open_problem(cfg):
+    """Why the broker must not start as configured, or None. As in Mosquitto 2, listening
+    beyond the loopback interface without users needs `allow_anonymous true` said outright."""
+    if cfg["password_file"] or cfg["allow_anonymous"] is not None:
+        return None
+    for port, host in cfg["listener"]:
+        if not (host.startswith("127.") or host in ("::1", "localhost")):
+            return ("listener %s:%d is reachable from the network and no users are configured: add a user "
+                    "(`ubroker passwd FILE USER`, then `password_file FILE` in the config) or allow anonymous "
+                    "clients explicitly with `allow_anonymous true`" % (host, port))
+    return None
 
 
 def load(path, source=None):

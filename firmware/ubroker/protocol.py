@@ -40,8 +40,16 @@ class Protocol:
     def __init__(self, broker, server):
         self.b = broker
         self.server = server
-        self.cfg = broker.cfg
+        self.cfg = cfg = broker.cfg
         self._ids = 0
+        # Passwords and access rules (auth.py, acl.py) are loaded only when configured: a
+        # broker without them pays neither their code nor a check per packet.
+        # guard: auth.Guard, acl: acl.Acl, sec: the one that checks a CONNECT (secfiles.load)
+        self.guard = self.acl = self.sec = None
+        if cfg["acl_file"] or cfg["password_file"] or cfg["allow_anonymous"] is False:
+            from .secfiles import load
+
+            load(self)
 
     def handle(self, c, b0, buf, pos, end):
         ptype = b0 >> 4
@@ -147,12 +155,21 @@ class Protocol:
             if not valid_topic(topic):
                 raise Malformed("will topic")
             will = (topic, bytes(buf[a:pos]), will_qos, bool(will_retain))
+        user = pw = None
         if flags & 0x80:
-            _user, pos = utf8(buf, pos, end)
+            user, pos = utf8(buf, pos, end)
         if flags & 0x40:
-            _a, pos = field(buf, pos, end)
+            a, pos = field(buf, pos, end)
+            pw = buf[a:pos]
         if pos != end:
             raise Malformed("bytes after the CONNECT payload")
+        if self.sec is not None:
+            code = self.sec.connect(c, user, pw, cid, will)
+            if code is None:
+                return False  # its password is being checked: offered again when done
+            if code:
+                self.refuse(c, code, "refused: CONNACK %d" % code)  # MQTT-3.2.2: 4 or 5
+                return True
         if not cid:
             if not clean:
                 self.refuse(c, BAD_CLIENT_ID, "empty client id with a persistent session")  # MQTT-3.1.3-8
@@ -187,6 +204,9 @@ class Protocol:
             c.peer = s
         if keepalive:
             c.ka = keepalive * 1500
+        c.last = self.server.now  # until now it counted from accept (connect_timeout)
+        if present and self.acl is not None:
+            self.acl.recheck(c, s)
         st = b_.stats
         st.connected += 1
         if st.connected > st.max_connected:
@@ -243,6 +263,9 @@ class Protocol:
         elif topic.startswith(b"$"):
             # Clients may not write $ topics such as $SYS: acknowledged, not delivered.
             b_.stats.hit("publish_to_dollar_topic")
+        elif self.acl is not None and not self.acl.can_publish(c.user, s.cid, topic):
+            # Acknowledged as QoS 1/2 require (3.1.1 has no way to say no), not delivered.
+            b_.stats.hit("acl_denied_publish")
         elif not b_.publish(topic, self.server.rmv[p:end], qos, retain, False,
                             self.server.rmv[pos:end] if qos == 0 else None, c.peer):
             return False
@@ -307,6 +330,10 @@ class Protocol:
             if fresh and subs is not None and len(subs) >= self.cfg["max_subscriptions_per_client"]:
                 b_.stats.hit("subscriptions_per_client")
                 codes.append(SUB_FAILURE)
+                continue
+            if self.acl is not None and not self.acl.can_subscribe(c.user, s.cid, flt):
+                b_.stats.hit("acl_denied_subscribe")
+                codes.append(SUB_FAILURE)  # MQTT-3.9.3-2: 0x80, failure
                 continue
             if fresh and b_.index.count >= self.cfg["max_subscriptions"]:
                 b_.stats.hit("subscriptions")

@@ -36,7 +36,6 @@ class Server:
             from .persist import Persist
 
             self.persist = b.persist = Persist(b, cfg["persistence_location"], cfg, log)
-        self.proto = Protocol(b, self)
         self.sys = SysInfo(self)
         if cfg.get("sensor_interval"):  # imported only when on: no heap for it otherwise
             from .sensors import Sensors
@@ -56,7 +55,14 @@ class Server:
         self.poll = select.poll()
         self.listeners = []
         self.conns = presize({}, cfg["max_connections"] + 8)  # socket -> Conn
-        self.pending = 0  # connections that have not finished CONNECT
+        # After the large blocks: with passwords or rules, files are read and parsed here,
+        # and what the parsing leaves behind must not split the heap before them.
+        self.proto = Protocol(b, self)
+        self.gate = None  # accept-time policies some configurations need (gate.py)
+        if cfg["max_connection_rate"] or cfg["tls"]:
+            from .gate import Gate
+
+            self.gate = Gate(self)  # ValueError for a bad TLS file, before anything listens
         self.paused = []
         self.running = False
         self.bridges = ()  # bridge.py, imported only when a `connection` is configured
@@ -64,7 +70,7 @@ class Server:
     # ------------------------------------------------------------------ sockets
 
     def listen(self):
-        for port, host in self.cfg["listener"]:
+        for i, (port, host) in enumerate(self.cfg["listener"]):
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(socket.getaddrinfo(host, port)[0][-1])
@@ -73,6 +79,8 @@ class Server:
             self.poll.register(s, _IN)
             self.listeners.append(s)
             self.log("listening on %s:%d" % (host, port))
+            if self.gate is not None:
+                self.gate.listening(i, s)
         if self.cfg["poll_presize"]:
             self._presize_poll(self.cfg["max_connections"] + 8)
 
@@ -98,17 +106,36 @@ class Server:
             s.close()
 
     def accept(self, ls):
+        cfg = self.cfg
+        st = self.broker.stats
+        conns = self.conns
         while True:
             try:
-                s, _addr = ls.accept()
+                s, addr = ls.accept()
             except OSError:
                 return
-            if len(self.conns) >= self.cfg["max_connections"] + 8:
-                # Beyond the client table and a margin for CONNECTs in progress: no room
-                # even to say CONNACK 3.
-                self.broker.stats.hit("sockets")
-                s.close()
-                continue
+            if self.gate is not None:  # connection rate, TLS (gate.py)
+                s = self.gate.admit(ls, s)
+                if s is None:
+                    continue
+            n = len(conns)
+            if n >= cfg["max_connections"] + 8 or n - st.connected >= cfg["max_half_open_connections"]:
+                # The table is full, or holds enough connections still without CONNECT: the
+                # one waiting longest for its CONNECT makes room, so a flood of sockets that
+                # send nothing (or a byte now and then) only ever displaces itself. Without
+                # one, beyond the client table and its margin there is no room even to say
+                # CONNACK 3. A connection paused for its password check is not taken.
+                old = None
+                for c in conns.values():
+                    if c.sess is None and not c.paused and (old is None or time.ticks_diff(old.last, c.last) > 0):
+                        old = c
+                if old is not None:
+                    st.hit("half_open")
+                    self.close(old, "closed: too many connections without CONNECT", False)
+                elif n >= cfg["max_connections"] + 8:
+                    st.hit("sockets")
+                    s.close()
+                    continue
             s.setblocking(False)
             try:
                 s.setsockopt(6, 1, 1)  # TCP_NODELAY: each packet goes out at once
@@ -116,13 +143,16 @@ class Server:
                 pass
             try:
                 c = Conn(s, self.now)
+                if self.proto.guard is not None:  # to slow down an address that keeps failing
+                    # a tuple on boards; on the unix port a sockaddr: IPv4 at 4..8, IPv6 at 8..24
+                    c.verify = addr[0] if type(addr) is tuple else bytes(addr[4:8] if addr[0] == 2 else addr[8:24])
                 self.poll.register(s, _IN)
             except MemoryError:
                 self.broker.stats.hit("memory")
                 s.close()
                 gc.collect()
                 continue
-            self.conns[s] = c
+            conns[s] = c
 
     def close(self, c, why, abnormal=True, flush=False):
         s = c.sock
@@ -208,7 +238,8 @@ class Server:
             self.close(c, "connection closed by the client")
             return
         self.broker.stats.bytes_in += n
-        c.last = self.now
+        if c.sess is not None:  # before CONNECT, the accept time stays: a byte a second
+            c.last = self.now  # must not keep a slowloris past connect_timeout
         self.consume(c, have + n, keep)
 
     def consume(self, c, have, keep=None):
@@ -298,7 +329,8 @@ class Server:
         if not c.paused:
             c.paused = True
             self.paused.append(c)
-            self.broker.stats.hit("backpressure")
+            if c.sess is not None:  # else a CONNECT waiting for its password check
+                self.broker.stats.hit("backpressure")
             self._mask(c)
 
     def resume(self):
@@ -426,7 +458,8 @@ class Server:
     def one_pass(self):
         conns = self.conns
         b = self.broker
-        for ev in self.poll.ipoll(200):
+        g = self.proto.guard
+        for ev in self.poll.ipoll(g.step() if g is not None and g.verifying else 200):
             s = ev[0]
             c = conns.get(s)
             if c is None:

@@ -116,6 +116,10 @@ class Conn:
     acks = None  # acknowledgements waiting for their turn (persist.py), in packet order
     bridge = None  # the Bridge whose upstream link this is (bridge.py)
     peer = None  # for a bridge connecting to us: its session, which its messages skip
+    user = None  # user name given in CONNECT (acl.py)
+    # With passwords (auth.Guard): the peer's address until CONNECT, then the password check
+    # (a generator) while it runs, then its result, True or False.
+    verify = None  # type: object
 
     def __init__(self, sock, now):
         self.sock = sock

@@ -13,8 +13,10 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 
 from . import paths
@@ -55,6 +57,8 @@ SCENARIOS = {
     "fanout0": ("fan-out QoS 0, 1 pub -> 16 sub", ["fanout", "--qos", "0", "--pubs", "1", "--subs", "16"]),
     "latency": ("round trip QoS 0, 1 client", ["latency"]),
     "connect": ("connects", ["connect", "--conc", "16"]),
+    # Not the load generator (it has no TLS): a CPython client, TLS_CONC threads (tls_connects).
+    "connect_tls": ("connects over TLS", None),
     "idle": ("idle clients (1 subscription each)", ["idle"]),
 }
 # Not a per-broker scenario: run by bench_bridge.py, reported in its own "Bridge" table.
@@ -117,6 +121,16 @@ def run_loadgen(exe, port, args, timeout):
 
 # ------------------------------------------------------------------ processes
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (from /proc), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def rss_bytes(pid):
     try:
         with open("/proc/%d/status" % pid) as f:
@@ -144,6 +158,7 @@ def free_port():
 
 class Broker:
     name = "?"
+    tls = None  # (port, folder with server.pem, server-key.pem): a TLS listener too
 
     def __init__(self, out):
         self.out = out
@@ -246,6 +261,12 @@ class Ubroker(Broker):
             exe = shutil.which("ubroker") or exe
         cmd = [exe, "run", "--board", "unix", "--port", str(port), "--data", os.path.join(work, "data"),
                "--heap", self.heap]
+        if self.tls:
+            conf = os.path.join(work, "tls.conf")
+            with open(conf, "w") as f:  # the first listener is the one --port replaces
+                f.write("listener %d 127.0.0.1\nlistener %d 127.0.0.1\ncertfile %s\nkeyfile %s\n" % (
+                    port, self.tls[0], os.path.join(self.tls[1], "server.pem"), os.path.join(self.tls[1], "server-key.pem")))
+            cmd += ["--config", conf]
         return cmd, work
 
     def pid(self):
@@ -289,6 +310,13 @@ class Mosquitto(Broker):
                     "log_type error\n"
                     "log_type warning\n"
                     "connection_messages false\n" % port)
+            if self.tls:
+                # TCP_NODELAY as ubroker sets it: without it Mosquitto's CONNACK waits behind its
+                # TLS 1.3 session tickets for the client's delayed ACK (measured: ~90 connects/s,
+                # 7% CPU).
+                f.write("set_tcp_nodelay true\n")
+                f.write("listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\n" % (
+                    self.tls[0], os.path.join(self.tls[1], "server.pem"), os.path.join(self.tls[1], "server-key.pem")))
         return [self.exe(), "-c", conf], work
 
 
@@ -365,14 +393,31 @@ def run_scenario(broker, key, exe, opts):
     title, lg = SCENARIOS[key]
     port = free_port()
     res = {"scenario": key, "broker": broker.name, "port": port}
+    if key == "connect_tls":
+        if broker.name not in ("ubroker", "mosquitto"):
+            res["untested"] = "no TLS set-up for %s in this bench" % broker.name
+            return res
+        try:
+            broker.tls = (free_port(), tls_certs(opts["out"]))
+        except (OSError, subprocess.CalledProcessError) as e:
+            res["error"] = "cannot make test certificates with openssl: %s" % e
+            return res
     try:
         broker.start(port)
     except Exception as e:
         res["error"] = str(e)
+        broker.tls = None
         return res
     try:
         pid = broker.pid()
-        if key == "idle":
+        if key == "connect_tls":
+            cpu0, t0 = cpu_seconds(pid), time.time()
+            res.update(tls_connects(broker.tls[0], os.path.join(broker.tls[1], "ca.pem"), opts["duration"]))
+            cpu1 = cpu_seconds(pid)
+            if cpu0 is not None and cpu1 is not None:
+                res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / (time.time() - t0), 1)
+            res["broker_rss_after"] = rss_bytes(pid)
+        elif key == "idle":
             res.update(run_idle(broker, exe, port, pid, opts))
         else:
             args = list(lg) + ["--duration", str(opts["duration"])]
@@ -391,7 +436,87 @@ def run_scenario(broker, key, exe, opts):
             res["broker_problem"] = trouble
     finally:
         broker.stop()
+        broker.tls = None
     return res
+
+
+TLS_CONC = 4
+
+
+def tls_certs(out):
+    """A CA and a server certificate for 127.0.0.1 signed by it (EC P-256), made once with the
+    openssl command in OUT/tls; both brokers get the same files."""
+    d = os.path.join(os.path.abspath(out), "tls")
+    if os.path.exists(os.path.join(d, "server.pem")):
+        return d
+    os.makedirs(d, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*a):
+        subprocess.run(["openssl"] + list(a), cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", *ec, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "30", "-subj", "/CN=bench CA")
+    with open(os.path.join(d, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    run("req", "-new", *ec, "-keyout", "server-key.pem", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+        "-out", "server.pem", "-days", "30", "-extfile", "san.ext")
+    # Throwaway test keys: readable, since Mosquitto started as root reads them as its own user
+    for name in os.listdir(d):
+        os.chmod(os.path.join(d, name), 0o644)
+    os.chmod(d, 0o755)
+    return d
+
+
+def tls_connects(port, cafile, seconds, conc=TLS_CONC):
+    """Complete MQTT sessions over TLS per second: TCP connect, handshake (the server's
+    certificate verified), CONNECT, CONNACK 0, DISCONNECT; conc client threads for `seconds`.
+    The client is CPython's ssl, the same for every broker."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    done = [0] * conc
+    failed = [0] * conc
+    errors = []
+    stop = time.time() + seconds
+
+    def worker(i):
+        n = 0
+        while time.time() < stop:
+            n += 1
+            cid = b"tls-%d-%d" % (i, n)
+            connect = bytes([0x10, 12 + len(cid)]) + b"\x00\x04MQTT\x04\x02\x00\x3c" + bytes([0, len(cid)]) + cid
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                    # each small packet at once, as the load generator does
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                        s.sendall(connect)
+                        got = b""
+                        while len(got) < 4:
+                            chunk = s.recv(4 - len(got))
+                            if not chunk:
+                                raise OSError("closed before CONNACK")
+                            got += chunk
+                        if got != b"\x20\x02\x00\x00":
+                            raise OSError("CONNACK %r" % got)
+                        s.sendall(b"\xe0\x00")
+                done[i] += 1
+            except (OSError, ssl.SSLError) as e:
+                failed[i] += 1
+                if len(errors) < 3:
+                    errors.append(str(e))
+
+    t0 = time.time()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(conc)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 30)
+    span = time.time() - t0
+    out = {"rate": round(sum(done) / span, 1), "connects": sum(done), "failed": sum(failed),
+           "client": "CPython ssl, %d threads" % conc}
+    if errors:
+        out["first_error"] = errors[0]
+    return out
 
 
 def run_idle(broker, exe, port, pid, opts):
@@ -453,6 +578,7 @@ ROWS = [
     ("lat50", "round trip p50", "us", "latency", lambda r: r.get("p50_us"), True),
     ("lat99", "round trip p99", "us", "latency", lambda r: r.get("p99_us"), True),
     ("connect", "connects", "/s", "connect", lambda r: r.get("rate"), False),
+    ("connect_tls", "connects over TLS", "/s", "connect_tls", lambda r: r.get("rate"), False),
     ("idle", "RSS per idle client", "bytes", "idle", lambda r: r.get("rss_per_client"), True),
 ]
 
@@ -494,6 +620,10 @@ def verification(r):
         notes.append("**connections closed: %s**" % ", ".join(r["closed"][:3]))
     if r.get("scenario") == "latency" and r.get("lost"):
         notes.append("**%d round trips never came back**" % r["lost"])
+    if r.get("untested"):
+        return "not measured: " + r["untested"]
+    if r.get("scenario") == "connect_tls" and r.get("failed"):
+        notes.append("**%d failed: %s**" % (r["failed"], r.get("first_error")))
     if r.get("scenario") == "connect" and (r.get("failed") or r.get("refused")):
         notes.append("**%d failed, %d refused: %s**" % (r.get("failed", 0), r.get("refused", 0), r.get("error")))
     if r.get("scenario") == "idle" and r.get("still_connected") is not None and \
@@ -654,6 +784,7 @@ def main(args):
         "duration": args.duration or (1.0 if quick else 3.0),
         "drain": 5.0 if quick else 10.0,
         "idle_clients": args.idle_clients or (50 if quick else 200),
+        "out": args.out,
     }
     names = [b.strip() for b in args.brokers.split(",") if b.strip()]
     scen = [s.strip() for s in args.scenarios.split(",") if s.strip()]

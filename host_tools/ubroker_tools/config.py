@@ -4,9 +4,10 @@ heap budget."""
 
 import argparse
 import os
+import subprocess
 import sys
 
-from . import budget, profiles
+from . import budget, paths, profiles
 
 HELP = """Create or check a ubroker config file (mosquitto.conf form: `key value`, # comments).
 
@@ -32,8 +33,23 @@ TEMPLATE = """# ubroker config for board {board} ({description}).
 # listener PORT [ADDRESS]; repeat for more than one. 0.0.0.0 listens on every interface.
 listener 1883 0.0.0.0
 
-# --- clients --------------------------------------------------------------------------------
+# --- clients and security (README, "Security") -------------------------------------------
+# Listening beyond 127.0.0.1 needs users (password_file) or allow_anonymous true said outright.
 allow_anonymous true
+# Users: `ubroker passwd users.txt NAME`; with a password_file, anonymous clients are refused
+# unless allow_anonymous true.
+#password_file users.txt
+# Access rules in Mosquitto's acl_file form (user / topic read|write|readwrite|deny / pattern).
+#acl_file acl.txt
+# TLS on a second listener: the four keys apply to the listener declared just before them.
+#listener 8883 0.0.0.0
+#certfile server-cert.pem
+#keyfile server-key.pem
+#cafile ca.pem
+#require_certificate false
+# Connections accepted per second (0 = no limit); connections still without CONNECT.
+#max_connection_rate 0
+#max_half_open_connections 16
 #max_keepalive 65535
 #connect_timeout 10
 
@@ -133,6 +149,7 @@ def check(board, path):
         if ca is not None and not os.path.isfile(ca):
             problems.append("%s:%d: connection %s: bridge_cafile %s does not exist" % (path, br["line"], br["name"], ca))
     cfg = cfgmod.resolve(prof, user)
+    problems += security_problems(cfgmod, path, user, cfg, line_of)
     ok, need, have = budget.fits(cfg)
     # A profile that itself overcommits (see tests/test_boards.py) is the board's problem,
     # not the user's: only what the user raises beyond it is reported.
@@ -145,6 +162,92 @@ def check(board, path):
         problems.append("%s: these limits need %d bytes of heap but board %s has heap_budget %d; lower %s"
                         % (path, need, board, have, where or "the limits"))
     return problems
+
+
+def security_problems(cfgmod, path, user, cfg, line_of):
+    """The refusal to open beyond loopback without users, the password_file and acl_file (with
+    the firmware's parsers) and each TLS listener's files (loaded by the firmware's tls.py in
+    the MicroPython unix port, whose mbedTLS is the one boards use). Paths are taken as the
+    broker takes them: relative to the directory it runs in."""
+    out = []
+    msg = cfgmod.open_problem(cfg)
+    if msg:
+        out.append("%s: %s" % (path, msg))
+    from ubroker import secfiles
+
+    for key, parse in (("password_file", secfiles.passwords), ("acl_file", secfiles.acl)):
+        if key in user:
+            try:
+                parse(secfiles.read(user[key], key), user[key])
+            except ValueError as e:
+                out.append("%s:%d: %s" % (path, line_of(key), e.args[0]))
+    for i in sorted(cfg["tls"]):
+        opts = cfg["tls"][i]
+        where = "%s: listener %d (port %d)" % (path, i + 1, cfg["listener"][i][0]) if i < len(cfg["listener"]) \
+            else "%s: TLS settings without their listener" % path
+        missing = [k for k in ("certfile", "keyfile") if k not in opts]
+        if opts.get("require_certificate") and "cafile" not in opts:
+            missing.append("cafile (require_certificate true)")
+        if missing:
+            out.append("%s needs %s" % (where, " and ".join(missing)))
+            continue
+        unreadable = [opts[k] for k in ("certfile", "keyfile", "cafile") if k in opts and not os.access(opts[k], os.R_OK)]
+        if unreadable:
+            out.append("%s: cannot read %s" % (where, ", ".join(unreadable)))
+            continue
+        err = tls_error(opts) or pair_error(opts)
+        if err:
+            out.append("%s: %s" % (where, err))
+    return out
+
+
+def _pem(path, labels):
+    """path's text as PEM: as it is, or its DER wrapped under the first label CPython takes."""
+    import base64
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"-----BEGIN " in data:
+        return [data.decode("ascii", "replace")]
+    b64 = base64.encodebytes(data).decode()
+    return ["-----BEGIN %s-----\n%s-----END %s-----\n" % (lab, b64, lab) for lab in labels]
+
+
+def pair_error(opts):
+    """mbedTLS loads a certificate with any key (the handshakes then fail): CPython's ssl checks
+    that the key is the certificate's."""
+    import ssl
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        cert = os.path.join(d, "cert.pem")
+        with open(cert, "w") as f:
+            f.write(_pem(opts["certfile"], ["CERTIFICATE"])[0])
+        err = None
+        for text in _pem(opts["keyfile"], ["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"]):
+            key = os.path.join(d, "key.pem")
+            with open(key, "w") as f:
+                f.write(text)
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+                return None
+            except ssl.SSLError as e:
+                err = "certfile %s / keyfile %s: %s" % (opts["certfile"], opts["keyfile"], e.reason or e)
+    return err
+
+
+def tls_error(opts):
+    """What the firmware's tls.context() says of these files in the unix port, or None."""
+    mp = paths.micropython()
+    if not mp:
+        return None
+    script = "from ubroker.tls import context\ncontext(%r)\n" % dict(opts)
+    env = dict(os.environ, MICROPYPATH=paths.FIRMWARE + os.pathsep + ".frozen")
+    r = subprocess.run([mp, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    if r.returncode == 0:
+        return None
+    lines = (r.stderr or r.stdout).strip().splitlines()  # the port prints its traceback on stdout
+    return lines[-1].split(": ", 1)[-1] if lines else "TLS check failed (exit %d)" % r.returncode
 
 
 def main(args):

@@ -1,0 +1,144 @@
+"""Parsers of the password_file and the acl_file, with the reasons a line is wrong. The
+broker imports this at start and drops it from the heap once the files are read (its code is
+only needed then); the host tools use it to check the files (`ubroker config --check`)."""
+
+import binascii
+import sys
+
+SCHEME = "$pbkdf2-sha256$"
+# acl.READ, acl.WRITE, both, acl.DENY (acl.py is not imported: with passwords only, its code
+# would stay in the heap for nothing)
+_ACCESS = {"read": 1, "write": 2, "readwrite": 3, "deny": 4}
+
+
+def load(proto):
+    """Set up what the config asks for on the protocol: its Acl (acl_file), its Guard
+    (password_file, or allow_anonymous false), and sec, the one that checks a CONNECT: the
+    Guard (which asks the Acl once the password is right), else the Acl. Then this module
+    leaves the heap. ValueError names a file that cannot be used."""
+    cfg = proto.cfg
+    try:
+        if cfg["acl_file"]:
+            from .acl import Acl
+
+            proto.acl = Acl(proto)
+        if cfg["password_file"] or cfg["allow_anonymous"] is False:
+            from .auth import Guard
+
+            proto.guard = Guard(proto)
+        proto.sec = proto.guard or proto.acl
+    finally:
+        forget()
+
+
+def forget():
+    """Drop this module from the heap (after the files are read)."""
+    import ubroker
+
+    sys.modules.pop("ubroker.secfiles", None)
+    if hasattr(ubroker, "secfiles"):
+        del ubroker.secfiles
+
+
+def read(path, what):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError("cannot read %s %s: %s" % (what, path, e))
+
+
+def pbkdf2(password, salt, iterations):
+    """PBKDF2-HMAC-SHA256 of password and salt, in one go (the firmware's code, for tests)."""
+    from .auth import pbkdf2_steps
+
+    g = pbkdf2_steps(password, salt, iterations)
+    try:
+        while True:
+            next(g)
+    except StopIteration as e:
+        return e.value
+
+
+def parse_line(line):
+    """'user:$pbkdf2-sha256$N$SALT$HASH' -> (user bytes, (N, salt, hash)); ValueError with a
+    reason for anything else."""
+    user, sep, rest = line.partition(":")
+    if not sep or not user:
+        raise ValueError("expects USER:%sITERATIONS$SALT$HASH" % SCHEME)
+    if not rest.startswith(SCHEME):
+        raise ValueError("unknown hash scheme (expects %s...; make it with `ubroker passwd`)" % SCHEME)
+    parts = rest[len(SCHEME):].split("$")
+    if len(parts) != 3:
+        raise ValueError("expects ITERATIONS$SALT$HASH after %s" % SCHEME)
+    try:
+        n = int(parts[0])
+        salt = binascii.a2b_base64(parts[1])
+        digest = binascii.a2b_base64(parts[2])
+    except Exception:
+        raise ValueError("iterations must be a number, salt and hash base64")
+    if n < 1 or len(salt) < 8 or len(digest) != 32:
+        raise ValueError("iterations >= 1, a salt of 8 bytes or more and a 32-byte hash expected")
+    return user.encode(), (n, salt, digest)
+
+
+def passwords(text, source="password_file"):
+    """{user: (iterations, salt, hash)}; ValueError naming the first bad line."""
+    users = {}
+    for no, line in enumerate(text.split("\n"), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            user, entry = parse_line(line)
+        except ValueError as e:
+            raise ValueError("%s:%d: %s" % (source, no, e.args[0]))
+        users[user] = entry
+    return users
+
+
+def _rule(words, source, no):
+    if len(words) == 1:
+        access, pat = 3, words[0]
+    elif len(words) == 2 and words[0] in _ACCESS:
+        access, pat = _ACCESS[words[0]], words[1]
+    else:
+        raise ValueError("%s:%d: expects [read|write|readwrite|deny] PATTERN" % (source, no))
+    p = pat.encode()
+    n = len(p)
+    i = p.find(b"#")
+    if i >= 0 and (i != n - 1 or (i > 0 and p[i - 1] != 47)):
+        raise ValueError("%s:%d: '#' only as the whole last level" % (source, no))
+    for lv in p.split(b"/"):
+        if b"+" in lv and lv != b"+":
+            raise ValueError("%s:%d: '+' only as a whole level" % (source, no))
+    return access, p
+
+
+def acl(text, source="acl_file"):
+    """(users, patterns): users maps a user name (bytes; None = anonymous) to [(access,
+    levels)]; patterns is [(access, pattern bytes)] with %c/%u still in. ValueError names the
+    first bad line."""
+    users = {}
+    patterns = []
+    current = None
+    for no, line in enumerate(text.split("\n"), 1):
+        words = line.split()  # no trailing comments: '#' is a wildcard in a pattern
+        if not words or words[0][:1] == "#":
+            continue
+        key = words[0]
+        if key == "user":
+            if len(words) != 2:
+                raise ValueError("%s:%d: expects 'user NAME'" % (source, no))
+            current = words[1].encode()
+            users.setdefault(current, [])
+        elif key == "topic":
+            access, p = _rule(words[1:], source, no)
+            users.setdefault(current, []).append((access, p.split(b"/")))
+        elif key == "pattern":
+            patterns.append(_rule(words[1:], source, no))
+        else:
+            raise ValueError("%s:%d: unknown keyword '%s' (user, topic, pattern)" % (source, no, key))
+    return users, patterns
+
+
