@@ -46,6 +46,7 @@ SCHEMA = {
     "heap_reserve": "size",
     "store_hold_ms": "int",
     "poll_presize": "bool",
+    "gc_threshold": "size",
     "max_connection_rate": "int",
     "max_half_open_connections": "pos",
     # board profile (boards/*.conf)

@@ -435,6 +435,14 @@ class Server:
 
             start_all(self)
         self.listen()
+        t = self.cfg.get("gc_threshold")
+        if t:
+            # Collect after every t bytes allocated instead of when the heap is full. In a
+            # large heap MicroPython's allocator scans past all the garbage since the last
+            # collection for each multi-block allocation (a function's frame is one, freed
+            # at return): measured on the unix port, 55-65 % of the broker's CPU was the
+            # allocator's search, and 2M here took the round trip from ~140 to ~90 us.
+            gc.threshold(t)
         self.running = True
         self.next_tick = time.ticks_add(time.ticks_ms(), 1000)
         try:
