@@ -109,7 +109,10 @@ class Server:
         cfg = self.cfg
         st = self.broker.stats
         conns = self.conns
-        while True:
+        # At most half the half-open limit per loop pass: what was accepted gets a pass to be
+        # read before a flood's newer sockets can make it the oldest and displace it (seen:
+        # a client accepted early in one long accept loop closed before its CONNECT was read).
+        for _ in range(max(1, cfg["max_half_open_connections"] // 2)):
             try:
                 s, addr = ls.accept()
             except OSError:
@@ -127,7 +130,8 @@ class Server:
                 # CONNACK 3. A connection paused for its password check is not taken.
                 old = None
                 for c in conns.values():
-                    if c.sess is None and not c.paused and (old is None or time.ticks_diff(old.last, c.last) > 0):
+                    if c.sess is None and not c.paused and c.bridge is None and \
+                            (old is None or time.ticks_diff(old.last, c.last) > 0):
                         old = c
                 if old is not None:
                     st.hit("half_open")
