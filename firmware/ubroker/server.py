@@ -112,6 +112,7 @@ class Server:
         # At most half the half-open limit per loop pass: what was accepted gets a pass to be
         # read before a flood's newer sockets can make it the oldest and displace it (seen:
         # a client accepted early in one long accept loop closed before its CONNECT was read).
+        fresh = []  # accepted in this call: not read yet, so never the ones to displace
         for _ in range(max(1, cfg["max_half_open_connections"] // 2)):
             try:
                 s, addr = ls.accept()
@@ -130,7 +131,7 @@ class Server:
                 # CONNACK 3. A connection paused for its password check is not taken.
                 old = None
                 for c in conns.values():
-                    if c.sess is None and not c.paused and c.bridge is None and \
+                    if c.sess is None and not c.paused and c.bridge is None and c not in fresh and \
                             (old is None or time.ticks_diff(old.last, c.last) > 0):
                         old = c
                 if old is not None:
@@ -157,6 +158,7 @@ class Server:
                 gc.collect()
                 continue
             conns[s] = c
+            fresh.append(c)
 
     def close(self, c, why, abnormal=True, flush=False):
         s = c.sock
@@ -471,18 +473,28 @@ class Server:
         conns = self.conns
         b = self.broker
         g = self.proto.guard
+        ready = None
         for ev in self.poll.ipoll(g.step() if g is not None and g.verifying else 200):
             s = ev[0]
             c = conns.get(s)
             if c is None:
                 if s in self.listeners:
-                    self.accept(s)
+                    if ready is None:
+                        ready = [s]
+                    else:
+                        ready.append(s)
                 continue
             flags = ev[1]
             if flags & _OUT and c.out:
                 b.mark_dirty(c)
             if flags & (_IN | _ERR):
                 self.read(c)
+        if ready is not None:
+            # New sockets after this pass's reads: a client accepted in the last pass has had
+            # its CONNECT read before a flood's newer sockets can make it the oldest half-open
+            # connection and displace it.
+            for s in ready:
+                self.accept(s)
         self.now = time.ticks_ms()
         if b.freed:
             self.resume()
