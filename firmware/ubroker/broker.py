@@ -180,19 +180,17 @@ class Broker:
                 q = qos
             if q == 0:
                 c = s.conn
-                if c is not None:
-                    if c.out is None or len(c.out) < self.out_limit:
-                        if raw is None or c.bridge is not None:
-                            self._write_publish(c, topic, payload, 0, False, False, 0)
-                        else:
-                            self._write_raw(c, raw)
+                if c is not None and (c.out is None or len(c.out) < self.out_limit):
+                    if raw is None or c.bridge is not None:
+                        self._write_publish(c, topic, payload, 0, False, False, 0)
                     else:
-                        self.stats.dropped += 1
-                        self.stats.hit("out_buffer")
-                        if s.fwd is not None:
-                            s.fwd.dropped += 1
-                elif s.fwd is not None:
-                    s.fwd.dropped += 1  # QoS 0 is not kept for an unreachable upstream
+                        self._write_raw(c, raw)
+                    continue
+                if c is not None:
+                    self.stats.dropped += 1
+                    self.stats.hit("out_buffer")
+                if s.fwd is not None:  # QoS 0 is not kept for an upstream unreachable or backed up
+                    s.fwd.dropped += 1
                 continue
             if msg is None:
                 msg = [topic, bytes(payload), 0]

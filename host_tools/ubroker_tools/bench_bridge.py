@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from .bench import children, cpu_seconds, free_port
+
 TOPIC_FILTER = "bench/#"
 WINDOW = 64  # unacknowledged QoS 1 messages per publisher: enough that the publisher never waits on a round trip
 QOS0_AHEAD = 1000  # QoS 0: messages a publisher may be ahead of what the subscriber got (as loadgen's pacing)
@@ -381,22 +383,6 @@ def drive(pubs, sub, tally, stall, limit_s):
 
 # ------------------------------------------------------------------ processes
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    """utime + stime of one process, from /proc (None when it is gone)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def own_cpu_seconds():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -441,11 +427,7 @@ class Proc:
 
     def worker_pid(self):
         """The process doing the broker's work: `ubroker run` execs or spawns micropython."""
-        try:
-            with open("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)) as f:
-                kids = [int(x) for x in f.read().split()]
-        except OSError:
-            kids = []
+        kids = children(self.proc.pid)
         return kids[0] if kids else self.proc.pid
 
     def alive(self):
