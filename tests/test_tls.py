@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mqttraw
-from conftest import UBROKER, free_port, start_broker, wait_for
-from robust_util import Witness, broker_problems, try_send, until_closed
-from test_fuzz import CUTS, mutated, send_chunks
+from conftest import UBROKER, free_port, wait_for
+from robust_util import Witness, broker_problems, module_broker, try_send
+from test_fuzz import CUTS, finish, mutated, send_chunks
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -196,15 +196,9 @@ FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_c
 @pytest.fixture(scope="module")
 def fuzz_tls(tmp_path_factory, certs):
     port = free_port()
-    b = start_broker(tmp_path_factory.mktemp("fuzz-tls"), config=tls_config(certs, port))
-    b.tls_port = port
-    try:
+    for b in module_broker(tmp_path_factory, "fuzz-tls", config=tls_config(certs, port)):
+        b.tls_port = port
         yield b
-    finally:
-        problems = broker_problems(b)
-        log = b.log()
-        b.stop()
-        assert not problems, "\n".join(problems) + "\n" + log
 
 
 @pytest.fixture(scope="module")
@@ -219,12 +213,7 @@ def tls_session(broker, witness, ctx, data, cuts, connect_first):
             assert raw.connect("fuzzer", keepalive=60) == (0, 0)
         send_chunks(raw, data, cuts)
     finally:
-        try:
-            raw.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        until_closed(raw, 3)
-        raw.close()
+        finish(raw)
     assert broker.alive(), broker.log()
     witness.check()
 
@@ -247,12 +236,7 @@ def test_garbage_instead_of_a_tls_handshake(fuzz_tls, tls_witness, data, cuts):
     """Bytes that are not TLS at all on the TLS port: closed, nobody else disturbed."""
     raw = mqttraw.RawClient(fuzz_tls.tls_port, timeout=5)
     send_chunks(raw, data, cuts)
-    try:
-        raw.sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    until_closed(raw, 3)
-    raw.close()
+    finish(raw)
     assert fuzz_tls.alive()
     tls_witness.check()
 
