@@ -181,7 +181,7 @@ class Bridge:
                 s.connect(addr)
             except OSError as e:
                 if e.args[0] not in (115, 119):  # EINPROGRESS (Linux, lwIP): connecting
-                    raise
+                    raise e  # not a bare raise: the native emitter (emit native) has none
             if self.cafile is not None or self.insecure:
                 s = self.wrap(s)
             c = Conn(s, now)

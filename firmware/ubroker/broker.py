@@ -157,19 +157,27 @@ class Broker:
         a bridge's session for what came from its upstream, is skipped (no loop)."""
         r = self.index.route(topic)
         n = len(r)
+        size = len(topic) + len(payload) + ENTRY_COST
         if qos and not force:
             # The heap budget once for all the copies this message will take, then a place
             # at each subscriber (a per-subscriber heap check would let the total overrun).
-            size = len(topic) + len(payload) + ENTRY_COST
             k = 0
             for i in range(1, n, 2):
                 if r[i] and r[i - 1] is not origin:
                     k += 1
-            if k and not self.budget(k * size):
+            if k and (self.heap_reserve or self.held_bytes + k * size > self.max_held_bytes) \
+                    and not self.budget(k * size):
                 return False
             for i in range(1, n, 2):
-                if r[i] and r[i - 1] is not origin and not self.slot(r[i - 1], size):
-                    return False
+                if r[i]:
+                    s = r[i - 1]
+                    if s is origin:
+                        continue
+                    # slot()'s usual answer, without the call: online, clean, window not full
+                    if s.clean and s.conn is not None and (not s.inflight or len(s.inflight) < self.max_inflight):
+                        continue
+                    if not self.slot(s, size):
+                        return False
         msg = None
         for i in range(0, n, 2):
             s = r[i]
@@ -194,17 +202,18 @@ class Broker:
                 continue
             if msg is None:
                 msg = [topic, bytes(payload), 0]
-            self.deliver(s, msg, q)
+            self.deliver(s, msg, q, False, size)
         if force and self.persist is not None:
             self.persist.forget_fresh()
         if retain:
             self.retain(topic, payload, qos)
         return True
 
-    def deliver(self, s, msg, qos, retain=False):
+    def deliver(self, s, msg, qos, retain=False, size=0):
         """Give a QoS 1/2 message to a session: into the in-flight window if the client is
         online and the window has room, else onto its queue. retain marks a retained message
-        sent for a new subscription. The packet id is given now, for good."""
+        sent for a new subscription; size is cost(msg) when the caller has it. The packet id
+        is given now, for good."""
         entry = [s.next_pid(), qos, msg, AWAIT_ACK]
         c = s.conn
         inflight = s.inflight
@@ -212,7 +221,7 @@ class Broker:
             if inflight is None:
                 s.inflight = inflight = []
             inflight.append(entry)
-            self._write_publish(c, msg[0], msg[1], qos, retain, False, entry[PID])
+            self._write_publish(c, msg[0], msg[1], qos, retain, False, entry[0])
         elif not s.queue or len(s.queue) < (s.qmax or self.max_queued):
             if s.queue is None:
                 s.queue = []
@@ -221,8 +230,8 @@ class Broker:
             self.stats.dropped += 1
             self.stats.hit("queued_messages")
             return
-        self.held_bytes += cost(msg)
-        if self.persist is not None:
+        self.held_bytes += size or cost(msg)
+        if self.persist is not None and not s.clean:
             self.persist.delivered(s, entry)
 
     def refill(self, s):
@@ -249,11 +258,13 @@ class Broker:
     def release(self, s, i):
         """An outbound message is done (PUBACK or PUBCOMP): free its slot."""
         e = s.inflight.pop(i)
-        self.held_bytes -= cost(e[MSG])
-        if self.persist is not None:
+        m = e[MSG]
+        self.held_bytes -= len(m[0]) + len(m[1]) + ENTRY_COST  # cost(m)
+        if len(e) > 4 and self.persist is not None:  # only entries with the store's fields
             self.persist.entry_done(s, e)
         self.freed = True
-        self.refill(s)
+        if s.queue:
+            self.refill(s)
 
     def resend(self, s):
         """On reconnect, resend what was in flight in its original order, with DUP, and the

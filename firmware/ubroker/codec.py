@@ -137,7 +137,10 @@ def put_publish(out, topic, payload, qos, retain, dup, pid):
     """Append one PUBLISH to out. payload may be bytes or a memoryview into a read buffer."""
     rl = 2 + len(topic) + len(payload) + (2 if qos else 0)
     out.append(0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0))
-    put_length(out, rl)
+    if rl < 128:
+        out.append(rl)
+    else:
+        put_length(out, rl)
     out.append(len(topic) >> 8)
     out.append(len(topic) & 0xFF)
     out.extend(topic)

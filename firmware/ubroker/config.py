@@ -53,6 +53,7 @@ SCHEMA = {
     "board": "str",
     "description": "str",
     "arch": "str",
+    "emit": "str",
     "heap_budget": "size",
     "usb_id": "+str",
     "flash_store": "str",

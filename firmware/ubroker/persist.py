@@ -183,9 +183,9 @@ class Persist:
         st.begin_snapshot()
         try:
             self._snapshot()
-        except BaseException:
+        except BaseException as e:
             st.abandon_snapshot()
-            raise
+            raise e  # not a bare raise: the native emitter (emit native) has none
         finally:
             self._each_stored(_unmark)
         st.end_snapshot()

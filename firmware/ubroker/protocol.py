@@ -42,6 +42,11 @@ class Protocol:
         self.server = server
         self.cfg = cfg = broker.cfg
         self._ids = 0
+        # Fixed for the broker's life, kept here to save lookups per PUBLISH.
+        self.rmv = server.rmv
+        self.index = broker.index
+        self.max_topic = cfg["max_topic_length"]
+        self.pkt = bytearray(b"\x40\x02\x00\x00")  # PUBACK/PUBREC written in place (publish)
         # Passwords and access rules (auth.py, acl.py) are loaded only when configured: a
         # broker without them pays neither their code nor a check per packet.
         # guard: auth.Guard, acl: acl.Acl, sec: the one that checks a CONNECT (secfiles.load)
@@ -57,6 +62,23 @@ class Protocol:
             if c.sess is None:
                 raise Malformed("PUBLISH before CONNECT")
             return self.publish(c, b0, buf, pos, end)
+        if b0 == 0x40 and c.sess is not None:  # PUBACK, the other packet of every QoS 1 message
+            if end - pos != 2:
+                raise Malformed("acknowledgement length must be 2")
+            pid = (buf[pos] << 8) | buf[pos + 1]
+            if pid == 0:
+                raise Malformed("packet id 0")  # MQTT-2.3.1-1
+            s = c.sess
+            inflight = s.inflight
+            if inflight:  # else an acknowledgement for nothing we sent: ignore
+                i = 0
+                for e in inflight:
+                    if e[0] == pid:  # PID
+                        if e[1] == 1:  # QOS
+                            self.b.release(s, i)
+                        break
+                    i += 1
+            return True
         flags = _FLAGS[ptype]
         if flags is None:
             if c.bridge is not None:  # our upstream link: CONNACK, SUBACK, ... (bridge.py)
@@ -82,7 +104,7 @@ class Protocol:
             return self.subscribe(c, buf, pos, end)
         if ptype == UNSUBSCRIBE:
             return self.unsubscribe(c, buf, pos, end)
-        # PUBACK, PUBREC, PUBREL, PUBCOMP
+        # PUBREC, PUBREL, PUBCOMP (PUBACK was taken above)
         if end - pos != 2:
             raise Malformed("acknowledgement length must be 2")
         pid = u16(buf, pos, end)
@@ -102,10 +124,7 @@ class Protocol:
         if i < 0:
             return True  # an acknowledgement for nothing we sent: ignore
         e = s.inflight[i]
-        if ptype == PUBACK:
-            if e[QOS] == 1:
-                self.b.release(s, i)
-        elif ptype == PUBREC:
+        if ptype == PUBREC:
             if e[QOS] == 2:
                 e[STAGE] = AWAIT_COMP  # MQTT-4.3.3-1: discard the message, keep the id
                 pkt = ack(PUBREL, pid)
@@ -227,12 +246,20 @@ class Protocol:
         qos = (b0 >> 1) & 3
         if qos == 3:
             raise Malformed("PUBLISH QoS 3")  # MQTT-3.3.1-4
-        a, p = field(buf, pos, end)
-        if p - a > self.cfg["max_topic_length"]:
+        if end - pos < 2:
+            raise Malformed("truncated field")
+        a = pos + 2
+        p = a + ((buf[pos] << 8) | buf[pos + 1])  # the topic is buf[a:p]
+        if p > end:
+            raise Malformed("truncated string")
+        if p - a > self.max_topic:
             self.b.stats.hit("topic_length")
             raise Malformed("topic longer than max_topic_length")
-        topic = bytes(self.server.rmv[a:p])
-        if topic not in self.b.index.cache:  # a cached route's topic was checked before
+        rmv = self.rmv
+        topic = bytes(rmv[a:p])
+        index = self.index
+        # A topic routed before, or equal to a filter without wildcards, was checked then.
+        if topic not in index.cache and topic not in index.exact:
             check_utf8(topic)
             if not valid_topic(topic):
                 raise Malformed("topic name empty or with a wildcard")  # MQTT-3.3.2-2, 4.7.3-1
@@ -240,7 +267,9 @@ class Protocol:
         s = c.sess
         pid = 0
         if qos:
-            pid = u16(buf, p, end)
+            if p + 2 > end:
+                raise Malformed("truncated field")
+            pid = (buf[p] << 8) | buf[p + 1]
             if pid == 0:
                 raise Malformed("packet id 0")  # MQTT-2.3.1-1
             p += 2
@@ -258,31 +287,39 @@ class Protocol:
         br = c.bridge
         if br is not None:  # from upstream: under its local name, and never sent back up
             topic = br.local_topic(topic)
-            if not b_.publish(topic, self.server.rmv[p:end], qos, retain, False, None, s):
+            if not b_.publish(topic, rmv[p:end], qos, retain, False, None, s):
                 return False
-        elif topic.startswith(b"$"):
+        elif topic[0] == 36:  # $
             # Clients may not write $ topics such as $SYS: acknowledged, not delivered.
             b_.stats.hit("publish_to_dollar_topic")
         elif self.acl is not None and not self.acl.can_publish(c.user, s.cid, topic):
             # Acknowledged as QoS 1/2 require (3.1.1 has no way to say no), not delivered.
             b_.stats.hit("acl_denied_publish")
-        elif not b_.publish(topic, self.server.rmv[p:end], qos, retain, False,
-                            self.server.rmv[pos:end] if qos == 0 else None, c.peer):
+        elif not b_.publish(topic, rmv[p:end], qos, retain, False, rmv[pos:end] if qos == 0 else None, c.peer):
             return False
         st = b_.stats
         st.pub_in += 1
+        if qos == 0:
+            return True
         # A retained message must be on flash before it is acknowledged, like a queued one.
         durable = bool(retain) and b_.persist is not None
-        if qos == 1:
-            self.acknowledge(c, ack(PUBACK, pid), durable)  # MQTT-4.3.2-2
-        elif qos == 2:
+        if qos == 2:
             q2 = s.qos2in
             if q2 is None:
                 s.qos2in = q2 = []
             q2.append(pid)
             if b_.persist is not None and b_.persist.q2_added(s, pid):
                 durable = True  # exactly once across a power cut needs the id on flash
-            self.acknowledge(c, ack(PUBREC, pid), durable)  # MQTT-4.3.3-2
+        per = b_.persist
+        if durable or (per is not None and (per.fresh or c.acks)):
+            self.acknowledge(c, ack(PUBACK if qos == 1 else PUBREC, pid), durable)  # MQTT-4.3.2-2, 4.3.3-2
+            return True
+        # Nothing to wait for: PUBACK/PUBREC straight into the output, without a packet object.
+        pkt = self.pkt
+        pkt[0] = 0x40 if qos == 1 else 0x50
+        pkt[2] = pid >> 8
+        pkt[3] = pid & 0xFF
+        b_.send(c, pkt)
         return True
 
     def acknowledge(self, c, pkt, durable):

@@ -274,9 +274,12 @@ class Server:
         stats = self.broker.stats
         pos = 0
         while have - pos >= 2:
-            rl, p = decode_length(buf, pos + 1, have)
-            if rl < 0:
-                break
+            rl = buf[pos + 1]
+            p = pos + 2
+            if rl > 127:  # a remaining length of more than one byte
+                rl, p = decode_length(buf, pos + 1, have)
+                if rl < 0:
+                    break
             if rl > self.max_packet:
                 stats.hit("packet_size")
                 raise Malformed("packet of %d bytes exceeds max_packet_size" % rl)
