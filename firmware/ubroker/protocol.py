@@ -35,6 +35,8 @@ from .topics import valid_filter, valid_topic
 # Fixed-header flag bits each type must carry (MQTT-2.2.2-1/2); PUBLISH is checked apart.
 _FLAGS = (None, 0, None, None, 0, 0, 2, 0, 2, None, 2, None, 0, None, 0, None)
 
+_bytes = bytes  # a module global is found 5x faster than a builtin (broker.py, _len)
+
 
 class Protocol:
     def __init__(self, broker, server):
@@ -57,11 +59,6 @@ class Protocol:
             load(self)
 
     def handle(self, c, b0, buf, pos, end):
-        ptype = b0 >> 4
-        if ptype == PUBLISH:
-            if c.sess is None:
-                raise Malformed("PUBLISH before CONNECT")
-            return self.publish(c, b0, buf, pos, end)
         if b0 == 0x40 and c.sess is not None:  # PUBACK, the other packet of every QoS 1 message
             if end - pos != 2:
                 raise Malformed("acknowledgement length must be 2")
@@ -79,6 +76,11 @@ class Protocol:
                         break
                     i += 1
             return True
+        ptype = b0 >> 4
+        if ptype == PUBLISH:
+            if c.sess is None:
+                raise Malformed("PUBLISH before CONNECT")
+            return self.publish(c, b0, buf, pos, end)
         flags = _FLAGS[ptype]
         if flags is None:
             if c.bridge is not None:  # our upstream link: CONNACK, SUBACK, ... (bridge.py)
@@ -256,7 +258,7 @@ class Protocol:
             self.b.stats.hit("topic_length")
             raise Malformed("topic longer than max_topic_length")
         rmv = self.rmv
-        topic = bytes(rmv[a:p])
+        topic = _bytes(rmv[a:p])
         index = self.index
         # A topic routed before, or equal to a filter without wildcards, was checked then.
         if topic not in index.cache and topic not in index.exact:
@@ -302,7 +304,7 @@ class Protocol:
         if qos == 0:
             return True
         # A retained message must be on flash before it is acknowledged, like a queued one.
-        durable = bool(retain) and b_.persist is not None
+        durable = retain and b_.persist is not None
         if qos == 2:
             q2 = s.qos2in
             if q2 is None:

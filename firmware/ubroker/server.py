@@ -286,7 +286,13 @@ class Server:
             end = p + rl
             if end > have:
                 break
-            if not proto.handle(c, buf[pos], buf, p, end):
+            b0 = buf[pos]
+            # PUBLISH from a connected client, the usual packet, skips the dispatch
+            if b0 >> 4 == 3 and c.sess is not None:
+                ok = proto.publish(c, b0, buf, p, end)
+            else:
+                ok = proto.handle(c, b0, buf, p, end)
+            if not ok:
                 self._carry(c, pos, have)
                 self.pause(c)
                 return
