@@ -189,6 +189,16 @@ class Subscriber:
         d[payload] = d.get(payload, 0) + 1
 
 
+def encode_publish(topic, payload, qos=0, retain=False, dup=False, pid=0):
+    """A PUBLISH packet (the broker encodes its own inline, in Broker._write_publish)."""
+    out = bytearray((0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0),))
+    codec.put_length(out, 2 + len(topic) + len(payload) + (2 if qos else 0))
+    out += struct.pack(">H", len(topic)) + topic
+    if qos:
+        out += struct.pack(">H", pid)
+    return bytes(out + payload)
+
+
 def publish(client, acked, topic, payload, qos, pid):
     """Publish and run the publisher's side of the handshake; a payload goes into acked once
     the broker acknowledged it (PUBACK, or PUBREC for QoS 2), which may come later, while a
@@ -196,7 +206,7 @@ def publish(client, acked, topic, payload, qos, pid):
     if not hasattr(client, "unacked"):
         client.unacked = {}
     client.unacked[pid] = payload
-    client.send(codec.publish(topic, payload, qos, False, False, pid))
+    client.send(encode_publish(topic, payload, qos, False, False, pid))
     collect_acks(client, acked)
 
 

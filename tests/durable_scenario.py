@@ -87,7 +87,7 @@ def wear():
             while sent < 1000:
                 for c in clients:
                     c.conn.rx = None
-                    burst = b"".join(bs.codec.publish(b"w/x", b"reading %04d" % (sent + j), 1,
+                    burst = b"".join(bs.encode_publish(b"w/x", b"reading %04d" % (sent + j), 1,
                                                       False, False, (sent + j) % 65535 + 1)
                                      for j in range(window))
                     sent += window
@@ -111,7 +111,7 @@ def wear():
         dev = powercut.current_device
         dev.reset_counters()
         for i in range(1000):
-            pub.send(bs.codec.publish(b"w/x", b"reading %04d" % i, 1, False, False, i % 65535 + 1))
+            pub.send(bs.encode_publish(b"w/x", b"reading %04d" % i, 1, False, False, i % 65535 + 1))
             model.take(sub, ack=True)
             pub.packets()
         out["online"] = dev.stats()

@@ -4,7 +4,7 @@ host_tools/ubroker_tools/budget.py."""
 
 import pytest
 
-from ubroker_tools import budget, paths, profiles
+from ubroker_tools import budget, build, paths, profiles
 
 profiles.fwconfig()  # puts firmware/ on sys.path
 from ubroker import sensor_setup  # noqa: E402
@@ -25,6 +25,7 @@ def test_profile_complete(board):
     assert prof["board"] == board, "the profile's `board` line must match its file name"
     assert not profiles.missing_keys(prof), "missing keys: %s" % profiles.missing_keys(prof)
     assert prof["arch"] in profiles.ARCHES
+    assert prof.get("emit", "bytecode") in build.EMITS
     assert prof["max_subscriptions_per_client"] <= prof["max_subscriptions"]
     assert prof["max_sessions"] >= prof["max_connections"]
     assert prof["max_topic_length"] < prof["max_packet_size"]

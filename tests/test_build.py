@@ -158,3 +158,35 @@ def test_main_reports_config_mistake_and_stops(tmp_path):
     assert "ubroker.conf:2: max_qos must be 0, 1 or 2" in log
     assert "fix ubroker.conf" in log
     assert "broker at" not in log
+
+
+def test_run_compiles_native_code_where_the_profile_says_emit_native(broker_factory):
+    """`ubroker run --board unix` (emit native) loads every module as machine code for the
+    micropython's own arch, which is x64 on the x86-64 machines this suite runs on, and the
+    broker serves QoS 1 through it; `--board esp32` (no emit line: bytecode) loads bytecode,
+    the code whose heap use the small-board memory tests measure."""
+    import platform
+
+    from ubroker_tools import run
+
+    arch = run.native_arch(paths.micropython())
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert arch == "x64"
+    assert profiles.load_board("unix")["emit"] == "native"
+    assert profiles.load_board("esp32").get("emit", "bytecode") == "bytecode"
+    for board, folder, byte in (("unix", "run-%s" % arch if arch else "run", build.header_byte(arch or "none")),
+                                ("esp32", "run", 0)):
+        b = broker_factory(board=board)
+        c = b.client()
+        subacks = []
+        c.on_subscribe = lambda cl, u, mid, codes, p: subacks.append(codes)
+        c.subscribe("n/t", 1)
+        assert wait_for(lambda: subacks, 5)
+        c.publish("n/t", b"x", 1)
+        assert wait_for(lambda: c.messages, 5)
+        assert [(m.payload, m.qos) for m in c.messages] == [(b"x", 1)]
+        code = os.path.join(paths.ROOT, "build", folder, "ubroker")
+        for name in os.listdir(code):
+            with open(os.path.join(code, name), "rb") as f:
+                head = f.read(3)
+            assert head[2] == byte, "%s/%s: arch byte %#x, expected %#x" % (folder, name, head[2], byte)

@@ -28,7 +28,7 @@ def pump(n=3):
 body = b'\x00\x04MQTT\x04\x02\x00\x3c\x00\x02lt'
 c.write(bytes((0x10, len(body))) + body); pump(); c.recv(100)
 sub = bytearray(b'\x82'); sb = b'\x00\x01\x00\x03t/x\x00'; codec.put_length(sub, len(sb)); c.write(bytes(sub) + sb); pump(); c.recv(100)
-pkt = codec.publish(b't/x', b'x' * 16, 0)
+pkt = bytes((0x30, 2 + 3 + 16)) + b'\x00\x03t/x' + b'x' * 16  # PUBLISH t/x, QoS 0
 c.setblocking(True)
 N = 5000
 t0 = time.ticks_us()

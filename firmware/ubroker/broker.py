@@ -121,7 +121,7 @@ class Broker:
         if conn.bridge is not None:
             topic = conn.bridge.remote_topic(topic)
         out = self._out(conn)
-        # codec.put_publish, inline: this runs for every message delivered
+        # The PUBLISH encoded here, inline: this runs for every message delivered
         tl = _len(topic)
         rl = 2 + tl + _len(payload)
         if qos:

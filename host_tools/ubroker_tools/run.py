@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from . import paths
+from .build import ARCH_CODE, EMITS
 
 HELP = """Run the broker in the MicroPython unix port (the same firmware/ code that boards run).
 
@@ -43,8 +44,7 @@ def heap_of(board_path):
 
 # mpy-cross -march by the native architecture code a micropython reports in
 # sys.implementation._mpy >> 10 (0: no native emitter, e.g. a port built for aarch64).
-NATIVE_ARCH = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",
-               8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc"}
+NATIVE_ARCH = {code: name for name, code in ARCH_CODE.items() if code}
 
 
 def emit_of(board_path):
@@ -52,8 +52,8 @@ def emit_of(board_path):
     for line in open(board_path):
         words = line.split("#", 1)[0].split()
         if len(words) == 2 and words[0] == "emit":
-            if words[1] not in ("bytecode", "native"):
-                sys.exit("ubroker run: %s: emit must be bytecode or native, not %r" % (board_path, words[1]))
+            if words[1] not in EMITS:
+                sys.exit("ubroker run: %s: emit must be one of %s, not %r" % (board_path, ", ".join(EMITS), words[1]))
             return words[1]
     return "bytecode"
 
