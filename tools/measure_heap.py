@@ -1,5 +1,5 @@
-"""Measure the broker's heap cost per client, per subscription, per queued message and per
-retained message on the unix port (64-bit objects), to ground the cost model in
+"""Measure the broker's heap cost per client, per subscription, per queued message, per
+in-flight message and per retained message on the unix port (64-bit objects), to ground the cost model in
 host_tools/ubroker_tools/budget.py. The broker runs with the esp32 profile; after every tick
 it collects garbage and prints gc.mem_alloc(). Usage: .venv/bin/python tools/measure_heap.py"""
 
@@ -32,6 +32,7 @@ cfg["max_sessions"] = 400
 cfg["max_subscriptions"] = 2000
 cfg["max_subscriptions_per_client"] = 64
 cfg["max_queued_messages"] = 1000
+cfg["max_inflight_messages"] = 100
 cfg["max_queued_bytes"] = 1000000
 cfg["max_retained_messages"] = 1000
 cfg["max_retained_bytes"] = 100000
@@ -88,11 +89,28 @@ def main():
             pub.send(mqttraw.publish("ret/%03d" % i, b"y" * 20, qos=0, retain=True))
         time.sleep(0.5)
         h5 = heap()
+        # a connected subscriber that reads its messages and never acknowledges them: each
+        # stays in its in-flight window
+        f = mqttraw.RawClient(port)
+        f.send(mqttraw.connect("inflight-1"))
+        f.recv_packet()  # CONNACK
+        f.send(mqttraw.subscribe(1, ("f/#", 1)))
+        f.recv_packet()  # SUBACK
+        time.sleep(0.3)
+        h6 = heap()
+        k = 100
+        for i in range(k):
+            pub.send(mqttraw.publish("f/abc", b"x" * 20, qos=1, pid=1000 + i))
+        for i in range(k):
+            assert f.recv_packet().type == 3
+        time.sleep(0.5)
+        h7 = heap()
         print("baseline after start          %6d B" % h0)
         print("per connected client+session  %6.0f B" % ((h1 - h0) / n))
         print("per subscription              %6.0f B" % ((h2 - h1) / (4 * n)))
         print("per queued message (overhead) %6.0f B (topic 5 + payload 20 bytes excluded)" % ((h4 - h3) / m - 25))
         print("per retained message (overh.) %6.0f B (topic 7 + payload 20 bytes excluded)" % ((h5 - h4) / r - 27))
+        print("per in-flight message (ovh.)  %6.0f B (topic 5 + payload 20 bytes excluded)" % ((h7 - h6) / k - 25))
     finally:
         p.terminate()
         p.wait()
