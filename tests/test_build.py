@@ -177,6 +177,7 @@ def test_run_compiles_native_code_where_the_profile_says_emit_native(broker_fact
     for board, folder, byte in (("unix", "run-%s" % arch if arch else "run", build.header_byte(arch or "none")),
                                 ("esp32", "run", 0)):
         b = broker_factory(board=board)
+        assert "code: %s in build/%s" % ("native " + arch if board == "unix" else "bytecode", folder) in b.log()
         c = b.client()
         subacks = []
         c.on_subscribe = lambda cl, u, mid, codes, p: subacks.append(codes)
@@ -190,3 +191,27 @@ def test_run_compiles_native_code_where_the_profile_says_emit_native(broker_fact
             with open(os.path.join(code, name), "rb") as f:
                 head = f.read(3)
             assert head[2] == byte, "%s/%s: arch byte %#x, expected %#x" % (folder, name, head[2], byte)
+
+
+def test_run_falls_back_to_bytecode_without_a_native_emitter(broker_factory, tmp_path):
+    """A micropython built without a native emitter (the unix port on aarch64, say) reports
+    arch 0 in sys.implementation._mpy: `ubroker run --board unix` then runs bytecode, says so
+    in its log, and serves. Simulated with a wrapper that answers the arch question with 0 and
+    runs the real micropython for everything else."""
+    from ubroker_tools import run
+
+    fake = tmp_path / "micropython"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then echo 0; exit 0; fi\nexec "%s" "$@"\n'
+                    % paths.micropython())
+    fake.chmod(0o755)
+    assert run.native_arch(str(fake)) is None
+    b = broker_factory(board="unix", extra=["--micropython", str(fake)])
+    assert "code: bytecode (this micropython has no native emitter) in build/run" in b.log()
+    c = b.client()
+    subacks = []
+    c.on_subscribe = lambda cl, u, mid, codes, p: subacks.append(codes)
+    c.subscribe("f/t", 1)
+    assert wait_for(lambda: subacks, 5)
+    c.publish("f/t", b"y", 1)
+    assert wait_for(lambda: c.messages, 5)
+    assert [(m.payload, m.qos) for m in c.messages] == [(b"y", 1)]

@@ -73,8 +73,8 @@ class Session:
         """A packet id not in use by an outbound message (MQTT-2.3.1-2). Ids are given when a
         message is taken on, so one kept on flash keeps its id. Ids count up, so after one
         search of the in-flight window the next `safe` ids cannot meet any id found there
-        (nor one given since: those lie behind); searching the whole window for every
-        message was a tenth of the broker's time at QoS 1. The queue is not searched: it is
+        (nor one given since: those lie behind); the window (20 entries on the unix port) was
+        searched for every message before. The queue is not searched: it is
         first in, first out and much shorter than the 65535 ids, so an id there cannot come
         round again while it waits, and it is in the window (searched again within
         _SEARCH_EVERY ids) long before that."""

@@ -148,9 +148,16 @@ def main(args):
     if not args.from_source:
         arch = None
         board = paths.board_file(args.board)
-        if os.path.exists(board) and emit_of(board) == "native":
+        wants = os.path.exists(board) and emit_of(board) == "native"
+        if wants:
             arch = native_arch(paths.micropython(args.micropython) or "micropython")
         code_dir = compiled(arch)
+        if code_dir:
+            # Which code runs, in the broker's log: native where the board asks for it and
+            # this micropython can run it, else bytecode.
+            print("ubroker: code: %s in %s" % ("native %s" % arch if arch else
+                                               "bytecode (this micropython has no native emitter)" if wants
+                                               else "bytecode", os.path.relpath(code_dir)), flush=True)
     cmd = command(args, code_dir)
     env = dict(os.environ)
     env["MICROPYPATH"] = (code_dir or paths.FIRMWARE) + os.pathsep + ".frozen"
