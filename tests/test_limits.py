@@ -336,6 +336,51 @@ def test_retained_replacement_that_does_not_fit_still_discards_the_old_one(broke
 
 # ------------------------------------------------------------------------------ QoS 0 drops
 
+def test_qos1_waits_for_a_congested_output_and_goes_when_it_drains(broker_factory):
+    """A subscriber whose output is full (it stopped reading while a QoS 0 flood filled the
+    kernel buffers and out_buffer_size) has nothing in flight when QoS 1 messages come for it:
+    they are acknowledged to the publisher and wait in the session's queue rather than growing
+    the output buffer, and they are sent once the output drains, with no PUBACK from the
+    subscriber to set them going. All arrive, in order (MQTT-4.6.0-2, 4.3.2-2)."""
+    b = broker_factory(config=SYS1)
+    sub = raw_connect(b, "dr-sub")
+    sub.send(mqttraw.subscribe(1, ("dr/#", 1)))
+    sub.expect(9)
+    before = int(sys_values(b).get("$SYS/broker/publish/messages/dropped", 0))
+    pub = raw_connect(b, "dr-pub")
+    flood = b"".join(mqttraw.publish("dr/q0", b"%05d" % i + b"z" * 1000) for i in range(10000))
+    k = ESP32_QUEUED // 2
+    q1 = b"".join(mqttraw.publish("dr/q1", b"%d" % (i + 1), qos=1, pid=i + 1) for i in range(k))
+    acks = []
+    done = threading.Event()
+
+    def read_acks():
+        while len(acks) < k:
+            p = pub.recv_packet(30)
+            if p is None:
+                break
+            acks.append(p.pid)
+        done.set()
+
+    threading.Thread(target=read_acks, daemon=True).start()
+    pub.send(flood + q1)
+    assert done.wait(60) and acks == list(range(1, k + 1)), acks
+    dropped = int(sys_values(b).get("$SYS/broker/publish/messages/dropped", 0)) - before
+    assert dropped > 0, "the flood never filled the subscriber's output"
+    got1 = []
+    deadline = time.time() + 60
+    while len(got1) < k and time.time() < deadline:
+        try:
+            p = sub.recv_packet(2.0)
+        except socket.timeout:
+            continue
+        assert p is not None and p.type == 3
+        if p.qos:
+            got1.append(int(p.payload))
+            sub.send(mqttraw.puback(p.pid))
+    assert got1 == list(range(1, k + 1)), got1
+
+
 def test_congested_subscriber_loses_qos0_only_and_counts_it(broker_factory):
     """A subscriber that stops reading while a publisher floods 10 MB (more than the kernel
     buffers on both sides of a loopback connection hold: up to 4 MB send + the receive window): the

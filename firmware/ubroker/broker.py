@@ -172,8 +172,10 @@ class Broker:
         if self.persist is not None and not s.clean and not self.persist.room(size):
             self.stats.hit("store_full")
             return False
+        # sendable (see deliver) or room in the queue
         c = s.conn
-        if c is not None and (not s.inflight or len(s.inflight) < self.max_inflight):
+        if c is not None and not s.queue and (not s.inflight or _len(s.inflight) < self.max_inflight) \
+                and (c.out is None or _len(c.out) < self.out_limit):
             return True
         if not s.queue or len(s.queue) < (s.qmax or self.max_queued):
             return True
@@ -204,9 +206,11 @@ class Broker:
                     s = r[i - 1]
                     if s is not origin:
                         k += 1
-                        # slot()'s usual answer, without the call: online, clean, window not full
-                        if not (s.clean and s.conn is not None and
-                                (not s.inflight or _len(s.inflight) < self.max_inflight)):
+                        # slot()'s usual answer, without the calls: clean and sendable (deliver)
+                        c = s.conn
+                        if not (s.clean and c is not None and not s.queue and
+                                (not s.inflight or _len(s.inflight) < self.max_inflight) and
+                                (c.out is None or _len(c.out) < self.out_limit)):
                             usual = False
                 i += 2
             if k and (self.heap_reserve or self.held_bytes + k * size > self.max_held_bytes) \
@@ -266,7 +270,12 @@ class Broker:
         entry = [pid, qos, msg, _AWAIT_ACK]
         c = s.conn
         inflight = s.inflight
-        if c is not None and (not inflight or _len(inflight) < self.max_inflight):
+        # Sendable now: online, nothing queued before it, a free place in the window, and the
+        # output below out_buffer_size. Else it waits in the queue, so a client that does not
+        # read never makes its output buffer grow (a large block, which a small fragmented
+        # heap may not have); Server.flush sends the queue on when the output drains.
+        if c is not None and not s.queue and (not inflight or _len(inflight) < self.max_inflight) \
+                and (c.out is None or _len(c.out) < self.out_limit):
             if inflight is None:
                 s.inflight = inflight = []
             inflight.append(entry)
@@ -284,7 +293,8 @@ class Broker:
             self.persist.delivered(s, entry)
 
     def refill(self, s):
-        """Move queued messages into the in-flight window as far as it has room."""
+        """Move queued messages into the in-flight window, and send them, as far as the
+        window has room and the output is below out_buffer_size."""
         queue = s.queue
         c = s.conn
         if not queue or c is None:
@@ -292,7 +302,9 @@ class Broker:
         if s.inflight is None:
             s.inflight = []
         inflight = s.inflight
-        while queue and _len(inflight) < self.max_inflight:
+        limit = self.out_limit
+        while queue and _len(inflight) < self.max_inflight and (c.out is None or _len(c.out) < limit):
+            self.freed = True  # the queue has room again: a paused publisher may go on
             e = queue.pop(0)
             inflight.append(e)
             if e[_STAGE] != _AWAIT_ACK:  # recovered from flash past PUBREC: PUBREL again

@@ -387,29 +387,38 @@ class Server:
         a write error only leaves the bytes for the next flush, which then closes: closing
         there would change the subscriber lists being walked."""
         out = c.out if data is None else data
-        if c.sock is None or not out:
+        if c.sock is None:
             return
-        try:
-            n = c.sock.write(out)
-        except (OSError, ValueError) as e:
-            if may_close:
-                self.close(c, "write error %s" % e)
+        if out:
+            try:
+                n = c.sock.write(out)
+            except (OSError, ValueError) as e:
+                if may_close:
+                    self.close(c, "write error %s" % e)
+                    return
+                n = 0
+            if n is None:
+                n = 0
+            self.broker.stats.bytes_out += n
+            if data is not None:
+                if n < len(data):  # the socket is full: keep the rest in a buffer of its own
+                    c.out = bytearray(memoryview(data)[n:])
+                    self.broker.mark_dirty(c)
+                    self._mask(c)
                 return
-            n = 0
-        if n is None:
-            n = 0
-        self.broker.stats.bytes_out += n
-        if data is not None:
-            if n < len(data):  # the socket is full: keep the rest in a buffer of its own
-                c.out = bytearray(memoryview(data)[n:])
-                self.broker.mark_dirty(c)
-                self._mask(c)
+            if n == len(out):
+                c.out = None
+                self.broker.pool.give(out)
+            elif n:
+                out[:n] = b""
+        elif not may_close:
             return
-        if n == len(out):
-            c.out = None
-            self.broker.pool.give(out)
-        elif n:
-            out[:n] = b""
+        if may_close and not c.out:
+            # Drained: QoS 1/2 messages that waited for it (Broker.deliver) go now; what they
+            # write goes out with the next pass (_mask asks for POLLOUT).
+            s = c.sess
+            if s is not None and s.queue and s.conn is c:
+                self.broker.refill(s)
         self._mask(c)
 
     # ------------------------------------------------------------------ timers
