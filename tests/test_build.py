@@ -160,6 +160,18 @@ def test_main_reports_config_mistake_and_stops(tmp_path):
     assert "broker at" not in log
 
 
+def qos1_round_trip(b, topic, payload):
+    """A paho client subscribes to topic at QoS 1 and gets back what it publishes there."""
+    c = b.client()
+    subacks = []
+    c.on_subscribe = lambda cl, u, mid, codes, p: subacks.append(codes)
+    c.subscribe(topic, 1)
+    assert wait_for(lambda: subacks, 5)
+    c.publish(topic, payload, 1)
+    assert wait_for(lambda: c.messages, 5)
+    assert [(m.payload, m.qos) for m in c.messages] == [(payload, 1)]
+
+
 def test_run_compiles_native_code_where_the_profile_says_emit_native(broker_factory):
     """`ubroker run --board unix` (emit native) loads every module as machine code for the
     micropython's own arch, which is x64 on the x86-64 machines this suite runs on, and the
@@ -178,14 +190,7 @@ def test_run_compiles_native_code_where_the_profile_says_emit_native(broker_fact
                                 ("esp32", "run", 0)):
         b = broker_factory(board=board)
         assert "code: %s in build/%s" % ("native " + arch if board == "unix" else "bytecode", folder) in b.log()
-        c = b.client()
-        subacks = []
-        c.on_subscribe = lambda cl, u, mid, codes, p: subacks.append(codes)
-        c.subscribe("n/t", 1)
-        assert wait_for(lambda: subacks, 5)
-        c.publish("n/t", b"x", 1)
-        assert wait_for(lambda: c.messages, 5)
-        assert [(m.payload, m.qos) for m in c.messages] == [(b"x", 1)]
+        qos1_round_trip(b, "n/t", b"x")
         code = os.path.join(paths.ROOT, "build", folder, "ubroker")
         for name in os.listdir(code):
             with open(os.path.join(code, name), "rb") as f:
@@ -207,11 +212,4 @@ def test_run_falls_back_to_bytecode_without_a_native_emitter(broker_factory, tmp
     assert run.native_arch(str(fake)) is None
     b = broker_factory(board="unix", extra=["--micropython", str(fake)])
     assert "code: bytecode (this micropython has no native emitter) in build/run" in b.log()
-    c = b.client()
-    subacks = []
-    c.on_subscribe = lambda cl, u, mid, codes, p: subacks.append(codes)
-    c.subscribe("f/t", 1)
-    assert wait_for(lambda: subacks, 5)
-    c.publish("f/t", b"y", 1)
-    assert wait_for(lambda: c.messages, 5)
-    assert [(m.payload, m.qos) for m in c.messages] == [(b"y", 1)]
+    qos1_round_trip(b, "f/t", b"y")
