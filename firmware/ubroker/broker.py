@@ -5,7 +5,7 @@ connection is listed in `dirty` for the server to flush."""
 
 import gc
 
-from .buffers import Pool, presize
+from .buffers import Pool, rebuild, table
 from .codec import PUBREL, ack, put_length
 from micropython import const
 
@@ -63,10 +63,12 @@ class Broker:
         self.flush_at = self.out_limit // 2
         self.write_out = write_out  # the server's: send a connection's output now
         self.max_qos = cfg["max_qos"]
-        self.sessions = presize({}, cfg["max_sessions"])  # client id -> Session
-        self.index = Index(cfg["route_cache_size"])
-        presize(self.index.exact, cfg["max_subscriptions"])
-        self.retained = presize({}, cfg["max_retained_messages"])  # topic -> (payload, qos)
+        self.sessions = table(cfg["max_sessions"])  # client id -> Session
+        self.index = Index(cfg["route_cache_size"], cfg["max_subscriptions"])
+        self.retained = table(cfg["max_retained_messages"])  # topic -> (payload, qos)
+        # Keys deleted from sessions and retained since their tables were built: past half
+        # the table's size, the next insert rebuilds it (see buffers.rebuild).
+        self.gone_sessions = self.gone_retained = 0
         self.retained_bytes = 0
         self.persist = None  # the durable store's bookkeeping (persist.py), when enabled
         self.sys_report = None  # set by the server: the $SYS figures now, [(topic, payload)]
@@ -353,6 +355,8 @@ class Broker:
             if self.persist is not None:
                 self.persist.retained(topic, b"", qos)
         if not payload:
+            if old is not None:  # a replacement reuses the slot; a clear leaves a mark
+                self.gone_retained += 1
             return
         size = len(topic) + len(payload)
         if len(self.retained) >= self.cfg["max_retained_messages"]:
@@ -361,6 +365,9 @@ class Broker:
         if self.retained_bytes + size > self.cfg["max_retained_bytes"]:
             self.stats.hit("retained_bytes")
             return
+        if self.gone_retained > self.cfg["max_retained_messages"] >> 1:
+            self.gone_retained = 0
+            self.retained = rebuild(self.retained, self.cfg["max_retained_messages"])
         self.retained[topic] = (bytes(payload), qos)
         self.retained_bytes += size
         if self.persist is not None:
@@ -403,6 +410,9 @@ class Broker:
             if len(self.sessions) >= self.cfg["max_sessions"]:
                 self.stats.hit("sessions")
                 return None, False
+            if self.gone_sessions > self.cfg["max_sessions"] >> 1:
+                self.gone_sessions = 0
+                self.sessions = rebuild(self.sessions, self.cfg["max_sessions"])
             s = self.sessions[cid] = Session(cid, clean)
             if self.persist is not None:
                 self.persist.session_added(s)
@@ -427,6 +437,7 @@ class Broker:
         s.subs = s.inflight = s.queue = s.qos2in = None
         if self.sessions.get(s.cid) is s:
             del self.sessions[s.cid]
+            self.gone_sessions += 1
         self.freed = True
 
     def detach(self, conn, abnormal):

@@ -10,7 +10,7 @@ import sys
 import time
 
 from .broker import Broker
-from .buffers import presize
+from .buffers import rebuild, table
 from .codec import Malformed, decode_length
 from .protocol import Protocol
 from .session import Conn
@@ -54,7 +54,8 @@ class Server:
         self.rx_limit = self.chunk
         self.poll = select.poll()
         self.listeners = []
-        self.conns = presize({}, cfg["max_connections"] + 8)  # socket -> Conn
+        self.conns = table(cfg["max_connections"] + 8)  # socket -> Conn
+        self.gone = 0  # connections closed since conns was built (see buffers.rebuild)
         # After the large blocks: with passwords or rules, files are read and parsed here,
         # and what the parsing leaves behind must not split the heap before them.
         self.proto = Protocol(b, self)
@@ -157,6 +158,9 @@ class Server:
                 s.close()
                 gc.collect()
                 continue
+            if self.gone > cfg["max_connections"] >> 1:
+                self.gone = 0
+                self.conns = conns = rebuild(conns, cfg["max_connections"] + 8)
             conns[s] = c
             fresh.append(c)
 
@@ -185,7 +189,7 @@ class Server:
         except (OSError, ValueError, KeyError):
             pass
         s.close()
-        self.conns.pop(s, None)
+        self.gone += 1
         if c.paused:
             c.paused = False
             self.paused.remove(c)

@@ -2,6 +2,8 @@
 maps filters to subscribers. Everything that allocates happens on SUBSCRIBE; matching a
 published topic walks byte offsets and allocates nothing."""
 
+from .buffers import rebuild, table
+
 
 def valid_topic(t):
     """A PUBLISH topic name: at least one byte (MQTT-4.7.3-1), no wildcard (MQTT-3.3.2-2)."""
@@ -68,10 +70,12 @@ class Index:
     publishing to the same topic again costs one dict lookup however many wildcard filters
     there are."""
 
-    def __init__(self, cache_size=64):
-        self.exact = {}  # filter -> (client, qos) or [client, qos, client, qos, ...]
+    def __init__(self, cache_size=64, size=64):
+        self.size = size  # exact filters at most (max_subscriptions)
+        self.exact = table(size)  # filter -> (client, qos) or [client, qos, client, qos, ...]
         self.wild = {}  # filter -> (levels, [client, qos, ...])
         self.count = 0
+        self.gone = 0  # exact filters deleted since the table was built (see buffers.rebuild)
         self.cache = {}  # topic -> [client, qos, ...] merged over all matching filters
         self.cache_size = cache_size
         self._seq = 0
@@ -111,6 +115,9 @@ class Index:
         if not is_wild(flt):
             subs = self.exact.get(flt)
             if subs is None:
+                if self.gone > self.size >> 1:
+                    self.gone = 0
+                    self.exact = rebuild(self.exact, self.size)
                 self.exact[flt] = (client, qos)
                 self.count += 1
                 return True
@@ -143,6 +150,7 @@ class Index:
                         del self.wild[flt]
                     else:
                         del self.exact[flt]
+                        self.gone += 1
                 else:
                     del subs[i : i + 2]
                 return True
