@@ -26,6 +26,7 @@ def test_profile_complete(board):
     assert not profiles.missing_keys(prof), "missing keys: %s" % profiles.missing_keys(prof)
     assert prof["arch"] in profiles.ARCHES
     assert prof.get("emit", "bytecode") in build.EMITS
+    assert prof.get("opt_level", 0) in build.OPT_LEVELS
     assert prof["max_subscriptions_per_client"] <= prof["max_subscriptions"]
     assert prof["max_sessions"] >= prof["max_connections"]
     assert prof["max_topic_length"] < prof["max_packet_size"]

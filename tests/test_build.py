@@ -175,8 +175,9 @@ def qos1_round_trip(b, topic, payload):
 def test_run_compiles_native_code_where_the_profile_says_emit_native(broker_factory):
     """`ubroker run --board unix` (emit native) loads every module as machine code for the
     micropython's own arch, which is x64 on the x86-64 machines this suite runs on, and the
-    broker serves QoS 1 through it; `--board esp32` (no emit line: bytecode) loads bytecode,
-    the code whose heap use the small-board memory tests measure."""
+    broker serves QoS 1 through it; `--board esp32` (no emit line: bytecode; opt_level 3)
+    loads bytecode compiled with -O3, the code whose heap use the small-board memory tests
+    measure."""
     import platform
 
     from ubroker_tools import run
@@ -186,10 +187,11 @@ def test_run_compiles_native_code_where_the_profile_says_emit_native(broker_fact
         assert arch == "x64"
     assert profiles.load_board("unix")["emit"] == "native"
     assert profiles.load_board("esp32").get("emit", "bytecode") == "bytecode"
+    assert profiles.load_board("esp32")["opt_level"] == 3
     for board, folder, byte in (("unix", "run-%s" % arch if arch else "run", build.header_byte(arch or "none")),
-                                ("esp32", "run", 0)):
+                                ("esp32", "run-O3", 0)):
         b = broker_factory(board=board)
-        assert "code: %s in build/%s" % ("native " + arch if board == "unix" else "bytecode", folder) in b.log()
+        assert "code: %s in build/%s" % ("native " + arch if board == "unix" else "bytecode -O3", folder) in b.log()
         qos1_round_trip(b, "n/t", b"x")
         code = os.path.join(paths.ROOT, "build", folder, "ubroker")
         for name in os.listdir(code):
@@ -213,3 +215,35 @@ def test_run_falls_back_to_bytecode_without_a_native_emitter(broker_factory, tmp
     b = broker_factory(board="unix", extra=["--micropython", str(fake)])
     assert "code: bytecode (this micropython has no native emitter) in build/run" in b.log()
     qos1_round_trip(b, "f/t", b"y")
+
+
+def _traceback_line(tmp_path, opt):
+    """The line a traceback gives for a raise on line 3 of a module compiled by the build's
+    own step at mpy-cross -O<opt>, run from the .mpy alone in the unix port."""
+    src = tmp_path / "src" / "boom.py"
+    src.parent.mkdir(exist_ok=True)
+    src.write_text("def f():\n    x = 1\n    raise ValueError(x)\n")
+    lib = tmp_path / ("O%d" % opt)
+    lib.mkdir()
+    build.compile_one(str(src), str(lib / "boom.mpy"), "none", "boom.py", opt=opt)
+    r = subprocess.run([paths.micropython(), "-c", "import boom; boom.f()"], capture_output=True, text=True,
+                       env=dict(os.environ, MICROPYPATH=str(lib)), timeout=30)
+    assert "ValueError: 1" in r.stdout + r.stderr
+    return [ln.strip() for ln in (r.stdout + r.stderr).splitlines() if "boom.py" in ln]
+
+
+def test_opt_level_3_drops_line_numbers_and_keeps_function_names(tmp_path):
+    """A profile's opt_level is mpy-cross -O: at 3 (the esp32 and rp2-pico-w profiles) the
+    bytecode keeps no line numbers, which is the heap it saves, and tracebacks still name the
+    function; at 0 the line is there."""
+    assert _traceback_line(tmp_path, 0) == ['File "boom.py", line 3, in f']
+    assert _traceback_line(tmp_path, 3) == ['File "boom.py", line 1, in f']
+
+
+def test_build_refuses_an_unknown_opt_level(tmp_path, monkeypatch):
+    """A profile with opt_level 4 is refused with the key named, before anything is written."""
+    prof = dict(profiles.load_board("esp32"), opt_level=4)
+    monkeypatch.setattr(profiles, "load_board", lambda board: prof)
+    with pytest.raises(build.BuildError, match="opt_level 4 is not one of 0, 1, 2, 3"):
+        build.build("esp32", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

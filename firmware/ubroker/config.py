@@ -54,6 +54,7 @@ SCHEMA = {
     "description": "str",
     "arch": "str",
     "emit": "str",
+    "opt_level": "int",
     "heap_budget": "size",
     "usb_id": "+str",
     "flash_store": "str",

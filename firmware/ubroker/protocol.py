@@ -109,32 +109,55 @@ class Protocol:
         # PUBREC, PUBREL, PUBCOMP (PUBACK was taken above)
         if end - pos != 2:
             raise Malformed("acknowledgement length must be 2")
-        pid = u16(buf, pos, end)
+        pid = (buf[pos] << 8) | buf[pos + 1]
         if pid == 0:
             raise Malformed("packet id 0")  # MQTT-2.3.1-1
         s = c.sess
+        per = self.b.persist
         if ptype == PUBREL:
             durable = False
-            if s.qos2in and pid in s.qos2in:
-                s.qos2in.remove(pid)
+            q2 = s.qos2in
+            if q2 and pid in q2:
+                q2.remove(pid)
                 self.b.freed = True  # a publisher held back by that bound may go on
-                if self.b.persist is not None:
-                    durable = self.b.persist.q2_removed(s, pid)
-            self.acknowledge(c, ack(PUBCOMP, pid), durable)  # MQTT-4.3.3-2
+                if per is not None:
+                    durable = per.q2_removed(s, pid)
+            if per is None:
+                self.answer(c, 0x70, pid)  # PUBCOMP, MQTT-4.3.3-2
+            else:
+                self.acknowledge(c, ack(PUBCOMP, pid), durable)
             return True
-        i = s.find(pid)
-        if i < 0:
+        inflight = s.inflight
+        if not inflight:
             return True  # an acknowledgement for nothing we sent: ignore
-        e = s.inflight[i]
+        i = 0
+        for e in inflight:
+            if e[0] == pid:  # PID
+                break
+            i += 1
+        else:
+            return True
         if ptype == PUBREC:
             if e[QOS] == 2:
                 e[STAGE] = AWAIT_COMP  # MQTT-4.3.3-1: discard the message, keep the id
-                pkt = ack(PUBREL, pid)
-                if self.b.persist is None or not self.b.persist.released(s, e, pkt):
-                    self.b.send(c, pkt)
+                if per is None:
+                    self.answer(c, 0x62, pid)  # PUBREL
+                else:
+                    pkt = ack(PUBREL, pid)
+                    if not per.released(s, e, pkt):
+                        self.b.send(c, pkt)
         elif e[QOS] == 2 and e[STAGE] == AWAIT_COMP:  # PUBCOMP
             self.b.release(s, i)
         return True
+
+    def answer(self, c, b0, pid):
+        """A 4-byte acknowledgement written from one buffer into c's output (no packet
+        object): only when nothing has to wait for the store."""
+        pkt = self.pkt
+        pkt[0] = b0
+        pkt[2] = pid >> 8
+        pkt[3] = pid & 0xFF
+        self.b.send(c, pkt)
 
     # ------------------------------------------------------------------ CONNECT
 

