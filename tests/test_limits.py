@@ -110,6 +110,55 @@ def test_too_many_clients_get_connack_3(broker_factory):
     assert wait_limit(b, "connections")
 
 
+def test_heap_below_reserve_refuses_new_clients_and_subscriptions(broker_factory):
+    """MQTT-3.2.2-5 (a CONNACK with a non-zero code, then the connection closed) when what runs
+    out is the heap, not the client table: the esp32 profile in 88k of heap (its 64 clients
+    need 100k) takes clients, each subscribing to its own topic, until the free heap is below
+    heap_reserve; from then on a new client gets CONNACK 3, or a new subscription 0x80. Free
+    heap is not one block: when even a small allocation fails, the new connection is closed
+    instead (a MemoryError costs that connection only). Every request gets one of those
+    answers within 5 s (none left hanging, as a MemoryError while answering once did), the
+    clients already served keep working, a client that leaves makes room again, and the
+    refusals are counted as limits/heap_reserve."""
+    b = broker_factory(heap="88k", config=SYS1)
+    served, outcomes = [], {}
+    for i in range(64):
+        r = b.raw()
+        r.send(mqttraw.connect("heap-%02d" % i, keepalive=0))
+        p = r.recv_packet(5)  # None: closed; a hang raises socket.timeout
+        if p is None or p.body != b"\x00\x00":
+            outcome = "closed" if p is None else "connack %d" % p.body[1]
+            assert outcome in ("closed", "connack 3"), outcome
+            if p is not None:
+                assert r.closed()  # MQTT-3.2.2-5
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            continue
+        r.send(mqttraw.subscribe(1, ("heap/%d" % i, 1)))
+        p = r.recv_packet(5)
+        if p is None or p.body[-1] != 1:
+            assert p is None or (p.type, p.body[-1]) == (9, 0x80), p
+            outcome = "closed" if p is None else "suback 0x80"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            r.close()
+            continue
+        served.append((i, r))
+    assert outcomes.get("connack 3", 0) + outcomes.get("suback 0x80", 0) >= 1, outcomes
+    assert len(served) >= 16, outcomes
+    for _, r in served:
+        r.send(mqttraw.PINGREQ)
+        assert r.expect(13).type == 13
+    # Leaving makes room: then a QoS 1 round trip between two of those served, a new client
+    # is accepted, and the counter is read.
+    for _, r in served[8:]:
+        r.send(mqttraw.DISCONNECT)
+        assert r.closed()
+    (i, sub), (_, pub) = served[0], served[1]
+    round_trip(pub, sub, "heap/%d" % i, b"still served")
+    assert wait_for(lambda: connack_code(b, "heap-late") == 0, 5, 0.1)
+    assert limit_count(b, "heap_reserve") >= 1
+    assert b.alive()
+
+
 def connack_code(b, cid):
     r = b.raw()
     r.send(mqttraw.connect(cid, keepalive=0))

@@ -4,11 +4,13 @@ for several heap sizes, counting until the first refusal or failure. The esp32 p
 hold its 64 clients at 100k; the heaps below show the margin.
 
     .venv/bin/python tools/fit_clients.py [--board esp32] [--clients 64] 100k 99k 98k 97k
+    .venv/bin/python tools/fit_clients.py --data /tmp/fit [--persistent] 100k   # store on
 
 Set UBROKER_FIRMWARE=<tree>/firmware to measure another firmware tree."""
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,10 +29,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def fit(board, heap, clients):
+def fit(board, heap, clients, data=None, clean=True):
     port = free_port()
-    p = subprocess.Popen([UBROKER, "run", "--board", board, "--port", str(port), "--heap", heap],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [UBROKER, "run", "--board", board, "--port", str(port), "--heap", heap]
+    if data:
+        shutil.rmtree(data, ignore_errors=True)
+        cmd += ["--data", data]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     held = []
     try:
         for _ in range(150):
@@ -42,7 +47,7 @@ def fit(board, heap, clients):
         for i in range(clients):
             try:
                 r = mqttraw.RawClient(port, timeout=5)
-                r.send(mqttraw.connect("fit%03d" % i, keepalive=0))
+                r.send(mqttraw.connect("fit%03d" % i, keepalive=0, clean=clean))
                 pk = r.recv_packet(5)
                 if pk is None or pk.type != 2 or pk.body != b"\x00\x00":
                     break
@@ -65,10 +70,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", default="esp32")
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--data", help="a folder for the durable store (emptied first): persistence on, "
+                                   "as on a board whose profile has flash_store")
+    ap.add_argument("--persistent", action="store_true", help="clients connect with clean session 0")
     ap.add_argument("heaps", nargs="+")
     args = ap.parse_args()
     for h in args.heaps:
-        print("%s heap %s: %d of %d clients" % (args.board, h, fit(args.board, h, args.clients), args.clients), flush=True)
+        n = fit(args.board, h, args.clients, args.data, not args.persistent)
+        print("%s heap %s%s%s: %d of %d clients" % (args.board, h, " --data" if args.data else "",
+                                                    " persistent" if args.persistent else "", n, args.clients),
+              flush=True)
 
 
 if __name__ == "__main__":

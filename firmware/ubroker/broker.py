@@ -44,7 +44,10 @@ class Stats:
         self.limits = {}
 
     def hit(self, name):
-        self.limits[name] = self.limits.get(name, 0) + 1
+        try:
+            self.limits[name] = self.limits.get(name, 0) + 1
+        except MemoryError:  # a new name's slot when the heap is exhausted: that count is lost
+            pass
 
 
 class Broker:
@@ -162,12 +165,19 @@ class Broker:
         if self.held_bytes + size > self.max_held_bytes:
             self.stats.hit("queued_bytes")
             return False
-        if self.heap_reserve and gc.mem_free() < self.heap_reserve:
+        return not self.low_heap()
+
+    def low_heap(self):
+        """Is the free heap below heap_reserve, even after a collection? Then QoS 1/2 messages
+        wait, and new clients and subscriptions are refused (CONNACK 3, SUBACK 0x80): the
+        heap left is for the connections already served (counted as limits/heap_reserve)."""
+        r = self.heap_reserve
+        if r and gc.mem_free() < r:
             gc.collect()
-            if gc.mem_free() < self.heap_reserve:
+            if gc.mem_free() < r:
                 self.stats.hit("heap_reserve")
-                return False
-        return True
+                return True
+        return False
 
     def slot(self, s, size):
         """Has session s a place (window or queue, and store room if persistent)?"""

@@ -234,6 +234,9 @@ class Protocol:
             b_.stats.hit("connections")
             self.refuse(c, UNAVAILABLE, "too many clients")
             return True
+        if b_.low_heap():
+            self.refuse(c, UNAVAILABLE, "heap below heap_reserve")
+            return True
         if takeover:
             self.server.close(old.conn, "taken over by a new connection", True)  # MQTT-3.1.4-2
         s, present = b_.session(cid, clean)
@@ -262,7 +265,10 @@ class Protocol:
         return True
 
     def refuse(self, c, code, why):
-        self.b.send(c, connack(False, code))
+        # CONNACK 0x20 0x02, session present 0, the code: written like an acknowledgement, from
+        # the one 4-byte buffer, so a heap too full or too fragmented for one more client can
+        # still say so.
+        self.answer(c, 0x20, code)
         self.server.close(c, why, False, True)
 
     # ------------------------------------------------------------------ PUBLISH
@@ -399,6 +405,9 @@ class Protocol:
                 continue
             if fresh and b_.index.count >= self.cfg["max_subscriptions"]:
                 b_.stats.hit("subscriptions")
+                codes.append(SUB_FAILURE)
+                continue
+            if fresh and b_.low_heap():
                 codes.append(SUB_FAILURE)
                 continue
             if fresh:

@@ -201,7 +201,10 @@ class Server:
     def log_event(self, c, what):
         if self.cfg.get("verbose"):
             s = c.sess
-            self.log("client %s %s" % (s.cid.decode() if s else "?", what))
+            try:
+                self.log("client %s %s" % (s.cid.decode() if s else "?", what))
+            except MemoryError:  # a line of log is not worth a connection's state
+                pass
 
     def _mask(self, c):
         m = (_IN if not c.paused or len(c.rx) < self.rx_limit else 0) | (_OUT if c.out else 0)
@@ -271,7 +274,11 @@ class Server:
             c.rx = None
             self.broker.stats.hit("memory")
             gc.collect()
-            self.close(c, "out of memory (%d bytes free)" % gc.mem_free())
+            try:
+                why = "out of memory (%d bytes free)" % gc.mem_free()
+            except MemoryError:  # the heap is that full: even the message has no room
+                why = "out of memory"
+            self.close(c, why)
             gc.collect()
         except Exception as e:  # a bug must cost one connection, never the broker
             sys.print_exception(e)
