@@ -80,6 +80,7 @@ class Broker:
         # connection is listed once per loop pass, when its output buffer is first filled.
         self.dirty = [None] * (cfg["max_connections"] + 8)
         self.ndirty = 0
+        self.nflush = 0  # lists flushed so far; a connection's `listed` is the last it was in
         # The pool is filled now, while the heap is in one piece.
         # Each buffer starts with room for a small board's largest use (it grows if needed).
         self.pool = Pool(cfg["buffer_pool_size"], min(4096, max(cfg["out_buffer_size"], 2 * cfg["read_buffer_size"])))
@@ -112,10 +113,16 @@ class Broker:
             self.write_out(conn, False)
 
     def mark_dirty(self, conn):
+        # Once per list: a connection whose output was written within the pass (a full
+        # buffer, or its answers right after its read) and filled again is still listed, and
+        # listing it twice could fill the list and leave another connection's output unsent.
+        if conn.listed == self.nflush:
+            return
         n = self.ndirty
         if n < len(self.dirty):
             self.dirty[n] = conn
             self.ndirty = n + 1
+            conn.listed = self.nflush
 
     def send(self, conn, data):
         out = self._out(conn)

@@ -396,6 +396,7 @@ class Server:
         for i in range(b.ndirty):
             dirty[i] = None
         b.ndirty = 0
+        b.nflush += 1
 
     def write_out(self, c, may_close, data=None):
         """Send what c has waiting (or data, from the broker's scratch buffer, which must not
