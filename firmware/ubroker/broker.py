@@ -368,12 +368,11 @@ class Broker:
         old = self.retained.get(topic)
         if old is not None:
             del self.retained[topic]
+            self.gone_retained += 1  # taken back below if the new one reuses the slot
             self.retained_bytes -= len(old[0]) + len(topic)
             if self.persist is not None:
                 self.persist.retained(topic, b"", qos)
         if not payload:
-            if old is not None:  # a replacement reuses the slot; a clear leaves a mark
-                self.gone_retained += 1
             return
         size = len(topic) + len(payload)
         if len(self.retained) >= self.cfg["max_retained_messages"]:
@@ -386,6 +385,8 @@ class Broker:
             self.gone_retained = 0
             self.retained = rebuild(self.retained, self.cfg["max_retained_messages"])
         self.retained[topic] = (bytes(payload), qos)
+        if old is not None:  # a replacement leaves no more marks than there were before
+            self.gone_retained -= 1
         self.retained_bytes += size
         if self.persist is not None:
             self.persist.retained(topic, payload, qos)

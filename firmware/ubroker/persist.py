@@ -98,6 +98,7 @@ class Persist:
                 old = b.retained.pop(topic, None)
                 if old is not None:
                     b.retained_bytes -= len(topic) + len(old[0])
+                    b.gone_retained += 1  # see buffers.rebuild
                 continue
             if rtype == MSG_REC:
                 mid = struct.unpack_from(">I", body, 0)[0]
