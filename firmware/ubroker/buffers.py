@@ -32,8 +32,8 @@ def table(n):
     sizes the array from its argument's length; bytes(k) is k zero bytes, so one key (0) goes
     in and is deleted with an empty slot after it, which frees it outright. An odd number of
     slots spreads identity hashes (socket keys: addresses, multiples of 16) over all of them;
-    an eighth more slots than keys keeps a full table from being walked end to end by a miss
-    (growing it key by key, as before, gave as few as n + 1)."""
+    a sixteenth more slots than keys, and 2, keep a full table from being walked end to end by
+    a miss (growing it key by key, as before, gave as few as n + 1)."""
     try:
         d = dict.fromkeys(bytes((n + 2 + n // 16) | 1))
     except AttributeError:  # a port built without dict.fromkeys: the table grows as it fills

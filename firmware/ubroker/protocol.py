@@ -127,16 +127,10 @@ class Protocol:
             else:
                 self.acknowledge(c, ack(PUBCOMP, pid), durable)
             return True
-        inflight = s.inflight
-        if not inflight:
+        i = s.find(pid)
+        if i < 0:
             return True  # an acknowledgement for nothing we sent: ignore
-        i = 0
-        for e in inflight:
-            if e[0] == pid:  # PID
-                break
-            i += 1
-        else:
-            return True
+        e = s.inflight[i]
         if ptype == PUBREC:
             if e[QOS] == 2:
                 e[STAGE] = AWAIT_COMP  # MQTT-4.3.3-1: discard the message, keep the id

@@ -158,9 +158,10 @@ class Server:
                 s.close()
                 gc.collect()
                 continue
-            if self.gone > cfg["max_connections"] >> 1:
+            n = cfg["max_connections"] + 8  # the table's size, as built in __init__
+            if self.gone > n >> 1:
                 self.gone = 0
-                self.conns = conns = rebuild(conns, cfg["max_connections"] + 8)
+                self.conns = conns = rebuild(conns, n)
             conns[s] = c
             fresh.append(c)
 

@@ -102,6 +102,17 @@ class Session:
         self.safe = safe
         return p
 
+    def find(self, pid):
+        """The index in the in-flight window of the entry with packet id pid, or -1."""
+        inflight = self.inflight
+        if inflight:
+            i = 0
+            for e in inflight:
+                if e[PID] == pid:
+                    return i
+                i += 1
+        return -1
+
     def held(self):
         n = len(self.inflight) if self.inflight else 0
         return n + (len(self.queue) if self.queue else 0)

@@ -160,13 +160,12 @@ def main(args):
     code_dir = None
     if not args.from_source:
         arch = None
-        opt = 0
         board = paths.board_file(args.board)
-        wants = os.path.exists(board) and emit_of(board) == "native"
+        known = os.path.exists(board)  # else command() below says the board is unknown
+        wants = known and emit_of(board) == "native"
         if wants:
             arch = native_arch(paths.micropython(args.micropython) or "micropython")
-        if os.path.exists(board):
-            opt = opt_of(board)
+        opt = opt_of(board) if known else 0
         code_dir = compiled(arch, opt)
         if code_dir:
             # Which code runs, in the broker's log: native where the board asks for it and
