@@ -108,7 +108,7 @@ def used():
 def subscribed(cid):
     def f():
         se = b.sessions.get(cid)
-        return se is not None and se.subs is not None and len(se.subs) > 0
+        return se is not None and se.nfilters() > 0
     return f
 
 

@@ -57,3 +57,27 @@ def test_next_pid_ids_in_flight_before_the_first_search():
     s.inflight = [[p, 1, None, 0] for p in (1, 2, 3, 5)]
     got = [s.next_pid() for _ in range(3)]
     assert got == [4, 6, 7]
+
+
+def test_filters_of_a_session_behave_as_a_set():
+    """A session keeps one filter as the bytes themselves and several as a list (no 1-tuple:
+    a heap block per subscribed client). Random adds and drops, with filters that are
+    substrings of one another (the trap of `in` on bytes), agree with a set at every step."""
+    pool = [b"a", b"a/b", b"a/b/c", b"b", b"a/+", b"#", b"a/b/c/d"]
+    for seed in range(20):
+        rnd = random.Random(seed)
+        s = Session(b"c", True)
+        model = set()
+        for _ in range(300):
+            flt = rnd.choice(pool)
+            if rnd.random() < 0.55:
+                s.add_filter(flt)
+                model.add(flt)
+            else:
+                assert s.drop_filter(flt) == (flt in model)
+                model.discard(flt)
+            assert sorted(s.filters()) == sorted(model)
+            assert s.nfilters() == len(model)
+            for f in pool:
+                assert s.has_filter(f) == (f in model), (f, s.subs, model)
+            assert s.subs is None or type(s.subs) is (list if len(model) > 1 else bytes)

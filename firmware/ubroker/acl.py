@@ -106,7 +106,7 @@ class Acl:
         """A persistent session may come back under another user name: what it kept
         subscribed must be allowed to this one too, or it is unsubscribed."""
         b = self.proto.b
-        for flt in list(s.subs or ()):
+        for flt in list(s.filters()):
             if not self.can_subscribe(c.user, s.cid, flt):
                 b.stats.hit("acl_denied_subscribe")
                 s.drop_filter(flt)

@@ -121,14 +121,14 @@ class Bridge:
                 if want.get(flt, -1) < qos:
                     want[flt] = qos
         p = b.persist
-        for flt in list(s.subs or ()):
+        for flt in list(s.filters()):
             if flt not in want:
                 s.drop_filter(flt)
                 b.index.remove(flt, s)
                 if p is not None:
                     p.unsubscribed(s, flt)
         for flt in want:
-            if s.subs is None or flt not in s.subs or b.index.qos_of(flt, s) != want[flt]:
+            if not s.has_filter(flt) or b.index.qos_of(flt, s) != want[flt]:
                 s.add_filter(flt)
                 b.index.add(flt, s, want[flt])
                 if p is not None:

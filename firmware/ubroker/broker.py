@@ -441,9 +441,11 @@ class Broker:
         if self.persist is not None:
             self.persist.session_dropped(s)
         subs = s.subs
-        if subs:
+        if type(subs) is list:
             for flt in subs:
                 self.index.remove(flt, s)
+        elif subs is not None:
+            self.index.remove(subs, s)
         q = s.inflight
         if q:
             for e in q:

@@ -202,9 +202,8 @@ class Persist:
                 continue
             cid = _s(s.cid)
             st.append(S_ADD, cid)
-            if s.subs:
-                for flt in s.subs:
-                    st.append(SUB, bytes((b.index.qos_of(flt, s),)) + cid + _s(flt))
+            for flt in s.filters():
+                st.append(SUB, bytes((b.index.qos_of(flt, s),)) + cid + _s(flt))
             for q in (s.inflight, s.queue):
                 if q:
                     for e in q:

@@ -383,13 +383,12 @@ class Protocol:
         for flt, q in reqs:
             if q > b_.max_qos:
                 q = b_.max_qos
-            subs = s.subs
-            fresh = subs is None or flt not in subs
+            fresh = not s.has_filter(flt)
             if fresh and len(flt) > self.cfg["max_topic_length"]:
                 b_.stats.hit("topic_length")
                 codes.append(SUB_FAILURE)
                 continue
-            if fresh and subs is not None and len(subs) >= self.cfg["max_subscriptions_per_client"]:
+            if fresh and s.nfilters() >= self.cfg["max_subscriptions_per_client"]:
                 b_.stats.hit("subscriptions_per_client")
                 codes.append(SUB_FAILURE)
                 continue

@@ -34,7 +34,10 @@ class Session:
     # Defaults live on the class: an instance stores only the fields it has set, which keeps
     # an idle client's attribute table small (MicroPython instances have no __slots__).
     conn = None
-    subs = None  # (filter,) or [filter, ...]; the granted QoS is kept in the subscription index
+    # One filter (bytes) for the usual single subscription, a list for more; the granted QoS
+    # is kept in the subscription index. Not a 1-tuple: that was a heap block (32 B on the
+    # 64-bit port) per subscribed client. Read it through filters() / has_filter().
+    subs = None
     inflight = None  # [entry], oldest first
     queue = None  # [entry] waiting for an inflight slot, oldest first
     qos2in = None  # [packet id] of inbound QoS 2 awaiting PUBREL
@@ -49,23 +52,40 @@ class Session:
         self.cid = cid
         self.clean = clean
 
+    def filters(self):
+        """The subscribed filters, as a sequence (allocates a 1-tuple for one filter)."""
+        subs = self.subs
+        return () if subs is None else subs if type(subs) is list else (subs,)
+
+    def has_filter(self, flt):
+        subs = self.subs
+        return subs is not None and (flt in subs if type(subs) is list else subs == flt)
+
+    def nfilters(self):
+        subs = self.subs
+        return 0 if subs is None else len(subs) if type(subs) is list else 1
+
     def add_filter(self, flt):
-        """Note a subscription's filter: one is kept as a 1-tuple, a list's heap only for more."""
+        """Note a subscription's filter, if new."""
         subs = self.subs
         if subs is None:
-            self.subs = (flt,)
-        elif flt not in subs:
-            if type(subs) is tuple:
-                self.subs = subs = list(subs)
-            subs.append(flt)
+            self.subs = flt
+        elif type(subs) is list:
+            if flt not in subs:
+                subs.append(flt)
+        elif subs != flt:
+            self.subs = [subs, flt]
 
     def drop_filter(self, flt):
         subs = self.subs
-        if subs and flt in subs:
-            if len(subs) == 1:
-                self.subs = None
-            else:
+        if type(subs) is list:
+            if flt in subs:
                 subs.remove(flt)
+                if len(subs) == 1:
+                    self.subs = subs[0]
+                return True
+        elif subs is not None and subs == flt:
+            self.subs = None
             return True
         return False
 
