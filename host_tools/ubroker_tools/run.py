@@ -92,6 +92,10 @@ def compiled(arch=None, opt=0):
     Returns the folder to put on MICROPYPATH, or None if mpy-cross is not available."""
     out = os.path.join(os.path.dirname(paths.FIRMWARE), "build",
                        "run" + ("-" + arch if arch else "") + ("-O%d" % opt if opt else ""))
+    # A folder compiled before the modules got their own source names (they embedded this
+    # checkout's absolute paths) is compiled again in full.
+    stamp = os.path.join(out, ".source-names")
+    fresh = os.path.exists(stamp)
     jobs = []
     for sub in ("", "ubroker"):
         src_dir = os.path.join(paths.FIRMWARE, sub)
@@ -100,7 +104,7 @@ def compiled(arch=None, opt=0):
                 continue
             src = os.path.join(src_dir, name)
             dst = os.path.join(out, sub, name[:-3] + ".mpy")
-            if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
+            if not fresh or not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
                 jobs.append((src, dst, (sub + "/" if sub else "") + name))
     for src, dst, name in jobs:
         os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -112,6 +116,8 @@ def compiled(arch=None, opt=0):
             if "No module named" in str(e):
                 return None
             sys.exit("ubroker run: " + str(e))
+    if not fresh:
+        open(stamp, "w").close()
     # A stale .mpy whose source is gone must not be imported.
     for sub in ("", "ubroker"):
         d = os.path.join(out, sub)
@@ -123,12 +129,17 @@ def compiled(arch=None, opt=0):
 
 def short(path):
     """path relative to the working folder when that is shorter. Every module the broker
-    imports keeps the path it was found at as its __file__, interned for good in the heap:
-    from a checkout at a long path that was 2.3 kB more heap at start on the esp32 profile
-    (measured 2026-11-26), enough to turn the 64th client away. Relative paths make the heap
-    at start the same wherever the project was cloned, and close to a board's, whose modules
-    sit at /lib/ubroker/... The broker never changes its working folder."""
-    rel = os.path.relpath(path)
+    imports keeps the path it was found at (its __file__) and the source name mpy-cross
+    embedded as interned strings in the heap, for good: from a checkout at a path 84
+    characters longer, the two took 2,304 B more heap at start on the esp32 profile (measured
+    2026-11-26), enough to turn the 64th client away. With relative paths and the modules'
+    own names the heap at start is the same wherever the project was cloned, and close to a
+    board's, whose modules sit at /lib/ubroker/... The broker never changes its working
+    folder."""
+    try:
+        rel = os.path.relpath(path)
+    except (OSError, ValueError):  # the working folder is gone, or on another drive
+        return path
     return rel if len(rel) < len(path) else path
 
 
