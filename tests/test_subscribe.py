@@ -373,24 +373,39 @@ def test_resubscribe_replaces_qos(broker):
     assert [(p.payload, p.qos) for p in until_marker(sub)] == [(b"b", 1)]
 
 
-def test_filters_that_are_substrings_of_each_other_are_separate_subscriptions(broker):
-    """A session holding one filter 'sb/a/b' that then subscribes to 'sb/a' (a substring) gets
-    a new subscription, not a replacement (MQTT-3.8.4-3 replaces only an identical filter):
-    both deliver; unsubscribing one (MQTT-3.10.4-1) leaves the other delivering."""
-    sub, codes = subscriber(broker, "s", ("sb/a/b", 1))
+def test_filters_that_are_substrings_of_each_other_are_separate_subscriptions(broker_factory):
+    """A session holding one filter 'sb/a/b' (kept as the bytes themselves, not in a list)
+    that then subscribes to 'sb/a', a substring of it, gets a new subscription, not a
+    replacement (MQTT-3.8.4-3 replaces only an identical filter): both deliver; unsubscribing
+    one (MQTT-3.10.4-1) leaves the other delivering; and when the clean session ends, both
+    are gone from the index ($SYS/broker/subscriptions/count back to the watcher's one).
+    A check of 'sb/a' with `in` against the bytes 'sb/a/b' would keep 'sb/a' out of the
+    session's filters and leave it behind in the index."""
+    from test_sys import SYS, Watcher
+
+    b = broker_factory(config=SYS)
+    w = Watcher(b, flt="$SYS/broker/subscriptions/count")
+    assert w.number("subscriptions/count") == 1
+    sub = connected(b, "s")  # no marker subscription: one filter, then two
+    assert suback(sub, 1, ("sb/a/b", 1)) == [1]
     assert suback(sub, 2, ("sb/a", 0)) == [0]
     assert suback(sub, 3, ("sb/a/b", 1)) == [1]  # the identical filter again: still one
-    pub = connected(broker, "p")
+    assert w.number("subscriptions/count", lambda n: n == 3) == 3
+    pub = connected(b, "p")
     publish(pub, "sb/a/b", b"long", qos=1, pid=1)
     publish(pub, "sb/a", b"short", qos=1, pid=2)
-    mark(pub)
-    assert [(p.payload, p.qos) for p in until_marker(sub)] == [(b"long", 1), (b"short", 0)]
+    got = [sub.expect(PUBLISH) for _ in range(2)]
+    assert [(p.payload, p.qos) for p in got] == [(b"long", 1), (b"short", 0)]
+    sub.send(m.puback(got[0].pid))
     sub.send(m.unsubscribe(4, "sb/a/b"))
     assert sub.expect(UNSUBACK).pid == 4
     publish(pub, "sb/a/b", b"gone", qos=1, pid=3)
     publish(pub, "sb/a", b"kept", qos=1, pid=4)
-    mark(pub)
-    assert [p.payload for p in until_marker(sub)] == [b"kept"]
+    assert sub.expect(PUBLISH).payload == b"kept"
+    assert w.number("subscriptions/count", lambda n: n == 2) == 2
+    sub.send(m.DISCONNECT)
+    sub.close()
+    assert w.number("subscriptions/count", lambda n: n == 1) == 1
 
 
 # ------------------------------------------------------------------ UNSUBSCRIBE
