@@ -66,6 +66,9 @@ class Broker:
         self.flush_at = self.out_limit // 2
         self.write_out = write_out  # the server's: send a connection's output now
         self.max_qos = cfg["max_qos"]
+        # Sockets the server holds at most: the clients and a margin in which a client beyond
+        # max_connections can still be told CONNACK 3 (server.py sizes its tables by it).
+        self.max_sockets = cfg["max_connections"] + 8
         self.sessions = table(cfg["max_sessions"])  # client id -> Session
         self.index = Index(cfg["route_cache_size"], cfg["max_subscriptions"])
         self.retained = table(cfg["max_retained_messages"])  # topic -> (payload, qos)
@@ -78,7 +81,7 @@ class Broker:
         self.held_bytes = 0  # heap bytes of messages in all in-flight windows and queues
         # Connections with fresh output, in a list allocated once: dirty[:ndirty]. A
         # connection is listed once per loop pass, when its output buffer is first filled.
-        self.dirty = [None] * (cfg["max_connections"] + 8)
+        self.dirty = [None] * self.max_sockets
         self.ndirty = 0
         self.nflush = 0  # lists flushed so far; a connection's `listed` is the last it was in
         # The pool is filled now, while the heap is in one piece.

@@ -48,7 +48,8 @@ class Protocol:
         self.rmv = server.rmv
         self.index = broker.index
         self.max_topic = cfg["max_topic_length"]
-        self.pkt = bytearray(b"\x40\x02\x00\x00")  # PUBACK/PUBREC written in place (publish)
+        # Acknowledgements and a refusing CONNACK written in place (answer(), publish)
+        self.pkt = bytearray(b"\x40\x02\x00\x00")
         # Passwords and access rules (auth.py, acl.py) are loaded only when configured: a
         # broker without them pays neither their code nor a check per packet.
         # guard: auth.Guard, acl: acl.Acl, sec: the one that checks a CONNECT (secfiles.load)
@@ -122,10 +123,7 @@ class Protocol:
                 self.b.freed = True  # a publisher held back by that bound may go on
                 if per is not None:
                     durable = per.q2_removed(s, pid)
-            if per is None:
-                self.answer(c, 0x70, pid)  # PUBCOMP, MQTT-4.3.3-2
-            else:
-                self.acknowledge(c, ack(PUBCOMP, pid), durable)
+            self.acknowledge(c, PUBCOMP, pid, durable)  # MQTT-4.3.3-2
             return True
         i = s.find(pid)
         if i < 0:
@@ -337,9 +335,10 @@ class Protocol:
                 durable = True  # exactly once across a power cut needs the id on flash
         per = b_.persist
         if durable or (per is not None and (per.fresh or c.acks)):
-            self.acknowledge(c, ack(PUBACK if qos == 1 else PUBREC, pid), durable)  # MQTT-4.3.2-2, 4.3.3-2
+            self.acknowledge(c, PUBACK if qos == 1 else PUBREC, pid, durable)  # MQTT-4.3.2-2, 4.3.3-2
             return True
-        # Nothing to wait for: PUBACK/PUBREC straight into the output, without a packet object.
+        # Nothing to wait for: PUBACK/PUBREC straight into the output, without a packet object
+        # (answer()'s body, inline: this runs for every QoS 1/2 message).
         pkt = self.pkt
         pkt[0] = 0x40 if qos == 1 else 0x50
         pkt[2] = pid >> 8
@@ -347,13 +346,14 @@ class Protocol:
         b_.send(c, pkt)
         return True
 
-    def acknowledge(self, c, pkt, durable):
-        """PUBACK/PUBREC/PUBCOMP: at once, or once what it confirms is safe (persist.py)."""
+    def acknowledge(self, c, ptype, pid, durable):
+        """PUBACK/PUBREC/PUBCOMP: at once, written in place, or with the store as a packet
+        sent once what it confirms is safe (persist.py)."""
         p = self.b.persist
         if p is None:
-            self.b.send(c, pkt)
+            self.answer(c, ptype << 4, pid)
         else:
-            p.acknowledge(c, pkt, durable)
+            p.acknowledge(c, ack(ptype, pid), durable)
 
     # ------------------------------------------------------------------ SUBSCRIBE
 

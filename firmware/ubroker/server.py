@@ -54,7 +54,7 @@ class Server:
         self.rx_limit = self.chunk
         self.poll = select.poll()
         self.listeners = []
-        self.conns = table(cfg["max_connections"] + 8)  # socket -> Conn
+        self.conns = table(b.max_sockets)  # socket -> Conn
         self.gone = 0  # connections closed since conns was built (see buffers.rebuild)
         # After the large blocks: with passwords or rules, files are read and parsed here,
         # and what the parsing leaves behind must not split the heap before them.
@@ -83,7 +83,7 @@ class Server:
             if self.gate is not None:
                 self.gate.listening(i, s)
         if self.cfg["poll_presize"]:
-            self._presize_poll(self.cfg["max_connections"] + 8)
+            self._presize_poll(self.broker.max_sockets)
 
     def _presize_poll(self, n):
         """Grow the poll table to n entries now (registering and dropping placeholder
@@ -110,6 +110,7 @@ class Server:
         cfg = self.cfg
         st = self.broker.stats
         conns = self.conns
+        limit = self.broker.max_sockets
         # At most half the half-open limit per loop pass: what was accepted gets a pass to be
         # read before a flood's newer sockets can make it the oldest and displace it (seen:
         # a client accepted early in one long accept loop closed before its CONNECT was read).
@@ -124,7 +125,7 @@ class Server:
                 if s is None:
                     continue
             n = len(conns)
-            if n >= cfg["max_connections"] + 8 or n - st.connected >= cfg["max_half_open_connections"]:
+            if n >= limit or n - st.connected >= cfg["max_half_open_connections"]:
                 # The table is full, or holds enough connections still without CONNECT: the
                 # one waiting longest for its CONNECT makes room, so a flood of sockets that
                 # send nothing (or a byte now and then) only ever displaces itself. Without
@@ -138,7 +139,7 @@ class Server:
                 if old is not None:
                     st.hit("half_open")
                     self.close(old, "closed: too many connections without CONNECT", False)
-                elif n >= cfg["max_connections"] + 8:
+                elif n >= limit:
                     st.hit("sockets")
                     s.close()
                     continue
@@ -158,10 +159,9 @@ class Server:
                 s.close()
                 gc.collect()
                 continue
-            n = cfg["max_connections"] + 8  # the table's size, as built in __init__
-            if self.gone > n >> 1:
+            if self.gone > limit >> 1:
                 self.gone = 0
-                self.conns = conns = rebuild(conns, n)
+                self.conns = conns = rebuild(conns, limit)
             conns[s] = c
             fresh.append(c)
 
