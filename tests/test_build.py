@@ -275,9 +275,9 @@ def test_run_heap_at_start_is_the_same_wherever_the_project_is_cloned(tmp_path):
     name mpy-cross embedded as interned strings in the heap, for good. With absolute paths, a
     checkout at a long path had kilobytes less heap at start with the esp32 profile, enough to
     refuse the 64th client's subscription in CI and not here. `ubroker run` now compiles with
-    the module's own name (ubroker/broker.py, as on a board) and gives micropython its paths
-    relative to the working folder: a copy of the project (firmware, boards, host tools) under
-    a path 80 characters longer starts with the same heap use (one heap block of slack)."""
+    the module's name under firmware/ (ubroker/broker.py) and gives micropython its paths
+    relative to the working folder: a copy of the project (firmware, boards, host tools) in a
+    folder with an 80-character name starts with the same heap use (one heap block of slack)."""
     import shutil
 
     deep = tmp_path / ("d" * 80) / "checkout"

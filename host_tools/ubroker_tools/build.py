@@ -80,9 +80,9 @@ class BuildError(Exception):
     pass
 
 
-def build(board, out=None):
-    """Build the board's image; returns (out folder, [(relative path, size)])."""
-    profile = profiles.load_board(board)
+def code_options(profile, board):
+    """(arch, emit, opt_level) of a board profile, checked: what mpy-cross is asked for, by
+    `ubroker build` and `ubroker run` alike. Raises BuildError naming the key."""
     arch = profile.get("arch", "none")
     if arch not in ARCH_CODE:
         raise BuildError("%s: arch %r is not one mpy-cross knows (%s)" % (board, arch, ", ".join(sorted(ARCH_CODE))))
@@ -91,7 +91,14 @@ def build(board, out=None):
         raise BuildError("%s: emit %r is not one of %s" % (board, emit, ", ".join(EMITS)))
     opt = profile.get("opt_level", 0)
     if opt not in OPT_LEVELS:
-        raise BuildError("%s: opt_level %r is not one of 0, 1, 2, 3" % (board, opt))
+        raise BuildError("%s: opt_level %r is not one of %s" % (board, opt, ", ".join(map(str, OPT_LEVELS))))
+    return arch, emit, opt
+
+
+def build(board, out=None):
+    """Build the board's image; returns (out folder, [(relative path, size)])."""
+    profile = profiles.load_board(board)
+    arch, emit, opt = code_options(profile, board)
     # With arch none (the unix profile) the machine is not known until run time: bytecode
     # here; `ubroker run` compiles native code for the micropython it runs.
     native = emit == "native" and arch != "none"

@@ -6,8 +6,8 @@ import signal
 import subprocess
 import sys
 
-from . import paths
-from .build import ARCH_CODE, EMITS, OPT_LEVELS, BuildError, compile_one
+from . import paths, profiles
+from .build import ARCH_CODE, BuildError, code_options, compile_one
 
 HELP = """Run the broker in the MicroPython unix port (the same firmware/ code that boards run).
 
@@ -33,40 +33,20 @@ def add_parser(sub):
     p.set_defaults(func=main)
 
 
-def profile_word(board_path, key):
-    """The value of a one-word key in a board profile, or None (read here, without the
-    firmware's parser, before anything is compiled)."""
-    with open(board_path) as f:
-        for line in f:
-            words = line.split("#", 1)[0].split()
-            if len(words) == 2 and words[0] == key:
-                return words[1]
-    return None
-
-
-def heap_of(board_path):
-    return profile_word(board_path, "heap_budget")
+def board_profile(name):
+    """The board profile, parsed and checked as `ubroker build` does (the firmware's own
+    parser), and (emit, opt_level); exits with the problem named."""
+    try:
+        prof = profiles.load_board(name)
+        _, emit, opt = code_options(prof, name)
+    except (profiles.UnknownBoard, BuildError, profiles.fwconfig().ConfigError) as e:
+        sys.exit("ubroker run: %s" % e)
+    return prof, emit, opt
 
 
 # mpy-cross -march by the native architecture code a micropython reports in
 # sys.implementation._mpy >> 10 (0: no native emitter, e.g. a port built for aarch64).
 NATIVE_ARCH = {code: name for name, code in ARCH_CODE.items() if code}
-
-
-def emit_of(board_path):
-    """The board profile's `emit`: bytecode (default) or native."""
-    emit = profile_word(board_path, "emit") or "bytecode"
-    if emit not in EMITS:
-        sys.exit("ubroker run: %s: emit must be one of %s, not %r" % (board_path, ", ".join(EMITS), emit))
-    return emit
-
-
-def opt_of(board_path):
-    """The board profile's `opt_level` (mpy-cross -O), 0 by default."""
-    opt = profile_word(board_path, "opt_level") or "0"
-    if not opt.isdigit() or int(opt) not in OPT_LEVELS:
-        sys.exit("ubroker run: %s: opt_level must be 0, 1, 2 or 3, not %r" % (board_path, opt))
-    return int(opt)
 
 
 def native_arch(mp):
@@ -108,8 +88,8 @@ def compiled(arch=None, opt=0):
                 jobs.append((src, dst, (sub + "/" if sub else "") + name))
     for src, dst, name in jobs:
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        # The source name a module embeds is interned in the heap when it loads: the name a
-        # board's module has (ubroker/broker.py), not this checkout's absolute path.
+        # The source name a module embeds is interned in the heap when it loads: its name
+        # under firmware/ (ubroker/broker.py), not this checkout's absolute path.
         try:
             compile_one(src, dst, arch or "none", name, native=bool(arch), opt=opt)
         except BuildError as e:
@@ -134,8 +114,8 @@ def short(path):
     characters longer, the two took 2,304 B more heap at start on the esp32 profile (measured
     2026-11-26), enough to turn the 64th client away. With relative paths and the modules'
     own names the heap at start is the same wherever the project was cloned, and close to a
-    board's, whose modules sit at /lib/ubroker/... The broker never changes its working
-    folder."""
+    board's, whose modules load as ubroker/broker.mpy (source name broker.py, from `ubroker
+    build`). The broker never changes its working folder."""
     try:
         rel = os.path.relpath(path)
     except (OSError, ValueError):  # the working folder is gone, or on another drive
@@ -143,14 +123,12 @@ def short(path):
     return rel if len(rel) < len(path) else path
 
 
-def command(args, code_dir=None):
+def command(args, prof, code_dir=None):
     mp = paths.micropython(args.micropython)
     if not mp:
         sys.exit("ubroker run: no micropython found; install the venv (make run) or pass --micropython PATH")
     board = paths.board_file(args.board)
-    if not os.path.exists(board):
-        sys.exit("ubroker run: unknown board %r; known boards: %s" % (args.board, ", ".join(paths.known_boards())))
-    heap = args.heap or heap_of(board)
+    heap = args.heap or prof.get("heap_budget")
     cmd = [mp]
     if heap:
         cmd += ["-X", "heapsize=" + str(heap)]
@@ -180,15 +158,13 @@ def _die_with_parent():
 
 
 def main(args):
+    prof, emit, opt = board_profile(args.board)
     code_dir = None
     if not args.from_source:
         arch = None
-        board = paths.board_file(args.board)
-        known = os.path.exists(board)  # else command() below says the board is unknown
-        wants = known and emit_of(board) == "native"
+        wants = emit == "native"
         if wants:
             arch = native_arch(paths.micropython(args.micropython) or "micropython")
-        opt = opt_of(board) if known else 0
         code_dir = compiled(arch, opt)
         if code_dir:
             # Which code runs, in the broker's log: native where the board asks for it and
@@ -197,7 +173,7 @@ def main(args):
                                                  "bytecode (this micropython has no native emitter)" if wants
                                                  else "bytecode", " -O%d" % opt if opt else "",
                                                  os.path.relpath(code_dir)), flush=True)
-    cmd = command(args, code_dir)
+    cmd = command(args, prof, code_dir)
     env = dict(os.environ)
     env["MICROPYPATH"] = short(code_dir or paths.FIRMWARE) + os.pathsep + ".frozen"
     # Its own session: a terminal Ctrl-C reaches only us, and we pass it on once.
