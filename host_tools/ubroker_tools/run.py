@@ -110,7 +110,7 @@ def compiled(arch=None, opt=0):
 def short(path):
     """path relative to the working folder when that is shorter. Every module the broker
     imports keeps the path it was found at (its __file__) and the source name mpy-cross
-    embedded as interned strings in the heap, for good: from a checkout at a path 84
+    embedded as interned strings in the heap, for good: from a checkout at a path 83
     characters longer, the two took 2,304 B more heap at start on the esp32 profile (measured
     2026-11-26), enough to turn the 64th client away. With relative paths and the modules'
     own names the heap at start is the same wherever the project was cloned, and close to a
