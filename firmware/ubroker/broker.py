@@ -79,11 +79,13 @@ class Broker:
         self.persist = None  # the durable store's bookkeeping (persist.py), when enabled
         self.sys_report = None  # set by the server: the $SYS figures now, [(topic, payload)]
         self.held_bytes = 0  # heap bytes of messages in all in-flight windows and queues
-        # Connections with fresh output, in a list allocated once: dirty[:ndirty]. A
-        # connection is listed once per loop pass, when its output buffer is first filled.
+        # Connections with fresh output, in a list allocated once: dirty[:ndirty], each at
+        # most once (Conn.listed) until the flush takes it off; the flush has written
+        # dirty[:fcur] so far, and what it fills while it writes is listed behind (a will, a
+        # refill) and written in the same flush (Server.flush).
         self.dirty = [None] * self.max_sockets
         self.ndirty = 0
-        self.nflush = 0  # lists flushed so far; a connection's `listed` is the last it was in
+        self.fcur = 0
         # The pool is filled now, while the heap is in one piece.
         # Each buffer starts with room for a small board's largest use (it grows if needed).
         self.pool = Pool(cfg["buffer_pool_size"], min(4096, max(cfg["out_buffer_size"], 2 * cfg["read_buffer_size"])))
@@ -116,16 +118,25 @@ class Broker:
             self.write_out(conn, False)
 
     def mark_dirty(self, conn):
-        # Once per list: a connection whose output was written within the pass (a full
+        # Once in the list: a connection whose output was written within the pass (a full
         # buffer, or its answers right after its read) and filled again is still listed, and
         # listing it twice could fill the list and leave another connection's output unsent.
-        if conn.listed == self.nflush:
+        if conn.listed:
             return
         n = self.ndirty
-        if n < len(self.dirty):
-            self.dirty[n] = conn
-            self.ndirty = n + 1
-            conn.listed = self.nflush
+        dirty = self.dirty
+        if n == _len(dirty):
+            # Full only in a flush that has listed more behind its cursor: what it wrote
+            # makes room. No connection is listed twice, so the rest always fits.
+            k = self.fcur
+            for i in range(k, n):
+                dirty[i - k] = dirty[i]
+                dirty[i] = None
+            n -= k
+            self.fcur = 0
+        dirty[n] = conn
+        self.ndirty = n + 1
+        conn.listed = True
 
     def send(self, conn, data):
         out = self._out(conn)

@@ -388,16 +388,25 @@ class Server:
     # ------------------------------------------------------------------ output
 
     def flush(self):
+        """Write every listed connection. Writing one can fill another's output (a write
+        error closes a connection whose will goes out; a drained one is refilled from its
+        queue): those are listed behind the cursor and written in this same flush, including
+        one written earlier in it. Nothing is taken off the list unwritten: if a write
+        raises (MemoryError), that connection and the rest stay listed for the next pass."""
         b = self.broker
         dirty = b.dirty
-        # Entries are cleared only once all are written: if a write raises (MemoryError),
-        # the next pass writes them again rather than forgetting a connection's output.
-        for i in range(b.ndirty):
-            self.write_out(dirty[i], True)
-        for i in range(b.ndirty):
+        while b.fcur < b.ndirty:
+            i = b.fcur
+            c = dirty[i]
             dirty[i] = None
-        b.ndirty = 0
-        b.nflush += 1
+            b.fcur = i + 1
+            c.listed = False
+            try:
+                self.write_out(c, True)
+            except Exception as e:
+                b.mark_dirty(c)
+                raise e
+        b.ndirty = b.fcur = 0
 
     def write_out(self, c, may_close, data=None):
         """Send what c has waiting (or data, from the broker's scratch buffer, which must not

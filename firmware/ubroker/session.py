@@ -158,7 +158,7 @@ class Conn:
     will = None  # (topic, payload, qos, retain)
     paused = False  # reading stopped until subscribers make room
     acks = None  # acknowledgements waiting for their turn (persist.py), in packet order
-    listed = -1  # the output list (Broker.nflush) it was last put on
+    listed = False  # in the broker's output list (Broker.dirty)
     bridge = None  # the Bridge whose upstream link this is (bridge.py)
     peer = None  # for a bridge connecting to us: its session, which its messages skip
     user = None  # user name given in CONNECT (acl.py)
