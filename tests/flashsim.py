@@ -48,9 +48,9 @@ except ImportError:  # CPython
     micropython = None
 
 BLOCK_SIZE = 4096
-BLOCKS = 256  # 1 MiB, the filesystem size measured in PLATFORM.md section 3
+BLOCKS = 256  # 1 MiB, the filesystem size measured in docs/platform.md §3
 
-# LittleFS geometry used by the mount helpers (the values PLATFORM.md measured with; they are
+# LittleFS geometry used by the mount helpers (what docs/platform.md §3 measured with; they are
 # also MicroPython's defaults): reads and programs in units of 32 bytes, a lookahead buffer of
 # 32 bytes (= 256 blocks tracked per allocation scan), mtime attributes on. Boards built with
 # another progsize (rp2 images use 256) can be imitated by passing progsize=256, readsize=256.

@@ -1,6 +1,6 @@
 """`ubroker build`: every board builds; the .mpy headers are v6.3 with the board's arch (or
 none, for bytecode-only modules, which load on every arch); the -march wiring gives the arch
-byte of PLATFORM.md §5 on native code; and the unix build runs the broker in the unix port
+byte of docs/platform.md §5 on native code; and the unix build runs the broker in the unix port
 from .mpy alone."""
 
 import os
@@ -15,7 +15,7 @@ from conftest import free_port, wait_for
 from ubroker_tools import build, paths, profiles
 
 UBROKER = os.path.join(os.path.dirname(sys.executable), "ubroker")
-# PLATFORM.md §5: the third header byte of a native .mpy per -march.
+# docs/platform.md §5: the third header byte of a native .mpy per -march.
 PLATFORM_ARCH_BYTE = {"xtensawin": 0x2B, "armv6m": 0x13, "armv7emsp": 0x1F}
 
 

@@ -457,7 +457,7 @@ def wear_results(tmp_path_factory):
 
 def test_wear_append_flush_costs_about_an_erase_per_record(wear_results):
     each, once = wear_results["flush_each"], wear_results["flush_once"]
-    assert 0.5 <= each["erases"] / 100 <= 1.5          # PLATFORM.md measured 0.97
+    assert 0.5 <= each["erases"] / 100 <= 1.5          # docs/platform.md §3: 0.97
     assert once["erases"] * 10 <= each["erases"]       # one flush at the end: far fewer
     assert each["bytes_programmed"] >= 100 * 32
     assert once["bytes_programmed"] >= 100 * 32
@@ -467,5 +467,5 @@ def test_wear_append_flush_costs_about_an_erase_per_record(wear_results):
 
 def test_wear_small_inline_rewrite_is_cheap(wear_results):
     small, each = wear_results["rewrite_64"], wear_results["flush_each"]
-    assert small["erases"] * 5 <= each["erases"]       # PLATFORM.md: 0.03 vs 0.97 per record
+    assert small["erases"] * 5 <= each["erases"]       # docs/platform.md §3: 0.03 vs 0.97
     assert small["nor_violations"] == 0

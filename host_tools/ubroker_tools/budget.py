@@ -17,7 +17,7 @@ messages for an offline persistent session and stores 100 retained messages. Mea
 Later (firmware with buffers.py), esp32 config, after gc.collect(): interpreter 1.3 KB,
 imports 46.7 KB from .py and 43.0 KB from the unix build's .mpy (bytecode lives in RAM either
 way), Server() with its listener 6.2 KB: 50.5 KB from .mpy.
-A 32-bit board's objects are about half a 64-bit build's (PLATFORM.md §2: pointers and GC
+A 32-bit board's objects are about half a 64-bit build's (docs/platform.md §2: pointers and GC
 blocks halve; byte contents do not): WORD_RATIO = 0.55 rounds that up. These board figures
 are estimates until the lead's on-board measurements replace them.
 The baseline on a board counts the interpreter after boot plus the broker's modules loaded

@@ -5,7 +5,7 @@ pseudo-terminal as its console, and behaves like a USB board to unmodified mprem
 - The port users connect to (`--link`, default DIR/ttyVBOARD) is the slave side of an outer
   pty that stays the same across reboots; vboard relays bytes between it and the pty that
   is micropython's controlling terminal (raw, with ISIG on so that Ctrl-C interrupts a
-  running program, PLATFORM.md §4).
+  running program, docs/platform.md §4).
 - mpremote's raw-paste request (Ctrl-E A Ctrl-A) is answered with "R\\x00" (not supported),
   so mpremote uses the plain raw REPL, where Ctrl-C works.
 - At boot main.py runs if the folder has one, then the REPL (micropython -i), like a board.
