@@ -243,7 +243,17 @@ def test_store_figures_in_sys(tmp_path):
         assert wait_for(lambda: want <= {m.topic for m in w.messages}, 5), [m.topic for m in w.messages]
         commits = [int(m.payload) for m in w.messages if m.topic.endswith("store/commits")]
         assert commits[-1] >= 1
-        time.sleep(2.2)  # two more reports
+
+        def reports():
+            n = {}
+            for msg in list(w.messages):
+                n[msg.topic] = n.get(msg.topic, 0) + 1
+            return n
+
+        # Two more reports, each with every figure: the report goes on after the first.
+        before = reports()
+        assert wait_for(lambda: all(reports().get(t, 0) >= before[t] + 2 for t in want), 5), \
+            (before, reports())
         assert "Traceback" not in b.log(), b.log()
         assert b.alive()
     finally:
