@@ -29,7 +29,10 @@ _STAGE = const(3)
 _AWAIT_ACK = const(0)
 
 class Stats:
-    """Counters reported under $SYS. `limits` counts how often each limit was hit."""
+    """Counters reported under $SYS. msgs_in counts every packet taken, msgs_out every packet
+    other than PUBLISH sent (Broker.send: acknowledgements, CONNACK, SUBACK, PINGRESP...),
+    pub_in/pub_out the PUBLISHes: $SYS messages/sent is msgs_out + pub_out, as Mosquitto
+    counts all packets there. `limits` counts how often each limit was hit."""
 
     def __init__(self):
         self.connected = 0
@@ -90,6 +93,9 @@ class Broker:
         # Each buffer starts with room for a small board's largest use (it grows if needed).
         self.pool = Pool(cfg["buffer_pool_size"], min(4096, max(cfg["out_buffer_size"], 2 * cfg["read_buffer_size"])))
         self.scratch = bytearray(cfg["out_buffer_size"])
+        # A 4-byte acknowledgement (or refusing CONNACK) written in place: the protocol
+        # fills it, publish() and send() copy it into the output (no packet object).
+        self.pkt = bytearray(b"\x40\x02\x00\x00")
         self.freed = False  # a window or queue made room: paused publishers may resume
         self.stats = Stats()
 
@@ -139,8 +145,10 @@ class Broker:
         conn.listed = True
 
     def send(self, conn, data):
+        """A packet other than PUBLISH (those are encoded by _write_publish/_write_raw)."""
         out = self._out(conn)
         out += data
+        self.stats.msgs_out += 1
         self._done(conn, out)
 
     def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
@@ -215,13 +223,16 @@ class Broker:
         self.stats.hit("queued_messages")
         return False
 
-    def publish(self, topic, payload, qos, retain, force=False, raw=None, origin=None):
+    def publish(self, topic, payload, qos, retain, force=False, raw=None, origin=None, first=None):
         """Route one message. Returns False, having changed nothing, when a subscriber that
         must get it at QoS 1/2 has no room: the caller then withholds the acknowledgement and
         stops reading from the publisher. With force (wills, $SYS) it never waits; a message
         that finds no room is dropped and counted. raw, for a QoS 0 PUBLISH as received, is
         its topic field and payload: forwarded at QoS 0 those bytes go out unchanged. origin,
-        a bridge's session for what came from its upstream, is skipped (no loop)."""
+        a bridge's session for what came from its upstream, is skipped (no loop). first, the
+        publisher's connection, is sent the acknowledgement in self.pkt once the message is
+        taken and before any copy: a client subscribed to what it publishes gets its
+        PUBACK/PUBREC before its own copy, as Mosquitto orders them."""
         idx = self.index
         r = idx.cache.get(topic)
         if r is None:
@@ -253,6 +264,8 @@ class Broker:
                 for i in range(1, n, 2):
                     if r[i] and r[i - 1] is not origin and not self.slot(r[i - 1], size):
                         return False
+        if first is not None:
+            self.send(first, self.pkt)
         msg = None
         i = 0
         while i < n:

@@ -127,7 +127,7 @@ DEFAULTS = {
     "store_hold_ms": 100,
     "poll_presize": False,
     "store_size": 1024 * 1024,
-    "max_keepalive": 65535,
+    "max_keepalive": 0,  # no limit; N refuses 3.1.1 clients asking for more, or for 0 (as Mosquitto)
     "sys_interval": 10,
     "persistence": False,
     "persistence_location": "",

@@ -48,8 +48,7 @@ class Protocol:
         self.rmv = server.rmv
         self.index = broker.index
         self.max_topic = cfg["max_topic_length"]
-        # Acknowledgements and a refusing CONNACK written in place (answer(), publish)
-        self.pkt = bytearray(b"\x40\x02\x00\x00")
+        self.pkt = broker.pkt  # acknowledgements written in place (answer(), publish)
         # Passwords and access rules (auth.py, acl.py) are loaded only when configured: a
         # broker without them pays neither their code nor a check per packet.
         # guard: auth.Guard, acl: acl.Acl, sec: the one that checks a CONNECT (secfiles.load)
@@ -219,6 +218,13 @@ class Protocol:
         elif cid.startswith(b"$bridge/"):
             self.refuse(c, BAD_CLIENT_ID, "client id of a bridge")
             return True
+        mk = self.cfg["max_keepalive"]
+        if mk and (keepalive > mk or not keepalive):
+            # 3.1.1 cannot tell a client to use a shorter keepalive: Mosquitto refuses it with
+            # "identifier rejected", and so do we (0, no keepalive at all, is more than any).
+            self.b.stats.hit("keepalive")
+            self.refuse(c, BAD_CLIENT_ID, "keepalive %d above max_keepalive %d" % (keepalive, mk))
+            return True
         b_ = self.b
         old = b_.sessions.get(cid)
         takeover = old is not None and old.conn is not None
@@ -307,7 +313,9 @@ class Protocol:
                     b_.stats.hit("qos2_inbound")
                     return False
         retain = b0 & 1 and self.cfg["retain_available"]
+        per = b_.persist
         br = c.bridge
+        acked = None
         if br is not None:  # from upstream: under its local name, and never sent back up
             topic = br.local_topic(topic)
             if not b_.publish(topic, rmv[p:end], qos, retain, False, None, s):
@@ -318,32 +326,37 @@ class Protocol:
         elif self.acl is not None and not self.acl.can_publish(c.user, s.cid, topic):
             # Acknowledged as QoS 1/2 require (3.1.1 has no way to say no), not delivered.
             b_.stats.hit("acl_denied_publish")
-        elif not b_.publish(topic, rmv[p:end], qos, retain, False, rmv[pos:end] if qos == 0 else None, c.peer):
-            return False
+        else:
+            if qos and per is None:
+                # Nothing to wait for: PUBACK/PUBREC written in place (no packet object) by
+                # the routing, once the message is taken and before any copy of it.
+                acked = c
+                pkt = self.pkt
+                pkt[0] = 0x40 if qos == 1 else 0x50
+                pkt[2] = pid >> 8
+                pkt[3] = pid & 0xFF
+            if not b_.publish(topic, rmv[p:end], qos, retain, False, rmv[pos:end] if qos == 0 else None,
+                              c.peer, acked):
+                return False
         st = b_.stats
         st.pub_in += 1
         if qos == 0:
             return True
         # A retained message must be on flash before it is acknowledged, like a queued one.
-        durable = retain and b_.persist is not None
+        durable = retain and per is not None
         if qos == 2:
             q2 = s.qos2in
             if q2 is None:
                 s.qos2in = q2 = []
             q2.append(pid)
-            if b_.persist is not None and b_.persist.q2_added(s, pid):
+            if per is not None and per.q2_added(s, pid):
                 durable = True  # exactly once across a power cut needs the id on flash
-        per = b_.persist
+        if acked is not None:
+            return True
         if durable or (per is not None and (per.fresh or c.acks)):
             self.acknowledge(c, PUBACK if qos == 1 else PUBREC, pid, durable)  # MQTT-4.3.2-2, 4.3.3-2
             return True
-        # Nothing to wait for: PUBACK/PUBREC straight into the output, without a packet object
-        # (answer()'s body, inline: this runs for every QoS 1/2 message).
-        pkt = self.pkt
-        pkt[0] = 0x40 if qos == 1 else 0x50
-        pkt[2] = pid >> 8
-        pkt[3] = pid & 0xFF
-        b_.send(c, pkt)
+        self.answer(c, 0x40 if qos == 1 else 0x50, pid)
         return True
 
     def acknowledge(self, c, ptype, pid, durable):

@@ -31,7 +31,7 @@ class SysInfo:
         yield "clients/total", len(b.sessions)
         yield "clients/maximum", st.max_connected
         yield "messages/received", st.msgs_in
-        yield "messages/sent", st.pub_out
+        yield "messages/sent", st.msgs_out + st.pub_out
         yield "publish/messages/received", st.pub_in
         yield "publish/messages/sent", st.pub_out
         yield "publish/messages/dropped", st.dropped
