@@ -86,7 +86,7 @@ class Broker:
         # most once (Conn.listed) until the flush takes it off; the flush has written
         # dirty[:fcur] so far, and what it fills while it writes is listed behind (a will, a
         # refill) and written in the same flush (Server.flush).
-        self.dirty = [None] * self.max_sockets
+        self.dirty = [None] * self.max_sockets  # type: list
         self.ndirty = 0
         self.fcur = 0
         # The pool is filled now, while the heap is in one piece.
