@@ -19,27 +19,18 @@ checked, which keeps the routing path free of rule lookups. This is stricter tha
 which grants any subscription and drops the messages a rule forbids: here `#` with a rule for
 `home/#` only is refused (SUBACK 0x80), and the client must subscribe to `home/#`.
 
-The file is parsed by secfiles.py. Also runs under CPython (tests)."""
+The file is parsed by secfiles.py, which hands the rules to Acl as plain data: this module
+imports nothing back. A rule matches a topic as a subscription filter would
+(topics.match_levels), so a rule and a filter never disagree on what `+`, `#` and `$` mean.
+Also runs under CPython (tests, `ubroker config --check`)."""
 
+from .codec import NOT_AUTHORISED
+from .topics import match_levels
+
+# The access bits of a rule; secfiles.py maps the file's words onto them.
 READ = 1
 WRITE = 2
 DENY = 4
-
-
-def _match(levels, topic):
-    """Does the rule match this topic name (levels as bytes)?"""
-    if topic[0][:1] == b"$" and levels[0] != topic[0]:
-        return False
-    last = len(levels) - 1
-    for i in range(len(topic)):
-        if i > last:
-            return False
-        lv = levels[i]
-        if lv == b"#":
-            return True
-        if lv != b"+" and lv != topic[i]:
-            return False
-    return last == len(topic) - 1 or (last == len(topic) and levels[last] == b"#")
 
 
 def _covers(levels, flt):
@@ -82,14 +73,12 @@ def _overlaps(levels, flt):
 
 
 class Acl:
-    def __init__(self, proto):
+    def __init__(self, proto, users, patterns):
+        """users: user name (bytes; None = anonymous) -> [(access, levels)]; patterns:
+        [(access, pattern bytes with %c/%u still in)], as secfiles.acl returns them."""
         self.proto = proto
-        path = proto.cfg["acl_file"]
-        from .secfiles import acl, read
-
-        # users: user name (bytes; None = anonymous) -> [(access, levels)];
-        # patterns: [(access, pattern bytes with %c/%u still in)]
-        self.users, self.patterns = acl(read(path, "acl_file"), path)
+        self.users = users
+        self.patterns = patterns
 
     def connect(self, c, user, pw, cid, will):
         """For a CONNECT (after its password check, if any): 0, or CONNACK 5 for a will on a
@@ -100,7 +89,7 @@ class Acl:
         if will is None or self.can_publish(user, cid, will[0]):
             return 0
         self.proto.b.stats.hit("acl_denied_will")
-        return 5
+        return NOT_AUTHORISED
 
     def recheck(self, c, s):
         """A persistent session may come back under another user name: what it kept
@@ -132,10 +121,9 @@ class Acl:
             yield access, p.split(b"/")
 
     def can_publish(self, user, cid, topic):
-        t = topic.split(b"/")
         ok = False
         for access, levels in self._rules(user, cid):
-            if _match(levels, t):
+            if match_levels(levels, topic):
                 if access & DENY:
                     return False
                 if access & WRITE:

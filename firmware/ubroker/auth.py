@@ -1,12 +1,14 @@
 """Password checks. Owns the users of the password file (one
 `user:$pbkdf2-sha256$ITERATIONS$SALT$HASH` line per user, SALT and HASH in base64, written by
-`ubroker passwd` on the host; parsed by secfiles.py), the PBKDF2-HMAC-SHA256 verification of a
-CONNECT's password against them, and the slow-down of addresses that keep failing. The board
-only ever holds the hashes. Imported only when `password_file` is configured (or
-allow_anonymous is false)."""
+`ubroker passwd` on the host; parsed by secfiles.py, which hands them to Guard as plain data),
+the PBKDF2-HMAC-SHA256 verification of a CONNECT's password against them, and the slow-down of
+addresses that keep failing. The board only ever holds the hashes. Imported only when
+`password_file` is configured (or allow_anonymous is false)."""
 
 import hashlib
 import time
+
+from .codec import BAD_CREDENTIALS, NOT_AUTHORISED
 
 BLOCK = 64  # SHA-256 block size, for HMAC's key pads
 # Iterations per slice of a check: 0.3 ms on a PC, 10 to 20 ms on an ESP32 (estimated, see
@@ -68,17 +70,14 @@ def same(a, b):
 class Guard:
     """Who may connect: anonymous clients or not, and user names with their passwords."""
 
-    def __init__(self, proto):
+    def __init__(self, proto, users):
+        """users: {user name: (iterations, salt, hash)}, as secfiles.passwords returns them
+        ({} without a password_file)."""
         cfg = proto.cfg
-        path = cfg["password_file"]
         anon = cfg["allow_anonymous"]
         # Unset: anonymous clients are allowed only when there are no users.
-        self.anonymous = anon if anon is not None else not path
-        self.users = {}
-        if path:
-            from .secfiles import passwords, read
-
-            self.users = passwords(read(path, "password_file"), path)
+        self.anonymous = anon if anon is not None else not cfg["password_file"]
+        self.users = users
         # An unknown user costs as much as a known one, so timing does not reveal names.
         n = 1000
         for entry in self.users.values():
@@ -101,7 +100,7 @@ class Guard:
             if self.anonymous:
                 return self.acl.connect(c, user, pw, cid, will) if self.acl else 0
             self.stats.hit("auth_failures")
-            return 5
+            return NOT_AUTHORISED
         v = c.verify
         if v is True:
             del c.verify
@@ -109,7 +108,7 @@ class Guard:
             return self.acl.connect(c, user, pw, cid, will) if self.acl else 0
         if v is False:
             self.stats.hit("auth_failures")
-            return 4
+            return BAD_CREDENTIALS
         if v is None or type(v) is bytes or type(v) is str:  # the peer's address (Server.accept)
             c.verify = self.verify(user, pw, v)
             self.verifying.append(c)

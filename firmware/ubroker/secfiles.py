@@ -1,14 +1,15 @@
-"""Parsers of the password_file and the acl_file, with the reasons a line is wrong. The
-broker imports this at start and drops it from the heap once the files are read (its code is
-only needed then); the host tools use it to check the files (`ubroker config --check`)."""
+"""Parsers of the password_file and the acl_file, with the reasons a line is wrong, and the
+wiring of what they hold: load() reads the files and hands plain data to auth.Guard and
+acl.Acl, which import nothing back. The broker imports this at start and drops it from the
+heap once the files are read (its code is only needed then); the host tools use the parsers
+to check the files (`ubroker config --check`)."""
 
 import binascii
 import sys
 
+from .topics import valid_filter
+
 SCHEME = "$pbkdf2-sha256$"
-# acl.READ, acl.WRITE, both, acl.DENY (acl.py is not imported: with passwords only, its code
-# would stay in the heap for nothing)
-_ACCESS = {"read": 1, "write": 2, "readwrite": 3, "deny": 4}
 
 
 def load(proto):
@@ -18,14 +19,17 @@ def load(proto):
     leaves the heap. ValueError names a file that cannot be used."""
     cfg = proto.cfg
     try:
-        if cfg["acl_file"]:
+        path = cfg["acl_file"]
+        if path:
             from .acl import Acl
 
-            proto.acl = Acl(proto)
-        if cfg["password_file"] or cfg["allow_anonymous"] is False:
+            users, patterns = acl(read(path, "acl_file"), path)
+            proto.acl = Acl(proto, users, patterns)
+        path = cfg["password_file"]
+        if path or cfg["allow_anonymous"] is False:
             from .auth import Guard
 
-            proto.guard = Guard(proto)
+            proto.guard = Guard(proto, passwords(read(path, "password_file"), path) if path else {})
         proto.sec = proto.guard or proto.acl
     finally:
         forget()
@@ -46,18 +50,6 @@ def read(path, what):
             return f.read()
     except OSError as e:
         raise ValueError("cannot read %s %s: %s" % (what, path, e))
-
-
-def pbkdf2(password, salt, iterations):
-    """PBKDF2-HMAC-SHA256 of password and salt, in one go (the firmware's code, for tests)."""
-    from .auth import pbkdf2_steps
-
-    g = pbkdf2_steps(password, salt, iterations)
-    try:
-        while True:
-            next(g)
-    except StopIteration as e:
-        return e.value
 
 
 def parse_line(line):
@@ -97,21 +89,19 @@ def passwords(text, source="password_file"):
     return users
 
 
-def _rule(words, source, no):
+def _rule(words, access_of, source, no):
     if len(words) == 1:
-        access, pat = 3, words[0]
-    elif len(words) == 2 and words[0] in _ACCESS:
-        access, pat = _ACCESS[words[0]], words[1]
+        access, pat = access_of["readwrite"], words[0]
+    elif len(words) == 2 and words[0] in access_of:
+        access, pat = access_of[words[0]], words[1]
     else:
         raise ValueError("%s:%d: expects [read|write|readwrite|deny] PATTERN" % (source, no))
     p = pat.encode()
-    n = len(p)
-    i = p.find(b"#")
-    if i >= 0 and (i != n - 1 or (i > 0 and p[i - 1] != 47)):
-        raise ValueError("%s:%d: '#' only as the whole last level" % (source, no))
-    for lv in p.split(b"/"):
-        if b"+" in lv and lv != b"+":
-            raise ValueError("%s:%d: '+' only as a whole level" % (source, no))
+    # %c and %u hold no wildcard once filled in (Acl skips a pattern whose name would have
+    # one), so a pattern is checked as the filter it stands for.
+    if not valid_filter(p):
+        raise ValueError("%s:%d: not a topic filter: '#' only as the whole last level, '+' only as a "
+                         "whole level" % (source, no))
     return access, p
 
 
@@ -119,6 +109,9 @@ def acl(text, source="acl_file"):
     """(users, patterns): users maps a user name (bytes; None = anonymous) to [(access,
     levels)]; patterns is [(access, pattern bytes)] with %c/%u still in. ValueError names the
     first bad line."""
+    from .acl import DENY, READ, WRITE
+
+    access_of = {"read": READ, "write": WRITE, "readwrite": READ | WRITE, "deny": DENY}
     users = {}
     patterns = []
     current = None
@@ -133,10 +126,10 @@ def acl(text, source="acl_file"):
             current = words[1].encode()
             users.setdefault(current, [])
         elif key == "topic":
-            access, p = _rule(words[1:], source, no)
+            access, p = _rule(words[1:], access_of, source, no)
             users.setdefault(current, []).append((access, p.split(b"/")))
         elif key == "pattern":
-            patterns.append(_rule(words[1:], source, no))
+            patterns.append(_rule(words[1:], access_of, source, no))
         else:
             raise ValueError("%s:%d: unknown keyword '%s' (user, topic, pattern)" % (source, no, key))
     return users, patterns
