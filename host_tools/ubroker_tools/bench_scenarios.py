@@ -1,0 +1,149 @@
+"""The per-broker scenarios of `ubroker bench` and how each is run: the broker started fresh on a
+free loopback port, driven by bench/loadgen (C, one poll loop, pre-encoded packets, built here
+with cc) which also verifies what arrives, then stopped. run_scenario() returns one result dict
+per broker and scenario, as results.json holds it."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+from .bench_proc import BENCH, cpu_seconds, free_port, rss_bytes
+from .bench_tls import tls_certs, tls_connects
+
+LOADGEN_SRC = os.path.join(BENCH, "loadgen.c")
+
+# key: (title, loadgen arguments)
+SCENARIOS = {
+    "fanin0": ("fan-in QoS 0, 8 pub -> 1 sub", ["fanin", "--qos", "0", "--pubs", "8", "--subs", "1"]),
+    "fanin1": ("fan-in QoS 1, 8 pub -> 1 sub", ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1"]),
+    "fanin2": ("fan-in QoS 2, 8 pub -> 1 sub", ["fanin", "--qos", "2", "--pubs", "8", "--subs", "1"]),
+    # The durable store's cost: the same as fanin1, the subscriber with a persistent session.
+    "fanin1p": ("fan-in QoS 1, 8 pub -> 1 persistent sub",
+                ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1", "--persistent"]),
+    "fanout0": ("fan-out QoS 0, 1 pub -> 16 sub", ["fanout", "--qos", "0", "--pubs", "1", "--subs", "16"]),
+    "latency": ("round trip QoS 0, 1 client", ["latency"]),
+    "connect": ("connects", ["connect", "--conc", "16"]),
+    # Not the load generator (it has no TLS): a CPython client, TLS_CONC threads (bench_tls).
+    "connect_tls": ("connects over TLS", None),
+    "idle": ("idle clients (1 subscription each)", ["idle"]),
+}
+
+
+def build_loadgen(dest_dir=None, cc=None):
+    """Compile bench/loadgen.c (if missing or older than the source); return its path."""
+    dest_dir = dest_dir or os.path.join(BENCH, "bin")
+    exe = os.path.join(str(dest_dir), "loadgen")
+    if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(LOADGEN_SRC):
+        return exe
+    cc = cc or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler: install gcc (make bench does: apt-get install gcc)")
+    os.makedirs(str(dest_dir), exist_ok=True)
+    tmp = exe + ".tmp%d" % os.getpid()
+    subprocess.run([cc, "-O2", "-o", tmp, LOADGEN_SRC], check=True)
+    os.replace(tmp, exe)
+    return exe
+
+
+def run_loadgen(exe, port, args, timeout):
+    """Run one loadgen scenario; return its JSON result (a dict with 'fatal' if it failed)."""
+    cmd = [exe] + args[:1] + ["--port", str(port)] + args[1:]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"fatal": "loadgen did not finish within %d s" % timeout}
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return {"fatal": "loadgen printed no result (exit %d): %s" % (r.returncode, r.stderr.strip()[-300:])}
+    return json.loads(lines[-1])
+
+
+def run_scenario(broker, key, exe, opts):
+    """Start the broker fresh, run one scenario, stop it. Returns a result dict."""
+    title, lg = SCENARIOS[key]
+    port = free_port()
+    res = {"scenario": key, "broker": broker.name, "port": port}
+    if key == "connect_tls":
+        if broker.name not in ("ubroker", "mosquitto"):
+            res["untested"] = "no TLS set-up for %s in this bench" % broker.name
+            return res
+        try:
+            broker.tls = (free_port(), tls_certs(opts["out"]))
+        except (OSError, subprocess.CalledProcessError) as e:
+            res["error"] = "cannot make test certificates with openssl: %s" % e
+            return res
+    try:
+        broker.start(port)
+    except Exception as e:
+        res["error"] = str(e)
+        broker.tls = None
+        return res
+    try:
+        pid = broker.pid()
+        if key == "connect_tls":
+            cpu0, t0 = cpu_seconds(pid), time.time()
+            res.update(tls_connects(broker.tls[0], os.path.join(broker.tls[1], "ca.pem"), opts["duration"]))
+            cpu1 = cpu_seconds(pid)
+            if cpu0 is not None and cpu1 is not None:
+                res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / (time.time() - t0), 1)
+            res["broker_rss_after"] = rss_bytes(pid)
+        elif key == "idle":
+            res.update(run_idle(exe, port, pid, opts))
+        else:
+            args = list(lg) + ["--duration", str(opts["duration"])]
+            if key.startswith("fan"):
+                # After publishing: QoS 1/2 wait up to `drain` s (a stall of `idle` s ends it: missing
+                # acknowledged messages are then reported lost); QoS 0 only until the last ones arrive.
+                stall = "1" if key.endswith("0") else "5"
+                args += ["--drain", str(opts["drain"]), "--idle", stall]
+            # The load generator reads the broker's CPU time itself, over the span it measures.
+            r = run_loadgen(exe, port, args + ["--watch", str(pid)],
+                            timeout=opts["duration"] + opts["drain"] + 60)
+            res.update(r)
+            res["broker_rss_after"] = rss_bytes(pid)
+        trouble = broker.problems()
+        if trouble:
+            res["broker_problem"] = trouble
+    finally:
+        broker.stop()
+        broker.tls = None
+    return res
+
+
+def run_idle(exe, port, pid, opts):
+    """loadgen holds opts["idle_clients"] clients (one subscription each) until told to go; the
+    broker's RSS before and after them, per client."""
+    n = opts["idle_clients"]
+    time.sleep(0.3)
+    rss0 = rss_bytes(pid)
+    p = subprocess.Popen([exe, "idle", "--port", str(port), "--clients", str(n)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = {"clients": n, "rss_before": rss0}
+    try:
+        line = p.stdout.readline()
+        if not line.startswith("READY"):
+            rest = line + p.stdout.read()
+            js = [x for x in rest.splitlines() if x.startswith("{")]
+            out.update(json.loads(js[-1]) if js else {"fatal": "idle: " + rest.strip()[-300:]})
+            return out
+        out["connect_seconds"] = float(line.split()[2])
+        time.sleep(1.0)
+        rss1 = rss_bytes(pid)
+        out["rss_after"] = rss1
+        if rss0 is not None and rss1 is not None:
+            out["rss_per_client"] = round((rss1 - rss0) / n)
+        p.stdin.close()
+        rest = p.stdout.read()
+        js = [x for x in rest.splitlines() if x.startswith("{")]
+        if js:
+            r = json.loads(js[-1])
+            out["still_connected"] = r.get("still_connected")
+            out["violations"] = r.get("violations", 0)
+    finally:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return out
