@@ -12,10 +12,13 @@ import time
 import pytest
 
 from conftest import UBROKER
-from ubroker_tools import bench_bridge as bb
+from ubroker_tools.bench_bridge_load import Subscriber, Tally
+from ubroker_tools.bench_bridge_report import verification
+from ubroker_tools.bench_proc import mosquitto_exe
+from ubroker_tools.bench_rawmqtt import payload, publish_packet
 
 
-@pytest.mark.skipif(not bb.mosquitto_exe(), reason="mosquitto not installed (make test installs it)")
+@pytest.mark.skipif(not mosquitto_exe(), reason="mosquitto not installed (make test installs it)")
 def test_bridge_bench_small_run(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([UBROKER, "bench", "--scenarios", "bridge", "--bridge-messages", "500", "--drain-messages",
@@ -35,7 +38,7 @@ def test_bridge_bench_small_run(tmp_path):
         assert d["acked"] == 500 and d["unique"] == 500 and d["lost"] == 0, (kind, d)
         assert d["duplicates"] == 0 and d["out_of_order"] == 0, (kind, d)
         assert d["seconds"] > 0 and d["first_seconds"] <= d["seconds"], (kind, d)
-        assert bb.verification(d) == "ok" and bb.verification(f) == "ok", (kind, d, f)
+        assert verification(d) == "ok" and verification(f) == "ok", (kind, d, f)
     assert not still_running(str(out)), "brokers of the run left running"
 
 
@@ -54,7 +57,7 @@ def still_running(marker):
 
 
 def publish(pub, seq, dup, pid):
-    pkt = bytearray(bb.publish_packet("bench/x", bb.payload(7, pub, seq), 1, pid))
+    pkt = bytearray(publish_packet("bench/x", payload(7, pub, seq), 1, pid))
     if dup:
         pkt[0] |= 0x08
     return bytes(pkt)
@@ -64,8 +67,8 @@ def test_subscriber_sees_loss_duplicates_and_reordering():
     a, b = socket.socketpair()
     try:
         b.setblocking(False)
-        sub = bb.Subscriber(b)
-        tally = bb.Tally(2, 4)
+        sub = Subscriber(b)
+        tally = Tally(2, 4)
         sub.tallies[7] = tally
         msgs = [(0, 0, 0), (0, 1, 0), (0, 1, 1), (0, 3, 0), (0, 2, 0), (1, 0, 0), (1, 0, 0)]  # (pub, seq, dup)
         stream = b"".join(publish(p, s, d, 10 + i) for i, (p, s, d) in enumerate(msgs))
