@@ -16,18 +16,21 @@ from ubroker_tools import flash as flashmod
 UBROKER = os.path.join(os.path.dirname(sys.executable), "ubroker")
 
 
-def ub(*args, timeout=60):
-    return subprocess.run([UBROKER] + list(args), capture_output=True, text=True, timeout=timeout)
+def ub(*args, timeout=60, cwd=None):
+    return subprocess.run([UBROKER] + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 @pytest.mark.parametrize("board", ["esp32", "rp2-pico-w", "unix"])
 def test_config_init_then_check(board, tmp_path):
+    """The template, once its users file exists (tests/test_config_template.py: the check
+    asks for it first), checks OK for every board."""
     path = tmp_path / "ubroker.conf"
     r = ub("config", "--board", board, "--init", str(path))
     assert r.returncode == 0, r.stderr
     text = path.read_text()
     assert "#wifi_ssid" in text and "listener 1883" in text
-    r = ub("config", "--board", board, "--check", str(path))
+    assert ub("passwd", str(tmp_path / "users.txt"), "alice", "--password", "pw", "--iterations", "100").returncode == 0
+    r = ub("config", "--board", board, "--check", str(path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "OK for board %s" % board in r.stdout
     r = ub("config", "--board", board, "--init", str(path))

@@ -4,6 +4,7 @@ heap budget."""
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 
@@ -11,15 +12,25 @@ from . import budget, paths, profiles
 
 HELP = """Create or check a ubroker config file (mosquitto.conf form: `key value`, # comments).
 
+The template is closed by default, as Mosquitto 2's: it listens on the network but only for
+the users of its password_file (create it with `ubroker passwd`); anonymous access is a
+commented-out line. --check fails on mistakes and warns (exit 0) when allow_anonymous true
+leaves a listener beyond 127.0.0.1 open to anyone on the network.
+
+Files the config names (password_file, acl_file, certfile, keyfile, cafile, bridge_cafile):
+a relative path is looked up beside the config file, where `ubroker flash` takes it from;
+with --board unix, in the current folder, where `ubroker run` opens it.
+
 example:
   ubroker config --board esp32 --init ubroker.conf    # commented defaults for the board
+  ubroker passwd users.txt alice                      # the users the template names
   ubroker config --board esp32 --check ubroker.conf   # errors with line numbers; exit 1 if any
 """
 
 TEMPLATE = """# ubroker config for board {board} ({description}).
 # One `key value` per line, # starts a comment; Mosquitto's keys where they exist.
 # Check it with:  ubroker config --board {board} --check THIS_FILE
-
+{files_note}
 # --- network (boards) ---------------------------------------------------------------------
 # The WiFi network to join. Without wifi_ssid the board does not start WiFi.
 #wifi_ssid my-network
@@ -34,11 +45,13 @@ TEMPLATE = """# ubroker config for board {board} ({description}).
 listener 1883 0.0.0.0
 
 # --- clients and security (README, "Security") -------------------------------------------
-# Listening beyond 127.0.0.1 needs users (password_file) or allow_anonymous true said outright.
-allow_anonymous true
-# Users: `ubroker passwd users.txt NAME`; with a password_file, anonymous clients are refused
-# unless allow_anonymous true.
-#password_file users.txt
+# Only the users in the password_file may connect, as in Mosquitto 2. Create the file with:
+#   {passwd_command}
+password_file users.txt
+# Anonymous access: anyone who can reach a listener beyond 127.0.0.1 could then connect with
+# no password, read every topic and publish to any (commands to your devices included). Only
+# on a network that is yours alone; `--check` warns while it is on.
+#allow_anonymous true
 # Access rules in Mosquitto's acl_file form (user / topic read|write|readwrite|deny / pattern).
 #acl_file acl.txt
 # TLS on a second listener: the four keys apply to the listener declared just before them.
@@ -83,7 +96,7 @@ sys_interval 10
 #connection cloud
 #address broker.example.net:8883
 #remote_clientid {board}-gateway-1
-#bridge_cafile /ca.pem
+#bridge_cafile ca.pem
 # topic PATTERN [in|out|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]
 #topic sensors/# out 1
 #topic cmd/# in 1
@@ -101,26 +114,117 @@ def add_parser(sub):
     p.set_defaults(func=main)
 
 
-def default_config(board):
+# Where the host finds the files a config names (password_file, acl_file, a TLS listener's
+# certfile/keyfile/cafile, a bridge's bridge_cafile). The config names each as the broker
+# opens it: on a board, relative to its root folder, which `ubroker flash` fills from the
+# config file's folder, so that is where a relative path is looked up for every board but
+# unix, whose `ubroker run` opens it from the folder it runs in. Absolute paths are taken
+# as they are.
+FILES_BESIDE = """# Files named here (password_file, acl_file, certfile, keyfile, cafile, bridge_cafile): keep
+# them beside this config and name them by a relative path; `ubroker flash` copies each to
+# that path on the board (relative to its root folder, where the broker runs).
+"""
+FILES_HERE = """# Files named here (password_file, acl_file, certfile, ...): a relative path is read from the
+# folder `ubroker run` runs in.
+"""
+FILE_KEYS = ("password_file", "acl_file", "certfile", "keyfile", "cafile", "bridge_cafile")
+
+
+def files_beside(board):
+    """True when a relative file path of board's config is looked up beside the config."""
+    return board != "unix"
+
+
+def host_path(value, config_path, beside=True):
+    """The host's copy of a file the config at config_path names as value."""
+    if os.path.isabs(value) or not beside:
+        return value
+    return os.path.join(os.path.dirname(config_path), value)
+
+
+def passwd_command(path):
+    return "ubroker passwd %s NAME" % shlex.quote(path)
+
+
+def default_config(board, path=None):
+    """The commented template for board; path is where it will be written (for the exact
+    `ubroker passwd` command that creates its users file)."""
     prof = profiles.load_board(board)
+    users = host_path("users.txt", path or "", files_beside(board))
     return TEMPLATE.format(**dict(prof, description=prof.get("description", board),
                                   flash_store=prof.get("flash_store", "data"),
-                                  sensors=", ".join(prof.get("sensor", [])) or "none"))
+                                  sensors=", ".join(prof.get("sensor", [])) or "none",
+                                  files_note=FILES_BESIDE if files_beside(board) else FILES_HERE,
+                                  passwd_command=passwd_command(users)))
 
 
-def check(board, path):
-    """[messages] for the config at path; empty when it is fine."""
+def named_files(text, user):
+    """[(key, value, line, context)] for each file the parsed config user names: the one
+    password_file and acl_file, every TLS listener's files (with the listener as context),
+    every bridge's bridge_cafile (with the line of its `connection`, and that as context)."""
+    cfgmod = profiles.fwconfig()
+    lines = [cfgmod.split(ln) for ln in text.split("\n")]
+
+    def line_of(key, value):
+        found = 0  # the last such line: a repeated key keeps its last value
+        for no, words in enumerate(lines, 1):
+            if words[:1] == [key] and " ".join(words[1:]) == value:
+                found = no
+        return found
+
+    out = []
+    for key in ("password_file", "acl_file"):
+        if key in user:
+            out.append((key, user[key], line_of(key, user[key]), ""))
+    listeners = user.get("listener", [])
+    for i in sorted(user.get("tls", {})):
+        context = "listener %d (port %d): " % (i + 1, listeners[i][0]) if i < len(listeners) else ""
+        for key in ("certfile", "keyfile", "cafile"):
+            value = user["tls"][i].get(key)
+            if value is not None:
+                out.append((key, value, line_of(key, value), context))
+    for br in user.get("connection", ()):
+        if "bridge_cafile" in br:
+            out.append(("bridge_cafile", br["bridge_cafile"], br["line"], "connection %s: " % br["name"]))
+    return out
+
+
+def missing_file(path, key, value, line, context, where):
+    """The problem of a named file that the host does not have at where, or None."""
+    if os.path.isfile(where):
+        return None
+    looked = "" if where == value else " (looked for %s)" % where
+    if key == "password_file":
+        hint = "; create it: " + passwd_command(where)
+    elif key in ("certfile", "keyfile", "cafile"):
+        hint = "; the broker cannot read it and would not start"
+    else:
+        hint = ""
+    what = "is not a file" if os.path.exists(where) else "does not exist"
+    return "%s:%d: %s%s %s %s%s%s" % (path, line, context, key, value, what, looked, hint)
+
+
+def check(board, path, beside=None):
+    """[messages] for the config at path; empty when it is fine. beside: whether relative
+    file paths are looked up beside the config (default: files_beside(board))."""
+    return review(board, path, beside)[0]
+
+
+def review(board, path, beside=None):
+    """([problems], [warnings]) for the config at path: problems make it unfit to flash or
+    run; a warning names a risk the broker accepts (anonymous clients on the network)."""
     cfgmod = profiles.fwconfig()
     prof = profiles.load_board(board)
+    beside = files_beside(board) if beside is None else beside
     try:
         with open(path) as f:
             text = f.read()
     except OSError as e:
-        return ["%s: cannot read: %s" % (path, e.strerror)]
+        return ["%s: cannot read: %s" % (path, e.strerror)], []
     try:
         user = cfgmod.parse(text, path)
     except cfgmod.ConfigError as e:
-        return list(e.errors)
+        return list(e.errors), []
     problems = []
 
     def line_of(key):
@@ -144,12 +248,16 @@ def check(board, path):
                             "for an open access point" % (path, line_of("wifi_ap_password")))
     if "wifi_ssid" in user and prof.get("wifi", "none") == "none":
         problems.append("%s:%d: board %s has no WiFi; remove the wifi_* lines" % (path, line_of("wifi_ssid"), board))
-    for br in user.get("connection", ()):
-        ca = br.get("bridge_cafile")
-        if ca is not None and not os.path.isfile(ca):
-            problems.append("%s:%d: connection %s: bridge_cafile %s does not exist" % (path, br["line"], br["name"], ca))
+    where = {}  # value -> the host's copy, for the named files that exist
+    for key, value, line, context in named_files(text, user):
+        there = host_path(value, path, beside)
+        msg = missing_file(path, key, value, line, context, there)
+        if msg:
+            problems.append(msg)
+        else:
+            where[value] = there
     cfg = cfgmod.resolve(prof, user)
-    problems += security_problems(cfgmod, path, user, cfg, line_of)
+    problems += security_problems(cfgmod, path, user, cfg, line_of, where)
     ok, need, have = budget.fits(cfg)
     # A profile that itself overcommits (see tests/test_boards.py) is the board's problem,
     # not the user's: only what the user raises beyond it is reported.
@@ -161,14 +269,37 @@ def check(board, path):
                 "(sensor_interval, line %d: their code takes heap)" % line_of("sensor_interval")
         problems.append("%s: these limits need %d bytes of heap but board %s has heap_budget %d; lower %s"
                         % (path, need, board, have, where or "the limits"))
-    return problems
+    return problems, open_warnings(path, cfg, line_of("allow_anonymous"))
 
 
-def security_problems(cfgmod, path, user, cfg, line_of):
+def loopback(host):
+    return host.startswith("127.") or host in ("::1", "localhost")
+
+
+def open_warnings(path, cfg, line):
+    """A warning for each listener other machines can reach where allow_anonymous true lets
+    clients in without a password (a listener that requires a client certificate excepted):
+    the broker starts so, as Mosquitto does, but it is open to the whole network."""
+    if cfg["allow_anonymous"] is not True:
+        return []
+    can = "do what the acl_file allows clients without a user name" if cfg["acl_file"] \
+        else "read every topic and publish to any (commands to your devices included)"
+    out = []
+    for i, (port, host) in enumerate(cfg["listener"]):
+        if loopback(host) or cfg["tls"].get(i, {}).get("require_certificate"):
+            continue
+        out.append("%s:%d: warning: allow_anonymous true with listener %s:%d, which other machines can reach: "
+                   "anyone on the network can connect without a password and %s. Unless the network is yours "
+                   "alone, add users (`ubroker passwd FILE NAME`, then `password_file FILE`) and remove "
+                   "allow_anonymous, or listen on 127.0.0.1" % (path, line, host, port, can))
+    return out
+
+
+def security_problems(cfgmod, path, user, cfg, line_of, where):
     """The refusal to open beyond loopback without users, the password_file and acl_file (with
     the firmware's parsers) and each TLS listener's files (loaded by the firmware's tls.py in
-    the MicroPython unix port, whose mbedTLS is the one boards use). Paths are taken as the
-    broker takes them: relative to the directory it runs in."""
+    the MicroPython unix port, whose mbedTLS is the one boards use). where maps each named
+    file that exists to its host copy; the missing ones are reported already."""
     out = []
     msg = cfgmod.open_problem(cfg)
     if msg:
@@ -176,28 +307,33 @@ def security_problems(cfgmod, path, user, cfg, line_of):
     from ubroker import secfiles
 
     for key, parse in (("password_file", secfiles.passwords), ("acl_file", secfiles.acl)):
-        if key in user:
+        if user.get(key) in where:
             try:
-                parse(secfiles.read(user[key], key), user[key])
+                there = where[user[key]]
+                parse(secfiles.read(there, key), there)
             except ValueError as e:
                 out.append("%s:%d: %s" % (path, line_of(key), e.args[0]))
     for i in sorted(cfg["tls"]):
         opts = cfg["tls"][i]
-        where = "%s: listener %d (port %d)" % (path, i + 1, cfg["listener"][i][0]) if i < len(cfg["listener"]) \
+        place = "%s: listener %d (port %d)" % (path, i + 1, cfg["listener"][i][0]) if i < len(cfg["listener"]) \
             else "%s: TLS settings without their listener" % path
         missing = [k for k in ("certfile", "keyfile") if k not in opts]
         if opts.get("require_certificate") and "cafile" not in opts:
             missing.append("cafile (require_certificate true)")
         if missing:
-            out.append("%s needs %s" % (where, " and ".join(missing)))
+            out.append("%s needs %s" % (place, " and ".join(missing)))
             continue
-        unreadable = [opts[k] for k in ("certfile", "keyfile", "cafile") if k in opts and not os.access(opts[k], os.R_OK)]
+        files = {k: opts[k] for k in ("certfile", "keyfile", "cafile") if k in opts}
+        if any(v not in where for v in files.values()):
+            continue
+        files = dict((k, where[v]) for k, v in files.items())
+        unreadable = [v for v in files.values() if not os.access(v, os.R_OK)]
         if unreadable:
-            out.append("%s: cannot read %s" % (where, ", ".join(unreadable)))
+            out.append("%s: cannot read %s" % (place, ", ".join(unreadable)))
             continue
-        err = tls_error(opts) or pair_error(opts)
+        err = tls_error(dict(opts, **files)) or pair_error(files)
         if err:
-            out.append("%s: %s" % (where, err))
+            out.append("%s: %s" % (place, err))
     return out
 
 
@@ -256,20 +392,28 @@ def main(args):
             if os.path.exists(args.init) and not args.force:
                 print("ubroker config: %s exists; pass --force to overwrite it" % args.init, file=sys.stderr)
                 return 1
-            text = default_config(args.board)
-            with open(args.init, "w") as f:
-                f.write(text)
-            print("wrote %s for board %s; edit it, then: ubroker config --board %s --check %s"
-                  % (args.init, args.board, args.board, args.init))
+            text = default_config(args.board, args.init)
+            try:
+                with open(args.init, "w") as f:
+                    f.write(text)
+            except OSError as e:
+                print("ubroker config: cannot write %s: %s" % (args.init, e.strerror), file=sys.stderr)
+                return 1
+            print("wrote %s for board %s; add a user (%s), edit it, then: ubroker config --board %s --check %s"
+                  % (args.init, args.board, passwd_command(host_path("users.txt", args.init, files_beside(args.board))),
+                     args.board, args.init))
             return 0
-        problems = check(args.board, args.check)
+        problems, warnings = review(args.board, args.check)
     except profiles.UnknownBoard as e:
         print("ubroker config: %s" % e, file=sys.stderr)
         return 2
+    for w in warnings:
+        print(w, file=sys.stderr)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
         print("%d problem%s in %s" % (len(problems), "" if len(problems) == 1 else "s", args.check), file=sys.stderr)
         return 1
-    print("%s: OK for board %s" % (args.check, args.board))
+    print("%s: OK for board %s%s" % (args.check, args.board, " (%d warning%s)" % (
+        len(warnings), "" if len(warnings) == 1 else "s") if warnings else ""))
     return 0
