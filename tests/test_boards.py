@@ -34,6 +34,15 @@ def test_profile_complete(board):
         assert s.split()[0] in sensor_setup.BUILTIN
 
 
+def test_arches_one_table():
+    """Every arch mpy-cross can be asked for is one a profile may name, armv6 included (the
+    list profiles checked against had lost it), and each has its own .mpy header byte."""
+    assert "armv6" in profiles.ARCHES
+    for arch in profiles.ARCHES:
+        assert build.code_options({"arch": arch}, "t")[0] == arch
+    assert len({build.header_byte(a) for a in profiles.ARCHES}) == len(profiles.ARCHES)
+
+
 @pytest.mark.parametrize("board", BOARDS)
 def test_limits_fit_heap_budget(board):
     """No profile overcommits its heap by the cost model: every board fits, none is excused

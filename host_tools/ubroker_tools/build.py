@@ -24,9 +24,6 @@ example:
 """
 
 MAIN_STUB = "# Runs at boot: the compiled entry (ubmain.mpy) brings up the network and the broker.\nimport ubmain\n"
-# The .mpy header's third byte: arch << 2 | sub-version (docs: reference/mpyfiles), v6.3.
-ARCH_CODE = {"none": 0, "x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5, "armv7em": 6,
-             "armv7emsp": 7, "armv7emdp": 8, "xtensa": 9, "xtensawin": 10, "rv32imc": 11}
 
 
 EMITS = ("bytecode", "native")  # a profile's `emit`
@@ -35,7 +32,7 @@ OPT_LEVELS = (0, 1, 2, 3)  # a profile's `opt_level`: mpy-cross -O (3: no line n
 
 def header_byte(arch):
     """The expected third header byte of an .mpy compiled for arch."""
-    return 0 if arch == "none" else (ARCH_CODE[arch] << 2) | 3
+    return 0 if arch == "none" else (profiles.ARCH_CODE[arch] << 2) | 3
 
 
 def add_parser(sub):
@@ -84,8 +81,8 @@ def code_options(profile, board):
     """(arch, emit, opt_level) of a board profile, checked: what mpy-cross is asked for, by
     `ubroker build` and `ubroker run` alike. Raises BuildError naming the key."""
     arch = profile.get("arch", "none")
-    if arch not in ARCH_CODE:
-        raise BuildError("%s: arch %r is not one mpy-cross knows (%s)" % (board, arch, ", ".join(sorted(ARCH_CODE))))
+    if arch not in profiles.ARCH_CODE:
+        raise BuildError("%s: arch %r is not one mpy-cross knows (%s)" % (board, arch, ", ".join(sorted(profiles.ARCHES))))
     emit = profile.get("emit", "bytecode")
     if emit not in EMITS:
         raise BuildError("%s: emit %r is not one of %s" % (board, emit, ", ".join(EMITS)))

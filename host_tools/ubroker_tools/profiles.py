@@ -15,9 +15,13 @@ REQUIRED = (
     "out_buffer_size", "read_buffer_size", "store_size", "flash_store", "sensor",
 )
 
-# mpy-cross -march per profile arch; "none" compiles plain bytecode (the unix port).
-ARCHES = ("none", "x64", "x86", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
-          "xtensa", "xtensawin", "rv32imc")
+# A profile's arch: the mpy-cross -march it is compiled for ("none": plain bytecode, the unix
+# port), each with the architecture code an .mpy header carries (its third byte: arch << 2 |
+# sub-version; docs: reference/mpyfiles, v6.3). The one table of them: build.py and run.py
+# read it here (profiles cannot import build, which imports profiles).
+ARCH_CODE = {"none": 0, "x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5, "armv7em": 6,
+             "armv7emsp": 7, "armv7emdp": 8, "xtensa": 9, "xtensawin": 10, "rv32imc": 11}
+ARCHES = tuple(ARCH_CODE)
 
 
 def fwconfig():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from . import paths, profiles
-from .build import ARCH_CODE, BuildError, code_options, compile_one
+from .build import BuildError, code_options, compile_one
 
 HELP = """Run the broker in the MicroPython unix port (the same firmware/ code that boards run).
 
@@ -46,7 +46,7 @@ def board_profile(name):
 
 # mpy-cross -march by the native architecture code a micropython reports in
 # sys.implementation._mpy >> 10 (0: no native emitter, e.g. a port built for aarch64).
-NATIVE_ARCH = {code: name for name, code in ARCH_CODE.items() if code}
+NATIVE_ARCH = {code: name for name, code in profiles.ARCH_CODE.items() if code}
 
 
 def native_arch(mp):
