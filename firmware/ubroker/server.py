@@ -399,21 +399,18 @@ class Server:
         """Write every listed connection. Writing one can fill another's output (a write
         error closes a connection whose will goes out; a drained one is refilled from its
         queue): those are listed behind the cursor and written in this same flush, including
-        one written earlier in it. Nothing is taken off the list unwritten: if a write
-        raises (MemoryError), that connection and the rest stay listed for the next pass."""
+        one written earlier in it (what fills a connection in its own write asks for POLLOUT,
+        write_out's _mask). Nothing is taken off the list unwritten: if a write raises
+        (MemoryError), that connection and the rest stay listed for the next pass."""
         b = self.broker
         dirty = b.dirty
         while b.fcur < b.ndirty:
-            i = b.fcur
-            c = dirty[i]
+            c = dirty[b.fcur]
+            self.write_out(c, True)
+            i = b.fcur  # again: listing others may have moved the list up (mark_dirty)
             dirty[i] = None
             b.fcur = i + 1
             c.listed = False
-            try:
-                self.write_out(c, True)
-            except Exception as e:
-                b.mark_dirty(c)
-                raise e
         b.ndirty = b.fcur = 0
 
     def write_out(self, c, may_close, data=None):
