@@ -22,13 +22,22 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(BIN)/ubroker run --data data
 
-test: $(STAMP) test-deps
+test: $(STAMP) test-deps heap32-deps
 	$(BIN)/python -m pytest -q tests
 
 # The bridge tests start Debian's mosquitto as the upstream broker.
 test-deps:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
 	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install mosquitto; }
+
+# tests/test_heap32.py measures the broker in a 32-bit MicroPython: the webassembly port from
+# npm, pinned by tools/heap32/package-lock.json, installed only if missing or stale.
+.PHONY: heap32-deps
+heap32-deps:
+	@{ command -v node >/dev/null && command -v npm >/dev/null; } || \
+	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install nodejs npm; }
+	@test tools/heap32/node_modules/.package-lock.json -nt tools/heap32/package-lock.json || \
+	  (cd tools/heap32 && npm ci --no-audit --no-fund --loglevel=error)
 
 bench: $(STAMP) bench-setup
 	$(BIN)/ubroker bench
