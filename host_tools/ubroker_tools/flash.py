@@ -1,5 +1,6 @@
 """`ubroker flash`: build the firmware for a board, then with mpremote copy to the board only
-the files whose sha256 differs from the board's copy, write the config, and reset the board.
+the files whose sha256 differs from the board's copy, write the config and the files it names
+(users, access rules, TLS), and reset the board.
 
 Each step talks to the board through mpremote (as a subprocess, with `resume`: no soft reset
 on connect, which the unix port and ubroker vboard need, and which real boards do not mind).
@@ -9,6 +10,7 @@ import argparse
 import ast
 import hashlib
 import os
+import posixpath
 import subprocess
 import sys
 
@@ -19,7 +21,16 @@ from . import paths, profiles
 HELP = """Build the firmware for a board and copy it with mpremote (only what changed), then
 write the config and reset the board so that the broker starts.
 
+With --config, the files the config names are copied too (only what changed): password_file,
+acl_file, certfile, keyfile, cafile and a bridge's bridge_cafile. The config names each file's
+path on the board (a relative path is in the board's root folder, where the broker runs);
+flash takes the file from the same path relative to the config file's folder (an absolute
+path as it is). So keep them beside the config: `password_file users.txt` copies the
+users.txt next to ubroker.conf to /users.txt on the board. A named file missing on this
+computer stops the flash before anything is copied, with the config line that names it.
+
 example:
+  ubroker passwd users.txt alice                  # beside ubroker.conf, which says `password_file users.txt`
   ubroker flash --board esp32 --port auto --config ubroker.conf
   ubroker flash --board rp2-pico-w --port /dev/ttyACM0
   ubroker flash --board unix --port /tmp/board.tty      # a virtual board (ubroker vboard)
@@ -28,8 +39,8 @@ example:
 MIN_VERSION = (1, 23)  # first MicroPython that loads .mpy v6.3 (mpy-cross 1.29 writes that)
 TIMEOUT = 60
 PROBE_TIMEOUT = 10  # a board's REPL answers in well under a second
-# Hash the board's copies: prints the repr of {path: hex sha256 or None}, and the files in
-# ubroker/ (to remove ones the build no longer has).
+# Make the folders the files go to, and hash the board's copies: prints the repr of
+# {path: hex sha256 or None}, and the files in ubroker/ (to remove ones the build no longer has).
 HASH_SCRIPT = """
 import os, hashlib, binascii
 def _h(p):
@@ -46,10 +57,11 @@ def _h(p):
         h.update(b[:n])
     f.close()
     return binascii.hexlify(h.digest()).decode()
-try:
-    os.mkdir('ubroker')
-except OSError:
-    pass
+for d in %r:
+    try:
+        os.mkdir(d)
+    except OSError:
+        pass
 print('UBHASH', repr({p: _h(p) for p in %r}))
 print('UBLIST', repr(os.listdir('ubroker')))
 """
@@ -153,25 +165,57 @@ def sha256(path):
 
 # ------------------------------------------------------------------ flash
 
+def named_files(config):
+    """{board path: (host path, key, line)} for each file the config names."""
+    cfgmod = profiles.fwconfig()
+    with open(config) as f:
+        text = f.read()
+    out = {}
+    for key, value, line, _ in configmod.named_files(text, cfgmod.parse(text, config)):
+        out[posixpath.normpath(value)] = (configmod.host_path(value, config), key, line)
+    return out
+
+
+def parents(name):
+    """The folders above a board path, outermost first."""
+    out = []
+    while True:
+        name = posixpath.dirname(name)
+        if name in ("", "/", "."):
+            return out
+        out.insert(0, name)
+
+
 def flash(board, port, config=None, reset=True, say=print):
     profile = profiles.load_board(board)
+    extra = {}
     if config:
-        problems = configmod.check(board, config)
+        # Relative paths beside the config, for every board: that is where flash takes them.
+        problems, warnings = configmod.review(board, config, beside=True)
         if problems:
             raise FlashError("the config has mistakes; nothing was copied:\n" + "\n".join(problems))
+        for w in warnings:
+            say(w)
+        extra = named_files(config)
     out, files = buildmod.build(board)
     say("built %s: %d files, %d bytes" % (board, len(files), sum(s for _, s in files)))
+    local = {name: os.path.join(out, name) for name, _ in files}
+    if config:
+        local["ubroker.conf"] = os.path.abspath(config)
+    for name, (host, key, line) in sorted(extra.items()):
+        if name in local or name.split("/")[0] == "ubroker":
+            raise FlashError("%s:%d: %s %s is where flash writes the firmware; name another file; nothing was copied"
+                             % (config, line, key, name))
+        local[name] = host
     if port == "auto":
         port = find_port(board)
         say("found %s on %s" % (board, port))
     platform, version = probe(port, profile)
     say("MicroPython %s (%s) on %s" % (".".join(map(str, version)), platform, port))
 
-    local = {name: os.path.join(out, name) for name, _ in files}
-    if config:
-        local["ubroker.conf"] = os.path.abspath(config)
     remote_names = sorted(local)
-    rc, stdout, err = mpremote(port, "exec", HASH_SCRIPT % (remote_names,))
+    folders = ["ubroker"] + sorted({d for name in extra for d in parents(name)}, key=lambda d: d.count("/"))
+    rc, stdout, err = mpremote(port, "exec", HASH_SCRIPT % (folders, remote_names))
     have = marked(stdout, "UBHASH")
     listing = marked(stdout, "UBLIST")
     if rc != 0 or have is None:
@@ -200,6 +244,13 @@ def flash(board, port, config=None, reset=True, say=print):
     say("copied %d file%s (%d bytes), %d unchanged, %d removed%s"
         % (len(copy), "" if len(copy) == 1 else "s", nbytes, len(remote_names) - len(copy), len(stale),
            "; config written" if "ubroker.conf" in copy else ""))
+    if extra:
+        say("files the config names: " + ", ".join("%s (%s)" % (name, "copied" if name in copy else "unchanged")
+                                                     for name in sorted(extra)))
+    if "ubroker.conf" in copy and not config:
+        say("the board had no ubroker.conf: wrote the default one, which wants users.txt beside it, so the broker "
+            "will not start yet. Write yours (ubroker config --board %s --init ubroker.conf), add a user with "
+            "`ubroker passwd users.txt NAME`, and flash again with --config ubroker.conf" % board)
     if reset:
         # Always: connecting with mpremote interrupted the running broker (Ctrl-C), so the
         # board is reset even when nothing changed. The unix port has no machine.reset(); its soft reset ends the process, and a

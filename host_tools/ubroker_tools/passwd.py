@@ -18,6 +18,7 @@ example:
   ubroker passwd users.txt carol --password s3cret --iterations 20000
   ubroker passwd users.txt alice -D               # delete alice
 then in the broker's config:  password_file users.txt
+(for a board, keep users.txt beside the config: `ubroker flash --config` copies it)
 """
 
 # A check costs 3.7 us per iteration in the unix port on a PC and, estimated, 20 to 40 times
