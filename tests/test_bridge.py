@@ -1,9 +1,15 @@
 """The bridge to an upstream broker, end to end: ubroker in the unix port bridging to a real
 Mosquitto that the test starts, with real clients on both sides. Forwarding each way with
 prefixes, the uplink going away and coming back, ubroker killed with SIGKILL while messages
-wait for upstream, loops, the queue limit, and the $SYS figures."""
+wait for upstream, loops, the queue limit, and the $SYS figures. The counting of resends is
+checked inside one MicroPython process instead (tests/broker_sim.py), where the test decides
+when the upstream acknowledges and when the link breaks."""
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 import mqttraw as m
-from conftest import free_port, start_broker, wait_for
+from conftest import ROOT, free_port, start_broker, wait_for
 from test_durable import kill9, publish_acked
 from upstream import Mosquitto, make_ca_and_server_cert
 
@@ -424,3 +430,80 @@ def test_bridge_over_tls_with_a_ca_file(gateway, tmp_path):
         assert bad.client().is_connected()
     finally:
         up.stop()
+
+
+# The bridge inside the broker driven in one MicroPython process (tests/broker_sim.py): the
+# upstream is a fake socket, so the test decides when it acknowledges and when the link breaks.
+RESEND_SCENARIO = r"""
+import json
+import sys
+
+from broker_sim import Client, FakeSock, Sim, config, encode_publish
+from ubroker import codec
+from ubroker.bridge import Bridge
+from ubroker.config import parse
+from ubroker.session import Conn
+
+sim = Sim(config(sys.argv[1]))
+sv = sim.sv
+br = Bridge(sv, parse("connection up\naddress 127.0.0.1:9\ntopic # out 1\n")["connection"][0])
+sv.bridges = [br]
+br.start(sv.now)
+
+
+def uplink():
+    # A new link whose upstream has just answered CONNACK 0.
+    sock = FakeSock()
+    c = Conn(sock, sv.now)
+    c.bridge = br
+    br.conn = c
+    sv.conns[sock] = c
+    sim.feed(c, b"\x20\x02\x00\x00")
+    return c, sock
+
+
+def publishes(sock):
+    # (payload, DUP, packet id) of each PUBLISH the broker wrote upstream.
+    out = []
+    data = sock.data
+    pos = 0
+    while pos < len(data):
+        rl, p = codec.decode_length(data, pos + 1, len(data))
+        if data[pos] >> 4 == 3:
+            n = (data[p] << 8) | data[p + 1]
+            out.append((bytes(data[p + 4 + n : p + rl]).decode(), bool(data[pos] & 8),
+                        (data[p + 2 + n] << 8) | data[p + 3 + n]))
+        pos = p + rl
+    sock.data = bytearray()
+    return out
+
+
+pub = Client(sim, b"pub")
+up, sock = uplink()
+for i in (1, 2):
+    pub.send(encode_publish(b"data/t", b"m%d" % i, 1, pid=i))
+first = publishes(sock)
+sim.feed(up, codec.ack(codec.PUBACK, first[0][2]))  # upstream takes m1, not m2
+sim.drop(up)
+pub.send(encode_publish(b"data/t", b"m3", 1, pid=3))  # queued while the link is down
+up, sock = uplink()
+again = publishes(sock)
+print(json.dumps({"first": first, "again": again, "figures": dict(br.figures())}))
+"""
+
+
+def test_a_message_resent_after_a_reconnect_is_counted_as_sent_once(tmp_path):
+    """MQTT-4.4.0-1: after the uplink comes back, the bridge's session resends the PUBLISH
+    the upstream never acknowledged, with DUP set (MQTT-3.3.1-1); the bridge's `sent` figure
+    counts each message once, so three messages read 3, not 4."""
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join(
+        (os.path.dirname(os.path.abspath(__file__)), os.path.join(ROOT, "firmware"))))
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "micropython"), "-c", RESEND_SCENARIO,
+                        str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [(p, dup) for p, dup, _pid in got["first"]] == [("m1", False), ("m2", False)]
+    assert [(p, dup) for p, dup, _pid in got["again"]] == [("m2", True), ("m3", False)]
+    assert got["again"][0][2] == got["first"][1][2]  # the same packet id: the same message
+    assert got["figures"]["bridge/up/sent"] == 3
+    assert got["figures"]["bridge/up/queued"] == 2  # m2 and m3 await their PUBACK

@@ -19,7 +19,7 @@ import socket
 import time
 
 from .codec import CONNACK, PINGREQ, SUBACK, put_length
-from .session import Conn
+from .session import AWAIT_ACK, STAGE, Conn
 from .topics import match_levels
 
 _IN_OUT = 5  # select.POLLIN | select.POLLOUT: writable once the TCP connection is made
@@ -32,19 +32,6 @@ def _str(out, s):
     out.append(len(b) >> 8)
     out.append(len(b) & 0xFF)
     out.extend(b)
-
-
-def der(path):
-    """The (first) certificate of a PEM or DER file, as DER: MicroPython's ssl takes a CA
-    certificate only in that form (a PEM file gives "invalid cert")."""
-    with open(path, "rb") as f:
-        data = f.read()
-    i = data.find(b"-----BEGIN CERTIFICATE-----")
-    if i < 0:
-        return data
-    import binascii
-
-    return binascii.a2b_base64(data[i + 27 : data.index(b"-----END", i)])
 
 
 def start_all(server):
@@ -138,7 +125,8 @@ class Bridge:
     # ------------------------------------------------------------------ topics
 
     def remote_topic(self, topic):
-        """The topic a local message goes up under; counts it as sent."""
+        """The topic a local message goes up under; counts it as sent (a resend after a
+        reconnect is taken back off in up_)."""
         self.sent += 1
         for levels, frm, to in self.up:
             if match_levels(levels, topic):
@@ -208,8 +196,13 @@ class Bridge:
             if self.insecure and self.cafile is None:
                 ctx.verify_mode = ssl.CERT_NONE  # type: ignore[attr-defined]  # not in the stubs; the ports have it
             else:
+                from . import tls
+
                 ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
-                ctx.load_verify_locations(cadata=der(self.cafile))
+                try:
+                    ctx.load_verify_locations(cadata=tls.der(self.cafile))
+                finally:
+                    tls.forget()
             self.tls = ctx
         return ctx.wrap_socket(s, server_hostname=None if self.insecure else self.host,
                                do_handshake_on_connect=False)
@@ -322,7 +315,14 @@ class Bridge:
             put_length(out, len(body))
             out.extend(body)
             b.send(c, out)
+        # resend() writes again, with DUP, every PUBLISH still awaiting its PUBACK/PUBREC: each
+        # went up before the link broke and was counted then, so it is not counted twice.
+        again = 0
+        for e in s.inflight or ():
+            if e[STAGE] == AWAIT_ACK:
+                again += 1
         b.resend(s)
+        self.sent -= again
 
     # ------------------------------------------------------------------ $SYS
 

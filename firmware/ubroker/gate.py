@@ -15,9 +15,12 @@ class Gate:
         self.tls = {}  # listening socket -> ssl.SSLContext
         self.contexts = {}  # listener index -> ssl.SSLContext
         if cfg["tls"]:
-            from .tls import contexts
+            from . import tls
 
-            self.contexts = contexts(cfg["tls"])  # ValueError names a bad file
+            try:
+                self.contexts = tls.contexts(cfg["tls"])  # ValueError names a bad file
+            finally:
+                tls.forget()
 
     def listening(self, i, s):
         ctx = self.contexts.get(i)

@@ -1,12 +1,16 @@
-"""TLS listeners: the server-side ssl.SSLContext of one listener, from its certfile, keyfile and
-optional cafile / require_certificate settings. Imported only when a listener has TLS.
+"""TLS: the server-side ssl.SSLContext of one listener, from its certfile, keyfile and optional
+cafile / require_certificate settings, and the PEM-to-DER reading of those files that a
+bridge's bridge_cafile shares. Imported only when a listener or a bridge has TLS, and dropped
+from the heap again once the contexts are made (forget): ~2 kB of code needed once.
 
-The files may be PEM or DER. The unix port's mbedTLS is built without PEM parsing (it
-answers "invalid key" to a PEM key), so PEM is turned into DER here: the base64 between the
-first BEGIN/END lines. Encrypted keys are not supported; cafile holds one CA certificate."""
+The files may be PEM or DER. MicroPython's mbedTLS takes DER only (the unix port answers
+"invalid key" to a PEM key, "invalid cert" to a PEM CA certificate), so PEM is turned into
+DER here: the base64 between the first BEGIN/END lines. Encrypted keys are not supported;
+cafile holds one CA certificate."""
 
 import binascii
 import ssl
+import sys
 
 
 def der(path):
@@ -56,3 +60,12 @@ def context(opts):
             raise ValueError("cafile %s: %s" % (opts["cafile"], e))
         ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]  # the stubs lack it; the port has it
     return ctx
+
+
+def forget():
+    """Drop this module from the heap: the contexts made, its code is not needed again."""
+    import ubroker
+
+    sys.modules.pop("ubroker.tls", None)
+    if hasattr(ubroker, "tls"):
+        del ubroker.tls
