@@ -6,7 +6,7 @@ connection is listed in `dirty` for the server to flush."""
 import gc
 
 from .buffers import Pool, rebuild, table
-from .codec import PUBREL, ack, put_length
+from .codec import ack, put_length
 from micropython import const
 
 from .session import ENTRY_COST, Session, cost
@@ -27,6 +27,11 @@ _QOS = const(1)
 _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_ACK = const(0)
+_PUBREL = const(6)  # codec.py's packet type
+# persist.py's field on entries of persistent sessions, and its value for one recovered from
+# flash (sent before the restart, perhaps: DUP)
+_STORED = const(5)
+_RECOVERED = const(2)
 
 class Stats:
     """Counters reported under $SYS. msgs_in counts every packet taken, msgs_out every packet
@@ -361,10 +366,10 @@ class Broker:
             e = queue.pop(0)
             inflight.append(e)
             if e[_STAGE] != _AWAIT_ACK:  # recovered from flash past PUBREC: PUBREL again
-                self.send(c, ack(PUBREL, e[_PID]))
+                self.send(c, ack(_PUBREL, e[_PID]))
                 continue
             # One recovered from flash may have been sent before the restart: DUP.
-            dup = _len(e) > 5 and e[5] == 2
+            dup = _len(e) > _STORED and e[_STORED] == _RECOVERED
             self._write_publish(c, e[_MSG][0], e[_MSG][1], e[_QOS], False, dup, e[_PID])
         if not queue:
             s.queue = None
@@ -389,7 +394,7 @@ class Broker:
                 if e[_STAGE] == _AWAIT_ACK:
                     self._write_publish(c, e[_MSG][0], e[_MSG][1], e[_QOS], False, True, e[_PID])
                 else:
-                    self.send(c, ack(PUBREL, e[_PID]))
+                    self.send(c, ack(_PUBREL, e[_PID]))
         self.refill(s)
 
     # ---------------------------------------------------------------- retained

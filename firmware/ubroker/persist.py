@@ -15,42 +15,51 @@ subscriptions, queued and in-flight messages, inbound QoS 2 ids and retained mes
 import struct
 import time
 
-from .session import AWAIT_COMP, MSG, PID, QOS, STAGE, Session, cost
+from micropython import const
+
+from .session import Session, cost
 from .store import Store
 
+# session.py's entry layout (tests/test_layouts.py keeps the copies equal)
+_PID = const(0)
+_QOS = const(1)
+_MSG = const(2)
+_STAGE = const(3)
+_AWAIT_COMP = const(1)
+
 # record types (0 is the store's END)
-S_ADD = 1
-S_DEL = 2
-SUB = 3
-UNSUB = 4
-MSG_REC = 5
-ENQ = 6
-REL = 7
-DONE = 8
-Q2_ADD = 9
-Q2_DEL = 10
-RET = 11
-RET_DEL = 12
+_S_ADD = const(1)
+_S_DEL = const(2)
+_SUB = const(3)
+_UNSUB = const(4)
+_MSG_REC = const(5)
+_ENQ = const(6)
+_REL = const(7)
+_DONE = const(8)
+_Q2_ADD = const(9)
+_Q2_DEL = const(10)
+_RET = const(11)
+_RET_DEL = const(12)
 
 # entry fields beyond session.py's, on deliveries to persistent sessions only: the hold
-# waiting on it, whether it is on flash, and its session
-HOLD = 4
-STORED = 5
-SESS = 6
-NOT_STORED = 0
-IS_STORED = 1
-RECOVERED = 2  # on flash from before a restart: sent again with DUP
+# waiting on it, whether it is on flash, and its session (this module owns them)
+_HOLD = const(4)
+_STORED = const(5)
+_SESS = const(6)
+_NOT_STORED = const(0)
+_IS_STORED = const(1)
+_RECOVERED = const(2)  # on flash from before a restart: sent again with DUP
 
-LAZY_MS = 1000
-LAZY_BYTES = 2048
+_LAZY_MS = const(1000)
+_LAZY_BYTES = const(2048)
 
 # hold fields: [ack packet, ready, subscribers still to acknowledge, due (ticks), entries, conn]
-_PKT = 0
-_READY = 1
-_WAIT = 2
-_DUE = 3
-_ENTRIES = 4
-_CONN = 5
+_PKT = const(0)
+_READY = const(1)
+_WAIT = const(2)
+_DUE = const(3)
+_ENTRIES = const(4)
+_CONN = const(5)
 
 
 def _s(b):
@@ -88,54 +97,54 @@ class Persist:
         msgs = {}
         sessions = b.sessions
         for rtype, body in self.store.recover():
-            if rtype == RET:
+            if rtype == _RET:
                 topic, pos = _take(body, 1)
                 b.retained[topic] = (body[pos:], body[0])
                 b.retained_bytes += len(topic) + len(body) - pos
                 continue
-            if rtype == RET_DEL:
+            if rtype == _RET_DEL:
                 topic, _ = _take(body, 0)
                 old = b.retained.pop(topic, None)
                 if old is not None:
                     b.retained_bytes -= len(topic) + len(old[0])
                     b.gone_retained += 1  # see buffers.rebuild
                 continue
-            if rtype == MSG_REC:
+            if rtype == _MSG_REC:
                 mid = struct.unpack_from(">I", body, 0)[0]
                 topic, pos = _take(body, 4)
                 msgs[mid] = [topic, body[pos:], mid]
                 if mid >= self.next_mid:
                     self.next_mid = mid + 1
                 continue
-            if rtype in (ENQ, REL, DONE):
+            if rtype in (_ENQ, _REL, _DONE):
                 mid = struct.unpack_from(">I", body, 0)[0]
-                extra = 7 if rtype == ENQ else 4
+                extra = 7 if rtype == _ENQ else 4
                 cid, _ = _take(body, extra)
                 s = sessions.get(cid)
                 if s is None:
                     continue
-                if rtype == ENQ:
+                if rtype == _ENQ:
                     msg = msgs.get(mid)
                     if msg is None:
                         continue
                     pid = (body[5] << 8) | body[6]
                     if s.queue is None:
                         s.queue = []
-                    s.queue.append([pid, body[4], msg, 0, None, RECOVERED, s])
+                    s.queue.append([pid, body[4], msg, 0, None, _RECOVERED, s])
                     s.pid = pid
                     b.held_bytes += cost(msg)
                 else:
                     q = s.queue or []
                     for i in range(len(q)):
-                        if q[i][MSG][2] == mid:
-                            if rtype == REL:
-                                q[i][STAGE] = AWAIT_COMP
+                        if q[i][_MSG][2] == mid:
+                            if rtype == _REL:
+                                q[i][_STAGE] = _AWAIT_COMP
                             else:
-                                b.held_bytes -= cost(q[i][MSG])
+                                b.held_bytes -= cost(q[i][_MSG])
                                 q.pop(i)
                             break
                 continue
-            if rtype == SUB:
+            if rtype == _SUB:
                 cid, pos = _take(body, 1)
                 flt, _ = _take(body, pos)
                 s = sessions.get(cid)
@@ -143,15 +152,15 @@ class Persist:
                     s.add_filter(flt)
                     b.index.add(flt, s, body[0])
                 continue
-            cid, pos = _take(body, 2 if rtype in (Q2_ADD, Q2_DEL) else 0)
-            if rtype == S_ADD:
+            cid, pos = _take(body, 2 if rtype in (_Q2_ADD, _Q2_DEL) else 0)
+            if rtype == _S_ADD:
                 if cid not in sessions:
                     sessions[cid] = Session(cid, False)
-            elif rtype == S_DEL:
+            elif rtype == _S_DEL:
                 s = sessions.get(cid)
                 if s is not None:
                     b.drop_session(s)
-            elif rtype == UNSUB:
+            elif rtype == _UNSUB:
                 flt, _ = _take(body, pos)
                 s = sessions.get(cid)
                 if s is not None and s.drop_filter(flt):
@@ -160,7 +169,7 @@ class Persist:
                 s = sessions.get(cid)
                 if s is not None:
                     pid = (body[0] << 8) | body[1]
-                    if rtype == Q2_ADD:
+                    if rtype == _Q2_ADD:
                         if s.qos2in is None:
                             s.qos2in = []
                         if pid not in s.qos2in:
@@ -196,24 +205,24 @@ class Persist:
         b = self.b
         for topic in b.retained:
             payload, q = b.retained[topic]
-            st.append(RET, bytes((q,)) + _s(topic) + payload)
+            st.append(_RET, bytes((q,)) + _s(topic) + payload)
         for s in b.sessions.values():
             if s.clean:
                 continue
             cid = _s(s.cid)
-            st.append(S_ADD, cid)
+            st.append(_S_ADD, cid)
             for flt in s.filters():
-                st.append(SUB, bytes((b.index.qos_of(flt, s),)) + cid + _s(flt))
+                st.append(_SUB, bytes((b.index.qos_of(flt, s),)) + cid + _s(flt))
             for q in (s.inflight, s.queue):
                 if q:
                     for e in q:
-                        if e[STORED]:
+                        if e[_STORED]:
                             self._write_entry(s, e, None)
                             if len(st.buf) > 4096:  # a long queue (a bridge's) in pieces
                                 st.snapshot_flush()
             if s.qos2in:
                 for pid in s.qos2in:
-                    st.append(Q2_ADD, struct.pack(">H", pid) + cid)
+                    st.append(_Q2_ADD, struct.pack(">H", pid) + cid)
             if len(st.buf) > 4096:
                 st.snapshot_flush()
 
@@ -223,14 +232,14 @@ class Persist:
                 for q in (s.inflight, s.queue):
                     if q:
                         for e in q:
-                            if len(e) > STORED and e[STORED]:
-                                fn(e[MSG])
+                            if len(e) > _STORED and e[_STORED]:
+                                fn(e[_MSG])
 
     # ------------------------------------------------------------------ events
 
     def session_added(self, s):
         if not s.clean:
-            self.store.append(S_ADD, _s(s.cid))
+            self.store.append(_S_ADD, _s(s.cid))
 
     def session_dropped(self, s):
         """The session's deliveries no longer hold anyone's acknowledgement back."""
@@ -239,23 +248,23 @@ class Persist:
                 for e in q:
                     self.entry_done(s, e, False)
         if not s.clean:
-            self.store.append(S_DEL, _s(s.cid))
+            self.store.append(_S_DEL, _s(s.cid))
 
     def subscribed(self, s, flt, qos):
         """A persistent subscription is on flash before its SUBACK (a message published
         right after must find it after a power cut)."""
         if not s.clean:
-            self.store.append(SUB, bytes((qos,)) + _s(s.cid) + _s(flt))
+            self.store.append(_SUB, bytes((qos,)) + _s(s.cid) + _s(flt))
             self.commit()
 
     def unsubscribed(self, s, flt):
         if not s.clean:
-            self.store.append(UNSUB, _s(s.cid) + _s(flt))
+            self.store.append(_UNSUB, _s(s.cid) + _s(flt))
 
     def delivered(self, s, e):
         """A QoS 1/2 message was given to session s (entry e)."""
         if not s.clean:
-            e.extend((None, NOT_STORED, s))  # HOLD, STORED, SESS
+            e.extend((None, _NOT_STORED, s))  # _HOLD, _STORED, _SESS
             self.fresh.append(e)
 
     def forget_fresh(self):
@@ -268,8 +277,8 @@ class Persist:
         the new stage goes to flash before the PUBREL: a subscriber that completes forgets
         the id, and a broker that then restarted and sent the PUBLISH again would have it
         delivered twice. Returns True when this module sends pkt."""
-        if len(e) > STORED and e[STORED]:
-            self.store.append(REL, struct.pack(">I", e[MSG][2]) + _s(s.cid))
+        if len(e) > _STORED and e[_STORED]:
+            self.store.append(_REL, struct.pack(">I", e[_MSG][2]) + _s(s.cid))
             h = self._queue(s.conn, [pkt, False, 0, 0, None, s.conn])
             self.committing.append(h)
             return True
@@ -281,42 +290,42 @@ class Persist:
         for q in (s.inflight, s.queue):
             if q:
                 for e in q:
-                    if len(e) > STORED and e[HOLD] is not None and not e[HOLD][_READY] \
-                            and e[HOLD][_ENTRIES] is not None:
-                        self._store_hold(e[HOLD])
+                    if len(e) > _STORED and e[_HOLD] is not None and not e[_HOLD][_READY] \
+                            and e[_HOLD][_ENTRIES] is not None:
+                        self._store_hold(e[_HOLD])
 
     def entry_done(self, s, e, acked=True):
         """Entry e is finished (PUBACK, PUBCOMP, or its session ended)."""
-        if len(e) <= STORED:
+        if len(e) <= _STORED:
             return
-        h = e[HOLD]
+        h = e[_HOLD]
         if h is not None:
-            e[HOLD] = None
+            e[_HOLD] = None
             if not h[_READY] and h not in self.committing:
                 h[_WAIT] -= 1
                 if h[_WAIT] <= 0:
                     h[_READY] = True
                     self.release(h[_CONN])
-        if e[STORED] and acked:
-            self.store.append(DONE, struct.pack(">I", e[MSG][2]) + _s(s.cid), True)
+        if e[_STORED] and acked:
+            self.store.append(_DONE, struct.pack(">I", e[_MSG][2]) + _s(s.cid), True)
 
     def q2_added(self, s, pid):
         if not s.clean:
-            self.store.append(Q2_ADD, struct.pack(">H", pid) + _s(s.cid))
+            self.store.append(_Q2_ADD, struct.pack(">H", pid) + _s(s.cid))
             return True
         return False
 
     def q2_removed(self, s, pid):
         if not s.clean:
-            self.store.append(Q2_DEL, struct.pack(">H", pid) + _s(s.cid))
+            self.store.append(_Q2_DEL, struct.pack(">H", pid) + _s(s.cid))
             return True
         return False
 
     def retained(self, topic, payload, qos):
         if payload:
-            self.store.append(RET, bytes((qos,)) + _s(topic) + bytes(payload))
+            self.store.append(_RET, bytes((qos,)) + _s(topic) + bytes(payload))
         else:
-            self.store.append(RET_DEL, _s(topic))
+            self.store.append(_RET_DEL, _s(topic))
 
     # ------------------------------------------------------------------ acknowledgements
 
@@ -336,8 +345,8 @@ class Persist:
                             entries, c])
         offline = False
         for e in entries:
-            e[HOLD] = h
-            if e[SESS].conn is None:
+            e[_HOLD] = h
+            if e[_SESS].conn is None:
                 offline = True  # it cannot acknowledge in time: to flash now
         if must_commit or offline or self.hold_ms <= 0:
             self._store_hold(h)
@@ -354,10 +363,10 @@ class Persist:
     def _store_hold(self, h):
         written = None
         for e in h[_ENTRIES]:
-            if e[HOLD] is h and not e[STORED]:
+            if e[_HOLD] is h and not e[_STORED]:
                 if written is None:
                     written = {}
-                self._write_entry(e[SESS], e, written)
+                self._write_entry(e[_SESS], e, written)
         h[_ENTRIES] = None
         self.committing.append(h)
 
@@ -365,7 +374,7 @@ class Persist:
         """Records of entry e: its message (once), its delivery, its stage. written: the
         messages already written ({mid: True}), or None during compaction, which marks a
         written message by negating its id (undone by _unmark)."""
-        msg = e[MSG]
+        msg = e[_MSG]
         st = self.store
         if msg[2] == 0:
             msg[2] = self.next_mid
@@ -373,18 +382,18 @@ class Persist:
         mid = msg[2]
         if written is None:
             if mid > 0:
-                st.append(MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
+                st.append(_MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
                 msg[2] = -mid
             else:
                 mid = -mid
         elif mid not in written:
             written[mid] = True
-            st.append(MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
-        st.append(ENQ, struct.pack(">IBH", mid, e[QOS], e[PID]) + _s(s.cid))
-        if e[STAGE] == AWAIT_COMP:
-            st.append(REL, struct.pack(">I", mid) + _s(s.cid))
-        if not e[STORED]:
-            e[STORED] = IS_STORED
+            st.append(_MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
+        st.append(_ENQ, struct.pack(">IBH", mid, e[_QOS], e[_PID]) + _s(s.cid))
+        if e[_STAGE] == _AWAIT_COMP:
+            st.append(_REL, struct.pack(">I", mid) + _s(s.cid))
+        if not e[_STORED]:
+            e[_STORED] = _IS_STORED
 
     def release(self, c):
         """Send c's acknowledgements that are ready, in order."""
@@ -419,16 +428,16 @@ class Persist:
 
     def commit(self):
         """Commit what this pass appended. Lazy records alone (deliveries done) wait up to
-        LAZY_MS or LAZY_BYTES for company: a subscriber draining a stored queue would otherwise
+        _LAZY_MS or _LAZY_BYTES for company: a subscriber draining a stored queue would otherwise
         cost one file per loop pass, in time and in flash wear."""
         st = self.store
         if st.buf:
-            if st.urgent or len(st.buf) >= LAZY_BYTES:
+            if st.urgent or len(st.buf) >= _LAZY_BYTES:
                 st.commit()
             else:
                 now = time.ticks_ms()
                 if self.lazy_due is None:
-                    self.lazy_due = time.ticks_add(now, LAZY_MS)
+                    self.lazy_due = time.ticks_add(now, _LAZY_MS)
                 elif time.ticks_diff(now, self.lazy_due) >= 0:
                     st.commit()
         if not st.buf:

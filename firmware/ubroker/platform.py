@@ -5,13 +5,15 @@ look at sys.platform; main.py asks this module."""
 import sys
 import time
 
+from micropython import const
+
 UNIX = sys.platform == "linux"
 
 # How long one WiFi join may take, and how many joins before the access-point fallback.
-JOIN_MS = 15000
-JOINS = 3
+_JOIN_MS = const(15000)
+_JOINS = const(3)
 # CYW43 power-management word that turns power saving off (rp2 network docs; mqtt_as does so).
-_RP2_PM_NONE = 0xA11140
+_RP2_PM_NONE = const(0xA11140)
 
 
 def print_exception(e):
@@ -29,7 +31,7 @@ def _join(sta, ssid, password, log):
     if not sta.isconnected():
         sta.connect(ssid, password)
     t0 = time.ticks_ms()
-    while time.ticks_diff(time.ticks_ms(), t0) < JOIN_MS:
+    while time.ticks_diff(time.ticks_ms(), t0) < _JOIN_MS:
         if sta.isconnected():
             return True
         time.sleep_ms(250)
@@ -65,8 +67,8 @@ else:
                 sta.config(pm=_RP2_PM_NONE)  # a broker must answer at once: no WiFi power save
             except (ValueError, OSError):
                 pass
-        for attempt in range(1, JOINS + 1):
-            log("joining WiFi %r (attempt %d of %d)" % (ssid, attempt, JOINS))
+        for attempt in range(1, _JOINS + 1):
+            log("joining WiFi %r (attempt %d of %d)" % (ssid, attempt, _JOINS))
             try:
                 if _join(sta, ssid, cfg.get("wifi_password", ""), log):
                     return sta.ifconfig()[0]

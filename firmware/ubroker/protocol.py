@@ -3,34 +3,33 @@ type. Each checks the packet as the spec demands and raises Malformed for anythi
 close the connection (MQTT-4.8.0-1); the server does the closing. A handler returns False
 when the packet cannot be taken yet (a subscriber has no room) and must be offered again."""
 
-from .codec import (
-    ACCEPTED,
-    BAD_CLIENT_ID,
-    BAD_PROTOCOL,
-    CONNECT,
-    DISCONNECT,
-    PINGREQ,
-    PINGRESP_PKT,
-    PUBACK,
-    PUBCOMP,
-    PUBLISH,
-    PUBREC,
-    PUBREL,
-    SUB_FAILURE,
-    SUBSCRIBE,
-    UNAVAILABLE,
-    UNSUBSCRIBE,
-    Malformed,
-    ack,
-    check_utf8,
-    connack,
-    field,
-    suback,
-    u16,
-    utf8,
-)
-from .session import AWAIT_COMP, QOS, STAGE
+from micropython import const
+
+from .codec import PINGRESP_PKT, Malformed, ack, check_utf8, connack, field, suback, u16, utf8
 from .topics import valid_filter, valid_topic
+
+# codec.py's packet types and return codes (MQTT 3.1.1 tables 2.1, 3.1) and session.py's
+# entry layout, as private consts: imported names would each be a global of this module
+# (tests/test_layouts.py keeps the copies equal to their owners)
+_CONNECT = const(1)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_PUBREC = const(5)
+_PUBREL = const(6)
+_PUBCOMP = const(7)
+_SUBSCRIBE = const(8)
+_UNSUBSCRIBE = const(10)
+_PINGREQ = const(12)
+_DISCONNECT = const(14)
+_ACCEPTED = const(0)
+_BAD_PROTOCOL = const(1)
+_BAD_CLIENT_ID = const(2)
+_UNAVAILABLE = const(3)
+_SUB_FAILURE = const(0x80)
+_PID = const(0)
+_QOS = const(1)
+_STAGE = const(3)
+_AWAIT_COMP = const(1)
 
 # Fixed-header flag bits each type must carry (MQTT-2.2.2-1/2); PUBLISH is checked apart.
 _FLAGS = (None, 0, None, None, 0, 0, 2, 0, 2, None, 2, None, 0, None, 0, None)
@@ -70,14 +69,14 @@ class Protocol:
             if inflight:  # else an acknowledgement for nothing we sent: ignore
                 i = 0
                 for e in inflight:
-                    if e[0] == pid:  # PID
-                        if e[1] == 1:  # QOS
+                    if e[_PID] == pid:
+                        if e[_QOS] == 1:
                             self.b.release(s, i)
                         break
                     i += 1
             return True
         ptype = b0 >> 4
-        if ptype == PUBLISH:
+        if ptype == _PUBLISH:
             if c.sess is None:
                 raise Malformed("PUBLISH before CONNECT")
             return self.publish(c, b0, buf, pos, end)
@@ -89,22 +88,22 @@ class Protocol:
         if b0 & 0x0F != flags:
             raise Malformed("reserved flags of packet type %d" % ptype)
         if c.sess is None:
-            if ptype != CONNECT:
+            if ptype != _CONNECT:
                 raise Malformed("first packet is not CONNECT")  # MQTT-3.1.0-1
             return self.connect(c, buf, pos, end)
-        if ptype == CONNECT:
+        if ptype == _CONNECT:
             raise Malformed("second CONNECT")  # MQTT-3.1.0-2
-        if ptype == PINGREQ or ptype == DISCONNECT:
+        if ptype == _PINGREQ or ptype == _DISCONNECT:
             if end != pos:
                 raise Malformed("remaining length must be 0")
-            if ptype == PINGREQ:
+            if ptype == _PINGREQ:
                 self.b.send(c, PINGRESP_PKT)  # MQTT-3.12.4-1
             else:
                 self.server.close(c, "disconnected", False)  # MQTT-3.14.4-1/3
             return True
-        if ptype == SUBSCRIBE:
+        if ptype == _SUBSCRIBE:
             return self.subscribe(c, buf, pos, end)
-        if ptype == UNSUBSCRIBE:
+        if ptype == _UNSUBSCRIBE:
             return self.unsubscribe(c, buf, pos, end)
         # PUBREC, PUBREL, PUBCOMP (PUBACK was taken above)
         if end - pos != 2:
@@ -114,7 +113,7 @@ class Protocol:
             raise Malformed("packet id 0")  # MQTT-2.3.1-1
         s = c.sess
         per = self.b.persist
-        if ptype == PUBREL:
+        if ptype == _PUBREL:
             durable = False
             q2 = s.qos2in
             if q2 and pid in q2:
@@ -122,22 +121,22 @@ class Protocol:
                 self.b.freed = True  # a publisher held back by that bound may go on
                 if per is not None:
                     durable = per.q2_removed(s, pid)
-            self.acknowledge(c, PUBCOMP, pid, durable)  # MQTT-4.3.3-2
+            self.acknowledge(c, _PUBCOMP, pid, durable)  # MQTT-4.3.3-2
             return True
         i = s.find(pid)
         if i < 0:
             return True  # an acknowledgement for nothing we sent: ignore
         e = s.inflight[i]
-        if ptype == PUBREC:
-            if e[QOS] == 2:
-                e[STAGE] = AWAIT_COMP  # MQTT-4.3.3-1: discard the message, keep the id
+        if ptype == _PUBREC:
+            if e[_QOS] == 2:
+                e[_STAGE] = _AWAIT_COMP  # MQTT-4.3.3-1: discard the message, keep the id
                 if per is None:
                     self.answer(c, 0x62, pid)  # PUBREL
                 else:
-                    pkt = ack(PUBREL, pid)
+                    pkt = ack(_PUBREL, pid)
                     if not per.released(s, e, pkt):
                         self.b.send(c, pkt)
-        elif e[QOS] == 2 and e[STAGE] == AWAIT_COMP:  # PUBCOMP
+        elif e[_QOS] == 2 and e[_STAGE] == _AWAIT_COMP:  # PUBCOMP
             self.b.release(s, i)
         return True
 
@@ -167,7 +166,7 @@ class Protocol:
         level &= 0x7F
         if not ((name == b"MQTT" and level == 4) or (name == b"MQIsdp" and level == 3)):
             if name == b"MQTT" or name == b"MQIsdp":
-                self.refuse(c, BAD_PROTOCOL, "protocol level %d not supported" % level)  # MQTT-3.1.2-2
+                self.refuse(c, _BAD_PROTOCOL, "protocol level %d not supported" % level)  # MQTT-3.1.2-2
                 return True
             raise Malformed("protocol name")  # MQTT-3.1.2-1
         if flags & 1:
@@ -207,39 +206,39 @@ class Protocol:
                 return True
         if not cid:
             if not clean:
-                self.refuse(c, BAD_CLIENT_ID, "empty client id with a persistent session")  # MQTT-3.1.3-8
+                self.refuse(c, _BAD_CLIENT_ID, "empty client id with a persistent session")  # MQTT-3.1.3-8
                 return True
             self._ids += 1
             cid = b"ub-%d-%d" % (self._ids, self.server.now & 0xFFFF)  # MQTT-3.1.3-6
         elif len(cid) > self.cfg["max_client_id_length"]:
             self.b.stats.hit("client_id_length")
-            self.refuse(c, BAD_CLIENT_ID, "client id too long")
+            self.refuse(c, _BAD_CLIENT_ID, "client id too long")
             return True
         elif cid.startswith(b"$bridge/"):
-            self.refuse(c, BAD_CLIENT_ID, "client id of a bridge")
+            self.refuse(c, _BAD_CLIENT_ID, "client id of a bridge")
             return True
         mk = self.cfg["max_keepalive"]
         if mk and (keepalive > mk or not keepalive):
             # 3.1.1 cannot tell a client to use a shorter keepalive: Mosquitto refuses it with
             # "identifier rejected", and so do we (0, no keepalive at all, is more than any).
             self.b.stats.hit("keepalive")
-            self.refuse(c, BAD_CLIENT_ID, "keepalive %d above max_keepalive %d" % (keepalive, mk))
+            self.refuse(c, _BAD_CLIENT_ID, "keepalive %d above max_keepalive %d" % (keepalive, mk))
             return True
         b_ = self.b
         old = b_.sessions.get(cid)
         takeover = old is not None and old.conn is not None
         if not takeover and b_.stats.connected >= self.cfg["max_connections"]:
             b_.stats.hit("connections")
-            self.refuse(c, UNAVAILABLE, "too many clients")
+            self.refuse(c, _UNAVAILABLE, "too many clients")
             return True
         if b_.low_heap():
-            self.refuse(c, UNAVAILABLE, "heap below heap_reserve")
+            self.refuse(c, _UNAVAILABLE, "heap below heap_reserve")
             return True
         if takeover:
             self.server.close(old.conn, "taken over by a new connection", True)  # MQTT-3.1.4-2
         s, present = b_.session(cid, clean)
         if s is None:
-            self.refuse(c, UNAVAILABLE, "too many sessions")
+            self.refuse(c, _UNAVAILABLE, "too many sessions")
             return True
         s.conn = c
         c.sess = s
@@ -256,7 +255,7 @@ class Protocol:
         st.connected += 1
         if st.connected > st.max_connected:
             st.max_connected = st.connected
-        b_.send(c, connack(present, ACCEPTED))  # MQTT-3.2.2-1..3
+        b_.send(c, connack(present, _ACCEPTED))  # MQTT-3.2.2-1..3
         self.server.log_event(c, "connected")
         if present:
             b_.resend(s)
@@ -305,7 +304,7 @@ class Protocol:
             if qos == 2 and s.qos2in:
                 if pid in s.qos2in:
                     # A resent QoS 2 PUBLISH we already took: acknowledge, never deliver twice.
-                    b_.send(c, ack(PUBREC, pid))
+                    b_.send(c, ack(_PUBREC, pid))
                     return True
                 if len(s.qos2in) >= 4 * b_.max_inflight + 16:
                     # The ids we keep are bounded: the publisher waits (backpressure) until
@@ -354,7 +353,7 @@ class Protocol:
         if acked is not None:
             return True
         if durable or (per is not None and (per.fresh or c.acks)):
-            self.acknowledge(c, PUBACK if qos == 1 else PUBREC, pid, durable)  # MQTT-4.3.2-2, 4.3.3-2
+            self.acknowledge(c, _PUBACK if qos == 1 else _PUBREC, pid, durable)  # MQTT-4.3.2-2, 4.3.3-2
             return True
         self.answer(c, 0x40 if qos == 1 else 0x50, pid)
         return True
@@ -399,22 +398,22 @@ class Protocol:
             fresh = not s.has_filter(flt)
             if fresh and len(flt) > self.cfg["max_topic_length"]:
                 b_.stats.hit("topic_length")
-                codes.append(SUB_FAILURE)
+                codes.append(_SUB_FAILURE)
                 continue
             if fresh and s.nfilters() >= self.cfg["max_subscriptions_per_client"]:
                 b_.stats.hit("subscriptions_per_client")
-                codes.append(SUB_FAILURE)
+                codes.append(_SUB_FAILURE)
                 continue
             if self.acl is not None and not self.acl.can_subscribe(c.user, s.cid, flt):
                 b_.stats.hit("acl_denied_subscribe")
-                codes.append(SUB_FAILURE)  # MQTT-3.9.3-2: 0x80, failure
+                codes.append(_SUB_FAILURE)  # MQTT-3.9.3-2: 0x80, failure
                 continue
             if fresh and b_.index.count >= self.cfg["max_subscriptions"]:
                 b_.stats.hit("subscriptions")
-                codes.append(SUB_FAILURE)
+                codes.append(_SUB_FAILURE)
                 continue
             if fresh and b_.low_heap():
-                codes.append(SUB_FAILURE)
+                codes.append(_SUB_FAILURE)
                 continue
             if fresh:
                 s.add_filter(flt)

@@ -18,9 +18,11 @@ from .protocol import Protocol
 from .session import Conn
 from .sysinfo import SysInfo
 
-_IN = select.POLLIN
-_OUT = select.POLLOUT
-_ERR = select.POLLERR | select.POLLHUP
+# select's POLLIN, POLLOUT, POLLERR | POLLHUP: the same bits on every port (MicroPython's
+# stream poll flags on the boards, poll(2)'s on Linux), as consts: no global each
+_IN = const(1)
+_OUT = const(4)
+_ERR = const(8 | 16)
 # A connection still without CONNECT this long after its handshake is not a client of a
 # reconnecting fleet that is merely behind (those send it within a round trip or two).
 _SILENT_MS = const(2000)

@@ -5,6 +5,13 @@ created on first use so that an idle client costs little heap."""
 
 import sys
 
+try:
+    from micropython import const
+except ImportError:  # CPython, for the unit tests
+
+    def const(x):  # type: ignore[misc]
+        return x
+
 # Heap bytes one queued or in-flight message costs beyond its topic and payload (entry list,
 # message list, object headers), counted by max_queued_bytes so the limit bounds the heap:
 # 224 B on the 64-bit unix port, half that assumed on 32-bit boards. Measured: 222 B before
@@ -19,14 +26,16 @@ def cost(msg):
 # Outbound entry: [packet id, qos, message, stage]; message is [topic, payload, mid] (mid: its
 # id in the durable store, 0 until written) and stage is AWAIT_ACK (PUBLISH sent, PUBACK/PUBREC
 # expected) or AWAIT_COMP (PUBREL sent). Entries of persistent sessions have three more
-# fields when persistence is on (persist.py).
-PID = 0
-QOS = 1
-MSG = 2
-STAGE = 3
-AWAIT_ACK = 0
-AWAIT_COMP = 1
-_SEARCH_EVERY = 1024
+# fields when persistence is on (persist.py owns those). This module owns the layout; the
+# modules that read entries on the hot path keep private const() copies (a const is inlined
+# by the compiler only within its module), checked against these by tests/test_layouts.py.
+PID = const(0)
+QOS = const(1)
+MSG = const(2)
+STAGE = const(3)
+AWAIT_ACK = const(0)
+AWAIT_COMP = const(1)
+_SEARCH_EVERY = const(1024)
 
 
 

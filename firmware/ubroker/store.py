@@ -22,6 +22,8 @@ import binascii
 import os
 import struct
 
+from micropython import const
+
 def makedirs(path):
     """Create the store's folder and its parents (MicroPython's os has no makedirs)."""
     cur = ""
@@ -34,10 +36,10 @@ def makedirs(path):
                 pass
 
 
-_MAGIC = 0xA5
+_MAGIC = const(0xA5)
 _HDR = "<BBHII"
-HDR_SIZE = 12
-END = 0  # record type: the snapshot that starts a generation is complete
+_HDR_SIZE = const(12)
+_END = const(0)  # record type: the snapshot that starts a generation is complete
 
 
 class Store:
@@ -59,7 +61,7 @@ class Store:
         self.compactions = 0
         self.torn = 0  # torn or corrupt tails found at recovery
         self.f = None  # the snapshot being written
-        self._hdr = bytearray(HDR_SIZE)
+        self._hdr = bytearray(_HDR_SIZE)
 
     def _file(self, gen, kind):
         return "%s/ubroker.%d.%s" % (self.path, gen, kind)
@@ -157,7 +159,7 @@ class Store:
         self.buf[:] = b""
 
     def end_snapshot(self):
-        self.append(END, b"")
+        self.append(_END, b"")
         self.snapshot_flush()
         self.f.close()
         self.f = None
@@ -228,7 +230,7 @@ class Store:
             f = open(name, "rb")
         except OSError:
             return False
-        hdr = bytearray(HDR_SIZE)
+        hdr = bytearray(_HDR_SIZE)
         ok = True
         complete = False
         with f:
@@ -236,7 +238,7 @@ class Store:
                 n = f.readinto(hdr)
                 if not n:
                     break
-                if n < HDR_SIZE:
+                if n < _HDR_SIZE:
                     ok = False
                     break
                 magic, rtype, blen, seq, crc = struct.unpack(_HDR, hdr)
@@ -247,7 +249,7 @@ class Store:
                     break
                 if seq > self.seq:
                     self.seq = seq
-                if rtype == END:
+                if rtype == _END:
                     complete = True
                 else:
                     out.append((rtype, body))
