@@ -105,22 +105,46 @@ def test_paho_over_tls_round_trip(tls_broker, certs):
     assert sorted(got) == [("tls/q0", b"x" * 300, 0), ("tls/q1", b"x" * 600, 1), ("tls/q2", b"x" * 900, 2)]
 
 
-def test_plain_client_on_the_tls_port_is_closed_without_an_answer(tls_broker):
-    """An MQTT CONNECT in clear on the TLS port is not a TLS record: the connection is closed,
-    nothing MQTT is sent back, and the broker goes on serving."""
-    r = mqttraw.RawClient(tls_broker.tls_port)
-    r.send(mqttraw.connect("plain"))
+def read_until_closed(sock, timeout=5.0):
+    """(closed, bytes received): read until the broker closes the connection (EOF or reset)
+    or `timeout` seconds pass without it."""
+    sock.settimeout(timeout)
     data = b""
     try:
         while True:
-            chunk = r.sock.recv(4096)
+            chunk = sock.recv(4096)
             if not chunk:
-                break
+                return True, data
             data += chunk
-    except (socket.timeout, OSError):
-        pass
+    except socket.timeout:
+        return False, data
+    except OSError:
+        return True, data
+
+
+def test_plain_client_on_the_tls_port_gets_no_mqtt_answer(tls_broker):
+    """An MQTT CONNECT in clear on the TLS port is not a TLS record: nothing MQTT is sent back
+    (no CONNACK within 2 s), and the broker goes on serving TLS clients. That the connection
+    is also closed is test_a_failed_handshake_closes_the_connection."""
+    r = mqttraw.RawClient(tls_broker.tls_port)
+    r.send(mqttraw.connect("plain"))
+    _closed, data = read_until_closed(r.sock, 2.0)
     assert not data.startswith(b"\x20\x02"), data  # no CONNACK
     assert TlsRaw(tls_broker.tls_port, client_ctx(tls_broker.certs)).connect("after") == (0, 0)
+
+
+@pytest.mark.xfail(strict=True, reason="firmware defect: after an mbedTLS read error Server.close "
+                   "closes the TLS wrapper only, and MicroPython's wrapper then leaves the TCP socket "
+                   "open (its fd leaks in the broker); strict: passes once the raw socket is closed too")
+@pytest.mark.parametrize("data", [mqttraw.connect("plain"), b"\x00" * 5], ids=["plain-connect", "zeros"])
+def test_a_failed_handshake_closes_the_connection(tls_broker, data):
+    """Bytes that are not a TLS record end the handshake (the broker logs the mbedTLS read
+    error): the broker closes the connection then, within 5 s, instead of keeping its socket."""
+    r = mqttraw.RawClient(tls_broker.tls_port)
+    r.send(data)
+    closed, got = read_until_closed(r.sock, 5.0)
+    assert "MBEDTLS_ERR_SSL_INVALID_RECORD" in tls_broker.log()
+    assert closed, "the TLS port kept the connection open after %r (got %r)" % (data, got)
 
 
 def test_client_that_does_not_trust_the_server_certificate_fails(tls_broker):
@@ -143,15 +167,19 @@ def test_required_client_certificate(broker_factory, certs):
     b = broker_factory(config=tls_config(certs, port, require=True))
     assert TlsRaw(port, client_ctx(certs, "client")).connect("with-cert") == (0, 0)
     for cert in (None, "rogue"):
-        ok = False
+        outcome = "refused"
         try:
             r = TlsRaw(port, client_ctx(certs, cert))
             # TLS 1.3 reports a refused client certificate only at the first read
             r.send(mqttraw.connect("no-cert"))
-            ok = r.recv_packet(5) is not None
+            p = r.recv_packet(5)
+            if p is not None:
+                outcome = "answered with %r" % p
+        except socket.timeout:
+            outcome = "neither refused nor answered within 5 s"
         except (ssl.SSLError, OSError):
-            pass
-        assert not ok, "client without a valid certificate got in (%s)" % cert
+            pass  # the handshake failed, or the broker closed: refused
+        assert outcome == "refused", "client without a valid certificate (%s): %s" % (cert, outcome)
     assert b.alive()
 
 
@@ -233,7 +261,8 @@ def test_mutated_packets_over_tls(fuzz_tls, tls_witness, certs, data, cuts, conn
 @FUZZ
 @given(data=st.binary(min_size=1, max_size=300), cuts=CUTS)
 def test_garbage_instead_of_a_tls_handshake(fuzz_tls, tls_witness, data, cuts):
-    """Bytes that are not TLS at all on the TLS port: closed, nobody else disturbed."""
+    """Bytes that are not TLS at all on the TLS port: the broker lives and nobody else is
+    disturbed (that it closes such a connection is test_a_failed_handshake_closes_the_connection)."""
     raw = mqttraw.RawClient(fuzz_tls.tls_port, timeout=5)
     send_chunks(raw, data, cuts)
     finish(raw)
