@@ -1,10 +1,10 @@
 """Start-up of the local sensors: the registry of built-in sensors by name, reading the
 `sensor` lines (NAME or module.factory, then key=value options), making the drivers and
-checking them. Used once by sensors.Sensors, then dropped from the heap."""
+checking them. Used once by sensors.Sensors, then dropped from the heap. Imports nothing from
+sensors.py: a driver that is not available raises an OSError (sensors.Unavailable is one),
+and the scheduler passes in how it words an exception (why)."""
 
 import sys
-
-from .sensors import Unavailable, _why
 
 # name -> (module of this package, factory). A `sensor` line may also name any importable
 # module's factory as module.factory.
@@ -60,9 +60,9 @@ def _valid_topic(t):
     return t and "+" not in t and "#" not in t and "//" not in t and t[0] != "/" and t[-1] != "/"
 
 
-def entries(cfg, log, now):
+def entries(cfg, log, now, why):
     """The scheduler's list of sensors from the settings; a line that cannot run is logged
-    and skipped."""
+    (why(exception) gives the reason's words) and skipped."""
     out = []
     used = set()
     before = set(sys.modules)
@@ -72,9 +72,9 @@ def entries(cfg, log, now):
         return out
     for line in cfg.get("sensor", ()):
         try:
-            add(out, used, line, prefix, cfg.get("sensor_interval", 0), now, log)
+            add(out, used, line, prefix, cfg.get("sensor_interval", 0), now, log, why)
         except Exception as e:  # one bad line costs that sensor, never the broker
-            log("sensor %s: cannot start: %s" % (line, _why(e)))
+            log("sensor %s: cannot start: %s" % (line, why(e)))
     # A built-in module none of whose sensors runs here (bme280 on the unix port, say) would
     # only hold heap: let it go.
     import ubroker
@@ -90,7 +90,7 @@ def entries(cfg, log, now):
     return out
 
 
-def add(out, used, line, prefix, every, now, log):
+def add(out, used, line, prefix, every, now, log, why):
     """Make the sensor(s) of one `sensor` line and append them to out."""
     words = line.split()
     opts = options(words[1:])
@@ -100,8 +100,8 @@ def add(out, used, line, prefix, every, now, log):
     mod, make = factory(words[0])
     try:
         made = make(**opts)
-    except (Unavailable, OSError) as e:
-        log("sensor %s: not available here (%s)" % (words[0], _why(e)))
+    except OSError as e:  # sensors.Unavailable, or the missing device's own error
+        log("sensor %s: not available here (%s)" % (words[0], why(e)))
         return
     for drv in made if isinstance(made, (list, tuple)) else (made,):
         name = getattr(drv, "name", None)

@@ -18,7 +18,8 @@ SLOW_MS is counted; STRIKES of them in a row drop the sensor, so a slow driver c
 the broker from its clients.
 
 What is needed only at start (reading the `sensor` lines, finding and checking the drivers)
-is in sensor_setup.py, which is dropped from the heap once the sensors are running."""
+is in sensor_setup.py, which hands the scheduler its entries as plain data, imports nothing
+from here, and is dropped from the heap once the sensors are running."""
 
 import sys
 import time
@@ -31,8 +32,10 @@ STRIKES = 3
 _DRV, _TOPIC, _EVERY, _DUE, _SLOW, _FAILS, _UNIT = range(7)
 
 
-class Unavailable(Exception):
-    """Raised by a driver's constructor: this board or host has no such sensor."""
+class Unavailable(OSError):
+    """Raised by a driver's constructor: this board or host has no such sensor. An OSError,
+    as a missing device's own error is, so start-up treats both alike without knowing this
+    class."""
 
 
 def text(value, digits=2):
@@ -66,7 +69,7 @@ class Sensors:
         try:
             from . import sensor_setup
 
-            self.entries = sensor_setup.entries(cfg, server.log, server.now)
+            self.entries = sensor_setup.entries(cfg, server.log, server.now, _why)
         finally:
             # Start-up code only: let the next collection take it back.
             sys.modules.pop("ubroker.sensor_setup", None)
