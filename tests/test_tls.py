@@ -285,13 +285,13 @@ def test_tls_listener_serves_normally_after_fuzzing(fuzz_tls, tls_witness, certs
 
 
 def test_bench_tls_connect_loop_against_ubroker(broker_factory, tmp_path):
-    """The bench's connects-over-TLS client (ubroker_tools.bench.tls_connects) with the
+    """The bench's connects-over-TLS client (ubroker_tools.bench_tls.tls_connects) with the
     certificates the bench makes: every session completes (CONNACK 0) and none fails."""
-    from ubroker_tools import bench
+    from ubroker_tools import bench_tls
 
-    d = bench.tls_certs(str(tmp_path))
+    d = bench_tls.tls_certs(str(tmp_path))
     port = free_port()
     broker_factory(config="listener 1883 127.0.0.1\nlistener %d 127.0.0.1\ncertfile %s/server.pem\nkeyfile %s/server-key.pem\n"
                    % (port, d, d))
-    r = bench.tls_connects(port, os.path.join(d, "ca.pem"), 1.0, conc=2)
+    r = bench_tls.tls_connects(port, os.path.join(d, "ca.pem"), 1.0, conc=2)
     assert r["connects"] > 5 and r["failed"] == 0, r
