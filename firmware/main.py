@@ -8,7 +8,6 @@ import gc
 import sys
 
 from ubroker import VERSION
-from ubroker.config import ConfigError, load, open_problem, resolve
 from ubroker.log import log
 from ubroker.platform import network_up, print_exception, sleep_ms
 from ubroker.server import Server
@@ -18,31 +17,16 @@ CONFIG_FILE = "ubroker.conf"
 MAX_PAUSE_MS = 30000
 
 
-def settings():
-    """The resolved config, or None when a file has a mistake (logged with its line)."""
-    layers = []
-    for path in (BOARD_FILE, CONFIG_FILE):
-        try:
-            layers.append(load(path))
-        except OSError:
-            log("no %s: using the defaults for it" % path)
-        except ConfigError as e:
-            for line in e.errors:
-                log(line)
-            log("fix %s (ubroker config --check) and flash it again" % path)
-            return None
-    return resolve(*layers)
-
-
 def main():
     log("ubroker %s on MicroPython %s (%s)"
         % (VERSION, ".".join(str(v) for v in sys.implementation.version[:3]), sys.platform))
-    cfg = settings()
+    from ubroker.config import settings
+
+    cfg = settings((BOARD_FILE, CONFIG_FILE), log, True)
+    del settings  # the function would keep the parser module alive for the broker's life
+    gc.collect()
     if cfg is None:
-        return
-    problem = open_problem(cfg)
-    if problem:
-        log("cannot start: %s; fix %s (ubroker config --check) and flash it again" % (problem, CONFIG_FILE))
+        log("fix %s (ubroker config --check) and flash it again" % CONFIG_FILE)
         return
     if cfg.get("persistence") and cfg.get("persistence_location"):
         from ubroker.store import makedirs

@@ -14,7 +14,7 @@ USAGE = "usage: unix_main.py [--host H] [--port P] [--config FILE] [--board-file
 
 
 def args(argv):
-    opts = {}
+    opts = {}  # type: dict
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -26,46 +26,26 @@ def args(argv):
             raise ValueError(USAGE)
         opts[a[2:]] = argv[i + 1]
         i += 2
+    if "port" in opts:
+        try:
+            opts["port"] = int(opts["port"])
+        except ValueError:
+            raise ValueError("--port expects a number")
     return opts
 
 
 def settings(opts):
-    """The resolved config. The parser's tables are dropped from the heap afterwards: the
-    broker keeps only the resulting dict."""
-    from ubroker.config import ConfigError, load, open_problem, resolve
+    """defaults <- board profile <- config file <- --host/--port (config.settings)."""
+    from ubroker.config import settings
 
-    try:
-        layers = []
-        if "board-file" in opts:
-            layers.append(load(opts["board-file"]))
-        if "config" in opts:
-            layers.append(load(opts["config"]))
-        cfg = resolve(*layers)
+    def amend(cfg):
         if "host" in opts or "port" in opts:
-            port0, host0 = cfg["listener"][0]
-            try:
-                port = int(opts.get("port", port0))
-            except ValueError:
-                log("--port expects a number")
-                return None
             # --host/--port move the first listener; the others (a TLS one, say) stay
-            cfg["listener"] = [(port, opts.get("host", host0))] + cfg["listener"][1:]
-        problem = open_problem(cfg)
-        if problem:
-            log("cannot start: " + problem)
-            return None
-        return cfg
-    except ConfigError as e:
-        for line in e.errors:
-            log(line)
-    except OSError as e:
-        log(str(e))
-    finally:
-        import ubroker
+            port0, host0 = cfg["listener"][0]
+            cfg["listener"] = [(opts.get("port", port0), opts.get("host", host0))] + cfg["listener"][1:]
 
-        del sys.modules["ubroker.config"]
-        del ubroker.config
-    return None
+    files = [opts[k] for k in ("board-file", "config") if k in opts]
+    return settings(files, log, amend=amend)
 
 
 def main(argv):

@@ -346,3 +346,44 @@ def open_problem(cfg):
 def load(path, source=None):
     with open(path) as f:
         return parse(f.read(), source or path)
+
+
+def settings(files, log, missing_ok=False, amend=None):
+    """What a broker starts with, in layers: defaults <- each file of files in turn (the
+    board profile, then the user's config) <- amend(cfg), the command line's changes. Each
+    mistake is logged with its line and the answer is None; so is a config that must not
+    start (open_problem). A missing file is a mistake unless missing_ok, when its layer is
+    left out. Both entries (main.py on a board, unix_main.py) start here.
+
+    Afterwards this module leaves the heap: the broker keeps only the resulting dict, and on
+    a board the parser's tables are heap better spent on clients."""
+    import sys
+
+    import ubroker
+
+    try:
+        layers = []
+        for path in files:
+            try:
+                layers.append(load(path))
+            except OSError as e:
+                if not missing_ok:
+                    raise e
+                log("no %s: using the defaults for it" % path)
+        cfg = resolve(*layers)
+        if amend is not None:
+            amend(cfg)
+        problem = open_problem(cfg)
+        if problem:
+            log("cannot start: " + problem)
+            return None
+        return cfg
+    except ConfigError as e:
+        for line in e.errors:
+            log(line)
+    except OSError as e:
+        log(str(e))
+    finally:
+        del sys.modules["ubroker.config"]
+        del ubroker.config
+    return None

@@ -17,6 +17,7 @@ import time
 
 from micropython import const
 
+from .codec import field
 from .session import Session, cost
 from .store import Store
 
@@ -72,8 +73,9 @@ def _unmark(msg):
 
 
 def _take(body, pos):
-    n = (body[pos] << 8) | body[pos + 1]
-    return bytes(body[pos + 2 : pos + 2 + n]), pos + 2 + n
+    """A length-prefixed field of a record body: (its bytes, the position after it)."""
+    a, b = field(body, pos, len(body))
+    return bytes(body[a:b]), b
 
 
 class Persist:

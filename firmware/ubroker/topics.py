@@ -58,10 +58,6 @@ def match_levels(levels, topic):
     return False
 
 
-def matches(flt, topic):
-    return match_levels(flt.split(b"/"), topic)
-
-
 class Index:
     """Subscriptions of all clients. Each filter maps to a flat list [client, qos, client,
     qos, ...] (smaller than a dict for the usual one or two subscribers). A topic's exact
@@ -170,18 +166,18 @@ class Index:
         sequence number of the last collect that saw them) and mq."""
         subs = self.exact.get(topic)
         if subs:
-            _take(subs, hits, seq)
+            _add_subscribers(subs, hits, seq)
         wild = self.wild
         for flt in wild:
             levels, subs = wild[flt]
             if match_levels(levels, topic):
-                _take(subs, hits, seq)
+                _add_subscribers(subs, hits, seq)
 
 
 _NONE = []
 
 
-def _take(subs, hits, seq):
+def _add_subscribers(subs, hits, seq):
     for i in range(0, len(subs), 2):
         c = subs[i]
         q = subs[i + 1]
