@@ -42,7 +42,7 @@ def test_wear_per_1000_qos1_messages():
     """Online subscriber that acknowledges at once: no flash write at all. Offline subscriber,
     1000 QoS 1 messages under load (4 publishers, 20 in flight each): written (else the
     online zero would prove nothing), in at most 50 block erases. The other load shapes are
-    measured and reported (README), not bounded here."""
+    measured and reported (docs/durability.md), not bounded here."""
     w = run("wear")
     assert w["online_delivered"] == 1000
     assert w["online"]["programs"] == 0 and w["online"]["erases"] == 0, w["online"]

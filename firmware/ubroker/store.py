@@ -6,7 +6,7 @@ records (persist.py gives them that).
 Why these files. On LittleFS, appending to a file and flushing costs about one block erase per
 flush, however little was written (the partly written last block is copied). A new file no
 larger than LittleFS's inline limit (128 B at a 32 B program size) lives inside its directory's
-metadata instead and costs about a tenth of an erase (measured: make bench, README). So each
+metadata instead and costs about a tenth of an erase (measured: docs/durability.md, docs/platform.md §3). So each
 commit is a file of its own, written whole and closed before anything in it is acknowledged:
 
     ubroker.<g>.log        generation g: the snapshot of the live state, ending in END

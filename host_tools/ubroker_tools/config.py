@@ -44,7 +44,7 @@ TEMPLATE = """# ubroker config for board {board} ({description}).
 # listener PORT [ADDRESS]; repeat for more than one. 0.0.0.0 listens on every interface.
 listener 1883 0.0.0.0
 
-# --- clients and security (README, "Security") -------------------------------------------
+# --- clients and security (docs/security.md) --------------------------------------------------
 # Only the users in the password_file may connect, as in Mosquitto 2. Create the file with:
 #   {passwd_command}
 password_file users.txt
@@ -81,7 +81,7 @@ password_file users.txt
 # --- $SYS report every N seconds (0 = off) ---------------------------------------------------
 sys_interval 10
 
-# --- local sensors (README "Sensors"): off while sensor_interval is 0 -------------------------
+# --- local sensors (docs/sensors.md): off while sensor_interval is 0 -------------------------
 # Readings every N seconds to PREFIX/NAME (default ubroker/HOSTNAME-or-board/sensor/NAME).
 # The board's sensors: {sensors}. `sensor` lines here replace that list.
 # The sensors' code takes heap when on: `--check` says if the limits leave room for it.

@@ -22,7 +22,7 @@ then in the broker's config:  password_file users.txt
 """
 
 # A check costs 3.7 us per iteration in the unix port on a PC and, estimated, 20 to 40 times
-# that on an ESP32 at 240 MHz (README, "Security"): 10000 iterations is about 1 s there,
+# that on an ESP32 at 240 MHz (docs/security.md, "Users and passwords"): 10000 iterations is about 1 s there,
 # spread over the loop in slices so other clients are still served meanwhile.
 DEFAULT_ITERATIONS = 10000
 SCHEME = "$pbkdf2-sha256$"
