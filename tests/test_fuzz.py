@@ -1,9 +1,9 @@
 """Fuzzing over real sockets with hypothesis: random bytes after (or instead of) a valid
 CONNECT, and valid packets mutated (bytes flipped, truncated, remaining length changed, bytes
 inserted or dropped, split at random points). Whatever arrives, the broker must survive it:
-after every example a witness pair of clients, connected before the run, still does a
-publish/subscribe round trip; after the run a fresh paho client works and the broker's log
-has no traceback. One broker serves each test function (module-scoped fixture, checked at
+after every example it has closed that connection once the client ended its side, and a
+witness pair of clients, connected before the run, still does a publish/subscribe round
+trip; after the run a fresh paho client works and the broker's log has no traceback. One broker serves each test function (module-scoped fixture, checked at
 teardown)."""
 
 import socket
@@ -85,7 +85,8 @@ def session(broker, witness, data, cuts, connect_first):
             assert raw.connect("fuzzer", keepalive=60) == (0, 0)
         send_chunks(raw, data, cuts)
     finally:
-        finish(raw)
+        closed = finish(raw)
+    assert closed, "the broker kept the connection open after the client's end of stream"
     assert broker.alive(), broker.log()
     witness.check()
 
