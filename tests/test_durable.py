@@ -13,13 +13,16 @@ from conftest import start_broker, wait_for
 
 
 def kill9(b):
-    """SIGKILL the broker's MicroPython process (the child of `ubroker run`)."""
+    """SIGKILL the broker's MicroPython process (the child of `ubroker run`). Marks the broker
+    `killed`, so that a fixture checking its brokers at the end can tell this death from a
+    crash."""
     pid = b.proc.pid
     with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
         children = [int(x) for x in f.read().split()]
     for c in children:
         os.kill(c, signal.SIGKILL)
     b.proc.wait(10)
+    b.killed = True
 
 
 class Subscriber:
