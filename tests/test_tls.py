@@ -133,13 +133,12 @@ def test_plain_client_on_the_tls_port_gets_no_mqtt_answer(tls_broker):
     assert TlsRaw(tls_broker.tls_port, client_ctx(tls_broker.certs)).connect("after") == (0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="firmware defect: after an mbedTLS read error Server.close "
-                   "closes the TLS wrapper only, and MicroPython's wrapper then leaves the TCP socket "
-                   "open (its fd leaks in the broker); strict: passes once the raw socket is closed too")
 @pytest.mark.parametrize("data", [mqttraw.connect("plain"), b"\x00" * 5], ids=["plain-connect", "zeros"])
 def test_a_failed_handshake_closes_the_connection(tls_broker, data):
     """Bytes that are not a TLS record end the handshake (the broker logs the mbedTLS read
-    error): the broker closes the connection then, within 5 s, instead of keeping its socket."""
+    error): the broker closes the connection then, within 5 s, instead of keeping its socket
+    (MicroPython's TLS wrapper, once its read failed, leaves the TCP socket under it open: the
+    server closes both)."""
     r = mqttraw.RawClient(tls_broker.tls_port)
     r.send(data)
     closed, got = read_until_closed(r.sock, 5.0)

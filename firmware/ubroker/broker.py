@@ -493,7 +493,16 @@ class Broker:
         if q:
             for e in q:
                 self.held_bytes -= cost(e[_MSG])
-        s.subs = s.inflight = s.queue = s.qos2in = None
+        # Set only where the session has its own value: a new attribute on an object that
+        # has only the class default would allocate (this runs with the heap exhausted).
+        if s.subs is not None:
+            s.subs = None
+        if s.inflight is not None:
+            s.inflight = None
+        if s.queue is not None:
+            s.queue = None
+        if s.qos2in is not None:
+            s.qos2in = None
         if self.sessions.get(s.cid) is s:
             del self.sessions[s.cid]
             self.gone_sessions += 1
@@ -506,7 +515,8 @@ class Broker:
         if s is not None:  # it had been accepted (CONNACK 0)
             self.stats.connected -= 1
         will = conn.will
-        conn.will = None
+        if will is not None:  # else there is only the class default: nothing to allocate
+            conn.will = None
         if s is not None and s.conn is conn:
             s.conn = None
             if self.persist is not None and not s.clean:

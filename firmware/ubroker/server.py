@@ -126,6 +126,7 @@ class Server:
                 s, addr = ls.accept()
             except OSError:
                 return
+            raw = s
             if self.gate is not None:  # connection rate, TLS (gate.py)
                 s = self.gate.admit(ls, s)
                 if s is None:
@@ -160,6 +161,10 @@ class Server:
                 pass
             try:
                 c = Conn(s, self.now)
+                if s is not raw:
+                    # TLS: the wrapper, once its read failed, does not close the TCP socket
+                    # under it; close() closes both (an fd a failed handshake leaked)
+                    c.raw = raw
                 if self.proto.guard is not None:  # to slow down an address that keeps failing
                     # a tuple on boards; on the unix port a sockaddr: IPv4 at 4..8, IPv6 at 8..24
                     c.verify = addr[0] if type(addr) is tuple else bytes(addr[4:8] if addr[0] == 2 else addr[8:24])
@@ -167,6 +172,7 @@ class Server:
             except MemoryError:
                 self.broker.stats.hit("memory")
                 s.close()
+                raw.close()
                 gc.collect()
                 continue
             if self.gone > limit >> 1:
@@ -200,6 +206,9 @@ class Server:
         except (OSError, ValueError, KeyError):
             pass
         s.close()
+        if c.raw is not None:
+            c.raw.close()
+            c.raw = None
         self.gone += 1
         if c.paused:
             c.paused = False
@@ -582,6 +591,8 @@ class Server:
                 pass
             try:
                 s.close()
+                if c.raw is not None:
+                    c.raw.close()
             except OSError:
                 pass
         conns.clear()

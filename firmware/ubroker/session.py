@@ -171,6 +171,7 @@ class Conn:
     bridge = None  # the Bridge whose upstream link this is (bridge.py)
     peer = None  # for a bridge connecting to us: its session, which its messages skip
     user = None  # user name given in CONNECT (acl.py)
+    raw = None  # a TLS connection's TCP socket, under the wrapper in sock (closed with it)
     # With passwords (auth.Guard): the peer's address until CONNECT, then the password check
     # (a generator) while it runs, then its result, True or False.
     verify = None  # type: object
