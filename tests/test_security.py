@@ -328,14 +328,19 @@ def test_client_id_pattern_lets_each_client_use_only_its_own_tree(acl_broker):
 
 
 def test_sys_is_readable_only_where_a_rule_allows_it(acl_broker):
-    """No rule: $SYS/# and single $SYS topics are refused, and `#` never includes them. Alice's
-    rule `topic read $SYS/broker/ubroker/limits/#` lets her read exactly that subtree."""
+    """No rule: $SYS/# and single $SYS topics are refused, and `+` in the first level does not
+    reach them (`#` never granting them is test_security_unit's). Alice's rule `topic read
+    $SYS/broker/ubroker/limits/#` lets her read exactly that subtree: its current figures
+    come, the refusals above counted among them, and nothing from outside it."""
     codes, _ = suback({"user": "bob", "pw": "b"}, acl_broker, "$SYS/#", "$SYS/broker/uptime", "+/broker/uptime")
     assert codes == [SUBACK_FAILURE, SUBACK_FAILURE, SUBACK_FAILURE]
     codes, _ = suback({}, acl_broker, "$SYS/#")
     assert codes == [SUBACK_FAILURE]
     codes, r = suback({"user": "alice", "pw": "a"}, acl_broker, "$SYS/broker/ubroker/limits/#", "$SYS/broker/uptime")
     assert codes == [1, SUBACK_FAILURE]
+    got = [(p.topic, p.payload) for p in until_pingresp(r)]
+    assert (b"$SYS/broker/ubroker/limits/acl_denied_subscribe", b"5") in got, got
+    assert all(t.startswith(b"$SYS/broker/ubroker/limits/") for t, _ in got), got
 
 
 def test_sys_without_acl_file_is_readable_by_all(broker):
