@@ -13,6 +13,7 @@ in-flight message by tools/measure_heap.py's definitions, and what the hot path 
 
 import argparse
 import atexit
+import hashlib
 import json
 import os
 import re
@@ -66,6 +67,9 @@ def code(opt):
     """The folders to put on the interpreter's path: the firmware at the profile's opt_level,
     the harness (heapsteps, tests/broker_sim.py) at -O0, so its tracebacks keep lines."""
     fw = os.path.join(ROOT, "build", "heap32", "O%d" % opt)
+    if os.path.abspath(paths.FIRMWARE) != os.path.join(ROOT, "firmware"):  # UBROKER_FIRMWARE: another tree
+        fw = os.path.join(ROOT, "build", "heap32", "fw-%s" % hashlib.sha1(paths.FIRMWARE.encode()).hexdigest()[:8],
+                          "O%d" % opt)
     pkg = os.path.join(paths.FIRMWARE, "ubroker")
     _compile([(os.path.join(pkg, f), "ubroker/" + f) for f in sorted(os.listdir(pkg)) if f.endswith(".py")], fw, opt)
     for name in os.listdir(os.path.join(fw, "ubroker")):

@@ -1,0 +1,137 @@
+"""The broker's heap on 32 bits. Every other heap figure of the suite comes from the 64-bit
+unix port, while the boards (ESP32, RP2040) are 32-bit: here the real broker runs in the
+webassembly port of MicroPython, a 32-bit interpreter (tools/heap32/: run.mjs loads it in
+Node, heapsteps.py measures inside it through tests/broker_sim.py's fake sockets; `make
+heap32-deps` installs it). Its heap is fixed at the board's heap_budget, as a board's is.
+
+The figures are kept in tools/heap32/figures.json, beside their 64-bit counterparts:
+`.venv/bin/python tools/heap32/heap32.py --write` measures both ports and rewrites it."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "tools", "heap32"))
+import heap32  # noqa: E402
+
+KINDS = ("qos0_read", "qos1_read", "qos0_consume", "qos1_consume")
+
+
+@pytest.fixture(scope="module")
+def fig():
+    """The 32-bit figures, measured now (every board, the costs, the hot path)."""
+    if not os.path.exists(heap32.PORT):
+        pytest.fail("no webassembly MicroPython: run `make heap32-deps` (make test does)")
+    return heap32.run_jobs(heap32.jobs32(heap32.boards()))
+
+
+@pytest.fixture(scope="module")
+def stored():
+    with open(heap32.FIGURES) as f:
+        return json.load(f)
+
+
+def test_the_interpreter_is_32_bit_and_its_heap_cannot_grow(fig):
+    """The figures are 32-bit ones only if the interpreter is: sys.maxsize 2**31 - 1. The heap
+    is the first board's heap_budget (less the GC's own tables), and a block larger than what
+    is free fails instead of making the port add a heap area."""
+    r = fig["interpreter"]
+    assert r["maxsize"] == 2**31 - 1
+    budget = heap32.board_info(heap32.FIRST)["heap_budget"]
+    assert 0.95 * budget < r["heap"] <= budget, r
+    assert r["beyond"] == "fixed", r
+
+
+@pytest.mark.parametrize("board", heap32.boards())
+@pytest.mark.parametrize("store", [key for key, _ in heap32.STORES])
+def test_the_profile_clients_fit_its_heap_on_32_bits(fig, board, store):
+    """max_connections clients, each connected then subscribed to a topic of its own at QoS 1
+    (granted), in a heap of the profile's heap_budget, with the free heap never below its
+    heap_reserve before a CONNECT or SUBSCRIBE (where the broker would refuse), store off and
+    on (a profile with flash_store runs with it on). The harness's fake sockets, client
+    objects and broker_sim module (about 20 kB at 64 clients) count against the heap too, so
+    a board has more room than this."""
+    r = fig["boards"][board][store]
+    assert r.get("fitted") == r.get("of") == heap32.board_info(board)["max_connections"], r
+
+
+def test_the_fit_check_fails_in_a_heap_too_small():
+    """The fit check can fail: in three quarters of its heap_budget, the first board's
+    clients do not all fit, and the step says where they stopped."""
+    info = heap32.board_info(heap32.FIRST)
+    r = heap32.run32("fit", ["boards/%s.conf" % heap32.FIRST, ""], info["opt_level"],
+                     heap=info["heap_budget"] * 3 // 4, fixed=True)
+    assert 0 < r.get("fitted", 0) < r.get("of") == info["max_connections"], r
+    assert "stopped" in r, r
+
+
+def test_the_hot_path_leaves_nothing_on_the_heap(fig):
+    """After a warm-up, a burst of QoS 0 or QoS 1 messages (the subscriber acknowledging)
+    leaves the heap as it found it, once collected: no table or counter grows per message.
+    Every message is delivered."""
+    h = fig["hot"]
+    for kind in KINDS:
+        assert h["delivered_" + kind] > 0 and h["grow_" + kind] == 0, (kind, h)
+
+
+def test_heap_lock_agrees_with_the_bytes_counted(fig):
+    """The allocation count is right: a kind of message that allocates fails between
+    micropython.heap_lock() and heap_unlock() (MemoryError raised, or taken by the broker),
+    one that allocates nothing gets through."""
+    h = fig["hot"]
+    locked = [k for k in KINDS if "locked_" + k in h]
+    assert locked, h
+    for kind in locked:
+        r = h["locked_" + kind]
+        failed = "raised=yes" in r or "broker_memory_errors=0" not in r or "delivered=0" in r
+        assert failed == (h["alloc_" + kind] > 0), (kind, r, h["alloc_" + kind])
+
+
+@pytest.mark.xfail(strict=True, reason="Broker.stats counters (msgs_in, msgs_out, pub_in, pub_out, bytes_in, "
+                   "bytes_out) are plain ints: past 2**30 - 1 on 32 bits each count allocates a long int "
+                   "(after 1 GiB read or written, 2**30 messages)")
+def test_no_hot_path_counter_allocates_past_the_32_bit_small_int(fig):
+    """Each counter of Broker.stats that messages move, set to 2**30 - 1 (the largest small
+    int on 32 bits), costs no allocation per message beyond the usual."""
+    h = fig["hot"]
+    counters = {k: v for k, v in h.items() if k.startswith("counter_")}
+    assert counters
+    assert all(v == 0 for v in counters.values()), counters
+
+
+def test_closing_a_connection_allocates_nothing(fig):
+    """Closing a clean session's connection allocates nothing, as Server.consume's
+    MemoryError handler needs on a full heap: between micropython.heap_lock() and
+    heap_unlock() it raises no MemoryError (before f864d14, Broker.detach and drop_session
+    set fields the objects held only as class defaults: new instance attributes)."""
+    assert fig["hot"]["locked_close"] == "raised=no"
+
+
+def _close(a, b):
+    """Within a heap block (15 B) or 2 %, whichever is more."""
+    return abs(a - b) <= max(15, 0.02 * abs(b))
+
+
+def test_figures_json_holds_these_figures(fig, stored):
+    """tools/heap32/figures.json holds what is measured now: the broker's heap at start, the
+    clients that fit, the costs per object and the bytes per message (each within a heap block
+    or 2 %). When the broker changes, rewrite it with `.venv/bin/python tools/heap32/heap32.py
+    --write` (64-bit figures beside)."""
+    stale = []
+    for board, b in fig["boards"].items():
+        for store, r in b.items():
+            old = stored["boards"].get(board, {}).get("32", {}).get(store, {})
+            for key in ("start_broker", "fitted"):
+                if key not in old or not _close(r[key], old[key]):
+                    stale.append("%s %s %s: %s, stored %s" % (board, store, key, r[key], old.get(key)))
+    for part in ("costs", "hot"):
+        old = stored[part]["32"]
+        for key, v in fig[part].items():
+            if isinstance(v, int) and (key not in old or not _close(v, old[key])):
+                stale.append("%s %s: %s, stored %s" % (part, key, v, old.get(key)))
+    assert not stale, "tools/heap32/figures.json is stale (rewrite it: .venv/bin/python " \
+                      "tools/heap32/heap32.py --write):\n" + "\n".join(stale)
