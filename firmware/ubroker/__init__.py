@@ -1,3 +1,16 @@
 """ubroker: an MQTT 3.1.1 broker for MicroPython gateways (ESP32, Pico W, the unix port)."""
 
 VERSION = "0.1.0"
+
+
+def forget(name):
+    """Let ubroker.NAME leave the heap: start-up code (the config parser, the password and
+    access files, TLS contexts, sensor set-up) is not needed once its work is done, and on a
+    board its bytecode and tables are heap better spent on clients. Nothing keeps a reference
+    to it afterwards; an import would load it again."""
+    import sys
+
+    sys.modules.pop("ubroker." + name, None)
+    g = globals()
+    if name in g:
+        del g[name]

@@ -196,13 +196,14 @@ class Bridge:
             if self.insecure and self.cafile is None:
                 ctx.verify_mode = ssl.CERT_NONE  # type: ignore[attr-defined]  # not in the stubs; the ports have it
             else:
+                import ubroker
                 from . import tls
 
                 ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
                 try:
                     ctx.load_verify_locations(cadata=tls.der(self.cafile))
                 finally:
-                    tls.forget()
+                    ubroker.forget("tls")
             self.tls = ctx
         return ctx.wrap_socket(s, server_hostname=None if self.insecure else self.host,
                                do_handshake_on_connect=False)

@@ -357,8 +357,6 @@ def settings(files, log, missing_ok=False, amend=None):
 
     Afterwards this module leaves the heap: the broker keeps only the resulting dict, and on
     a board the parser's tables are heap better spent on clients."""
-    import sys
-
     import ubroker
 
     try:
@@ -384,6 +382,5 @@ def settings(files, log, missing_ok=False, amend=None):
     except OSError as e:
         log(str(e))
     finally:
-        del sys.modules["ubroker.config"]
-        del ubroker.config
+        ubroker.forget("config")
     return None

@@ -15,12 +15,13 @@ class Gate:
         self.tls = {}  # listening socket -> ssl.SSLContext
         self.contexts = {}  # listener index -> ssl.SSLContext
         if cfg["tls"]:
+            import ubroker
             from . import tls
 
             try:
                 self.contexts = tls.contexts(cfg["tls"])  # ValueError names a bad file
             finally:
-                tls.forget()
+                ubroker.forget("tls")  # the contexts made, its code is not needed again
 
     def listening(self, i, s):
         ctx = self.contexts.get(i)

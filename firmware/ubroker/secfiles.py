@@ -5,7 +5,6 @@ heap once the files are read (its code is only needed then); the host tools use 
 to check the files (`ubroker config --check`)."""
 
 import binascii
-import sys
 
 from .topics import valid_filter
 
@@ -32,16 +31,9 @@ def load(proto):
             proto.guard = Guard(proto, passwords(read(path, "password_file"), path) if path else {})
         proto.sec = proto.guard or proto.acl
     finally:
-        forget()
+        import ubroker
 
-
-def forget():
-    """Drop this module from the heap (after the files are read)."""
-    import ubroker
-
-    sys.modules.pop("ubroker.secfiles", None)
-    if hasattr(ubroker, "secfiles"):
-        del ubroker.secfiles
+        ubroker.forget("secfiles")  # the files are read: the parser's code can go
 
 
 def read(path, what):

@@ -81,11 +81,7 @@ def entries(cfg, log, now, why):
 
     for mod in set(sys.modules) - before - used:
         if mod.startswith("ubroker."):
-            del sys.modules[mod]
-            try:
-                delattr(ubroker, mod[8:])
-            except (AttributeError, NameError):  # NameError: a port built without delattr
-                pass
+            ubroker.forget(mod[8:])
     log("sensors under %s/: %s" % (prefix, ", ".join(e[0].name for e in out) or "none"))
     return out
 

@@ -21,7 +21,6 @@ What is needed only at start (reading the `sensor` lines, finding and checking t
 is in sensor_setup.py, which hands the scheduler its entries as plain data, imports nothing
 from here, and is dropped from the heap once the sensors are running."""
 
-import sys
 import time
 
 SLOW_MS = 100
@@ -72,9 +71,7 @@ class Sensors:
             self.entries = sensor_setup.entries(cfg, server.log, server.now, _why)
         finally:
             # Start-up code only: let the next collection take it back.
-            sys.modules.pop("ubroker.sensor_setup", None)
-            if hasattr(ubroker, "sensor_setup"):
-                del ubroker.sensor_setup
+            ubroker.forget("sensor_setup")
 
     def tick(self, now):
         """Read every sensor that is due: O(number of sensors), once a second."""

@@ -10,7 +10,6 @@ cafile holds one CA certificate."""
 
 import binascii
 import ssl
-import sys
 
 
 def der(path):
@@ -61,11 +60,3 @@ def context(opts):
         ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]  # the stubs lack it; the port has it
     return ctx
 
-
-def forget():
-    """Drop this module from the heap: the contexts made, its code is not needed again."""
-    import ubroker
-
-    sys.modules.pop("ubroker.tls", None)
-    if hasattr(ubroker, "tls"):
-        del ubroker.tls
