@@ -82,7 +82,8 @@ def code_options(profile, board):
     `ubroker build` and `ubroker run` alike. Raises BuildError naming the key."""
     arch = profile.get("arch", "none")
     if arch not in profiles.ARCH_CODE:
-        raise BuildError("%s: arch %r is not one mpy-cross knows (%s)" % (board, arch, ", ".join(sorted(profiles.ARCHES))))
+        raise BuildError("%s: arch %r is not one mpy-cross knows (%s)"
+                         % (board, arch, ", ".join(sorted(profiles.ARCHES))))
     emit = profile.get("emit", "bytecode")
     if emit not in EMITS:
         raise BuildError("%s: emit %r is not one of %s" % (board, emit, ", ".join(EMITS)))
