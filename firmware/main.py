@@ -8,7 +8,7 @@ import gc
 import sys
 
 from ubroker import VERSION
-from ubroker.log import log
+from ubroker import log
 from ubroker.platform import network_up, print_exception, sleep_ms
 from ubroker.server import Server
 

@@ -8,7 +8,7 @@ import gc
 import sys
 
 from ubroker import VERSION
-from ubroker.log import log
+from ubroker import log
 
 USAGE = "usage: unix_main.py [--host H] [--port P] [--config FILE] [--board-file FILE] [--data DIR] [--verbose]"
 
@@ -66,12 +66,20 @@ def main(argv):
         makedirs(opts["data"])
     cfg["verbose"] = opts.get("verbose", False)
     log("ubroker %s on MicroPython %s" % (VERSION, ".".join(str(v) for v in sys.implementation.version[:3])))
-    from ubroker.server import Server
-
     try:
+        from ubroker.server import Server
+
         server = Server(cfg, log)
     except ValueError as e:  # password_file or acl_file unreadable or wrong
         log("cannot start: %s" % e)
+        return 2
+    except MemoryError:
+        # ubroker run checks the heap against its model first; this is the backstop, never a
+        # bare traceback: drop the half-built tables so that the line below can be written.
+        server = None
+        gc.collect()
+        log("cannot start: the tables of these limits do not fit this heap (%d bytes); give more heap "
+            "(ubroker run --heap) or lower the limits" % (gc.mem_alloc() + gc.mem_free()))
         return 2
     gc.collect()
     log("heap: %d bytes used, %d free" % (gc.mem_alloc(), gc.mem_free()))

@@ -226,3 +226,23 @@ def test_features_add_to_the_start():
     for on in ({"persistence": True, "persistence_location": "d"}, {"connection": [{}]}, {"sensor_interval": 5},
                {"password_file": "p"}, {"tls": {0: {}}}):
         assert budget.start_need(dict(UNIX, **on), "bytecode") > base, on
+
+
+def test_the_broker_itself_refuses_a_heap_its_tables_do_not_fit(tmp_path):
+    """The backstop behind ubroker run's check: the unix entry started directly in a heap too
+    small for the unix profile's tables says so in one line and exits 2, never a bare
+    MemoryError traceback."""
+    import os
+    import sys
+
+    from ubroker_tools import paths
+
+    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
+    r = subprocess.run([mp, "-X", "heapsize=60k", os.path.join(paths.FIRMWARE, "unix_main.py"), "--board-file",
+                        os.path.join(paths.ROOT, "boards", "unix.conf"), "--port", str(free_port())],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, MICROPYPATH=paths.FIRMWARE))
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert "Traceback" not in out and "MemoryError" not in out, out
+    assert "cannot start: the tables of these limits do not fit this heap" in out

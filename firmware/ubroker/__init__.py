@@ -3,6 +3,15 @@
 VERSION = "0.1.0"
 
 
+def log(msg):
+    """A log line to stderr, prefixed so that it stands out in a board's serial output. Here,
+    not in a module of its own: a module costs about 1 kB of heap on a board for its object,
+    globals and names, whatever it holds."""
+    import sys
+
+    print("ubroker:", msg, file=sys.stderr)
+
+
 def forget(name):
     """Let ubroker.NAME leave the heap: start-up code (the config parser, the password and
     access files, TLS contexts, sensor set-up) is not needed once its work is done, and on a

@@ -33,11 +33,20 @@ _PUBREL = const(6)  # codec.py's packet type
 _STORED = const(5)
 _RECOVERED = const(2)
 
+# The counters messages move, and the bound they are kept under (carry): on 32 bits an int
+# of 2**30 or more is a heap object, and every count past it would allocate.
+_MOVED = ("msgs_in", "msgs_out", "pub_in", "pub_out", "bytes_in", "bytes_out")
+_LOW = const(1 << 29)
+
+
 class Stats:
     """Counters reported under $SYS. msgs_in counts every packet taken, msgs_out every packet
     other than PUBLISH sent (Broker.send: acknowledgements, CONNACK, SUBACK, PINGRESP...),
     pub_in/pub_out the PUBLISHes: $SYS messages/sent is msgs_out + pub_out, as Mosquitto
-    counts all packets there. `limits` counts how often each limit was hit."""
+    counts all packets there. `limits` counts how often each limit was hit. Read a counter
+    that messages move through total(): past 2**29 its high part is in `high`."""
+
+    high = None  # name -> the counter's count of 2**29, once it has passed it (carry)
 
     def __init__(self):
         self.connected = 0
@@ -50,6 +59,22 @@ class Stats:
         self.bytes_out = 0
         self.dropped = 0
         self.limits = {}
+
+    def carry(self):
+        """Once a second (Server.tick): a counter that messages move and that passed 2**29
+        gives 2**29 to its high part, so that it stays a small int on 32 bits (a second would
+        have to count 2**29 messages or bytes to reach 2**30)."""
+        for name in _MOVED:
+            v = getattr(self, name)
+            if v >= _LOW:
+                if self.high is None:
+                    self.high = {}
+                self.high[name] = self.high.get(name, 0) + 1
+                setattr(self, name, v - _LOW)
+
+    def total(self, name):
+        h = self.high
+        return getattr(self, name) + (h.get(name, 0) << 29 if h else 0)
 
     def hit(self, name):
         try:

@@ -103,8 +103,8 @@ class Server:
                 s = socket.socket()
                 spare.append(s)
                 self.poll.register(s, _IN)
-        except (OSError, MemoryError):
-            pass
+        except Exception:  # OSError or MemoryError: the table is as large as it gets (no
+            pass  # tuple of types here: matching it would allocate, on a heap that may be full)
         for s in spare:
             try:
                 self.poll.unregister(s)
@@ -488,6 +488,7 @@ class Server:
                     self.close(c, "no CONNECT/CONNACK within connect_timeout", False)
         for br in self.bridges:
             br.tick(now)
+        self.broker.stats.carry()
         self.sys.tick(now)
         if self.sensors is not None:
             self.sensors.tick(now)

@@ -30,13 +30,13 @@ class SysInfo:
         yield "clients/disconnected", offline if offline > 0 else 0
         yield "clients/total", len(b.sessions)
         yield "clients/maximum", st.max_connected
-        yield "messages/received", st.msgs_in
-        yield "messages/sent", st.msgs_out + st.pub_out
-        yield "publish/messages/received", st.pub_in
-        yield "publish/messages/sent", st.pub_out
+        yield "messages/received", st.total("msgs_in")
+        yield "messages/sent", st.total("msgs_out") + st.total("pub_out")
+        yield "publish/messages/received", st.total("pub_in")
+        yield "publish/messages/sent", st.total("pub_out")
         yield "publish/messages/dropped", st.dropped
-        yield "bytes/received", st.bytes_in
-        yield "bytes/sent", st.bytes_out
+        yield "bytes/received", st.total("bytes_in")
+        yield "bytes/sent", st.total("bytes_out")
         yield "subscriptions/count", b.index.count
         yield "retained messages/count", len(b.retained)
         held = 0
