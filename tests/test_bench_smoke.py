@@ -45,6 +45,7 @@ def test_fanout_qos0_in_order(broker, loadgen):
     res = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
     assert "fatal" not in res, res
     assert res["sent"] == 300 and res["expected"] == 1200, res
-    # QoS 0 may be dropped under load (counted), never duplicated or reordered.
+    # QoS 0 may be dropped under load (counted), never duplicated or reordered; but some arrive.
+    assert res["unique"] > 0, res
     assert res["duplicates"] == 0 and res["out_of_order"] == 0 and res["malformed"] == 0, res
     assert res["closed"] == [], res

@@ -75,7 +75,9 @@ def gateway(tmp_path):
     yield start
     problems = []
     for b in started:
-        if b.alive() and "Traceback" in b.log():
+        if not b.alive() and not getattr(b, "killed", False):  # killed: a test's kill -9
+            problems.append("broker on port %d died (exit %s):\n%s" % (b.port, b.proc.returncode, b.log()))
+        if "Traceback" in b.log():
             problems.append(b.log())
         b.stop()
     assert not problems, "\n".join(problems)
