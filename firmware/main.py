@@ -29,7 +29,7 @@ def main():
         log("fix %s (ubroker config --check) and flash it again" % CONFIG_FILE)
         return
     if cfg.get("persistence") and cfg.get("persistence_location"):
-        from ubroker.store import makedirs
+        from ubroker.store_log import makedirs
 
         makedirs(cfg["persistence_location"])
     pause = 1000

@@ -61,7 +61,7 @@ def main(argv):
     if "data" in opts:
         cfg["persistence_location"] = opts["data"]
         cfg["persistence"] = True
-        from ubroker.store import makedirs
+        from ubroker.store_log import makedirs
 
         makedirs(opts["data"])
     cfg["verbose"] = opts.get("verbose", False)

@@ -1,4 +1,4 @@
-"""The BME280 example driver (firmware/ubroker/bme280.py) against a fake I2C bus holding
+"""The BME280 example driver (firmware/ubroker/sensor_bme280.py) against a fake I2C bus holding
 registers as a BME280 would: calibration, chip id, raw readings. The expected values are
 computed here independently, with the datasheet's floating-point formulas (BME280 datasheet
 section 8.1), while the driver uses the integer ones (section 4.2.3); and for temperature and
@@ -16,7 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "firmware"))
 
-from ubroker import bme280  # noqa: E402
+from ubroker import sensor_bme280 as bme280  # noqa: E402
 from ubroker.sensors import Unavailable  # noqa: E402
 
 ADDR = 0x76

@@ -1,5 +1,5 @@
-"""The firmware's modules import one another in one direction only: secfiles.py parses the
-password and ACL files and hands plain data to auth.py and acl.py, sensors.py asks
+"""The firmware's modules import one another in one direction only: sec_files.py parses the
+password and ACL files and hands plain data to sec_auth.py and sec_acl.py, sensors.py asks
 sensor_setup.py for its list of sensors, and none of those imports its caller back. Read from
 the source with ast, late imports inside functions included, so a circle that only closes at
 run time is found too. A sensor driver named on a `sensor` line is imported by name
@@ -25,7 +25,7 @@ def imports():
         deps = graph[name[:-3]] = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
-                if node.module:  # from .acl import Acl
+                if node.module:  # from .sec_acl import Acl
                     deps.add(node.module.split(".")[0])
                 else:  # from . import sensor_setup
                     deps.update(a.name for a in node.names)
@@ -60,13 +60,13 @@ def circles(graph):
 
 def test_no_module_of_the_firmware_imports_itself_back():
     graph = imports()
-    assert {"acl", "auth", "secfiles", "sensors", "sensor_setup"} <= set(graph)
+    assert {"sec_acl", "sec_auth", "sec_files", "sensors", "sensor_setup"} <= set(graph)
     assert circles(graph) == []
 
 
 def test_acl_auth_and_sensor_setup_import_nothing_back():
     graph = imports()
-    assert "secfiles" not in graph["acl"] and "secfiles" not in graph["auth"]
+    assert "sec_files" not in graph["sec_acl"] and "sec_files" not in graph["sec_auth"]
     assert "sensors" not in graph["sensor_setup"]
 
 

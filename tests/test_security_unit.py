@@ -1,6 +1,6 @@
-"""The security modules on their own: PBKDF2-HMAC-SHA256 of firmware/ubroker/auth.py run in the
+"""The security modules on their own: PBKDF2-HMAC-SHA256 of firmware/ubroker/sec_auth.py run in the
 MicroPython unix port and cross-checked against CPython's hashlib.pbkdf2_hmac; the password
-file parser; `ubroker passwd`; the access rules of firmware/ubroker/acl.py (pure functions,
+file parser; `ubroker passwd`; the access rules of firmware/ubroker/sec_acl.py (pure functions,
 imported under CPython) case by case; config parsing of the per-listener TLS keys and the
 refusal to start on a non-loopback listener without users."""
 
@@ -17,7 +17,10 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "firmware"))
 
-from ubroker import acl, auth, config, secfiles  # noqa: E402
+from ubroker import config  # noqa: E402
+from ubroker import sec_acl as acl  # noqa: E402
+from ubroker import sec_auth as auth  # noqa: E402
+from ubroker import sec_files as secfiles  # noqa: E402
 from ubroker_tools import cli, passwd  # noqa: E402
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
@@ -27,7 +30,7 @@ def pbkdf2(password, salt, iterations):
     """The firmware's PBKDF2 (auth.pbkdf2_steps) run to its end in one go. Test code: the
     board only ever runs it in slices, so this lives here and not in the firmware. Its source
     is also sent to the unix port (test below)."""
-    from ubroker.auth import pbkdf2_steps
+    from ubroker.sec_auth import pbkdf2_steps
 
     g = pbkdf2_steps(password, salt, iterations)
     try:

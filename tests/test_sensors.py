@@ -227,7 +227,7 @@ def test_slow_sensor_is_dropped(broker_factory, tmp_path):
 
 
 BME = '''
-from ubroker import bme280
+from ubroker import sensor_bme280 as bme280
 
 # The BMP280 datasheet's example calibration and raw readings (see tests/test_bme280.py).
 REGS = bytearray(256)

@@ -18,11 +18,11 @@ import random
 import socket
 import time
 
-from .codec import CONNACK, PINGREQ, SUBACK, put_length
+from .codec import CONNACK, PINGREQ, SUBACK, const, put_length
 from .session import AWAIT_ACK, STAGE, Conn
 from .topics import match_levels
 
-_IN_OUT = 5  # select.POLLIN | select.POLLOUT: writable once the TCP connection is made
+_IN_OUT = const(5)  # select.POLLIN | select.POLLOUT: writable once the TCP connection is made
 _CONNACK_TEXT = ("accepted", "unacceptable protocol level", "client id rejected", "server unavailable",
                  "bad user name or password", "not authorised")
 
@@ -197,13 +197,13 @@ class Bridge:
                 ctx.verify_mode = ssl.CERT_NONE  # type: ignore[attr-defined]  # not in the stubs; the ports have it
             else:
                 import ubroker
-                from . import tls
+                from . import sec_tls
 
                 ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
                 try:
-                    ctx.load_verify_locations(cadata=tls.der(self.cafile))
+                    ctx.load_verify_locations(cadata=sec_tls.der(self.cafile))
                 finally:
-                    ubroker.forget("tls")
+                    ubroker.forget("sec_tls")
             self.tls = ctx
         return ctx.wrap_socket(s, server_hostname=None if self.insecure else self.host,
                                do_handshake_on_connect=False)

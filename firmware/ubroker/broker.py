@@ -28,7 +28,7 @@ _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_ACK = const(0)
 _PUBREL = const(6)  # codec.py's packet type
-# persist.py's field on entries of persistent sessions, and its value for one recovered from
+# store_persist.py's field on entries of persistent sessions, and its value for one recovered from
 # flash (sent before the restart, perhaps: DUP)
 _STORED = const(5)
 _RECOVERED = const(2)
@@ -109,7 +109,7 @@ class Broker:
         # the table's size, the next insert rebuilds it (see buffers.rebuild).
         self.gone_sessions = self.gone_retained = 0
         self.retained_bytes = 0
-        self.persist = None  # the durable store's bookkeeping (persist.py), when enabled
+        self.persist = None  # the durable store's bookkeeping (store_persist.py), when enabled
         self.sys_report = None  # set by the server: the $SYS figures now, [(topic, payload)]
         self.held_bytes = 0  # heap bytes of messages in all in-flight windows and queues
         # Connections with fresh output, in a list allocated once: dirty[:ndirty], each at

@@ -48,12 +48,12 @@ class Protocol:
         self.index = broker.index
         self.max_topic = cfg["max_topic_length"]
         self.pkt = broker.pkt  # acknowledgements written in place (answer(), publish)
-        # Passwords and access rules (auth.py, acl.py) are loaded only when configured: a
+        # Passwords and access rules (sec_auth.py, sec_acl.py) are loaded only when configured: a
         # broker without them pays neither their code nor a check per packet.
         # guard: auth.Guard, acl: acl.Acl, sec: the one that checks a CONNECT (secfiles.load)
         self.guard = self.acl = self.sec = None
         if cfg["acl_file"] or cfg["password_file"] or cfg["allow_anonymous"] is False:
-            from .secfiles import load
+            from .sec_files import load
 
             load(self)
 
@@ -360,7 +360,7 @@ class Protocol:
 
     def acknowledge(self, c, ptype, pid, durable):
         """PUBACK/PUBREC/PUBCOMP: at once, written in place, or with the store as a packet
-        sent once what it confirms is safe (persist.py)."""
+        sent once what it confirms is safe (store_persist.py)."""
         p = self.b.persist
         if p is None:
             self.answer(c, ptype << 4, pid)

@@ -16,7 +16,7 @@ BUILTIN = {
     "cpu_temp": ("sensor_linux", "CpuTemp"),
     "mem_used": ("sensor_linux", "MemUsed"),
     "disk_used": ("sensor_linux", "DiskUsed"),
-    "bme280": ("bme280", "sensors"),
+    "bme280": ("sensor_bme280", "sensors"),
 }
 
 

@@ -23,12 +23,20 @@ from here, and is dropped from the heap once the sensors are running."""
 
 import time
 
-SLOW_MS = 100
-STRIKES = 3
+from .codec import const
+
+_SLOW_MS = const(100)
+_STRIKES = const(3)
 
 # One scheduled sensor is a list (cheaper than an object): driver, topic, period in ms, next
 # due time, slow reads in a row, failures since the last good read, unit published yet.
-_DRV, _TOPIC, _EVERY, _DUE, _SLOW, _FAILS, _UNIT = range(7)
+_DRV = const(0)
+_TOPIC = const(1)
+_EVERY = const(2)
+_DUE = const(3)
+_SLOW = const(4)
+_FAILS = const(5)
+_UNIT = const(6)
 
 
 class Unavailable(OSError):
@@ -104,12 +112,12 @@ class Sensors:
                          "$SYS/broker/ubroker/limits/sensor_errors)" % (drv.name, _why(ex)))
             e[_FAILS] += 1
         ms = time.ticks_diff(time.ticks_ms(), t0)
-        if ms > SLOW_MS:
+        if ms > _SLOW_MS:
             stats.hit("sensor_slow")
             e[_SLOW] += 1
-            if e[_SLOW] >= STRIKES:
+            if e[_SLOW] >= _STRIKES:
                 self.log("sensor %s: read took %d ms, %d times in a row (limit %d ms): dropped; "
-                         "read() must return at once" % (drv.name, ms, STRIKES, SLOW_MS))
+                         "read() must return at once" % (drv.name, ms, _STRIKES, _SLOW_MS))
                 e[_DRV] = None
                 return False
         else:

@@ -39,7 +39,7 @@ class Server:
         self.broker = b = Broker(cfg, log, self.write_out)
         self.persist = None
         if cfg["persistence"] and cfg["persistence_location"]:
-            from .persist import Persist
+            from .store_persist import Persist
 
             self.persist = b.persist = Persist(b, cfg["persistence_location"], cfg, log)
         self.sys = SysInfo(self)
@@ -65,9 +65,9 @@ class Server:
         # After the large blocks: with passwords or rules, files are read and parsed here,
         # and what the parsing leaves behind must not split the heap before them.
         self.proto = Protocol(b, self)
-        self.gate = None  # accept-time policies some configurations need (gate.py)
+        self.gate = None  # accept-time policies some configurations need (sec_gate.py)
         if cfg["max_connection_rate"] or cfg["tls"]:
-            from .gate import Gate
+            from .sec_gate import Gate
 
             self.gate = Gate(self)  # ValueError for a bad TLS file, before anything listens
         self.paused = []
@@ -127,7 +127,7 @@ class Server:
             except OSError:
                 return
             raw = s
-            if self.gate is not None:  # connection rate, TLS (gate.py)
+            if self.gate is not None:  # connection rate, TLS (sec_gate.py)
                 s = self.gate.admit(ls, s)
                 if s is None:
                     continue

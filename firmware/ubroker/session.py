@@ -27,7 +27,7 @@ def cost(msg):
 # Outbound entry: [packet id, qos, message, stage]; message is [topic, payload, mid] (mid: its
 # id in the durable store, 0 until written) and stage is AWAIT_ACK (PUBLISH sent, PUBACK/PUBREC
 # expected) or AWAIT_COMP (PUBREL sent). Entries of persistent sessions have three more
-# fields when persistence is on (persist.py owns those). This module owns the layout; the
+# fields when persistence is on (store_persist.py owns those). This module owns the layout; the
 # modules that read entries on the hot path keep private const() copies (a const is inlined
 # by the compiler only within its module), checked against these by tests/test_layouts.py.
 PID = const(0)
@@ -167,11 +167,11 @@ class Conn:
     ka = 0  # keepalive window in ms (1.5 x the client's keepalive), 0 = none
     will = None  # (topic, payload, qos, retain)
     paused = False  # reading stopped until subscribers make room
-    acks = None  # acknowledgements waiting for their turn (persist.py), in packet order
+    acks = None  # acknowledgements waiting for their turn (store_persist.py), in packet order
     listed = False  # in the broker's output list (Broker.dirty)
     bridge = None  # the Bridge whose upstream link this is (bridge.py)
     peer = None  # for a bridge connecting to us: its session, which its messages skip
-    user = None  # user name given in CONNECT (acl.py)
+    user = None  # user name given in CONNECT (sec_acl.py)
     raw = None  # a TLS connection's TCP socket, under the wrapper in sock (closed with it)
     # With passwords (auth.Guard): the peer's address until CONNECT, then the password check
     # (a generator) while it runs, then its result, True or False.

@@ -128,7 +128,7 @@ FEATURES_64 = {
     "bridge": {"native": 6 * 1024, "bytecode": 6 * 1024, "source": 6 * 1024},
     "sensors": {"native": 20 * 1024, "bytecode": 12 * 1024, "source": 12 * 1024},  # the unix profile's five
     "security": {"native": 10 * 1024, "bytecode": 10 * 1024, "source": 10 * 1024},  # password and acl files
-    "tls": {"native": 16 * 1024, "bytecode": 16 * 1024, "source": 16 * 1024},  # the ssl module, gate.py
+    "tls": {"native": 16 * 1024, "bytecode": 16 * 1024, "source": 16 * 1024},  # the ssl module, sec_gate.py
 }
 
 

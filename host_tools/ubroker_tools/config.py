@@ -297,14 +297,14 @@ def open_warnings(path, cfg, line):
 
 def security_problems(cfgmod, path, user, cfg, line_of, where):
     """The refusal to open beyond loopback without users, the password_file and acl_file (with
-    the firmware's parsers) and each TLS listener's files (loaded by the firmware's tls.py in
+    the firmware's parsers) and each TLS listener's files (loaded by the firmware's sec_tls.py in
     the MicroPython unix port, whose mbedTLS is the one boards use). where maps each named
     file that exists to its host copy; the missing ones are reported already."""
     out = []
     msg = cfgmod.open_problem(cfg)
     if msg:
         out.append("%s: %s" % (path, msg))
-    from ubroker import secfiles
+    from ubroker import sec_files as secfiles
 
     for key, parse in (("password_file", secfiles.passwords), ("acl_file", secfiles.acl)):
         if user.get(key) in where:
@@ -377,7 +377,7 @@ def tls_error(opts):
     mp = paths.micropython()
     if not mp:
         return None
-    script = "from ubroker.tls import context\ncontext(%r)\n" % dict(opts)
+    script = "from ubroker.sec_tls import context\ncontext(%r)\n" % dict(opts)
     env = dict(os.environ, MICROPYPATH=paths.FIRMWARE + os.pathsep + ".frozen")
     r = subprocess.run([mp, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     if r.returncode == 0:

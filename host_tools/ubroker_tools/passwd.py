@@ -1,7 +1,7 @@
 """`ubroker passwd`: add, change or delete users in a password file for the broker's
 `password_file`. Each line is `user:$pbkdf2-sha256$ITERATIONS$SALT$HASH` (salt and hash in
 base64; the hash is PBKDF2-HMAC-SHA256 of the password), read on the board by
-firmware/ubroker/auth.py, so the board never holds a password, only its hash."""
+firmware/ubroker/sec_auth.py, so the board never holds a password, only its hash."""
 
 import argparse
 import base64

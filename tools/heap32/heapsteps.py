@@ -83,7 +83,7 @@ def _settings(board, store):
     if store:
         cfg["persistence"] = True
         cfg["persistence_location"] = store
-        from ubroker.store import makedirs
+        from ubroker.store_log import makedirs
 
         makedirs(store)
     return cfg

@@ -11,21 +11,29 @@ datasheet, sections 4.2.2, 4.2.3 and 5.4)."""
 
 import sys
 
+try:
+    from micropython import const
+except ImportError:  # CPython, for the unit tests
+
+    def const(x):  # type: ignore[misc]
+        return x
+
+
 from .sensors import Unavailable
 
-CHIP_ID = 0x60  # a BMP280 answers 0x58: it has no humidity, and this driver refuses it
-REG_ID = 0xD0
-REG_CALIB_A = 0x88  # 0x88..0xA1: dig_T1..dig_P9, then dig_H1 at 0xA1
-REG_CALIB_B = 0xE1  # 0xE1..0xE7: dig_H2..dig_H6
-REG_CTRL_HUM = 0xF2
-REG_CTRL_MEAS = 0xF4
-REG_CONFIG = 0xF5
-REG_DATA = 0xF7  # press_msb .. hum_lsb, 8 bytes
+_CHIP_ID = const(0x60)  # a BMP280 answers 0x58: it has no humidity, and this driver refuses it
+_REG_ID = const(0xD0)
+_REG_CALIB_A = const(0x88)  # 0x88..0xA1: dig_T1..dig_P9, then dig_H1 at 0xA1
+_REG_CALIB_B = const(0xE1)  # 0xE1..0xE7: dig_H2..dig_H6
+_REG_CTRL_HUM = const(0xF2)
+_REG_CTRL_MEAS = const(0xF4)
+_REG_CONFIG = const(0xF5)
+_REG_DATA = const(0xF7)  # press_msb .. hum_lsb, 8 bytes
 # Oversampling x1 everywhere; standby 1000 ms (t_sb 101), filter off; normal mode (11).
-CTRL_HUM = 0x01
-CONFIG = 0b101 << 5
-CTRL_MEAS = 0b001 << 5 | 0b001 << 2 | 0b11
-SKIPPED = 0x80000  # a 20-bit result still at its reset value: no measurement yet
+_CTRL_HUM = const(0x01)
+_CONFIG = const(0b101 << 5)
+_CTRL_MEAS = const(0b001 << 5 | 0b001 << 2 | 0b11)
+_SKIPPED = const(0x80000)  # a 20-bit result still at its reset value: no measurement yet
 
 
 def _u16(b, i):
@@ -51,17 +59,17 @@ class BME280:
     def __init__(self, i2c, addr=0x76):
         self.i2c = i2c
         self.addr = addr
-        chip = i2c.readfrom_mem(addr, REG_ID, 1)[0]
-        if chip != CHIP_ID:
+        chip = i2c.readfrom_mem(addr, _REG_ID, 1)[0]
+        if chip != _CHIP_ID:
             raise Unavailable("the chip at 0x%02x is not a BME280 (id 0x%02x)" % (addr, chip))
-        c = i2c.readfrom_mem(addr, REG_CALIB_A, 26)
+        c = i2c.readfrom_mem(addr, _REG_CALIB_A, 26)
         self.T1 = _u16(c, 0)
         self.T2 = _s16(c, 2)
         self.T3 = _s16(c, 4)
         self.P1 = _u16(c, 6)
         self.P = [_s16(c, i) for i in range(8, 24, 2)]  # dig_P2..dig_P9
         self.H1 = c[25]
-        h = i2c.readfrom_mem(addr, REG_CALIB_B, 7)
+        h = i2c.readfrom_mem(addr, _REG_CALIB_B, 7)
         self.H2 = _s16(h, 0)
         self.H3 = h[2]
         # 12-bit signed values split over three registers (datasheet table 16).
@@ -70,12 +78,12 @@ class BME280:
         self.H6 = _s8(h[6])
         # ctrl_hum takes effect only with the following ctrl_meas write; config before
         # normal mode, which may ignore writes to it.
-        i2c.writeto_mem(addr, REG_CTRL_HUM, bytes([CTRL_HUM]))
-        i2c.writeto_mem(addr, REG_CONFIG, bytes([CONFIG]))
-        i2c.writeto_mem(addr, REG_CTRL_MEAS, bytes([CTRL_MEAS]))
+        i2c.writeto_mem(addr, _REG_CTRL_HUM, bytes([_CTRL_HUM]))
+        i2c.writeto_mem(addr, _REG_CONFIG, bytes([_CONFIG]))
+        i2c.writeto_mem(addr, _REG_CTRL_MEAS, bytes([_CTRL_MEAS]))
 
     def raw(self):
-        d = self.i2c.readfrom_mem(self.addr, REG_DATA, 8)
+        d = self.i2c.readfrom_mem(self.addr, _REG_DATA, 8)
         adc_p = d[0] << 12 | d[1] << 4 | d[2] >> 4
         adc_t = d[3] << 12 | d[4] << 4 | d[5] >> 4
         adc_h = d[6] << 8 | d[7]
@@ -116,7 +124,7 @@ class BME280:
     def read(self):
         """(C, hPa, %RH), or None before the first measurement is done."""
         adc_t, adc_p, adc_h = self.raw()
-        if adc_t == SKIPPED:
+        if adc_t == _SKIPPED:
             return None
         t, p, h = self.compensate(adc_t, adc_p, adc_h)
         return t / 100, p / 25600, h / 1024

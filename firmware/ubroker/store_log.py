@@ -1,7 +1,7 @@
 """The log on flash: records with a sequence number and a CRC, committed in groups; files
 laid out so that LittleFS wears its blocks as little as it can; compaction that is crash-safe;
 recovery that stops at a torn or corrupt record. It knows the framing, not the meaning of
-records (persist.py gives them that).
+records (store_persist.py gives them that).
 
 Why these files. On LittleFS, appending to a file and flushing costs about one block erase per
 flush, however little was written (the partly written last block is copied). A new file no

@@ -1,6 +1,6 @@
 """Password checks. Owns the users of the password file (one
 `user:$pbkdf2-sha256$ITERATIONS$SALT$HASH` line per user, SALT and HASH in base64, written by
-`ubroker passwd` on the host; parsed by secfiles.py, which hands them to Guard as plain data),
+`ubroker passwd` on the host; parsed by sec_files.py, which hands them to Guard as plain data),
 the PBKDF2-HMAC-SHA256 verification of a CONNECT's password against them, and the slow-down of
 addresses that keep failing. The board only ever holds the hashes. Imported only when
 `password_file` is configured (or allow_anonymous is false)."""
@@ -8,18 +8,18 @@ addresses that keep failing. The board only ever holds the hashes. Imported only
 import hashlib
 import time
 
-from .codec import BAD_CREDENTIALS, NOT_AUTHORISED
+from .codec import BAD_CREDENTIALS, NOT_AUTHORISED, const
 
-BLOCK = 64  # SHA-256 block size, for HMAC's key pads
+_BLOCK = const(64)  # SHA-256 block size, for HMAC's key pads
 # Iterations per slice of a check: 0.3 ms on a PC, 10 to 20 ms on an ESP32 (estimated, see
 # README "Security"), the longest the loop stops serving others for one password check.
-SLICE = 128
+_SLICE = const(128)
 # Failed logins from one address: the answer to its next attempt waits 1, 2, 4, ... up to
 # MAX_DELAY_MS; an address with no failure for FORGET_MS is forgotten. The table keeps at
 # most FAIL_TABLE addresses (the oldest goes), so a flood from many addresses costs no heap.
-MAX_DELAY_MS = 16000
-FORGET_MS = 60000
-FAIL_TABLE = 16
+_MAX_DELAY_MS = const(16000)
+_FORGET_MS = const(60000)
+_FAIL_TABLE = const(16)
 
 
 def _sha(*parts):
@@ -33,15 +33,15 @@ def _xor(key, pad):
     return bytes(b ^ pad for b in key)
 
 
-def pbkdf2_steps(password, salt, iterations, step=SLICE):
+def pbkdf2_steps(password, salt, iterations, step=_SLICE):
     """Generator: PBKDF2-HMAC-SHA256 (RFC 8018) with a 32-byte result (one block, so T1 only),
     yielding 0 after every `step` iterations so the broker's loop can serve others between
     slices; the derived key is its return value. HMAC is written out because MicroPython has
     no hmac module; its hash objects cannot be copied either, so the padded key is hashed
     again every round (4 compressions a round instead of 2)."""
-    if len(password) > BLOCK:
+    if len(password) > _BLOCK:
         password = _sha(password)
-    password = password + bytes(BLOCK - len(password))
+    password = password + bytes(_BLOCK - len(password))
     ipad = _xor(password, 0x36)
     opad = _xor(password, 0x5C)
     u = _sha(opad, _sha(ipad, salt, b"\x00\x00\x00\x01"))
@@ -158,16 +158,16 @@ class Guard:
         e = self.fails.get(addr)
         if e is None:
             return 0
-        if time.ticks_diff(now, e[1]) > FORGET_MS:
+        if time.ticks_diff(now, e[1]) > _FORGET_MS:
             del self.fails[addr]
             return 0
-        return min(1000 << min(e[0] - 1, 8), MAX_DELAY_MS)
+        return min(1000 << min(e[0] - 1, 8), _MAX_DELAY_MS)
 
     def failed(self, addr, now):
         t = self.fails
         e = t.get(addr)
         if e is None:
-            if len(t) >= FAIL_TABLE:
+            if len(t) >= _FAIL_TABLE:
                 oldest = None
                 for k in t:
                     if oldest is None or time.ticks_diff(t[oldest][1], t[k][1]) > 0:

@@ -16,12 +16,12 @@ class Gate:
         self.contexts = {}  # listener index -> ssl.SSLContext
         if cfg["tls"]:
             import ubroker
-            from . import tls
+            from . import sec_tls
 
             try:
-                self.contexts = tls.contexts(cfg["tls"])  # ValueError names a bad file
+                self.contexts = sec_tls.contexts(cfg["tls"])  # ValueError names a bad file
             finally:
-                ubroker.forget("tls")  # the contexts made, its code is not needed again
+                ubroker.forget("sec_tls")  # the contexts made, its code is not needed again
 
     def listening(self, i, s):
         ctx = self.contexts.get(i)

@@ -20,20 +20,20 @@ def load(proto):
     try:
         path = cfg["acl_file"]
         if path:
-            from .acl import Acl
+            from .sec_acl import Acl
 
             users, patterns = acl(read(path, "acl_file"), path)
             proto.acl = Acl(proto, users, patterns)
         path = cfg["password_file"]
         if path or cfg["allow_anonymous"] is False:
-            from .auth import Guard
+            from .sec_auth import Guard
 
             proto.guard = Guard(proto, passwords(read(path, "password_file"), path) if path else {})
         proto.sec = proto.guard or proto.acl
     finally:
         import ubroker
 
-        ubroker.forget("secfiles")  # the files are read: the parser's code can go
+        ubroker.forget("sec_files")  # the files are read: the parser's code can go
 
 
 def read(path, what):
@@ -101,7 +101,7 @@ def acl(text, source="acl_file"):
     """(users, patterns): users maps a user name (bytes; None = anonymous) to [(access,
     levels)]; patterns is [(access, pattern bytes)] with %c/%u still in. ValueError names the
     first bad line."""
-    from .acl import DENY, READ, WRITE
+    from .sec_acl import DENY, READ, WRITE
 
     access_of = {"read": READ, "write": WRITE, "readwrite": READ | WRITE, "deny": DENY}
     users = {}

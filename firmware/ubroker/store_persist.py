@@ -1,6 +1,6 @@
 """What is durable and when acknowledgements may go out. The broker tells this module what
 happens (a persistent session appears, subscribes, a QoS 1/2 message goes to it, a client
-acknowledges); this module writes the records to the store (store.py) and decides when the
+acknowledges); this module writes the records to the store (store_log.py) and decides when the
 publisher's PUBACK / PUBREC / PUBCOMP is safe to send:
 
 - at once, when no persistent session must get the message;
@@ -19,7 +19,7 @@ from micropython import const
 
 from .codec import field
 from .session import Session, cost
-from .store import Store
+from .store_log import Store
 
 # session.py's entry layout (tests/test_layouts.py keeps the copies equal)
 _PID = const(0)

@@ -19,18 +19,18 @@ checked, which keeps the routing path free of rule lookups. This is stricter tha
 which grants any subscription and drops the messages a rule forbids: here `#` with a rule for
 `home/#` only is refused (SUBACK 0x80), and the client must subscribe to `home/#`.
 
-The file is parsed by secfiles.py, which hands the rules to Acl as plain data: this module
+The file is parsed by sec_files.py, which hands the rules to Acl as plain data: this module
 imports nothing back. A rule matches a topic as a subscription filter would
 (topics.match_levels), so a rule and a filter never disagree on what `+`, `#` and `$` mean.
 Also runs under CPython (tests, `ubroker config --check`)."""
 
-from .codec import NOT_AUTHORISED
+from .codec import NOT_AUTHORISED, const
 from .topics import match_levels
 
-# The access bits of a rule; secfiles.py maps the file's words onto them.
-READ = 1
-WRITE = 2
-DENY = 4
+# The access bits of a rule; sec_files.py maps the file's words onto them.
+READ = const(1)
+WRITE = const(2)
+DENY = const(4)
 
 
 def _covers(levels, flt):
