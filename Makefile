@@ -1,6 +1,6 @@
 # ubroker: two commands on a fresh machine.
 #   make run    set up .venv and start the broker (MicroPython unix port) on 127.0.0.1:1883
-#   make test   set up .venv and run the whole test suite
+#   make test   set up .venv, lint (ruff) and run the whole test suite
 #   make bench  set up the peers (mosquitto, aedes, amqtt) and run the side-by-side benchmark
 
 PYTHON ?= python3
@@ -23,6 +23,7 @@ run: $(STAMP)
 	$(BIN)/ubroker run --data data
 
 test: $(STAMP) test-deps heap32-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 # The bridge tests start Debian's mosquitto as the upstream broker.
@@ -30,7 +31,7 @@ test-deps:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
 	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install mosquitto; }
 
-# tests/test_heap32.py measures the broker in a 32-bit MicroPython: the webassembly port from
+# tests/memory/test_heap32.py measures the broker in a 32-bit MicroPython: the webassembly port from
 # npm, pinned by tools/heap32/package-lock.json, installed only if missing or stale.
 .PHONY: heap32-deps
 heap32-deps:

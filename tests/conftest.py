@@ -16,9 +16,13 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
-from mqttraw import RawClient
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tests' own helpers (raw MQTT packets, the in-process broker, the emulated flash ...),
+# imported by name from every test folder (unit, protocol, durability, memory, host).
+SUPPORT = os.path.join(ROOT, "tests", "support")
+sys.path.insert(0, SUPPORT)
+
+from mqttraw import RawClient  # noqa: E402
 UBROKER = os.path.join(os.path.dirname(sys.executable), "ubroker")
 if not os.path.exists(UBROKER):
     UBROKER = shutil.which("ubroker")

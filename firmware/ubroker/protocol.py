@@ -10,7 +10,7 @@ from .topics import valid_filter, valid_topic
 
 # codec.py's packet types and return codes (MQTT 3.1.1 tables 2.1, 3.1) and session.py's
 # entry layout, as private consts: imported names would each be a global of this module
-# (tests/test_layouts.py keeps the copies equal to their owners)
+# (tests/unit/test_layouts.py keeps the copies equal to their owners)
 _CONNECT = const(1)
 _PUBLISH = const(3)
 _PUBACK = const(4)

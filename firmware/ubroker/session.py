@@ -29,7 +29,7 @@ def cost(msg):
 # expected) or AWAIT_COMP (PUBREL sent). Entries of persistent sessions have three more
 # fields when persistence is on (store_persist.py owns those). This module owns the layout; the
 # modules that read entries on the hot path keep private const() copies (a const is inlined
-# by the compiler only within its module), checked against these by tests/test_layouts.py.
+# by the compiler only within its module), checked against these by tests/unit/test_layouts.py.
 PID = const(0)
 QOS = const(1)
 MSG = const(2)

@@ -21,7 +21,7 @@ from .codec import field
 from .session import Session, cost
 from .store_log import Store
 
-# session.py's entry layout (tests/test_layouts.py keeps the copies equal)
+# session.py's entry layout (tests/unit/test_layouts.py keeps the copies equal)
 _PID = const(0)
 _QOS = const(1)
 _MSG = const(2)

@@ -19,7 +19,7 @@ BOARD_STUBS = {
     "rp2-pico-w": ("micropython-rp2-rpi-pico-w-stubs==1.29.0.post1", "rp2"),
     "rp2-pico2-w": ("micropython-rp2-rpi-pico2-w-stubs==1.29.0.post1", "rp2"),
 }
-CONFIG = os.path.join(paths.ROOT, "tests", "mypy_firmware.ini")
+CONFIG = os.path.join(paths.ROOT, "tests", "support", "mypy_firmware.ini")
 STUB_HOME = os.path.join(os.path.dirname(os.path.dirname(sys.executable)), "mpy-stubs")
 
 

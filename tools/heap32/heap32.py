@@ -65,7 +65,7 @@ def _compile(pairs, out, opt):
 
 def code(opt):
     """The folders to put on the interpreter's path: the firmware at the profile's opt_level,
-    the harness (heapsteps, tests/broker_sim.py) at -O0, so its tracebacks keep lines."""
+    the harness (heapsteps, tests/support/broker_sim.py) at -O0, so its tracebacks keep lines."""
     fw = os.path.join(ROOT, "build", "heap32", "O%d" % opt)
     if os.path.abspath(paths.FIRMWARE) != os.path.join(ROOT, "firmware"):  # UBROKER_FIRMWARE: another tree
         fw = os.path.join(ROOT, "build", "heap32", "fw-%s" % hashlib.sha1(paths.FIRMWARE.encode()).hexdigest()[:8],
@@ -77,7 +77,7 @@ def code(opt):
             os.remove(os.path.join(fw, "ubroker", name))  # a module since deleted
     harness = os.path.join(ROOT, "build", "heap32", "harness")
     _compile([(os.path.join(HERE, "heapsteps.py"), "heapsteps.py"),
-              (os.path.join(ROOT, "tests", "broker_sim.py"), "broker_sim.py")], harness, 0)
+              (os.path.join(ROOT, "tests", "support", "broker_sim.py"), "broker_sim.py")], harness, 0)
     return [fw, harness]
 
 
@@ -172,7 +172,7 @@ def jobs32(board_list):
 
 def jobs64(board_list):
     """The same figures in the 64-bit unix port, for the side by side (the heap at start
-    only: on this port tests/test_memory.py connects the clients through real sockets)."""
+    only: on this port tests/memory/test_memory.py connects the clients through real sockets)."""
     out = []
     first = board_list[0]
     for board in board_list:

@@ -1,5 +1,5 @@
 """The measuring side of tools/heap32, in plain MicroPython: the real broker (firmware/ubroker)
-driven in process through tests/broker_sim.py's fake sockets, its heap read with
+driven in process through tests/support/broker_sim.py's fake sockets, its heap read with
 gc.mem_alloc(). The same steps run in the 32-bit webassembly port (run.mjs) and in the 64-bit
 unix port (heap32.py runs both, for the figures side by side).
 
@@ -137,11 +137,10 @@ def interpreter():
     yield "maxsize %d" % sys.maxsize
     yield "heap %d" % (gc.mem_alloc() + free())
     try:
-        x = bytearray(free() + 4096)
+        bytearray(free() + 4096)
         r = "grew"
     except MemoryError:
         r = "fixed"
-    x = None
     yield "beyond %s" % r
 
 

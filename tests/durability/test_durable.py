@@ -5,24 +5,11 @@ delivered twice."""
 
 import os
 import random
-import signal
 import time
 
 import mqttraw as m
 from conftest import start_broker, wait_for
-
-
-def kill9(b):
-    """SIGKILL the broker's MicroPython process (the child of `ubroker run`). Marks the broker
-    `killed`, so that a fixture checking its brokers at the end can tell this death from a
-    crash."""
-    pid = b.proc.pid
-    with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-        children = [int(x) for x in f.read().split()]
-    for c in children:
-        os.kill(c, signal.SIGKILL)
-    b.proc.wait(10)
-    b.killed = True
+from durable_util import kill9, publish_acked
 
 
 class Subscriber:
@@ -71,19 +58,6 @@ def subscribe_persistent(b, flt="dur/#", qos=2, cid="dur-sub"):
     assert r.expect(9).body[2] == qos
     r.send(m.DISCONNECT)
     r.close()
-
-
-def publish_acked(r, topic, payload, qos, pid):
-    """Publish and return True once the broker acknowledged (PUBACK, or PUBREC at QoS 2)."""
-    r.send(m.publish(topic, payload, qos=qos, pid=pid))
-    p = r.recv_packet(5)
-    if p is None:
-        return False
-    assert p.type == (4 if qos == 1 else 5) and p.pid == pid, p
-    if qos == 2:
-        r.send(m.pubrel(pid))
-        r.expect(7)
-    return True
 
 
 def test_sigkill_with_offline_persistent_subscriber_loses_nothing(tmp_path):

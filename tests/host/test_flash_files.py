@@ -1,7 +1,7 @@
 """`ubroker flash --config` copies the files the config names (password_file, acl_file, a TLS
 listener's certfile/keyfile, a bridge's bridge_cafile) from beside the config to the path the
 config gives on the board, only when they changed, and stops with the key and line when one
-is missing on the host. Through real mpremote against a virtual board (tests/test_vboard.py)."""
+is missing on the host. Through real mpremote against a virtual board (tests/host/test_vboard.py)."""
 
 import os
 import re

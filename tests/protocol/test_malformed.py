@@ -3,7 +3,7 @@ answer, and never disturbs anyone else. One broker serves the whole module; a wi
 clients connected at the start does a publish/subscribe round trip after every case, and the
 witness subscriber (subscribed to '#') must see nothing that a malformed PUBLISH carried.
 
-Packets are built by hand here and in tests/mqttraw.py, independently of the firmware codec."""
+Packets are built by hand here and in tests/support/mqttraw.py, independently of the firmware codec."""
 
 import time
 

@@ -9,7 +9,7 @@ import time
 
 import mqttraw as m
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PUBLISH, PUBACK, SUBACK = 3, 4, 9
 SYS = "sys_interval 1\n"
 

@@ -3,7 +3,7 @@
     micropython durable_scenario.py sweep [MAX_POINTS]   -> one JSON line: the sweep summary
     micropython durable_scenario.py wear                  -> one JSON line: erases per 1000
 
-The scenario (on LittleFS on an emulated flash chip, tests/flashsim.py): a persistent
+The scenario (on LittleFS on an emulated flash chip, tests/support/flashsim.py): a persistent
 subscriber subscribes at QoS 2 and goes offline; QoS 1 and QoS 2 messages arrive (each
 acknowledged to its publisher only once safe); the subscriber returns, takes everything,
 acknowledges part of it and leaves QoS 2 handshakes half done; more messages arrive. The power

@@ -22,7 +22,7 @@ def ub(*args, timeout=60, cwd=None):
 
 @pytest.mark.parametrize("board", ["esp32", "rp2-pico-w", "unix"])
 def test_config_init_then_check(board, tmp_path):
-    """The template, once its users file exists (tests/test_config_template.py: the check
+    """The template, once its users file exists (tests/host/test_config_template.py: the check
     asks for it first), checks OK for every board."""
     path = tmp_path / "ubroker.conf"
     r = ub("config", "--board", board, "--init", str(path))

@@ -5,7 +5,6 @@ only where a rule allows it, the refusal to start on a non-loopback listener wit
 the defences of the client table: a slowloris, a flood of idle connections and a connection
 rate limit, while legitimate clients keep working."""
 
-import os
 import socket
 import subprocess
 import threading

@@ -2,7 +2,7 @@
 directions, exactly-once at QoS 2, ordering per topic, the RETAIN flag on live delivery, and
 the malformed PUBLISH packets that must close the connection.
 
-Clients are raw sockets (tests/mqttraw.py) so that every flag and packet id on the wire can be
+Clients are raw sockets (tests/support/mqttraw.py) so that every flag and packet id on the wire can be
 checked. A test that must show a message was NOT delivered publishes a marker afterwards, on
 the same connection, and checks what the subscriber got before the marker."""
 

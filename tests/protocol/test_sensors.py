@@ -9,7 +9,6 @@ import statistics
 import time
 import uuid
 
-import mqttraw as m
 from conftest import wait_for
 
 PINGRESP = 13
@@ -229,7 +228,7 @@ def test_slow_sensor_is_dropped(broker_factory, tmp_path):
 BME = '''
 from ubroker import sensor_bme280 as bme280
 
-# The BMP280 datasheet's example calibration and raw readings (see tests/test_bme280.py).
+# The BMP280 datasheet's example calibration and raw readings (see tests/unit/test_bme280.py).
 REGS = bytearray(256)
 REGS[0xD0] = 0x60
 CAL = [27504, 26435, -1000, 36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000]

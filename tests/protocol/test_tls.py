@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import mqttraw
 from conftest import UBROKER, free_port, wait_for
-from robust_util import Witness, broker_problems, module_broker, try_send
+from robust_util import Witness, broker_problems, module_broker
 from test_fuzz import CUTS, finish, mutated, send_chunks
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -155,7 +155,7 @@ def test_client_that_does_not_trust_the_server_certificate_fails(tls_broker):
 
 def test_der_certificate_and_key_files_work_too(broker_factory, certs):
     port = free_port()
-    b = broker_factory(config=tls_config(certs, port, "server.der", "server-key.der"))
+    broker_factory(config=tls_config(certs, port, "server.der", "server-key.der"))
     assert TlsRaw(port, client_ctx(certs)).connect("der") == (0, 0)
 
 

@@ -1,7 +1,7 @@
-"""Tests of the emulated flash (tests/flashsim.py) and of the power-cut / wear harness
-(tests/powercut.py) that the durable store is tested with. Both run inside the MicroPython
+"""Tests of the emulated flash (tests/support/flashsim.py) and of the power-cut / wear harness
+(tests/support/powercut.py) that the durable store is tested with. Both run inside the MicroPython
 unix port: each test writes a small MicroPython script into tmp_path, runs it with
-MICROPYPATH=tests:firmware, and reads back the lines it prints as `RESULT <json>`."""
+MICROPYPATH=tests/support:firmware, and reads back the lines it prints as `RESULT <json>`."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, "tests")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS = os.path.join(ROOT, "tests", "support")
 FIRMWARE = os.path.join(ROOT, "firmware")
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 

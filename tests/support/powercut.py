@@ -1,4 +1,4 @@
-"""Power-cut sweeps and wear measurements on the emulated flash (tests/flashsim.py), run inside
+"""Power-cut sweeps and wear measurements on the emulated flash (tests/support/flashsim.py), run inside
 the MicroPython unix port, in one process (no process per cut point).
 
     def scenario(fs_path, acked):          # runs on a freshly mounted filesystem at fs_path

@@ -1,7 +1,7 @@
 """The broker's heap on 32 bits. Every other heap figure of the suite comes from the 64-bit
 unix port, while the boards (ESP32, RP2040) are 32-bit: here the real broker runs in the
 webassembly port of MicroPython, a 32-bit interpreter (tools/heap32/: run.mjs loads it in
-Node, heapsteps.py measures inside it through tests/broker_sim.py's fake sockets; `make
+Node, heapsteps.py measures inside it through tests/support/broker_sim.py's fake sockets; `make
 heap32-deps` installs it). Its heap is fixed at the board's heap_budget, as a board's is.
 
 The figures are kept in tools/heap32/figures.json, beside their 64-bit counterparts:

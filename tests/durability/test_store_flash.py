@@ -1,5 +1,5 @@
-"""The durable store on an emulated flash chip (tests/flashsim.py, LittleFS through vfs.VfsLfs2),
-with the real broker driven in one MicroPython process (tests/broker_sim.py): power cut at
+"""The durable store on an emulated flash chip (tests/support/flashsim.py, LittleFS through vfs.VfsLfs2),
+with the real broker driven in one MicroPython process (tests/support/broker_sim.py): power cut at
 every write of a durability scenario, and the wear (block erases) per 1000 messages."""
 
 import json
@@ -7,15 +7,14 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from conftest import ROOT, SUPPORT  # noqa: E402
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
 
 def run(*args):
-    env = dict(os.environ, MICROPYPATH=HERE + os.pathsep + os.path.join(ROOT, "firmware") + os.pathsep + ".frozen")
-    r = subprocess.run([MICROPYTHON, "-X", "heapsize=8M", os.path.join(HERE, "durable_scenario.py")] + list(args),
-                       cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, MICROPYPATH=SUPPORT + os.pathsep + os.path.join(ROOT, "firmware") + os.pathsep + ".frozen")
+    r = subprocess.run([MICROPYTHON, "-X", "heapsize=8M", os.path.join(SUPPORT, "durable_scenario.py")] + list(args),
+                       cwd=SUPPORT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 

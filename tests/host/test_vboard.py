@@ -82,7 +82,7 @@ def test_flash_run_reset_reflash(vboard, tmp_path):
     n = int(re.search(r"built unix: (\d+) files", r.stdout).group(1))
     assert re.search(r"copied %d files \(\d+ bytes\), 0 unchanged, 0 removed; config written" % n, r.stdout), r.stdout
     assert sorted(os.listdir(vboard.folder / "ubroker")) == sorted(
-        f for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "build", "unix", "ubroker")))
+        f for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "..", "build", "unix", "ubroker")))
     assert (vboard.folder / "ubroker.conf").read_text() == conf.read_text()
     assert wait_for(lambda: port_open(port), 15), vboard.logpath.read_text()
     boots = vboard.boots()

@@ -2,7 +2,7 @@
 Mosquitto that the test starts, with real clients on both sides. Forwarding each way with
 prefixes, the uplink going away and coming back, ubroker killed with SIGKILL while messages
 wait for upstream, loops, the queue limit, and the $SYS figures. The counting of resends is
-checked inside one MicroPython process instead (tests/broker_sim.py), where the test decides
+checked inside one MicroPython process instead (tests/support/broker_sim.py), where the test decides
 when the upstream acknowledges and when the link breaks."""
 
 import json
@@ -17,8 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 import mqttraw as m
-from conftest import ROOT, free_port, start_broker, wait_for
-from test_durable import kill9, publish_acked
+from conftest import ROOT, SUPPORT, free_port, start_broker, wait_for
+from durable_util import kill9, publish_acked
 from upstream import Mosquitto, make_ca_and_server_cert
 
 
@@ -434,7 +434,7 @@ def test_bridge_over_tls_with_a_ca_file(gateway, tmp_path):
         up.stop()
 
 
-# The bridge inside the broker driven in one MicroPython process (tests/broker_sim.py): the
+# The bridge inside the broker driven in one MicroPython process (tests/support/broker_sim.py): the
 # upstream is a fake socket, so the test decides when it acknowledges and when the link breaks.
 RESEND_SCENARIO = r"""
 import json
@@ -499,7 +499,7 @@ def test_a_message_resent_after_a_reconnect_is_counted_as_sent_once(tmp_path):
     the upstream never acknowledged, with DUP set (MQTT-3.3.1-1); the bridge's `sent` figure
     counts each message once, so three messages read 3, not 4."""
     env = dict(os.environ, MICROPYPATH=os.pathsep.join(
-        (os.path.dirname(os.path.abspath(__file__)), os.path.join(ROOT, "firmware"))))
+        (SUPPORT, os.path.join(ROOT, "firmware"))))
     r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "micropython"), "-c", RESEND_SCENARIO,
                         str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
