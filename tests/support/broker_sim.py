@@ -2,7 +2,8 @@
 client is a fake socket that records what the broker writes, and a pass of the server loop is
 run by hand (feed bytes, then the persist tick/commit and the flush the loop would do). Used
 by the power-cut sweeps and wear measurements, which need thousands of broker restarts on an
-emulated flash chip: a process and a TCP port per restart would be far too slow.
+emulated flash chip: a process and a TCP port per restart would be far too slow. tools/heap32
+measures the broker's heap through it too (in a 32-bit MicroPython as well), store off or on.
 
 Also holds the MQTT client model the durability checks need: a subscriber that acknowledges
 what it gets, delivering QoS 2 messages on PUBREL (the receiver's "method B" of MQTT 4.3.3),
@@ -51,8 +52,8 @@ def _s(x):
     return struct.pack(">H", len(x)) + x
 
 
-def connect_pkt(cid, clean):
-    body = _s(b"MQTT") + bytes((4, 2 if clean else 0, 0, 0)) + _s(cid)
+def connect_pkt(cid, clean, keepalive=0):
+    body = _s(b"MQTT") + bytes((4, 2 if clean else 0, keepalive >> 8, keepalive & 255)) + _s(cid)
     out = bytearray((0x10,))
     codec.put_length(out, len(body))
     return bytes(out) + body
@@ -66,10 +67,13 @@ def subscribe_pkt(pid, flt, qos):
 
 
 class Sim:
-    def __init__(self, cfg):
-        self.sv = Server(cfg, lambda m: None)
+    def __init__(self, cfg, server=None):
+        """A server for cfg, or server: one built already (tools/heap32 measures the heap it
+        took before handing it over). Its durable store, if it has one, starts here."""
+        self.sv = Server(cfg, lambda m: None) if server is None else server
         self.sv._mask = lambda c: None  # no poll registrations for fake sockets
-        self.sv.persist.start()
+        if self.sv.persist is not None:
+            self.sv.persist.start()
 
     def feed(self, conn, data):
         sv = self.sv
@@ -90,8 +94,10 @@ class Sim:
         sv.now = time.ticks_ms()
         if sv.broker.freed:
             sv.resume()
-        sv.persist.tick(sv.now)
-        sv.persist.commit()
+        p = sv.persist
+        if p is not None:
+            p.tick(sv.now)
+            p.commit()
         sv.flush()
 
     def drop(self, conn):
@@ -103,13 +109,13 @@ class Sim:
 class Client:
     """A client on a fake socket: send() feeds the broker, packets() returns what it wrote."""
 
-    def __init__(self, sim, cid, clean=True):
+    def __init__(self, sim, cid, clean=True, keepalive=0):
         self.sim = sim
         self.sock = FakeSock()
         self.conn = Conn(self.sock, sim.sv.now)
         sim.sv.conns[self.sock] = self.conn
         self.early = []
-        self.send(connect_pkt(cid, clean))
+        self.send(connect_pkt(cid, clean, keepalive))
         p = self.packets()
         assert p and p[0][0] == 2 and p[0][2][1] == 0, p
         self.present = p[0][2][0]

@@ -39,15 +39,14 @@ def boards():
     return [FIRST] + [b for b in names if b != FIRST]
 
 
-def measure_heap_limits():
-    """The limits tools/measure_heap.py sets over the esp32 profile, as "key=value", read from
-    its script so that both measure by one definition."""
-    import measure_heap
+def measure_heap_args():
+    """The costs step's arguments: tools/measure_heap.py's workload (its CLIENTS, ...) and the
+    limits it sets over the esp32 profile (LIMITS), so that both measure by one definition."""
+    import measure_heap as mh
 
-    found = re.findall(r'^cfg\["(\w+)"\] = (\d+)$', measure_heap.SCRIPT, re.M)
-    if not any(k == "max_connections" for k, _ in found):
-        raise SystemExit("heap32: tools/measure_heap.py no longer sets its limits as cfg[...] = N lines")
-    return ["%s=%s" % kv for kv in found if kv[0] != "sys_interval"]
+    sizes = "clients=%d,subscriptions=%d,queued=%d,retained=%d,inflight=%d,payload=%d" % (
+        mh.CLIENTS, mh.SUBSCRIPTIONS, mh.QUEUED, mh.RETAINED, mh.INFLIGHT, mh.PAYLOAD)
+    return [sizes] + ["%s=%d" % kv for kv in mh.LIMITS.items()]
 
 
 def _compile(pairs, out, opt):
@@ -165,7 +164,7 @@ def jobs32(board_list):
             out.append((("boards", board, key), run32,
                         ("fit", ["boards/%s.conf" % board, store], info["opt_level"], info["heap_budget"], True)))
     path = "boards/%s.conf" % first
-    out.append((("costs",), run32, ("costs", [path] + measure_heap_limits(), info["opt_level"])))
+    out.append((("costs",), run32, ("costs", [path] + measure_heap_args(), info["opt_level"])))
     out.append((("hot",), run32, ("hot", [path], info["opt_level"])))
     return out
 
@@ -181,7 +180,7 @@ def jobs64(board_list):
             out.append((("boards", board, key), run64, ("fit", ["boards/%s.conf" % board, store, "1"], info["opt_level"])))
     info = board_info(first)
     path = "boards/%s.conf" % first
-    out.append((("costs",), run64, ("costs", [path] + measure_heap_limits(), info["opt_level"])))
+    out.append((("costs",), run64, ("costs", [path] + measure_heap_args(), info["opt_level"])))
     out.append((("hot",), run64, ("hot", [path], info["opt_level"])))
     return out
 

@@ -89,44 +89,6 @@ def _settings(board, store):
     return cfg
 
 
-class _NoStore:
-    """In the server's place for the store when it is off: broker_sim's pass starts, ticks
-    and commits one. The broker's own (Broker.persist) stays None."""
-
-    def start(self):
-        pass
-
-    def tick(self, now):
-        pass
-
-    def commit(self):
-        pass
-
-
-def _sim(sv):
-    """broker_sim.Sim around sv, a server already built (and measured): Sim would build its
-    own."""
-    import broker_sim
-
-    if sv.persist is None:
-        sv.persist = _NoStore()
-    broker_sim.Server = lambda cfg, log: sv
-    return broker_sim.Sim(sv.cfg)
-
-
-def _keepalive(connect_pkt, seconds):
-    """broker_sim.connect_pkt with a keepalive (its CONNECTs have none): bytes 10-11 of the
-    packet while the client id keeps the remaining length to one byte."""
-
-    def pkt(cid, clean):
-        p = bytearray(connect_pkt(cid, clean))
-        p[10] = seconds >> 8
-        p[11] = seconds & 255
-        return bytes(p)
-
-    return pkt
-
-
 # ---------------------------------------------------------------- the interpreter
 
 
@@ -168,7 +130,7 @@ def fit(board, store="", clients="0"):
     yield "start_free %d" % free()
     import broker_sim
 
-    sim = _sim(sv)
+    sim = broker_sim.Sim(cfg, sv)
     yield
     yield "harness %d" % (gc.mem_alloc() - used)
     yield
@@ -231,17 +193,23 @@ def fit(board, store="", clients="0"):
 # ---------------------------------------------------------------- costs per object
 
 
-def costs(board, *limits):
-    """tools/measure_heap.py's figures, by its definitions: its limits (limits: "key=value"
-    as heap32.py reads them from it) over the board profile, 50 clients connected (per
-    client), 4 subscriptions each (per subscription), an offline persistent session holding
-    200 QoS 1 messages of topic 5 + payload 20 bytes (per queued message, those 25 bytes
-    left out), 100 retained messages (topic 7 + payload 20), and 100 QoS 1 messages in
-    flight to a subscriber that never acknowledges. harness_per_client is the fake socket
-    and client object each connection costs here (a board has its socket object instead)."""
+def costs(board, sizes, *limits):
+    """tools/measure_heap.py's figures, by its definitions: its limits (limits: "key=value")
+    over the board profile and its workload (sizes: "clients=50,subscriptions=4,..." by its
+    constants; heap32.py passes both): clients connected (per client), subscriptions each
+    (per subscription), an offline persistent session holding queued QoS 1 messages of topic
+    5 + payload bytes (per queued message, those bytes left out), retained messages (topic 7
+    + payload), and QoS 1 messages in flight to a subscriber that never acknowledges. Every
+    CONNECT has a keepalive of 60 s, as measure_heap.py's (mqttraw's default).
+    harness_per_client is the fake socket and client object each connection costs here (a
+    board has its socket object instead)."""
     import broker_sim
 
-    broker_sim.connect_pkt = _keepalive(broker_sim.connect_pkt, 60)  # mqttraw's default
+    w = {}
+    for kv in sizes.split(","):
+        k, v = kv.split("=")
+        w[k] = int(v)
+    payload = w["payload"]
     Client = broker_sim.Client
     cfg = _settings(board, "")
     for kv in limits:
@@ -249,27 +217,28 @@ def costs(board, *limits):
         cfg[k] = int(v)
     from ubroker.server import Server
 
-    sim = _sim(Server(cfg, _quiet))
-    n = 50
+    sim = broker_sim.Sim(cfg, Server(cfg, _quiet))
+    n = w["clients"]
+    nsub = w["subscriptions"]
     yield
     h0 = gc.mem_alloc()
     clients = [None] * n
     for i in range(n):
-        clients[i] = Client(sim, b"client-%04d" % i)
+        clients[i] = Client(sim, b"client-%04d" % i, keepalive=60)
     yield
     h1 = gc.mem_alloc()
     for i in range(n):
         c = clients[i]
         sub = bytearray(broker_sim.subscribe_pkt(1, b"sensors/room%d/t0" % i, 1))
-        for k in range(1, 4):  # one SUBSCRIBE with four filters
+        for k in range(1, nsub):  # one SUBSCRIBE with all the client's filters
             sub += broker_sim.subscribe_pkt(1, b"sensors/room%d/t%d" % (i, k), 1)[4:]
         sub[1] = len(sub) - 2
         c.send(bytes(sub))
-        assert c.packets() == [(9, 0, b"\x00\x01\x01\x01\x01\x01")]
+        assert c.packets() == [(9, 0, b"\x00\x01" + b"\x01" * nsub)]
     sub = None
     yield
     h2 = gc.mem_alloc()
-    q = Client(sim, b"queue-1", clean=False)
+    q = Client(sim, b"queue-1", clean=False, keepalive=60)
     q.send(broker_sim.subscribe_pkt(1, b"q/#", 1))
     q.drop()
     q = None
@@ -277,40 +246,40 @@ def costs(board, *limits):
     yield
     h3 = gc.mem_alloc()
     pub = clients[0]
-    m = 200
+    m = w["queued"]
     for i in range(m):
-        pub.send(broker_sim.encode_publish(b"q/abc", b"x" * 20, 1, pid=i + 1))
+        pub.send(broker_sim.encode_publish(b"q/abc", b"x" * payload, 1, pid=i + 1))
         pub.packets()
     s = sessions[b"queue-1"]
     assert len(s.queue or ()) + len(s.inflight or ()) == m
     s = None
     yield
     h4 = gc.mem_alloc()
-    r = 100
+    r = w["retained"]
     for i in range(r):
-        pub.send(broker_sim.encode_publish(b"ret/%03d" % i, b"y" * 20, 0, retain=True))
+        pub.send(broker_sim.encode_publish(b"ret/%03d" % i, b"y" * payload, 0, retain=True))
         pub.packets()
     assert len(sim.sv.broker.retained) == r
     yield
     h5 = gc.mem_alloc()
-    f = Client(sim, b"inflight-1")
+    f = Client(sim, b"inflight-1", keepalive=60)
     f.send(broker_sim.subscribe_pkt(1, b"f/#", 1))
     f.packets()
     yield
     h6 = gc.mem_alloc()
-    k = 100
+    k = w["inflight"]
     for i in range(k):
-        pub.send(broker_sim.encode_publish(b"f/abc", b"x" * 20, 1, pid=1000 + i))
+        pub.send(broker_sim.encode_publish(b"f/abc", b"x" * payload, 1, pid=1000 + i))
         pub.packets()
         f.packets()
     assert len(sessions[b"inflight-1"].inflight) == k
     yield
     h7 = gc.mem_alloc()
     yield "per_client %d" % ((h1 - h0) // n)
-    yield "per_subscription %d" % ((h2 - h1) // (4 * n))
-    yield "per_queued %d" % ((h4 - h3) // m - 25)
-    yield "per_retained %d" % ((h5 - h4) // r - 27)
-    yield "per_inflight %d" % ((h7 - h6) // k - 25)
+    yield "per_subscription %d" % ((h2 - h1) // (nsub * n))
+    yield "per_queued %d" % ((h4 - h3) // m - 5 - payload)
+    yield "per_retained %d" % ((h5 - h4) // r - 7 - payload)
+    yield "per_inflight %d" % ((h7 - h6) // k - 5 - payload)
     # The harness's own share of per_client: a fake socket (its output emptied) and a
     # client object with Client's fields.
     yield
