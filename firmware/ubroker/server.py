@@ -26,6 +26,8 @@ _ERR = const(8 | 16)
 # A connection still without CONNECT this long after its handshake is not a client of a
 # reconnecting fleet that is merely behind (those send it within a round trip or two).
 _SILENT_MS = const(2000)
+# accept() found nothing waiting: the one failure that is not a shortage of sockets.
+_EAGAIN = const(11)
 
 
 class Server:
@@ -124,7 +126,18 @@ class Server:
         for _ in range(max(1, cfg["max_half_open_connections"] // 2)):
             try:
                 s, addr = ls.accept()
-            except OSError:
+            except Exception as e:  # OSError or MemoryError (a tuple of types would allocate)
+                if isinstance(e, OSError) and e.args[0] == _EAGAIN:
+                    return
+                # No socket, or no memory for one, in the stack or the process (EMFILE or
+                # ENFILE on the unix port, ECONNABORTED from ESP32's lwIP once its sockets are
+                # all taken, MemoryError for the socket object). The connection left waiting
+                # keeps the listener readable: polled, it would wake every pass (a busy loop,
+                # measured: 0.7 of a core). So it rests until the next tick, which puts it
+                # back (0 to 1 s; at most two failures a second), while the clients already
+                # connected are served; the waiting one gets in once one of them leaves.
+                st.hit("accept_failed")
+                self.poll.modify(ls, 0)
                 return
             raw = s
             if self.gate is not None:  # connection rate, TLS (sec_gate.py)
@@ -486,6 +499,8 @@ class Server:
                     self.close(c, "keepalive expired")
                 else:
                     self.close(c, "no CONNECT/CONNACK within connect_timeout", False)
+        for ls in self.listeners:  # back from a rest after a failed accept, if any
+            self.poll.modify(ls, _IN)
         for br in self.bridges:
             br.tick(now)
         self.broker.stats.carry()
