@@ -1,50 +1,51 @@
 """The heap cost model: what a board's limits cost when every table is full, which must fit
-the board's heap_budget. All the constants are here, in one place, so that measured figures
-replace estimates without touching the code that uses them. At the end: what the unix port
-needs to start a profile, and a profile's limits cut to fit a smaller heap (`ubroker run
---heap` without --board).
+the board's heap_budget. It prices with measured figures, read from one place,
+tools/heap32/figures.json: 32-bit ones for the boards (arch not none), 64-bit ones for the
+unix profile. At the end: what the unix port needs to start a profile, and a profile's
+limits cut to fit a smaller heap (`ubroker run --heap` without --board).
 
 Where the numbers come from
 ---------------------------
-Per-item costs were measured on the unix port (64-bit objects) by tools/measure_heap.py:
-the broker runs with the esp32 profile, and after every tick it does gc.collect() and prints
-gc.mem_alloc(); the script connects 50 clients, gives each 4 subscriptions, queues 200 QoS 1
-messages for an offline persistent session and stores 100 retained messages. Measured here
-(MicroPython 1.29-preview unix, broker as of issue 4):
-    connected client with its session   577 B
-    subscription                        170 B
-    queued message, overhead            208 B  (beyond its topic and payload bytes)
-    retained message, overhead          153 B  (beyond its topic and payload bytes)
-    baseline, broker imported from .py  48.4 KB (code compiled in RAM + Server + buffers)
-Later (firmware with buffers.py), esp32 config, after gc.collect(): interpreter 1.3 KB,
-imports 46.7 KB from .py and 43.0 KB from the unix build's .mpy (bytecode lives in RAM either
-way), Server() with its listener 6.2 KB: 50.5 KB from .mpy.
-A 32-bit board's objects are about half a 64-bit build's (docs/platform.md §2: pointers and GC
-blocks halve; byte contents do not): WORD_RATIO = 0.55 rounds that up. These board figures
-are estimates until the lead's on-board measurements replace them.
-The baseline on a board counts the interpreter after boot plus the broker's modules loaded
-from .mpy (bytecode still lives in RAM unless frozen): BASELINE_32 below; unix's is the
-measured one.
-Queued messages are bounded by bytes (max_queued_bytes) as well as by count; the count used
-here is max_queued_bytes / TYPICAL_MESSAGE (a sensor reading: ~24 B topic, ~40 B payload),
-capped by what the per-session limits allow.
-Output buffers grow only while a socket cannot take more; BUSY_WRITERS of them are assumed
-full at once (an assumption, not a measurement).
+`.venv/bin/python tools/heap32/heap32.py --write` measures the broker in two MicroPythons,
+on the same .mpy files at each board's opt_level, and writes figures.json: the webassembly
+port (32-bit, as the ESP32 and RP2 boards are) and the unix port (64-bit).
+tests/memory/test_heap32.py fails when the 32-bit figures there are stale.
+- The broker's code and Server: per board profile, the broker's part of the heap at start
+  (boards.B.32 / .64, start_broker, store off or on as the profile runs) less the tables
+  and buffers that profile's limits size at start (start_tables below). What is left is the
+  same for every board of one opt_level to within 1 kB, on both ports, so the start tables
+  are priced apart: a config that raises a limit pays for its table.
+- Per client, subscription, queued, in-flight and retained message (costs.32 / .64):
+  tools/measure_heap.py's workload and limits over the esp32 profile (its CLIENTS, LIMITS,
+  ...), the clients on tests/support/broker_sim.py's fake sockets. per_client counts the
+  harness's fake socket and client object where a board has its socket object and poll
+  entry: on the unix port, with real sockets, measure_heap.py gives 320 B a client against
+  552 B here, so the client figure errs on the safe side.
+- Queued and in-flight messages: max_queued_bytes bounds them, counting each as its topic,
+  payload and ENTRY_COST (firmware/ubroker/session.py); the heap they take is that bound
+  scaled by the measured cost per message where it is above ENTRY_COST (64-bit: 243 B).
+- The interpreter and entry module after boot, BOOT: 6,624 B on the unix port (the heap
+  line of `ubroker run --board esp32`, 68,608 B, less the 61,984 B heap32 measures for the
+  broker there, store off), rounded up to 6.5 kB; assumed the same on a board, whose
+  main.py and network objects have not been measured.
+Still estimates: an offline session is SESSION_SHARE of a client; BUSY_WRITERS output
+buffers full at once; the sensors' code on 32 bits, SENSORS_64 scaled by what the broker's
+own code takes on 32 bits against 64 (0.71 for esp32).
 """
 
-MEASURED_64 = {
-    "client": 577,
-    "subscription": 170,
-    "queued": 208,
-    "retained": 153,
-}
-BASELINE_64 = 52 * 1024  # measured 50.5 KB (see above), rounded up
-WORD_RATIO = {32: 0.55, 64: 1.0}
-# Half of the 64-bit .mpy import + Server (~25 KB) plus ~7 KB for the interpreter's and the
-# network stack's Python objects after boot (estimate).
-BASELINE_32 = 32 * 1024
+import functools
+import json
+import os
+
+from . import paths, profiles
+
+FIGURES = os.path.join(paths.ROOT, "tools", "heap32", "figures.json")
+BOOT = 6656
+# What max_queued_bytes counts for a message beyond its topic and payload, as
+# firmware/ubroker/session.py's ENTRY_COST on each word width.
+ENTRY_COST = {32: 128, 64: 224}
 SESSION_SHARE = 0.4  # an offline session is the client's cost without its connection (estimate)
-TYPICAL_MESSAGE = 64
+TYPICAL_MESSAGE = 64  # a sensor reading: ~24 B topic, ~40 B payload
 BUSY_WRITERS = 4
 # Local sensors (sensor_interval > 0) load their code only then: measured with `ubroker run
 # --board esp32` (64-bit), heap in use at start 66.3 KB off, 73.2 KB with heap_free (the
@@ -54,38 +55,102 @@ SENSORS_64 = 12 * 1024
 HEADROOM = 0.0  # fraction of the budget kept free for fragmentation (raise when measured)
 
 
+@functools.lru_cache(maxsize=1)
+def figures():
+    """tools/heap32/figures.json, as heap32.py --write left it."""
+    with open(FIGURES) as f:
+        return json.load(f)
+
+
 def word_bits(profile):
     return 64 if profile.get("arch", "none") in ("none", "x64") else 32
 
 
-def costs(profile):
-    """[(item, bytes)] for a profile (or a resolved config with its keys)."""
-    bits = word_bits(profile)
-    r = WORD_RATIO[bits]
-    per = {k: int(v * r + 0.5) for k, v in MEASURED_64.items()}
-    conns = profile["max_connections"]
-    sessions = profile["max_sessions"]
-    offline = max(0, sessions - conns)
-    queued_count = min(profile["max_queued_bytes"] // TYPICAL_MESSAGE,
-                       sessions * (profile["max_queued_messages"] + profile["max_inflight_messages"]))
-    read_buf = max(profile["read_buffer_size"], profile["max_packet_size"] + 5)
+def per_item(bits):
+    """{item: bytes} on a 32- or 64-bit port, from the measured costs per object."""
+    c = figures()["costs"][str(bits)]
+    return {"client": c["per_client"], "subscription": c["per_subscription"],
+            "message": max(c["per_queued"], c["per_inflight"]), "retained": c["per_retained"]}
+
+
+def _store(cfg):
+    on = cfg.get("flash_store") or (cfg.get("persistence") and cfg.get("persistence_location"))
+    return "store_on" if on else "store_off"
+
+
+def _resolved(profile):
+    return profiles.fwconfig().resolve(profile)
+
+
+def tables_bytes(cfg, bits):
+    return sum(b for _, b in start_tables(cfg, bits // 8))
+
+
+def code_and_server(cfg, bits, store=None):
+    """The broker's part of the heap at start without its start tables, measured for cfg's
+    board (store: as cfg runs); for a board figures.json does not have yet, the most any
+    board took."""
+    fig = figures()["boards"]
+    store = store or _store(cfg)
+
+    def part(board):
+        own = _resolved(profiles.load_board(board))
+        return fig[board][str(bits)][store]["start_broker"] - tables_bytes(own, bits)
+
+    board = cfg.get("board")
+    if board in fig:
+        return part(board)
+    return max(part(b) for b in fig)
+
+
+def sensors(cfg, bits):
+    """The sensors' code, when cfg turns them on: measured on 64 bits; on 32 bits scaled as
+    the broker's own code is (store off: code alone)."""
+    if not cfg.get("sensor_interval"):
+        return 0
+    if bits == 64:
+        return SENSORS_64
+    return SENSORS_64 * code_and_server(cfg, 32, "store_off") // code_and_server(cfg, 64, "store_off")
+
+
+def _start_costs(cfg, bits):
     return [
-        ("baseline (interpreter, code, server)", BASELINE_64 if bits == 64 else BASELINE_32),
-        ("read buffer", read_buf),
-        ("clients: %d x %d B" % (conns, per["client"]), conns * per["client"]),
-        ("offline sessions: %d x %d B" % (offline, int(per["client"] * SESSION_SHARE)),
-         offline * int(per["client"] * SESSION_SHARE)),
-        ("subscriptions: %d x %d B" % (profile["max_subscriptions"], per["subscription"]),
-         profile["max_subscriptions"] * per["subscription"]),
-        ("queued messages: %d B + %d x %d B" % (profile["max_queued_bytes"], queued_count, per["queued"]),
-         profile["max_queued_bytes"] + queued_count * per["queued"]),
-        ("retained: %d B + %d x %d B" % (profile["max_retained_bytes"], profile["max_retained_messages"],
-                                          per["retained"]),
-         profile["max_retained_bytes"] + profile["max_retained_messages"] * per["retained"]),
-        ("output buffers: %d x %d B" % (BUSY_WRITERS, profile["out_buffer_size"]),
-         BUSY_WRITERS * profile["out_buffer_size"]),
-        ("sensors (sensor_interval > 0)", int(SENSORS_64 * r) if profile.get("sensor_interval") else 0),
+        ("at start: interpreter, entry module (BOOT)", BOOT),
+        ("at start: broker code and server (measured)", code_and_server(cfg, bits)),
+        ("at start: tables and buffers (%d-bit)" % bits, tables_bytes(cfg, bits)),
+        ("sensors (sensor_interval > 0)", sensors(cfg, bits)),
     ]
+
+
+def _use_costs(cfg, bits):
+    """[(item, bytes)] every table full takes beyond the start."""
+    per = per_item(bits)
+    conns = cfg["max_connections"]
+    offline = max(0, cfg["max_sessions"] - conns)
+    session = int(per["client"] * SESSION_SHARE)
+    entry = ENTRY_COST[bits]
+    held = cfg["max_queued_bytes"] * max(entry, per["message"]) // entry
+    return [
+        ("clients: %d x %d B" % (conns, per["client"]), conns * per["client"]),
+        ("offline sessions: %d x %d B" % (offline, session), offline * session),
+        ("subscriptions: %d x %d B" % (cfg["max_subscriptions"], per["subscription"]),
+         cfg["max_subscriptions"] * per["subscription"]),
+        ("queued and in-flight: %d B x %d / %d" % (cfg["max_queued_bytes"], max(entry, per["message"]), entry),
+         held),
+        ("retained: %d B + %d x %d B" % (cfg["max_retained_bytes"], cfg["max_retained_messages"],
+                                          per["retained"]),
+         cfg["max_retained_bytes"] + cfg["max_retained_messages"] * per["retained"]),
+        ("output buffers: %d x %d B" % (BUSY_WRITERS, cfg["out_buffer_size"]),
+         BUSY_WRITERS * cfg["out_buffer_size"]),
+    ]
+
+
+def costs(profile):
+    """[(item, bytes)] for a profile (or a resolved config with its keys), priced with the
+    figures of its word width."""
+    cfg = _resolved(profile)
+    bits = word_bits(cfg)
+    return _start_costs(cfg, bits) + _use_costs(cfg, bits)
 
 
 def total(profile):
@@ -145,28 +210,29 @@ def features(cfg):
 
 
 def _block(n):
-    return (n + 15) // 16 * 16  # the GC allocates in 16-byte blocks on a 64-bit port
+    return (n + 15) // 16 * 16  # the GC allocates in 16-byte blocks, on the unix port and on 32 bits
 
 
-def _table(n):
-    return _block(16 * ((n + 2 + n // 16) | 1))  # buffers.table(n): a key and a value per slot
+def _table(n, word):
+    return _block(2 * word * ((n + 2 + n // 16) | 1))  # buffers.table(n): a key and a value per slot
 
 
-def start_tables(cfg):
-    """[(item, bytes)] the broker allocates at start from its limits on a 64-bit port
-    (server.py, broker.py, buffers.py); each matched the heap in use after start to 64 B
-    when one limit at a time was raised from the esp32 profile's."""
+def start_tables(cfg, word=8):
+    """[(item, bytes)] the broker allocates at start from its limits (server.py, broker.py,
+    buffers.py), pointers of word bytes (8: the unix port; 4: a board). On the 64-bit port
+    each matched the heap in use after start to 64 B when one limit at a time was raised
+    from the esp32 profile's."""
     socks = cfg["max_connections"] + 8
     pool = cfg["buffer_pool_size"]
     pool_buf = min(4096, max(cfg["out_buffer_size"], 2 * cfg["read_buffer_size"]))
     return [
         ("read buffer", _block(cfg["max_packet_size"] + 5 + cfg["read_buffer_size"])),
         ("output scratch", _block(cfg["out_buffer_size"])),
-        ("buffer pool: %d x %d B" % (pool, pool_buf), pool * _block(pool_buf) + _block(8 * pool)),
-        ("connection table and list: %d sockets" % socks, _table(socks) + _block(8 * socks)),
-        ("session table: %d" % cfg["max_sessions"], _table(cfg["max_sessions"])),
-        ("subscription table: %d" % cfg["max_subscriptions"], _table(cfg["max_subscriptions"])),
-        ("retained table: %d" % cfg["max_retained_messages"], _table(cfg["max_retained_messages"])),
+        ("buffer pool: %d x %d B" % (pool, pool_buf), pool * _block(pool_buf) + _block(word * pool)),
+        ("connection table and list: %d sockets" % socks, _table(socks, word) + _block(word * socks)),
+        ("session table: %d" % cfg["max_sessions"], _table(cfg["max_sessions"], word)),
+        ("subscription table: %d" % cfg["max_subscriptions"], _table(cfg["max_subscriptions"], word)),
+        ("retained table: %d" % cfg["max_retained_messages"], _table(cfg["max_retained_messages"], word)),
     ]
 
 
@@ -179,10 +245,8 @@ def start_need(cfg, code="bytecode"):
 
 def run_need(cfg, code="bytecode"):
     """Heap the unix port needs to start with cfg and then hold every table full: the start,
-    and what costs() prices beyond what the start already counts."""
-    counted = ("baseline", "read buffer", "sensors")
-    full = costs(dict(cfg, arch="none"))
-    return start_need(cfg, code) + sum(b for name, b in full if not name.startswith(counted))
+    and what costs() prices beyond it (64-bit figures)."""
+    return start_need(cfg, code) + sum(b for _, b in _use_costs(cfg, 64))
 
 
 # The smallest useful broker: a cut profile goes no lower than these (16 clients is
@@ -196,8 +260,9 @@ SMALLEST = {
 # and the features), never more than the profile's own limit; the clients, their sessions
 # and their subscriptions get the rest.
 SHARES = {"packet": 16, "output": 32, "pool": 32, "queued": 8, "retained": 16}
-# Subscriptions per client in a cut profile's table (esp32 has 1.5, unix 4): by costs()
-# each takes 30 % of a client, and 16 clients with 4 each do not fit 96k.
+# Subscriptions per client in a cut profile's table (esp32 has 1.5, unix 4): each takes a
+# fifth of a client (per_item(64)), and 16 clients with 4 each do not fit 96k as bytecode
+# (run_need 103 kB; 92 kB native).
 SUBSCRIPTIONS = 2
 RETAINED_MESSAGE = 128  # bytes of topic and payload a cut profile plans for each retained message
 
@@ -236,9 +301,10 @@ def _buffers(cfg, heap, room):
     cut("out_buffer_size", _pow2(room // SHARES["output"] // (BUSY_WRITERS + 1)))
     pool_buf = min(4096, max(c["out_buffer_size"], 2 * c["read_buffer_size"]))
     cut("buffer_pool_size", room // SHARES["pool"] // pool_buf)
-    # A queued message costs its bytes and MEASURED_64["queued"] for each TYPICAL_MESSAGE.
-    cut("max_queued_bytes", room // SHARES["queued"] * TYPICAL_MESSAGE // (TYPICAL_MESSAGE + MEASURED_64["queued"]))
-    cut("max_retained_messages", room // SHARES["retained"] // (RETAINED_MESSAGE + MEASURED_64["retained"]))
+    # Held messages take max_queued_bytes scaled as _use_costs prices them.
+    per = per_item(64)
+    cut("max_queued_bytes", room // SHARES["queued"] * ENTRY_COST[64] // max(ENTRY_COST[64], per["message"]))
+    cut("max_retained_messages", room // SHARES["retained"] // (RETAINED_MESSAGE + per["retained"]))
     cut("max_retained_bytes", RETAINED_MESSAGE * c["max_retained_messages"])
     if "bridge_max_queued_messages" in cfg:
         cut("bridge_max_queued_messages", c["max_queued_bytes"] // TYPICAL_MESSAGE)

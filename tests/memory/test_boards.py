@@ -1,6 +1,10 @@
 """Every board profile parses with the firmware's own parser, sets every required key, names an
 architecture mpy-cross knows, and its limits fit its heap budget by the cost model in
-host_tools/ubroker_tools/budget.py."""
+host_tools/ubroker_tools/budget.py (the figures tools/heap32 measured: 32-bit for the boards,
+64-bit for the unix profile)."""
+
+import os
+import re
 
 import pytest
 
@@ -75,14 +79,48 @@ def test_cost_model_counts_every_table():
 
 
 def test_32bit_objects_cost_less_than_64bit():
+    """A board is priced with the 32-bit figures (tools/heap32/figures.json), the same
+    profile as the unix port (arch none) with the 64-bit ones: every measured item costs
+    less on 32 bits, and so does the whole."""
     prof = dict(profiles.load_board("rp2-pico-w"))
-    small = budget.total(prof)
+    small = dict(budget.costs(prof))
     prof["arch"] = "none"
-    assert budget.total(prof) > small
+    big = dict(budget.costs(prof))
+    assert sum(big.values()) > sum(small.values())
+    start = "at start: broker code and server (measured)"
+    assert big[start] > small[start] > 0
+    for item in ("client", "subscription", "message", "retained"):
+        assert budget.per_item(64)[item] > budget.per_item(32)[item] > 0, item
+
+
+def test_boards_priced_with_the_32bit_measurement():
+    """The per-object figures a board is priced with are the 32-bit ones heap32 measured
+    (figures.json costs.32), and its start is that board's own measured start."""
+    fig = budget.figures()
+    c32 = fig["costs"]["32"]
+    assert budget.per_item(32) == {"client": c32["per_client"], "subscription": c32["per_subscription"],
+                                   "message": max(c32["per_queued"], c32["per_inflight"]),
+                                   "retained": c32["per_retained"]}
+    prof = profiles.fwconfig().resolve(profiles.load_board("esp32"))
+    start = budget.code_and_server(prof, 32) + budget.tables_bytes(prof, 32)
+    assert start == fig["boards"]["esp32"]["32"]["store_on"]["start_broker"]
+
+
+def test_entry_cost_is_the_firmwares():
+    """budget.ENTRY_COST is what the broker's max_queued_bytes counts per message on each
+    word width (firmware/ubroker/session.py): the model bounds the held messages' heap by it."""
+    with open(os.path.join(paths.FIRMWARE, "ubroker", "session.py")) as f:
+        m = re.search(r"^ENTRY_COST = (\d+) if sys.maxsize > 1 << 32 else (\d+)$", f.read(), re.M)
+    assert m, "session.py no longer sets ENTRY_COST in one line"
+    assert budget.ENTRY_COST == {64: int(m.group(1)), 32: int(m.group(2))}
 
 
 def test_sensors_cost_heap_only_when_on():
-    prof = dict(profiles.load_board("esp32"))
-    off = budget.total(prof)
-    prof["sensor_interval"] = 10
-    assert budget.total(prof) - off == int(budget.SENSORS_64 * 0.55)
+    """The sensors' code is priced only when sensor_interval turns them on: as measured on
+    the 64-bit port, and less on a 32-bit board."""
+    for board, lo, hi in (("esp32", 1, budget.SENSORS_64 - 1), ("unix", budget.SENSORS_64, budget.SENSORS_64)):
+        prof = dict(profiles.load_board(board))
+        prof.pop("sensor_interval", None)
+        off = budget.total(prof)
+        prof["sensor_interval"] = 10
+        assert lo <= budget.total(prof) - off <= hi, board
