@@ -24,10 +24,10 @@ tests/memory/test_heap32.py fails when the 32-bit figures there are stale.
 - Queued and in-flight messages: max_queued_bytes bounds them, counting each as its topic,
   payload and ENTRY_COST (firmware/ubroker/session.py); the heap they take is that bound
   scaled by the measured cost per message where it is above ENTRY_COST (64-bit: 243 B).
-- The interpreter and entry module after boot, BOOT: 6,624 B on the unix port (the heap
-  line of `ubroker run --board esp32`, 68,608 B, less the 61,984 B heap32 measures for the
-  broker there, store off), rounded up to 6.5 kB; assumed the same on a board, whose
-  main.py and network objects have not been measured.
+- The interpreter and entry module after boot, BOOT: on the unix port, the heap line of
+  `ubroker run --board esp32` less what heap32 measures for the broker there (store off):
+  68,512 - 62,176 = 6,336 B at 66d5af8, 6,624 B in an earlier run as the code changed; 6.5 kB.
+  Assumed the same on a board, whose main.py and network objects have not been measured.
 Still estimates: an offline session is SESSION_SHARE of a client; BUSY_WRITERS output
 buffers full at once; the sensors' code on 32 bits, SENSORS_64 scaled by what the broker's
 own code takes on 32 bits against 64 (0.71 for esp32).
