@@ -55,12 +55,19 @@ else:
         if not ssid:
             log("no wifi_ssid in the config: WiFi stays off")
             return ""
-        if "hostname" in cfg:
-            try:
-                network.hostname(cfg["hostname"])
-            except (AttributeError, ValueError, OSError):
-                pass
         sta = network.WLAN(network.STA_IF)
+        name = cfg.get("hostname")
+        if name:
+            # The mDNS responder takes the name as the interface comes up (rp2: active(True);
+            # ESP32: the first connection since power-on), so it is set before; an interface
+            # left up by boot.py or before a soft reset is taken down first.
+            if sta.active():
+                sta.active(False)
+            try:
+                network.hostname(name)
+                log("hostname %s.local" % name)
+            except (AttributeError, ValueError, OSError) as e:
+                log("hostname %s not set: %s" % (name, e))
         sta.active(True)
         if sys.platform == "rp2":
             try:

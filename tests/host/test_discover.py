@@ -4,8 +4,11 @@ own whose loopback has multicast turned on (so no packet leaves this machine's n
 What answers stands in for what a LAN has: for a gateway, avahi-daemon publishing the service
 file `ubroker service install` wrote (here python-zeroconf publishes that file's services, and
 the broker itself runs behind them); for a board, its firmware's mDNS responder answering for
-its host name (here python-zeroconf answering for NAME.local)."""
+its host name (here python-zeroconf answering for NAME.local). The board's own part, its
+`hostname` handed to the network stack before WiFi comes up, runs in the MicroPython unix port
+with a stand-in network module."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -54,9 +57,6 @@ def netns_unavailable():
     return None
 
 
-pytestmark = pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
-
-
 class Namespace:
     def __init__(self):
         self.name = "ubroker-mdns-" + uuid.uuid4().hex[:8]
@@ -99,6 +99,9 @@ class Namespace:
 
 @pytest.fixture
 def ns():
+    why = netns_unavailable()
+    if why:
+        pytest.skip(why)
     n = Namespace()
     yield n
     n.close()
@@ -176,3 +179,83 @@ def test_resolve_a_board_hostname(ns):
     assert (r.returncode, r.stdout.strip()) == (0, "board-test.local  127.0.0.1"), r.stderr
     r = ns.run(UBROKER, "discover", "--resolve", "nobody-here.local", "--timeout", "1")
     assert r.returncode == 1 and "no answer for nobody-here.local" in r.stderr
+
+
+# A board's side: firmware/ubroker/platform.py run in the MicroPython unix port as a board
+# (sys.platform "rp2"), with a network module that records what is asked of it.
+BOARD_NETWORK = r"""
+import json, sys
+real_sys = sys
+calls = []
+
+class BoardSys:
+    platform = "rp2"
+
+class WLAN:
+    up = real_sys.argv[1] == "up"
+    def __init__(self, i):
+        pass
+    def active(self, v=None):
+        if v is None:
+            return WLAN.up
+        calls.append("active %s" % v)
+        WLAN.up = v
+    def isconnected(self):
+        return WLAN.up and "connect" in calls
+    def connect(self, ssid, password):
+        calls.append("connect")
+    def config(self, **kw):
+        pass
+    def ifconfig(self):
+        return ("198.18.0.7", "255.255.255.0", "", "")
+    def disconnect(self):
+        pass
+
+class network:
+    STA_IF = 0
+    AP_IF = 1
+    WLAN = WLAN
+    def hostname(name):
+        if len(name) > 32:  # MICROPY_PY_NETWORK_HOSTNAME_MAX_LEN, as the firmware's
+            raise ValueError("name too long")
+        calls.append("hostname " + name)
+
+sys.modules["sys"] = BoardSys
+sys.modules["network"] = network
+from ubroker import platform
+sys.modules["sys"] = real_sys
+logs = []
+address = platform.network_up({"wifi_ssid": "home", "hostname": real_sys.argv[2]}, logs.append)
+print(json.dumps([address, calls, logs]))
+"""
+
+
+def board_network_up(tmp_path, interface, hostname):
+    script = tmp_path / "board_network.py"
+    script.write_text(BOARD_NETWORK)
+    firmware = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "firmware")
+    r = subprocess.run([os.path.join(BIN, "micropython"), str(script), interface, hostname], capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, MICROPYPATH=firmware))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def test_board_hostname_is_set_before_wifi_comes_up(tmp_path):
+    """The firmware's mDNS responder takes the host name as the interface comes up (rp2) or
+    at the first connection (ESP32), so `hostname` reaches network.hostname() before either."""
+    address, calls, logs = board_network_up(tmp_path, "down", "gw-kitchen")
+    assert address == "198.18.0.7"
+    assert calls == ["hostname gw-kitchen", "active True", "connect"]
+    assert "hostname gw-kitchen.local" in logs
+
+
+def test_board_interface_left_up_is_restarted_with_the_name(tmp_path):
+    """WiFi left up by boot.py (or before a soft reset) had the old name: it goes down first."""
+    _, calls, _ = board_network_up(tmp_path, "up", "gw-kitchen")
+    assert calls == ["active False", "hostname gw-kitchen", "active True", "connect"]
+
+
+def test_board_hostname_refused_is_logged(tmp_path):
+    _, calls, logs = board_network_up(tmp_path, "down", "x" * 40)
+    assert calls == ["active True", "connect"]
+    assert "hostname %s not set: name too long" % ("x" * 40) in logs
