@@ -56,6 +56,9 @@ SCHEMA = {
     "emit": "str",
     "opt_level": "int",
     "heap_budget": "size",
+    # the stock MicroPython network stack's limits (lwIP), read by `ubroker config --check`
+    # (host_tools/ubroker_tools/sockets.py): one key, `stock_lwip sockets=N tcp=N`
+    "stock_lwip": "str",
     "usb_id": "+str",
     "flash_store": "str",
     "store_size": "size",

@@ -1,6 +1,6 @@
 """`ubroker config`: write a commented default config for a board, or check one with the
-firmware's own parser (so line numbers match what the board reports) and against the board's
-heap budget."""
+firmware's own parser (so line numbers match what the board reports), against the board's
+heap budget and against the sockets its stock firmware's network stack holds (sockets.py)."""
 
 import argparse
 import os
@@ -8,14 +8,16 @@ import shlex
 import subprocess
 import sys
 
-from . import budget, paths, profiles
+from . import budget, paths, profiles, sockets
 
 HELP = """Create or check a ubroker config file (mosquitto.conf form: `key value`, # comments).
 
 The template is closed by default, as Mosquitto 2's: it listens on the network but only for
 the users of its password_file (create it with `ubroker passwd`); anonymous access is a
 commented-out line. --check fails on mistakes and warns (exit 0) when allow_anonymous true
-leaves a listener beyond 127.0.0.1 open to anyone on the network.
+leaves a listener beyond 127.0.0.1 open to anyone on the network. It also fails when the
+clients, listeners and bridges ask for more sockets than the board's stock MicroPython can
+open (an ESP32 has 10, a Pico W 5 TCP connections): the heap is not what runs out first.
 
 Files the config names (password_file, acl_file, certfile, keyfile, cafile, bridge_cafile):
 a relative path is looked up beside the config file, where `ubroker flash` takes it from;
@@ -66,9 +68,9 @@ password_file users.txt
 #max_keepalive 65535
 #connect_timeout 10
 
-# --- limits (the board profile sets these from its heap budget; lower them here freely,
-# raising them is checked against heap_budget {heap_budget}) -----------------------------
-#max_connections {max_connections}
+# --- limits (the board profile sets these; lower them here freely, raising them is checked
+# against heap_budget {heap_budget}) ---------------------------------------------------------
+{stack_note}#max_connections {max_connections}
 #max_subscriptions {max_subscriptions}
 #max_inflight_messages {max_inflight_messages}
 #max_queued_messages {max_queued_messages}
@@ -130,6 +132,13 @@ FILES_HERE = """# Files named here (password_file, acl_file, certfile, ...): a r
 FILE_KEYS = ("password_file", "acl_file", "certfile", "keyfile", "cafile", "bridge_cafile")
 
 
+# Where the board's stock firmware bounds the clients before the heap does (sockets.py).
+STACK_NOTE = """# Stock MicroPython's network stack: {stack}.
+# max_connections {max_connections} is what it leaves for clients beside one listener; a bridge,
+# or another listener that takes from the same limit, leaves fewer (`--check` counts them).
+"""
+
+
 def files_beside(board):
     """True when a relative file path of board's config is looked up beside the config."""
     return board != "unix"
@@ -155,7 +164,13 @@ def default_config(board, path=None):
                                   flash_store=prof.get("flash_store", "data"),
                                   sensors=", ".join(prof.get("sensor", [])) or "none",
                                   files_note=FILES_BESIDE if files_beside(board) else FILES_HERE,
+                                  stack_note=stack_note(prof),
                                   passwd_command=passwd_command(users)))
+
+
+def stack_note(prof):
+    stack = sockets.describe(prof)
+    return STACK_NOTE.format(stack=stack, max_connections=prof["max_connections"]) if stack else ""
 
 
 def named_files(text, user):
@@ -259,7 +274,7 @@ def review(board, path, beside=None):
     cfg = cfgmod.resolve(prof, user)
     problems += security_problems(cfgmod, path, user, cfg, line_of, where)
     ok, need, have = budget.fits(cfg)
-    # A profile that itself overcommits (see tests/test_boards.py) is the board's problem,
+    # A profile that itself overcommits (see tests/memory/test_boards.py) is the board's problem,
     # not the user's: only what the user raises beyond it is reported.
     if not ok and need > budget.total(prof):
         raised = [k for k in user if k in prof and isinstance(prof[k], int) and user[k] > prof[k]]
@@ -269,7 +284,21 @@ def review(board, path, beside=None):
                 "(sensor_interval, line %d: their code takes heap)" % line_of("sensor_interval")
         problems.append("%s: these limits need %d bytes of heap but board %s has heap_budget %d; lower %s"
                         % (path, need, board, have, where or "the limits"))
+    problems += stack_problems(board, path, prof, user, cfg, line_of)
     return problems, open_warnings(path, cfg, line_of("allow_anonymous"))
+
+
+def stack_problems(board, path, prof, user, cfg, line_of):
+    """The sockets cfg needs beyond what the board's stock network stack holds, at the user's
+    max_connections line if there is one."""
+    try:
+        msg = sockets.problem(board, prof, cfg)
+    except ValueError as e:  # the profile's own stock_lwip line
+        return ["%s: %s" % (os.path.relpath(paths.board_file(board)), e)]
+    if msg is None:
+        return []
+    line = line_of("max_connections") if "max_connections" in user else 0
+    return ["%s%s: %s" % (path, ":%d" % line if line else "", msg)]
 
 
 def loopback(host):
