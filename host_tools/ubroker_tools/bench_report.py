@@ -28,6 +28,7 @@ ROWS = [
     ("connect", "connects", "/s", "connect", lambda r: r.get("rate"), False),
     ("connect_tls", "connects over TLS", "/s", "connect_tls", lambda r: r.get("rate"), False),
     ("idle", "RSS per idle client", "bytes", "idle", lambda r: r.get("rss_per_client"), True),
+    ("storm", "reconnect storm: clients in, of 1,000", "clients", "storm", lambda r: r.get("connected"), False),
 ]
 
 
@@ -77,6 +78,9 @@ def verification(r):
     if r.get("scenario") == "idle" and r.get("still_connected") is not None and \
             r["still_connected"] != r.get("clients"):
         notes.append("**only %s of %s idle clients still connected**" % (r["still_connected"], r["clients"]))
+    if r.get("scenario") == "storm" and r.get("connected") != r.get("clients"):
+        notes.append("**%s of %s clients did not get in** (per burst: %s)" % (
+            r.get("clients", 0) - r.get("connected", 0), r.get("clients"), r.get("per_burst")))
     if r.get("broker_problem"):
         notes.append("**" + r["broker_problem"] + "**")
     return "; ".join(notes) if notes else "ok"
@@ -258,6 +262,8 @@ def summary(r):
         main_ = "p50 %s us, p99 %s us" % (fmt_num(r.get("p50_us")), fmt_num(r.get("p99_us")))
     elif s == "idle":
         main_ = "%s bytes RSS per client" % fmt_num(r.get("rss_per_client"))
+    elif s == "storm":
+        main_ = "%s of %s clients in, %s s" % (r.get("connected"), r.get("clients"), fmt_num(r.get("seconds")))
     else:
         main_ = "%s /s" % fmt_num(r.get("rate"))
     return "%s  [cpu broker %s%%, loadgen %s%%]  %s" % (main_, fmt_num(r.get("broker_cpu_pct")),

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 from .bench_proc import BENCH, cpu_seconds, free_port, rss_bytes
+from .bench_storm import storm
 from .bench_tls import tls_certs, tls_connects
 
 LOADGEN_SRC = os.path.join(BENCH, "loadgen.c")
@@ -28,6 +29,8 @@ SCENARIOS = {
     # Not the load generator (it has no TLS): a CPython client, TLS_CONC threads (bench_tls).
     "connect_tls": ("connects over TLS", None),
     "idle": ("idle clients (1 subscription each)", ["idle"]),
+    # Not the load generator: 1,000 clients reconnecting 100 at a time (bench_storm).
+    "storm": ("reconnect storm, 1,000 clients 100 at a time", None),
 }
 
 
@@ -91,6 +94,12 @@ def run_scenario(broker, key, exe, opts):
             res["broker_rss_after"] = rss_bytes(pid)
         elif key == "idle":
             res.update(run_idle(exe, port, pid, opts))
+        elif key == "storm":
+            cpu0 = cpu_seconds(pid)
+            res.update(storm(port))
+            cpu1 = cpu_seconds(pid)
+            if cpu0 is not None and cpu1 is not None and res["seconds"]:
+                res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / res["seconds"], 1)
         else:
             args = list(lg) + ["--duration", str(opts["duration"])]
             if key.startswith("fan"):
