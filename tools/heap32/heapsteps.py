@@ -89,6 +89,13 @@ def _settings(board, store):
     return cfg
 
 
+def _set(cfg, limits):
+    """cfg with limits ("key=value", whole numbers) set over it."""
+    for kv in limits:
+        k, v = kv.split("=")
+        cfg[k] = int(v)
+
+
 # ---------------------------------------------------------------- the interpreter
 
 
@@ -111,14 +118,16 @@ def interpreter():
 _GRANTED = [(9, 0, b"\x00\x01\x01")]  # SUBACK for packet id 1, QoS 1 granted
 
 
-def fit(board, store="", clients="0"):
+def fit(board, store="", clients="0", *limits):
     """The heap at start with a board profile, as `ubroker run` logs it (start_broker: the
     broker's part of it), then clients (0: the profile's max_connections) connecting one
     after the other, each then subscribing to a topic of its own at QoS 1 (tests/
-    test_memory.py's scenario), up to the first one that does not fit."""
+    test_memory.py's scenario), up to the first one that does not fit. limits ("key=value")
+    are set over the profile's, as more clients than its max_connections need."""
     yield
     base = gc.mem_alloc()
     cfg = _settings(board, store)
+    _set(cfg, limits)
     yield
     from ubroker.server import Server
 
@@ -212,9 +221,7 @@ def costs(board, sizes, *limits):
     payload = w["payload"]
     Client = broker_sim.Client
     cfg = _settings(board, "")
-    for kv in limits:
-        k, v = kv.split("=")
-        cfg[k] = int(v)
+    _set(cfg, limits)
     from ubroker.server import Server
 
     sim = broker_sim.Sim(cfg, Server(cfg, _quiet))
