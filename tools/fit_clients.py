@@ -31,7 +31,13 @@ def free_port():
 
 def fit(board, heap, clients, data=None, clean=True):
     port = free_port()
-    cmd = [UBROKER, "run", "--board", board, "--port", str(port), "--heap", heap]
+    # The profile's max_connections is what stock MicroPython's network stack holds; this
+    # measures the heap, so the client table is as large as the clients asked for.
+    conf = os.path.join(ROOT, "build", "fit-%d.conf" % port)
+    os.makedirs(os.path.dirname(conf), exist_ok=True)
+    with open(conf, "w") as f:
+        f.write("max_connections %d\n" % clients)
+    cmd = [UBROKER, "run", "--board", board, "--port", str(port), "--heap", heap, "--config", conf]
     if data:
         shutil.rmtree(data, ignore_errors=True)
         cmd += ["--data", data]

@@ -63,10 +63,11 @@ def test_config_check_budget(tmp_path):
     path = tmp_path / "big.conf"
     path.write_text("# more clients than a Pico W holds\nmax_connections 2000\nmax_sessions 2000\n")
     problems = configmod.check("rp2-pico-w", str(path))
-    assert len(problems) == 1
+    assert len(problems) == 2, problems
     assert "heap_budget 163840" in problems[0]
-    assert "max_connections (line 2, board value 32)" in problems[0]
-    path.write_text("max_connections 8\n")  # lowering is always fine
+    assert "max_connections (line 2, board value 5)" in problems[0]
+    assert "rp2-pico-w stock MicroPython: 5 TCP connections" in problems[1]
+    path.write_text("max_connections 4\n")  # lowering is always fine
     assert configmod.check("rp2-pico-w", str(path)) == []
 
 

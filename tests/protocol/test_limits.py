@@ -121,7 +121,7 @@ def test_heap_below_reserve_refuses_new_clients_and_subscriptions(broker_factory
     answers within 5 s (none left hanging, as a MemoryError while answering once did), the
     clients already served keep working, a client that leaves makes room again, and the
     refusals are counted as limits/heap_reserve."""
-    b = broker_factory(heap="88k", config=SYS1)
+    b = broker_factory(heap="88k", config=SYS1 + "max_connections 64\n")  # the heap's figure
     served, outcomes = [], {}
     for i in range(64):
         r = b.raw()

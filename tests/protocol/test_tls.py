@@ -201,7 +201,7 @@ def test_missing_key_file_stops_the_start_with_a_message(tmp_path, certs):
 ])
 def test_config_check_loads_the_tls_files(tmp_path, certs, cert, key, expect):
     conf = tmp_path / "u.conf"
-    conf.write_text(tls_config(certs, 8883, cert, key))
+    conf.write_text(tls_config(certs, 8883, cert, key) + "max_connections 8\n")  # 2 listeners: 8 clients
     r = subprocess.run([UBROKER, "config", "--board", "esp32", "--check", str(conf)], capture_output=True, text=True,
                        timeout=60)
     if expect is None:
