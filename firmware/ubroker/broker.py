@@ -12,8 +12,6 @@ from micropython import const
 from .session import ENTRY_COST, Session, cost
 from .topics import Index, match_levels
 
-SYS_PREFIX = b"$SYS/"
-
 # Builtins the routing calls per message, as module globals: MicroPython looks a builtin up
 # in the module's globals first and then searches the builtins table, about 5x the cost of
 # finding a global (measured with native code: len() 89 ns, _len() 17 ns).
@@ -182,6 +180,8 @@ class Broker:
         self._done(conn, out)
 
     def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
+        if conn.v5 is not None:  # with properties (v5_route.py)
+            return self.v5.write(conn, topic, payload, qos, retain, dup, pid)
         if conn.bridge is not None:
             topic = conn.bridge.remote_topic(topic)
         out = self._out(conn)
@@ -257,10 +257,10 @@ class Broker:
         (a large block, which a small fragmented heap may not have); Server.write_out sends
         the queue on when the output drains (refill)."""
         c = s.conn
-        return c is not None and not s.queue and (not s.inflight or _len(s.inflight) < self.max_inflight) \
+        return c is not None and not s.queue and (not s.inflight or _len(s.inflight) < (c.wmax or self.max_inflight)) \
             and (c.out is None or _len(c.out) < self.out_limit)
 
-    def publish(self, topic, payload, qos, retain, force=False, raw=None, origin=None, first=None):
+    def publish(self, topic, payload, qos, retain, force=False, raw=None, origin=None, first=None, props=None):
         """Route one message. Returns False, having changed nothing, when a subscriber that
         must get it at QoS 1/2 has no room: the caller then withholds the acknowledgement and
         stops reading from the publisher. With force (wills, $SYS) it never waits; a message
@@ -269,7 +269,8 @@ class Broker:
         a bridge's session for what came from its upstream, is skipped (no loop). first, the
         publisher's connection, is sent the acknowledgement in self.pkt once the message is
         taken and before any copy: a client subscribed to what it publishes gets its
-        PUBACK/PUBREC before its own copy, as Mosquitto orders them."""
+        PUBACK/PUBREC before its own copy, as Mosquitto orders them. props: an MQTT 5
+        message's properties, for v5 subscribers (v5_route.py)."""
         idx = self.index
         r = idx.cache.get(topic)
         if r is None:
@@ -292,7 +293,7 @@ class Broker:
                         # CPU per QoS 1 message, measured in process)
                         c = s.conn
                         if not (s.clean and c is not None and not s.queue and
-                                (not s.inflight or _len(s.inflight) < self.max_inflight) and
+                                (not s.inflight or _len(s.inflight) < (c.wmax or self.max_inflight)) and
                                 (c.out is None or _len(c.out) < self.out_limit)):
                             usual = False
                 i += 2
@@ -314,6 +315,9 @@ class Broker:
             if s is origin:
                 continue
             if q > qos:
+                if q > 3:  # a v5 subscription (its QoS carries the v5 mark): options, properties
+                    self.v5.route(s, q, topic, payload, qos, retain, props, size)
+                    continue
                 q = qos
             if q == 0:
                 c = s.conn
@@ -357,7 +361,7 @@ class Broker:
         inflight = s.inflight
         # sendable()'s body, inline: this runs for every QoS 1/2 delivery (the call cost 1-2 %
         # of the broker's CPU per QoS 1 message, measured in process)
-        if c is not None and not s.queue and (not inflight or _len(inflight) < self.max_inflight) \
+        if c is not None and not s.queue and (not inflight or _len(inflight) < (c.wmax or self.max_inflight)) \
                 and (c.out is None or _len(c.out) < self.out_limit):
             if inflight is None:
                 s.inflight = inflight = []
@@ -386,7 +390,7 @@ class Broker:
             s.inflight = []
         inflight = s.inflight
         limit = self.out_limit
-        while queue and _len(inflight) < self.max_inflight and (c.out is None or _len(c.out) < limit):
+        while queue and _len(inflight) < (c.wmax or self.max_inflight) and (c.out is None or _len(c.out) < limit):
             self.freed = True  # the queue has room again: a paused publisher may go on
             e = queue.pop(0)
             inflight.append(e)
@@ -427,7 +431,7 @@ class Broker:
     def retain(self, topic, payload, qos):
         """Store, replace or clear (empty payload, MQTT-3.3.1-10/11) a retained message. The
         old one goes first in every case (MQTT-3.3.1-7), even when the new one does not fit."""
-        if topic.startswith(SYS_PREFIX):
+        if topic.startswith(b"$SYS/"):
             return
         old = self.retained.get(topic)
         if old is not None:

@@ -10,30 +10,32 @@ except ImportError:  # CPython
         return x
 
 
-CONNECT = const(1)
+# The packet types and return codes modules import by name are public; the others private:
+# a public const() is a slot in this module's globals on a board, a private one is inlined.
+_CONNECT = const(1)
 CONNACK = const(2)
-PUBLISH = const(3)
+_PUBLISH = const(3)
 PUBACK = const(4)
 PUBREC = const(5)
 PUBREL = const(6)
 PUBCOMP = const(7)
-SUBSCRIBE = const(8)
+_SUBSCRIBE = const(8)
 SUBACK = const(9)
-UNSUBSCRIBE = const(10)
-UNSUBACK = const(11)
+_UNSUBSCRIBE = const(10)
+_UNSUBACK = const(11)
 PINGREQ = const(12)
-PINGRESP = const(13)
-DISCONNECT = const(14)
+_PINGRESP = const(13)
+_DISCONNECT = const(14)
 
 # CONNACK return codes (MQTT 3.1.1 table 3.1)
-ACCEPTED = const(0)
-BAD_PROTOCOL = const(1)
-BAD_CLIENT_ID = const(2)
-UNAVAILABLE = const(3)
+_ACCEPTED = const(0)
+_BAD_PROTOCOL = const(1)
+_BAD_CLIENT_ID = const(2)
+_UNAVAILABLE = const(3)
 BAD_CREDENTIALS = const(4)
 NOT_AUTHORISED = const(5)
 
-SUB_FAILURE = const(0x80)
+_SUB_FAILURE = const(0x80)
 
 PINGRESP_PKT = b"\xd0\x00"
 
@@ -127,10 +129,6 @@ def utf8(buf, pos, end):
 def ack(ptype, pid):
     """PUBACK, PUBREC, PUBREL (flags 0010 as MQTT-3.6.1-1 requires), PUBCOMP, UNSUBACK."""
     return bytes(((ptype << 4) | (2 if ptype == PUBREL else 0), 2, pid >> 8, pid & 0xFF))
-
-
-def connack(session_present, code):
-    return bytes((0x20, 2, 1 if session_present else 0, code))
 
 
 def suback(pid, codes):

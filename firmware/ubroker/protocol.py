@@ -5,7 +5,7 @@ when the packet cannot be taken yet (a subscriber has no room) and must be offer
 
 from micropython import const
 
-from .codec import PINGRESP_PKT, Malformed, ack, check_utf8, connack, field, suback, u16, utf8
+from .codec import PINGRESP_PKT, Malformed, ack, check_utf8, field, suback, u16, utf8
 from .topics import valid_filter, valid_topic
 
 # codec.py's packet types and return codes (MQTT 3.1.1 tables 2.1, 3.1) and session.py's
@@ -21,7 +21,6 @@ _SUBSCRIBE = const(8)
 _UNSUBSCRIBE = const(10)
 _PINGREQ = const(12)
 _DISCONNECT = const(14)
-_ACCEPTED = const(0)
 _BAD_PROTOCOL = const(1)
 _BAD_CLIENT_ID = const(2)
 _UNAVAILABLE = const(3)
@@ -58,6 +57,8 @@ class Protocol:
             load(self)
 
     def handle(self, c, b0, buf, pos, end):
+        if c.v5 is not None:
+            return self.b.v5.handle(c, b0, buf, pos, end)
         if b0 == 0x40 and c.sess is not None:  # PUBACK, the other packet of every QoS 1 message
             if end - pos != 2:
                 raise Malformed("acknowledgement length must be 2")
@@ -165,6 +166,11 @@ class Protocol:
         peer = level & 0x80
         level &= 0x7F
         if not ((name == b"MQTT" and level == 4) or (name == b"MQIsdp" and level == 3)):
+            if name == b"MQTT" and level == 5 and not peer:
+                # MQTT 5: its modules come into the heap with the first v5 client
+                from .v5_protocol import load
+
+                return load(self).connect(c, buf, pos, end, flags, keepalive)
             if name == b"MQTT" or name == b"MQIsdp":
                 self.refuse(c, _BAD_PROTOCOL, "protocol level %d not supported" % level)  # MQTT-3.1.2-2
                 return True
@@ -255,7 +261,7 @@ class Protocol:
         st.connected += 1
         if st.connected > st.max_connected:
             st.max_connected = st.connected
-        b_.send(c, connack(present, _ACCEPTED))  # MQTT-3.2.2-1..3
+        b_.send(c, b"\x20\x02\x01\x00" if present else b"\x20\x02\x00\x00")  # MQTT-3.2.2-1..3
         self.server.log_event(c, "connected")
         if present:
             b_.resend(s)
@@ -271,6 +277,8 @@ class Protocol:
     # ------------------------------------------------------------------ PUBLISH
 
     def publish(self, c, b0, buf, pos, end):
+        if c.v5 is not None:
+            return self.b.v5.publish(c, b0, buf, pos, end)
         qos = (b0 >> 1) & 3
         if qos == 3:
             raise Malformed("PUBLISH QoS 3")  # MQTT-3.3.1-4

@@ -1,0 +1,566 @@
+"""The server side of MQTT 5.0 where it differs from 3.1.1: CONNECT/CONNACK with properties,
+PUBLISH in (properties, Topic Alias, Payload Format Indicator), the acknowledgements with
+reason codes, SUBSCRIBE options, UNSUBSCRIBE, DISCONNECT both ways. Loaded by protocol.py at
+the first CONNECT with protocol level 5 (load()), then reached through Broker.v5 for
+connections that carry Conn.v5; what goes out to v5 subscribers is v5_route.py's.
+
+Every error here is a Malformed whose second argument is the reason code (0x81 when none):
+before CONNACK it is answered with a CONNACK of that code, after it with a DISCONNECT
+(MQTT 5.0 section 4.13), and the connection is closed."""
+
+import gc
+
+from micropython import const
+
+gc.collect()  # before the other v5 modules load: they need the heap in few pieces
+
+from .codec import PINGRESP_PKT, Malformed, check_utf8, field, u16, utf8
+from .topics import valid_filter, valid_topic
+from .v5_codec import ack, codes_packet, disconnect, packet, props, put_str, put_u, vbi_len
+from .v5_route import Router, forward
+
+# v5_codec.py's packet kinds (where a property may appear)
+_IN_CONNECT = const(1)
+_IN_WILL = const(2)
+_IN_PUBLISH = const(4)
+_IN_ACK = const(8)
+_IN_SUBSCRIBE = const(16)
+_IN_UNSUBSCRIBE = const(32)
+_IN_DISCONNECT = const(64)
+# Property identifiers (MQTT 5.0 table 2-4)
+_P_RESPONSE_TOPIC = const(0x08)
+_P_SUBSCRIPTION_ID = const(0x0B)
+_P_SESSION_EXPIRY = const(0x11)
+_P_ASSIGNED_ID = const(0x12)
+_P_SERVER_KEEPALIVE = const(0x13)
+_P_AUTH_METHOD = const(0x15)
+_P_RECEIVE_MAX = const(0x21)
+_P_ALIAS_MAX = const(0x22)
+_P_ALIAS = const(0x23)
+_P_MAX_QOS = const(0x24)
+_P_RETAIN_AVAILABLE = const(0x25)
+_P_MAX_PACKET = const(0x27)
+_P_WILDCARD_AVAILABLE = const(0x28)
+_P_SUBID_AVAILABLE = const(0x29)
+_P_SHARED_AVAILABLE = const(0x2A)
+# Topic aliases a client may set on one connection (CONNACK Topic Alias Maximum): each is a
+# dict slot and a topic kept for the connection's life.
+_ALIASES = const(8)
+# session.py's entry layout
+_QOS = const(1)
+_STAGE = const(3)
+_AWAIT_ACK = const(0)
+_AWAIT_COMP = const(1)
+# The v5 mark on a subscription's QoS in the subscription index: the routing sends entries
+# with it to v5_route.py (broker.py, Broker.publish)
+_MARK = const(4)
+# Subscription options (MQTT 5.0 section 3.8.3.1)
+_RETAIN_HANDLING = const(0x30)
+_RESERVED = const(0xC0)
+
+# Fixed-header flag bits each type must carry (MQTT 5.0 section 2.1.3); PUBLISH apart.
+_FLAGS = (None, 0, None, None, 0, 0, 2, 0, 2, None, 2, None, 0, None, 0, 0)
+
+
+class V5Conn:
+    """What a v5 connection has beyond a Conn (Conn.v5): set on v5 connections only."""
+
+    aliases = None  # Topic Alias -> topic name, from the client, for this connection
+    max_out = 0  # the client's Maximum Packet Size (0: none given)
+    expiry = 0  # Session Expiry Interval from CONNECT
+
+
+def load(proto):
+    """The v5 handlers, made once for the broker at the first v5 CONNECT."""
+    b = proto.b
+    v = getattr(b, "v5", None)  # an attribute of the broker only once loaded
+    if v is None:
+        b.v5 = v = V5(proto)
+    return v
+
+
+class V5(Router):
+    def __init__(self, proto):
+        Router.__init__(self, proto.b, proto.server)
+        self.p = proto
+        cfg = proto.cfg
+        self.cfg = cfg
+        # Inbound QoS 2 ids kept at most (protocol.py's bound): CONNACK Receive Maximum
+        self.receive_max = min(65535, 4 * self.b.max_inflight + 16)
+
+    # ------------------------------------------------------------------ CONNECT
+
+    def connect(self, c, buf, pos, end, flags, keepalive):
+        """CONNECT from the protocol level on (pos is after Keep Alive)."""
+        try:
+            return self._connect(c, buf, pos, end, flags, keepalive)
+        except Malformed as e:
+            self.refuse(c, e.args[1] if len(e.args) > 1 else 0x81, "protocol error: " + e.args[0])
+            return True
+
+    def refuse(self, c, code, why):
+        """CONNACK with a reason code of 0x80 or more, then close (MQTT-3.2.2-5)."""
+        self.b.send(c, bytes((0x20, 3, 0, code, 0)))
+        self.server.close(c, why, False, True)
+
+    def _connect(self, c, buf, pos, end, flags, keepalive):
+        if flags & 1:
+            raise Malformed("reserved CONNECT flag")  # MQTT-3.1.2-3
+        will_flag = flags & 4
+        will_qos = (flags >> 3) & 3
+        will_retain = flags & 0x20
+        if will_qos == 3:
+            raise Malformed("will QoS 3")  # MQTT-3.1.2-12
+        if not will_flag and (will_qos or will_retain):
+            raise Malformed("will QoS/retain without will flag")  # MQTT-3.1.2-11/13
+        found, pos = props(buf, pos, end, _IN_CONNECT)
+        if found is None:
+            found = {}
+        cid, pos = utf8(buf, pos, end)  # MQTT-3.1.3-4
+        will = None
+        if will_flag:
+            wp, pos = props(buf, pos, end, _IN_WILL)
+            topic, pos = utf8(buf, pos, end)
+            a, pos = field(buf, pos, end)
+            if not valid_topic(topic):
+                raise Malformed("will topic", 0x90)
+            payload = bytes(buf[a:pos])
+            if wp is not None and _check_message(wp, payload):
+                raise Malformed("will payload is not UTF-8", 0x99)
+            # The will's properties are checked, not yet kept: Broker.detach publishes the
+            # 3.1.1 tuple (docs/mqtt5.md, next phase)
+            will = (topic, payload, will_qos, bool(will_retain))
+        user = pw = None
+        if flags & 0x80:
+            user, pos = utf8(buf, pos, end)
+        if flags & 0x40:  # a password alone is allowed in MQTT 5 (section 3.1.2.9)
+            a, pos = field(buf, pos, end)
+            pw = buf[a:pos]
+        if pos != end:
+            raise Malformed("bytes after the CONNECT payload")
+        if found.get(_P_RECEIVE_MAX) == 0 or found.get(_P_MAX_PACKET) == 0:
+            raise Malformed("Receive Maximum or Maximum Packet Size 0", 0x82)
+        if _P_AUTH_METHOD in found:  # no enhanced authentication (section 4.12)
+            self.refuse(c, 0x8C, "authentication method not supported")
+            return True
+        b_ = self.b
+        if will is not None and (will_qos > b_.max_qos or (will_retain and not self.cfg["retain_available"])):
+            self.refuse(c, 0x9B if will_qos > b_.max_qos else 0x9A, "will beyond the server's QoS or retain")
+            return True
+        p = self.p
+        if p.sec is not None:
+            code = p.sec.connect(c, user, pw, cid, will)
+            if code is None:
+                return False  # its password is being checked: offered again when done
+            if code:
+                self.refuse(c, 0x86 if code == 4 else 0x87, "refused: reason code %d" % code)
+                return True
+        assigned = None
+        if not cid:
+            p._ids += 1
+            cid = assigned = b"ub-%d-%d" % (p._ids, self.server.now & 0xFFFF)  # MQTT-3.1.3-6/7
+        elif len(cid) > self.cfg["max_client_id_length"] or cid.startswith(b"$bridge/"):
+            b_.stats.hit("client_id_length")
+            self.refuse(c, 0x85, "client id not valid")  # MQTT-3.1.3-8
+            return True
+        mk = self.cfg["max_keepalive"]
+        told = 0
+        if mk and (keepalive > mk or not keepalive):
+            keepalive = told = mk  # Server Keep Alive (MQTT-3.2.2-21)
+        old = b_.sessions.get(cid)
+        takeover = old is not None and old.conn is not None
+        if not takeover and b_.stats.connected >= self.cfg["max_connections"]:
+            b_.stats.hit("connections")
+            self.refuse(c, 0x97, "too many clients")
+            return True
+        if b_.low_heap():
+            self.refuse(c, 0x88, "heap below heap_reserve")
+            return True
+        if takeover:
+            self.drop(old.conn, 0x8E, "taken over by a new connection")  # MQTT-3.1.4-3
+        expiry = found.get(_P_SESSION_EXPIRY, 0)
+        if flags & 2 and old is not None:
+            b_.drop_session(old)  # Clean Start (MQTT-3.1.2-4)
+        s, present = b_.session(cid, not expiry)
+        if s is None:
+            self.refuse(c, 0x97, "too many sessions")
+            return True
+        if not expiry and not s.clean:
+            s.clean = True  # resumed, and ends with this connection (MQTT-3.1.2-23)
+        v = V5Conn()
+        if expiry:
+            v.expiry = expiry
+        if _P_MAX_PACKET in found:
+            v.max_out = found[_P_MAX_PACKET]
+        rm = found.get(_P_RECEIVE_MAX, 65535)
+        if rm < b_.max_inflight:
+            c.wmax = rm  # MQTT-3.3.4-9
+        c.v5 = v
+        s.conn = c
+        c.sess = s
+        if will is not None:
+            c.will = will
+        if keepalive:
+            c.ka = keepalive * 1500
+        c.last = self.server.now
+        if present:
+            if p.acl is not None:
+                p.acl.recheck(c, s)
+            self.mark(s)
+        st = b_.stats
+        st.connected += 1
+        if st.connected > st.max_connected:
+            st.max_connected = st.connected
+        b_.send(c, self.connack(present, expiry, assigned, told))
+        self.server.log_event(c, "connected (MQTT 5)")
+        if present:
+            self.expire(s)
+            b_.resend(s)
+        return True
+
+    def connack(self, present, expiry, assigned, keepalive):
+        """CONNACK 0 with what the server supports (MQTT 5.0 section 3.2.2.3)."""
+        pr = bytearray()
+        if expiry and expiry != 0xFFFFFFFF:
+            put_u(pr, _P_SESSION_EXPIRY, 0xFFFFFFFF, 4)  # a session is kept until it is taken over
+        put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
+        mq = self.b.max_qos
+        if mq < 2:
+            put_u(pr, _P_MAX_QOS, mq, 1)
+        if not self.cfg["retain_available"]:
+            put_u(pr, _P_RETAIN_AVAILABLE, 0, 1)
+        mp = self.cfg["max_packet_size"]
+        put_u(pr, _P_MAX_PACKET, mp + 1 + vbi_len(mp), 4)
+        if assigned is not None:
+            put_str(pr, _P_ASSIGNED_ID, assigned)
+        put_u(pr, _P_ALIAS_MAX, _ALIASES, 2)
+        put_u(pr, _P_WILDCARD_AVAILABLE, 1, 1)
+        put_u(pr, _P_SUBID_AVAILABLE, 1, 1)
+        put_u(pr, _P_SHARED_AVAILABLE, 0, 1)  # not built yet: SUBACK 0x9E
+        if keepalive:
+            put_u(pr, _P_SERVER_KEEPALIVE, keepalive, 2)
+        return packet(0x20, bytes((1 if present else 0, 0)), pr)
+
+    def mark(self, s):
+        """A session resumed by a v5 client: its subscriptions carry the v5 mark, so that
+        the routing sends their messages through v5_route.py."""
+        idx = self.b.index
+        for flt in s.filters():
+            q = idx.qos_of(flt, s)
+            if q < _MARK:
+                idx.add(flt, s, q | _MARK)
+        if getattr(s, "v5", None) is None:
+            s.v5 = {}
+
+    def drop(self, c, code, why):
+        """DISCONNECT with a reason code, then close (MQTT-3.14.4-1/2)."""
+        if c.v5 is not None:
+            self.b.send(c, disconnect(code))
+        self.server.close(c, why, True, True)
+
+    # ------------------------------------------------------------------ after CONNECT
+
+    def handle(self, c, b0, buf, pos, end):
+        try:
+            return self._handle(c, b0, buf, pos, end)
+        except Malformed as e:
+            self.drop(c, e.args[1] if len(e.args) > 1 else 0x81, "protocol error: " + e.args[0])
+            return True
+
+    def _handle(self, c, b0, buf, pos, end):
+        ptype = b0 >> 4
+        if ptype == 3:
+            return self._publish(c, b0, buf, pos, end)
+        flags = _FLAGS[ptype]
+        if flags is None or ptype == 1:
+            raise Malformed("packet type %d from a client after CONNECT" % ptype, 0x82)  # MQTT-3.1.0-2
+        if b0 & 0x0F != flags:
+            raise Malformed("reserved flags of packet type %d" % ptype)
+        if ptype <= 7:
+            return self.ack_in(c, ptype, buf, pos, end)
+        if ptype == 8:
+            return self.subscribe(c, buf, pos, end)
+        if ptype == 10:
+            return self.unsubscribe(c, buf, pos, end)
+        if ptype == 12:
+            if end != pos:
+                raise Malformed("remaining length must be 0")
+            self.b.send(c, PINGRESP_PKT)
+            return True
+        if ptype == 14:
+            return self.disconnect(c, buf, pos, end)
+        raise Malformed("AUTH without an authentication method", 0x82)  # section 4.12
+
+    def ack_in(self, c, ptype, buf, pos, end):
+        """PUBACK, PUBREC, PUBREL, PUBCOMP, with their reason code and properties."""
+        pid = u16(buf, pos, end)
+        if pid == 0:
+            raise Malformed("packet id 0")  # MQTT-2.2.1-3
+        code = 0
+        if end - pos > 2:
+            code = buf[pos + 2]
+            if end - pos > 3 and props(buf, pos + 3, end, _IN_ACK)[1] != end:
+                raise Malformed("bytes after the properties")
+        s = c.sess
+        b_ = self.b
+        per = b_.persist
+        if ptype == 6:  # PUBREL
+            q2 = s.qos2in
+            if not q2 or pid not in q2:
+                b_.send(c, ack(0x70, pid, 0x92))  # PUBCOMP: Packet Identifier not found
+                return True
+            q2.remove(pid)
+            b_.freed = True  # a publisher held back by that bound may go on
+            pkt = ack(0x70, pid, 0)  # MQTT-4.3.3-11
+            if per is None:
+                b_.send(c, pkt)
+            else:
+                per.acknowledge(c, pkt, per.q2_removed(s, pid))
+            return True
+        i = s.find(pid)
+        if i < 0:
+            return True  # an acknowledgement for nothing we sent: ignore
+        e = s.inflight[i]
+        if ptype == 5 and code < 0x80:  # PUBREC: discard the message, keep the id
+            if e[_QOS] == 2:
+                e[_STAGE] = _AWAIT_COMP
+                pkt = ack(0x62, pid, 0)
+                if per is None or not per.released(s, e, pkt):
+                    b_.send(c, pkt)
+            return True
+        # PUBACK, PUBCOMP, or a PUBREC with a reason code of 0x80 or more, which ends the
+        # exchange (section 4.3.3): the message is done
+        if e[_QOS] == (1 if ptype == 4 else 2) and e[_STAGE] == (_AWAIT_COMP if ptype == 7 else _AWAIT_ACK):
+            b_.release(s, i)
+        return True
+
+    # ------------------------------------------------------------------ PUBLISH
+
+    def publish(self, c, b0, buf, pos, end):
+        try:
+            return self._publish(c, b0, buf, pos, end)
+        except Malformed as e:
+            self.drop(c, e.args[1] if len(e.args) > 1 else 0x81, "protocol error: " + e.args[0])
+            return True
+
+    def _publish(self, c, b0, buf, pos, end):
+        qos = (b0 >> 1) & 3
+        if qos == 3:
+            raise Malformed("PUBLISH QoS 3")  # MQTT-3.3.1-4
+        a, p = field(buf, pos, end)
+        topic = bytes(buf[a:p])
+        pid = 0
+        if qos:
+            pid = u16(buf, p, end)
+            if pid == 0:
+                raise Malformed("packet id 0")  # MQTT-2.2.1-3
+            p += 2
+        found, p = props(buf, p, end, _IN_PUBLISH)
+        v = c.v5
+        if found is not None and _P_ALIAS in found:
+            al = found[_P_ALIAS]
+            if not 0 < al <= _ALIASES:
+                raise Malformed("topic alias %d" % al, 0x94)  # section 3.3.2.3.4
+            if topic:
+                check_utf8(topic)
+                if v.aliases is None:
+                    v.aliases = {}
+                v.aliases[al] = topic
+            else:
+                topic = v.aliases.get(al) if v.aliases else None
+                if topic is None:
+                    raise Malformed("topic alias %d not set" % al, 0x82)
+        if not topic or len(topic) > self.p.max_topic:
+            self.b.stats.hit("topic_length")
+            raise Malformed("topic name empty or too long", 0x90)  # MQTT-3.3.2-1
+        check_utf8(topic)
+        if not valid_topic(topic):
+            raise Malformed("topic name with a wildcard", 0x90)  # MQTT-3.3.2-2
+        b_ = self.b
+        if qos > b_.max_qos:
+            raise Malformed("QoS above Maximum QoS", 0x9B)  # MQTT-3.2.2-11
+        retain = b0 & 1
+        if retain and not self.cfg["retain_available"]:
+            raise Malformed("retain not available", 0x9A)  # MQTT-3.2.2-14
+        s = c.sess
+        if qos == 2 and s.qos2in:
+            if pid in s.qos2in:
+                b_.send(c, ack(0x50, pid, 0))  # resent before PUBREL: never delivered twice
+                return True
+            if len(s.qos2in) >= self.receive_max:
+                raise Malformed("Receive Maximum exceeded", 0x93)  # MQTT-3.3.4-7
+        mv = self.server.rmv
+        fwd = None
+        if found is not None:
+            if _P_RESPONSE_TOPIC in found and not valid_topic(found[_P_RESPONSE_TOPIC]):
+                raise Malformed("response topic", 0x82)  # MQTT-3.3.2-14
+            if _check_message(found, mv[p:end]):
+                if not qos:
+                    raise Malformed("payload is not UTF-8", 0x99)
+                b_.send(c, ack(0x40 if qos == 1 else 0x50, pid, 0x99))
+                return True
+            fwd = forward(buf, found, self.server.now)
+        code = 0
+        per = b_.persist
+        if topic[0] == 36 or (self.p.acl is not None and not self.p.acl.can_publish(c.user, s.cid, topic)):
+            # $ topics and what the access rules forbid: not delivered, and said so
+            b_.stats.hit("publish_to_dollar_topic" if topic[0] == 36 else "acl_denied_publish")
+            code = 0x87
+        else:
+            idx = b_.index
+            r = idx.cache.get(topic)
+            if r is None:
+                r = idx.route(topic)
+            if not r:
+                code = 0x10  # No matching subscribers (section 3.4.2.1)
+            self.sender = s
+            ok = b_.publish(topic, mv[p:end], qos, bool(retain), False, None, None, None, fwd)
+            self.sender = None
+            if not ok:
+                return False
+        b_.stats.pub_in += 1
+        if qos == 0:
+            return True
+        durable = retain and per is not None
+        if qos == 2:
+            q2 = s.qos2in
+            if q2 is None:
+                s.qos2in = q2 = []
+            q2.append(pid)
+            if per is not None and per.q2_added(s, pid):
+                durable = True
+        pkt = ack(0x40 if qos == 1 else 0x50, pid, code)
+        if per is not None and (durable or per.fresh or c.acks):
+            per.acknowledge(c, pkt, durable)
+        else:
+            b_.send(c, pkt)
+        return True
+
+    # ------------------------------------------------------------------ SUBSCRIBE
+
+    def subscribe(self, c, buf, pos, end):
+        pid = u16(buf, pos, end)
+        if pid == 0:
+            raise Malformed("packet id 0")
+        found, pos = props(buf, pos + 2, end, _IN_SUBSCRIBE)
+        sid = 0
+        if found is not None and _P_SUBSCRIPTION_ID in found:
+            sid = found[_P_SUBSCRIPTION_ID]
+            if not sid:
+                raise Malformed("subscription identifier 0", 0x82)  # section 3.8.2.1.2
+        if pos == end:
+            raise Malformed("SUBSCRIBE without a filter", 0x82)  # MQTT-3.8.3-2
+        reqs = []
+        while pos < end:
+            flt, pos = utf8(buf, pos, end)  # MQTT-3.8.3-1
+            if pos >= end:
+                raise Malformed("SUBSCRIBE filter without options")
+            o = buf[pos]
+            pos += 1
+            if o & _RESERVED or o & 3 == 3 or o & _RETAIN_HANDLING == _RETAIN_HANDLING:
+                raise Malformed("subscription options 0x%02x" % o)  # MQTT-3.8.3-5
+            reqs.append((flt, o))
+        b_ = self.b
+        s = c.sess
+        cfg = self.cfg
+        opts = getattr(s, "v5", None)  # filter -> (options, subscription id), v5 sessions only
+        if opts is None:
+            s.v5 = opts = {}
+        codes = bytearray()
+        retained = []
+        for flt, o in reqs:
+            q = o & 3
+            if q > b_.max_qos:
+                q = b_.max_qos
+            fresh = not s.has_filter(flt)
+            code = q
+            if flt.startswith(b"$share/"):
+                code = 0x9E  # shared subscriptions not supported (yet)
+            elif not valid_filter(flt):
+                code = 0x8F  # MQTT-4.7.1-1/2, 4.7.3-1
+            elif fresh and (len(flt) > cfg["max_topic_length"] or s.nfilters() >= cfg["max_subscriptions_per_client"]
+                            or b_.index.count >= cfg["max_subscriptions"] or b_.low_heap()):
+                b_.stats.hit("subscriptions")
+                code = 0x97
+            elif self.p.acl is not None and not self.p.acl.can_subscribe(c.user, s.cid, flt):
+                b_.stats.hit("acl_denied_subscribe")
+                code = 0x87
+            codes.append(code)
+            if code > 2:
+                continue
+            if fresh:
+                s.add_filter(flt)
+            b_.index.add(flt, s, q | _MARK)  # replaces an identical filter's (MQTT-3.8.4-3)
+            keep = o & 0x0C  # No Local, Retain As Published
+            if keep or sid:
+                opts[flt] = (keep, sid)
+            elif flt in opts:
+                del opts[flt]
+            if b_.persist is not None:
+                b_.persist.subscribed(s, flt, q)
+            rh = o & _RETAIN_HANDLING
+            if rh == 0 or (rh == 0x10 and fresh):  # MQTT-3.3.1-9/10/11
+                retained.append((flt, q))
+        b_.send(c, codes_packet(0x90, pid, codes))  # MQTT-3.8.4-1, 3.8.4-6
+        for flt, q in retained:
+            b_.send_retained(s, flt, q)
+        return True
+
+    def unsubscribe(self, c, buf, pos, end):
+        pid = u16(buf, pos, end)
+        if pid == 0:
+            raise Malformed("packet id 0")
+        found, pos = props(buf, pos + 2, end, _IN_UNSUBSCRIBE)
+        if pos == end:
+            raise Malformed("UNSUBSCRIBE without a filter", 0x82)  # MQTT-3.10.3-2
+        flts = []
+        while pos < end:
+            flt, pos = utf8(buf, pos, end)
+            flts.append(flt)
+        s = c.sess
+        b_ = self.b
+        codes = bytearray()
+        for flt in flts:
+            if s.drop_filter(flt):
+                b_.index.remove(flt, s)
+                opts = getattr(s, "v5", None)
+                if opts and flt in opts:
+                    del opts[flt]
+                if b_.persist is not None:
+                    b_.persist.unsubscribed(s, flt)
+                codes.append(0)
+            else:
+                codes.append(0x11)  # No subscription existed
+        b_.send(c, codes_packet(0xB0, pid, codes))  # MQTT-3.11.3-1
+        return True
+
+    # ------------------------------------------------------------------ DISCONNECT
+
+    def disconnect(self, c, buf, pos, end):
+        code = buf[pos] if end > pos else 0
+        if end - pos > 1:
+            found, p = props(buf, pos + 1, end, _IN_DISCONNECT)
+            if p != end:
+                raise Malformed("bytes after the properties")
+            if found is not None and _P_SESSION_EXPIRY in found:
+                e = found[_P_SESSION_EXPIRY]
+                s = c.sess
+                if e and not c.v5.expiry:
+                    raise Malformed("session expiry set at DISCONNECT", 0x82)  # MQTT-3.14.2-2
+                if not e and not s.clean:
+                    s.clean = True  # the session ends with this connection
+        # 0x04: Disconnect with Will Message; any other code discards the will (MQTT-3.14.4-3)
+        self.server.close(c, "disconnected (reason 0x%02x)" % code, code == 0x04)
+        return True
+
+
+def _check_message(found, payload):
+    """True when a Payload Format Indicator of 1 comes with a payload that is not UTF-8
+    (reason code 0x99, section 3.3.2.3.2)."""
+    if found.get(1) == 1:
+        try:
+            check_utf8(bytes(payload))
+        except Malformed:
+            return True
+    return False
+

@@ -1,0 +1,257 @@
+"""Raw MQTT 5.0 packets for tests, written from the standard (OASIS MQTT 5.0, sections 2-3)
+and independently of firmware/ubroker/v5_codec.py, so that a codec bug cannot hide itself:
+builders for the packets a client sends, with properties given as (identifier, value) pairs,
+and readers for what the server sends back. The socket client is mqttraw's RawClient."""
+
+import struct
+
+from mqttraw import RawClient, varint
+
+# Property identifiers (MQTT 5.0 table 2-4) and their value types
+PAYLOAD_FORMAT = 0x01
+MESSAGE_EXPIRY = 0x02
+CONTENT_TYPE = 0x03
+RESPONSE_TOPIC = 0x08
+CORRELATION_DATA = 0x09
+SUBSCRIPTION_ID = 0x0B
+SESSION_EXPIRY = 0x11
+ASSIGNED_CLIENT_ID = 0x12
+SERVER_KEEP_ALIVE = 0x13
+AUTH_METHOD = 0x15
+AUTH_DATA = 0x16
+REQUEST_PROBLEM = 0x17
+WILL_DELAY = 0x18
+REQUEST_RESPONSE = 0x19
+REASON_STRING = 0x1F
+RECEIVE_MAXIMUM = 0x21
+TOPIC_ALIAS_MAXIMUM = 0x22
+TOPIC_ALIAS = 0x23
+MAXIMUM_QOS = 0x24
+RETAIN_AVAILABLE = 0x25
+USER_PROPERTY = 0x26
+MAXIMUM_PACKET_SIZE = 0x27
+WILDCARD_AVAILABLE = 0x28
+SUBSCRIPTION_ID_AVAILABLE = 0x29
+SHARED_AVAILABLE = 0x2A
+
+_TYPES = {
+    0x01: "byte", 0x02: "u32", 0x03: "str", 0x08: "str", 0x09: "bin", 0x0B: "vbi", 0x11: "u32",
+    0x12: "str", 0x13: "u16", 0x15: "str", 0x16: "bin", 0x17: "byte", 0x18: "u32", 0x19: "byte",
+    0x1A: "str", 0x1C: "str", 0x1F: "str", 0x21: "u16", 0x22: "u16", 0x23: "u16", 0x24: "byte",
+    0x25: "byte", 0x26: "pair", 0x27: "u32", 0x28: "byte", 0x29: "byte", 0x2A: "byte",
+}
+
+CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, PINGRESP, DISCONNECT = \
+    2, 3, 4, 5, 6, 7, 9, 11, 13, 14
+
+
+def s(x):
+    if isinstance(x, str):
+        x = x.encode()
+    return struct.pack("!H", len(x)) + x
+
+
+def props(pairs=()):
+    """A property block: its length, then each (identifier, value). A raw bytes value is
+    written as it is (for malformed values)."""
+    body = b""
+    for pid, value in pairs:
+        body += bytes((pid,))
+        if isinstance(value, (bytes, bytearray)) and _TYPES.get(pid) not in ("str", "bin"):
+            body += bytes(value)
+            continue
+        t = _TYPES[pid]
+        if t == "byte":
+            body += bytes((value,))
+        elif t == "u16":
+            body += struct.pack("!H", value)
+        elif t == "u32":
+            body += struct.pack("!I", value)
+        elif t == "vbi":
+            body += varint(value)
+        elif t in ("str", "bin"):
+            body += s(value)
+        else:
+            body += s(value[0]) + s(value[1])
+    return varint(len(body)) + body
+
+
+def packet(b0, body):
+    return bytes((b0,)) + varint(len(body)) + body
+
+
+def connect(client_id="", clean_start=True, keepalive=60, properties=(), will=None, username=None,
+            password=None, flags=None, level=5):
+    """will: (topic, payload, qos, retain, properties)."""
+    f = 0x02 if clean_start else 0
+    payload = s(client_id)
+    if will is not None:
+        topic, msg, qos, retain, wprops = will
+        f |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+        payload += props(wprops) + s(topic) + s(msg)
+    if username is not None:
+        f |= 0x80
+        payload += s(username)
+    if password is not None:
+        f |= 0x40
+        payload += s(password)
+    if flags is not None:
+        f = flags
+    return packet(0x10, s(b"MQTT") + bytes((level, f)) + struct.pack("!H", keepalive) + props(properties) + payload)
+
+
+def publish(topic, payload=b"", qos=0, retain=False, dup=False, pid=1, properties=()):
+    b0 = 0x30 | (qos << 1) | (1 if retain else 0) | (8 if dup else 0)
+    return packet(b0, s(topic) + (struct.pack("!H", pid) if qos else b"") + props(properties) + payload)
+
+
+def subscribe(pid, *filters, properties=()):
+    """filters: (filter, options byte) pairs: QoS | 4 No Local | 8 Retain As Published |
+    Retain Handling << 4."""
+    return packet(0x82, struct.pack("!H", pid) + props(properties) + b"".join(s(f) + bytes((o,)) for f, o in filters))
+
+
+def unsubscribe(pid, *filters, properties=()):
+    return packet(0xA2, struct.pack("!H", pid) + props(properties) + b"".join(s(f) for f in filters))
+
+
+def ack(ptype, pid, code=None, properties=None):
+    """PUBACK/PUBREC/PUBREL/PUBCOMP; code None: the short form without a reason code."""
+    body = struct.pack("!H", pid)
+    if code is not None:
+        body += bytes((code,))
+        if properties is not None:
+            body += props(properties)
+    return packet((ptype << 4) | (2 if ptype == PUBREL else 0), body)
+
+
+def disconnect(code=None, properties=None):
+    body = b""
+    if code is not None:
+        body = bytes((code,))
+        if properties is not None:
+            body += props(properties)
+    return packet(0xE0, body)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _vbi(b, i):
+    value, mult = 0, 1
+    while True:
+        x = b[i]
+        i += 1
+        value += (x & 0x7F) * mult
+        mult *= 128
+        if not x & 0x80:
+            return value, i
+
+
+def read_props(b, i):
+    """(list of (identifier, value), position after the block)."""
+    n, i = _vbi(b, i)
+    end = i + n
+    out = []
+    while i < end:
+        pid = b[i]
+        i += 1
+        t = _TYPES[pid]
+        if t == "byte":
+            v = b[i]
+            i += 1
+        elif t == "u16":
+            v = struct.unpack("!H", b[i:i + 2])[0]
+            i += 2
+        elif t == "u32":
+            v = struct.unpack("!I", b[i:i + 4])[0]
+            i += 4
+        elif t == "vbi":
+            v, i = _vbi(b, i)
+        else:
+            k = struct.unpack("!H", b[i:i + 2])[0]
+            v = bytes(b[i + 2:i + 2 + k])
+            i += 2 + k
+            if t == "pair":
+                k = struct.unpack("!H", b[i:i + 2])[0]
+                v = (v, bytes(b[i + 2:i + 2 + k]))
+                i += 2 + k
+        out.append((pid, v))
+    assert i == end, "property block overrun"
+    return out, end
+
+
+def prop(pairs, pid, default=None):
+    vals = [v for k, v in pairs if k == pid]
+    assert len(vals) <= 1 or pid in (USER_PROPERTY, SUBSCRIPTION_ID), "property 0x%02x twice" % pid
+    return vals[0] if vals else default
+
+
+class Connack:
+    def __init__(self, p):
+        assert p.type == CONNACK, p
+        self.present = p.body[0]
+        self.code = p.body[1]
+        self.props, end = read_props(p.body, 2) if len(p.body) > 2 else ([], 2)
+        assert end == len(p.body)
+
+
+class Publish:
+    def __init__(self, p):
+        assert p.type == PUBLISH, p
+        b = p.body
+        self.qos, self.retain, self.dup = p.qos, p.retain, p.dup
+        n = struct.unpack("!H", b[:2])[0]
+        self.topic = bytes(b[2:2 + n])
+        i = 2 + n
+        self.pid = None
+        if self.qos:
+            self.pid = struct.unpack("!H", b[i:i + 2])[0]
+            i += 2
+        self.props, i = read_props(b, i)
+        self.payload = bytes(b[i:])
+
+
+class Ack:
+    """PUBACK/PUBREC/PUBREL/PUBCOMP, or SUBACK/UNSUBACK (codes: one per filter), or
+    DISCONNECT (pid None)."""
+
+    def __init__(self, p):
+        b = p.body
+        self.type = p.type
+        self.props = []
+        if p.type == DISCONNECT:
+            self.pid = None
+            self.code = b[0] if b else 0
+            if len(b) > 1:
+                self.props, _ = read_props(b, 1)
+            return
+        self.pid = struct.unpack("!H", b[:2])[0]
+        if p.type in (SUBACK, UNSUBACK):
+            self.props, i = read_props(b, 2)
+            self.codes = list(b[i:])
+            return
+        self.code = b[2] if len(b) > 2 else 0
+        if len(b) > 3:
+            self.props, _ = read_props(b, 3)
+
+
+class Client5(RawClient):
+    def connect5(self, client_id="", **kw):
+        self.send(connect(client_id, **kw))
+        return Connack(self.expect(CONNACK))
+
+    def next(self, ptype, timeout=5.0):
+        p = self.expect(ptype, timeout)
+        return Publish(p) if ptype == PUBLISH else Connack(p) if ptype == CONNACK else Ack(p)
+
+    def disconnected(self, timeout=5.0):
+        """The reason code of the DISCONNECT the server sends before closing, or None when it
+        closed without one; asserts that it closes."""
+        p = self.recv_packet(timeout)
+        code = None
+        if p is not None:
+            assert p.type == DISCONNECT, "expected DISCONNECT, got %r" % p
+            code = Ack(p).code
+        assert self.closed(timeout), "server did not close the connection"
+        return code
