@@ -402,6 +402,7 @@ class V5(Router):
             fwd = forward(buf, found, self.server.now)
         code = 0
         per = b_.persist
+        acked = None
         if topic[0] == 36 or (self.p.acl is not None and not self.p.acl.can_publish(c.user, s.cid, topic)):
             # $ topics and what the access rules forbid: not delivered, and said so
             b_.stats.hit("publish_to_dollar_topic" if topic[0] == 36 else "acl_denied_publish")
@@ -413,8 +414,17 @@ class V5(Router):
                 r = idx.route(topic)
             if not r:
                 code = 0x10  # No matching subscribers (section 3.4.2.1)
+            elif qos and per is None:
+                # PUBACK/PUBREC 0 before any copy, written in place by the routing, as
+                # protocol.py does for 3.1.1: a client subscribed to what it publishes gets
+                # the acknowledgement first
+                acked = c
+                pkt = self.p.pkt
+                pkt[0] = 0x40 if qos == 1 else 0x50
+                pkt[2] = pid >> 8
+                pkt[3] = pid & 0xFF
             self.sender = s
-            ok = b_.publish(topic, mv[p:end], qos, bool(retain), False, None, None, None, fwd)
+            ok = b_.publish(topic, mv[p:end], qos, bool(retain), False, None, None, acked, fwd)
             self.sender = None
             if not ok:
                 return False
@@ -429,6 +439,8 @@ class V5(Router):
             q2.append(pid)
             if per is not None and per.q2_added(s, pid):
                 durable = True
+        if acked is not None:
+            return True
         pkt = ack(0x40 if qos == 1 else 0x50, pid, code)
         if per is not None and (durable or per.fresh or c.acks):
             per.acknowledge(c, pkt, durable)

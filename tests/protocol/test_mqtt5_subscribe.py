@@ -1,0 +1,173 @@
+"""MQTT 5.0 SUBSCRIBE and UNSUBSCRIBE through the network: subscription options (No Local,
+Retain As Published, Retain Handling), Subscription Identifiers on delivery, and the reason
+codes of SUBACK and UNSUBACK. Statement numbers are the MQTT 5.0 standard's."""
+
+import pytest
+
+import mqttraw5 as m
+from mqttraw5 import prop
+
+PROFILES = {"esp32": (None, None), "esp32+pool": ("buffer_pool_size 8\n", "128k")}
+MARK = "zz/mark"
+NO_LOCAL, RAP = 4, 8
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def broker(request, broker_factory):
+    """The smallest board's profile, and with pooled output buffers (with more heap: see
+    test_mqtt5_publish.py)."""
+    config, heap = PROFILES[request.param]
+    return broker_factory(config=config, heap=heap)
+
+
+def v5(broker, cid, **kw):
+    c = m.Client5(broker.port)
+    broker._clients.append(c)
+    assert c.connect5(cid, **kw).code == 0
+    return c
+
+
+def subscribe(c, *filters, pid=1, properties=()):
+    c.send(m.subscribe(pid, *filters, properties=properties))
+    a = c.next(m.SUBACK)
+    assert a.pid == pid
+    return a.codes
+
+
+def until_mark(c, timeout=5.0):
+    got = []
+    while True:
+        p = c.next(m.PUBLISH, timeout)
+        if p.topic == MARK.encode():
+            return got
+        got.append(p)
+        if p.qos == 1:
+            c.send(m.ack(m.PUBACK, p.pid))
+
+
+def mark(c):
+    c.send(m.publish(MARK, b"."))
+
+
+def test_no_local(broker):
+    """MQTT-3.8.3-3: with No Local a client's own messages are not sent back to it; another
+    client's are, and a client without No Local gets its own."""
+    a = v5(broker, "nl-a")
+    assert subscribe(a, ("nl/#", NO_LOCAL | 1), (MARK, 0)) == [1, 0]
+    b = v5(broker, "nl-b")
+    assert subscribe(b, ("nl/#", 0), (MARK, 0)) == [0, 0]
+    a.send(m.publish("nl/x", b"from a", qos=1, pid=1))
+    a.next(m.PUBACK)
+    b.send(m.publish("nl/x", b"from b"))
+    b.send(m.publish("nl/x", b"b again"))
+    mark(b)
+    assert [p.payload for p in until_mark(a)] == [b"from b", b"b again"]
+    assert [p.payload for p in until_mark(b)] == [b"from a", b"from b", b"b again"]
+
+
+def test_retain_as_published(broker):
+    """MQTT-3.3.1-12/13: a live message is sent on with RETAIN 0, unless the subscription has
+    Retain As Published: then with the RETAIN flag it was published with."""
+    a = v5(broker, "rap-a")
+    assert subscribe(a, ("rap/#", RAP), (MARK, 0)) == [0, 0]
+    b = v5(broker, "rap-b")
+    assert subscribe(b, ("rap/#", 0), (MARK, 0)) == [0, 0]
+    p = v5(broker, "rap-p")
+    p.send(m.publish("rap/t", b"r", retain=True))
+    p.send(m.publish("rap/t", b"n"))
+    mark(p)
+    assert [(x.payload, x.retain) for x in until_mark(a)] == [(b"r", True), (b"n", False)]
+    assert [(x.payload, x.retain) for x in until_mark(b)] == [(b"r", False), (b"n", False)]
+
+
+@pytest.mark.parametrize("handling,first,again", [(0, True, True), (1, True, False), (2, False, False)])
+def test_retain_handling(broker, handling, first, again):
+    """MQTT-3.3.1-9 (0: retained messages at every subscribe), -10 (1: only when the
+    subscription is new), -11 (2: never)."""
+    p = v5(broker, "rh-p")
+    p.send(m.publish("rh/t", b"kept", retain=True))
+    p.send(b"\xc0\x00")  # PINGREQ: its answer comes after the retained message is stored
+    p.expect(m.PINGRESP)
+    s = v5(broker, "rh-s")
+    assert subscribe(s, (MARK, 0)) == [0]
+    for want in (first, again):
+        assert subscribe(s, ("rh/#", handling << 4), pid=2) == [0]
+        mark(p)
+        got = until_mark(s)
+        assert [(x.payload, x.retain) for x in got] == ([(b"kept", True)] if want else [])
+
+
+def test_subscription_identifiers_on_delivery(broker):
+    """MQTT-3.3.4-3/5: a message matching subscriptions made with Subscription Identifiers is
+    sent once (overlapping, MQTT-3.3.4-2 at the highest QoS) with the identifiers of all of
+    them; a subscription without one adds none."""
+    s = v5(broker, "sid")
+    assert subscribe(s, ("sid/#", 0), pid=1, properties=[(m.SUBSCRIPTION_ID, 7)]) == [0]
+    assert subscribe(s, ("sid/+/x", 1), pid=2, properties=[(m.SUBSCRIPTION_ID, 300)]) == [1]
+    assert subscribe(s, ("sid/a/x", 1), (MARK, 0), pid=3) == [1, 0]
+    p = v5(broker, "sid-p")
+    p.send(m.publish("sid/a/x", b"3", qos=1, pid=1))
+    p.next(m.PUBACK)
+    p.send(m.publish("sid/b", b"1"))
+    mark(p)
+    got = until_mark(s)
+    assert [(g.payload, g.qos) for g in got] == [(b"3", 1), (b"1", 0)]
+    assert sorted(v for k, v in got[0].props if k == m.SUBSCRIPTION_ID) == [7, 300]
+    assert [v for k, v in got[1].props if k == m.SUBSCRIPTION_ID] == [7]
+
+
+def test_suback_reason_codes(broker_factory):
+    """MQTT-3.8.4-6 (one reason code per filter, in order), section 3.9.3: granted QoS, 0x8F
+    Topic Filter invalid, 0x9E shared subscriptions not supported, 0x97 Quota exceeded
+    (max_subscriptions_per_client 3 here), QoS capped by max_qos."""
+    b = broker_factory(config="max_subscriptions_per_client 3\nmax_qos 1\n")
+    c = v5(b, "sa")
+    codes = subscribe(c, ("a/#", 2), ("a/#/b", 0), ("$share/g/t", 1), ("c", 0), ("d", 0), ("e", 1))
+    assert codes == [1, 0x8F, 0x9E, 0, 0, 0x97]
+
+
+def test_unsuback_reason_codes(broker):
+    """Section 3.11.3: UNSUBACK says 0x00 for a subscription removed and 0x11 (No subscription
+    existed) for one that was not there, in order; a removed one delivers nothing more."""
+    c = v5(broker, "us")
+    assert subscribe(c, ("u/1", 0), ("u/2", 0), (MARK, 0)) == [0, 0, 0]
+    c.send(m.unsubscribe(5, "u/1", "u/none"))
+    a = c.next(m.UNSUBACK)
+    assert (a.pid, a.codes) == (5, [0x00, 0x11])
+    c.send(m.publish("u/1", b"x"))
+    c.send(m.publish("u/2", b"y"))
+    mark(c)
+    assert [p.topic for p in until_mark(c)] == [b"u/2"]
+
+
+@pytest.mark.parametrize("pkt,code", [
+    (m.subscribe(1, ("t", 0x40)), 0x81),
+    (m.subscribe(1, ("t", 3)), 0x81),
+    (m.subscribe(1, ("t", 0x30)), 0x81),
+    (m.subscribe(1, ("t", 0), properties=[(m.SUBSCRIPTION_ID, 0)]), 0x82),
+    (m.subscribe(1), 0x82),
+    (m.subscribe(1, ("t", 0), properties=[(m.TOPIC_ALIAS, 1)]), 0x82),
+], ids=["reserved option bit", "qos 3", "retain handling 3", "subscription id 0", "no filter",
+        "property of another packet"])
+def test_bad_subscribe_gets_disconnect(broker, pkt, code):
+    """MQTT-3.8.3-5 (reserved option bits 0), section 3.8.3.1 (QoS 3, Retain Handling 3:
+    malformed), section 3.8.2.1.2 (Subscription Identifier 0: protocol error), MQTT-3.8.3-2
+    (at least one filter), section 2.2.2.2: DISCONNECT with the code, then close."""
+    c = v5(broker, "bs")
+    c.send(pkt)
+    assert c.disconnected() == code
+    assert v5(broker, "after")
+
+
+def test_v5_resubscribe_keeps_one_copy(broker):
+    """MQTT-3.8.4-3: subscribing again to the same filter replaces the subscription (its
+    options and identifier too): one copy, with the new identifier only."""
+    s = v5(broker, "re")
+    assert subscribe(s, ("re/t", 0), pid=1, properties=[(m.SUBSCRIPTION_ID, 1)]) == [0]
+    assert subscribe(s, ("re/t", 1), (MARK, 0), pid=2, properties=[(m.SUBSCRIPTION_ID, 2)]) == [1, 0]
+    s.send(m.publish("re/t", b"x", qos=1, pid=9))
+    s.next(m.PUBACK)
+    mark(s)
+    got = until_mark(s)
+    assert len(got) == 1 and got[0].qos == 1
+    assert prop(got[0].props, m.SUBSCRIPTION_ID) == 2
