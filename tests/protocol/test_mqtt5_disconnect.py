@@ -1,0 +1,122 @@
+"""MQTT 5.0 DISCONNECT both ways through the network: the client's reason code decides about
+its will, Session Expiry Interval changed at DISCONNECT, and the server's DISCONNECT with a
+reason code before it closes (protocol errors, session taken over). Statement numbers are the
+MQTT 5.0 standard's."""
+
+import time
+
+import pytest
+
+import mqttraw
+import mqttraw5 as m
+
+PROFILES = {"esp32": (None, None), "esp32+pool": ("buffer_pool_size 8\n", "128k")}
+MARK = "zz/mark"
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def broker(request, broker_factory):
+    """The smallest board's profile, and with pooled output buffers (with more heap: see
+    test_mqtt5_publish.py)."""
+    config, heap = PROFILES[request.param]
+    return broker_factory(config=config, heap=heap)
+
+
+def v5(broker, cid, **kw):
+    c = m.Client5(broker.port)
+    broker._clients.append(c)
+    ack = c.connect5(cid, **kw)
+    assert ack.code == 0
+    return c
+
+
+def watcher(broker):
+    """A 3.1.1 client subscribed to the will topic and the marker."""
+    w = broker.raw()
+    assert w.connect("watch") == (0, 0)
+    w.send(mqttraw.subscribe(1, ("will/#", 0), (MARK, 0)))
+    w.expect(9)
+    return w
+
+
+def until_mark(w, sender):
+    sender.send(m.publish(MARK, b"."))
+    got = []
+    while True:
+        p = w.expect(3)
+        if p.topic == MARK.encode():
+            return got
+        got.append(p.payload)
+
+
+@pytest.mark.parametrize("code,published", [(None, False), (0x00, False), (0x04, True), (0x80, False)])
+def test_will_after_disconnect_reason_code(broker, code, published):
+    """MQTT-3.14.4-3: DISCONNECT 0x00 (also the short form, no reason code) discards the will;
+    0x04 (Disconnect with Will Message, section 3.14.2.1) publishes it; any other code from
+    the client is a normal disconnect as far as the will goes (MQTT-3.1.2-10)."""
+    w = watcher(broker)
+    c = v5(broker, "dw", will=("will/dw", b"gone", 0, False, []))
+    c.send(m.disconnect(code))
+    assert c.closed()
+    other = v5(broker, "marker")
+    assert until_mark(w, other) == ([b"gone"] if published else [])
+
+
+def test_will_on_protocol_error(broker):
+    """MQTT-3.1.2-8, section 4.13: a connection closed for a protocol error is not a normal
+    disconnect: DISCONNECT 0x82 to the client, and its will is published."""
+    w = watcher(broker)
+    c = v5(broker, "pe", will=("will/pe", b"broken", 0, False, [(m.USER_PROPERTY, ("k", "v"))]))
+    c.send(m.connect("again"))  # a second CONNECT (MQTT-3.1.0-2)
+    assert c.disconnected() == 0x82
+    assert until_mark(w, v5(broker, "marker")) == [b"broken"]
+
+
+def test_session_expiry_set_at_disconnect_when_connect_had_none(broker):
+    """MQTT-3.14.2-2: a Session Expiry Interval on DISCONNECT when CONNECT's was 0 (absent) is
+    a protocol error: the server sends DISCONNECT 0x82 and closes."""
+    c = v5(broker, "se0")
+    c.send(m.disconnect(0, [(m.SESSION_EXPIRY, 30)]))
+    assert c.disconnected() == 0x82
+
+
+def test_session_expiry_zero_at_disconnect_ends_the_session(broker):
+    """Section 3.14.2.2.2: a client whose CONNECT set a Session Expiry Interval may set 0 at
+    DISCONNECT: the session ends with the connection (Session Present 0 after); without it,
+    the session stays (MQTT-3.1.2-23)."""
+    for end_it, present in ((False, 1), (True, 0)):
+        c = v5(broker, "se", properties=[(m.SESSION_EXPIRY, 300)])
+        c.send(m.disconnect(0, [(m.SESSION_EXPIRY, 0)] if end_it else []))
+        assert c.closed()
+        time.sleep(0.1)
+        again = m.Client5(broker.port)
+        broker._clients.append(again)
+        ack = again.connect5("se", clean_start=False, properties=[(m.SESSION_EXPIRY, 300)])
+        assert (ack.code, ack.present) == (0, present)
+        again.send(m.disconnect(0, [(m.SESSION_EXPIRY, 0)]))
+        assert again.closed()
+        time.sleep(0.1)
+
+
+def test_session_taken_over(broker):
+    """MQTT-3.1.4-3: a second connection with the same client id: the first gets DISCONNECT
+    0x8E (Session taken over) and is closed; the second is served."""
+    first = v5(broker, "dup")
+    second = v5(broker, "dup")
+    assert first.disconnected() == 0x8E
+    second.send(mqttraw.PINGREQ)
+    second.expect(m.PINGRESP)
+
+
+@pytest.mark.parametrize("pkt", [
+    b"\xe0\x02\x00",  # its property length runs into the PINGREQ sent after it
+    b"\xf0\x00",  # AUTH without an authentication method
+    b"\x40\x01\x00",  # PUBACK with half a packet id
+], ids=["disconnect property length missing", "auth", "puback truncated"])
+def test_server_disconnect_before_close(broker, pkt):
+    """Section 4.13: after CONNACK a malformed packet or protocol error gets DISCONNECT with
+    0x81 or 0x82 before the server closes."""
+    c = v5(broker, "bad")
+    c.send(pkt + mqttraw.PINGREQ)
+    assert c.disconnected() in (0x81, 0x82)
+    assert broker.alive()
