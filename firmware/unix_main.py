@@ -54,7 +54,13 @@ def main(argv):
     except ValueError as e:
         log(str(e))
         return 2
-    cfg = settings(opts)
+    try:
+        cfg = settings(opts)
+    except MemoryError:
+        gc.collect()
+        log("cannot start: this heap (%d bytes) is too small even to read the settings; give more heap "
+            "(ubroker run --heap)" % (gc.mem_alloc() + gc.mem_free()))
+        return 2
     gc.collect()
     if cfg is None:
         return 2
