@@ -115,7 +115,7 @@ def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=No
     cmd += list(extra)
     log = open(logpath, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
-    deadline = time.time() + 15
+    deadline = time.time() + 30  # the first start compiles the firmware (mpy-cross)
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
