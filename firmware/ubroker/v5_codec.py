@@ -12,7 +12,7 @@ handlers turn it into CONNACK or DISCONNECT with that code before closing."""
 
 from micropython import const
 
-from .codec import Malformed, check_utf8, put_length
+from .codec import Malformed, check_utf8, decode_length, put_length
 
 # Reason codes are written as numbers where they are sent, each with its name beside it
 # (MQTT 5.0 section 2.4; the list is in docs/mqtt5.md): a public const here would be a global
@@ -60,19 +60,11 @@ _WHERE = (
 
 
 def vbi(buf, pos, end):
-    """A Variable Byte Integer (MQTT 5.0 section 1.5.5): (value, next pos)."""
-    value = 0
-    shift = 0
-    while pos < end:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 21:
-            break
-    raise Malformed("variable byte integer")
+    """A Variable Byte Integer (MQTT 5.0 section 1.5.5) inside a packet: (value, next pos)."""
+    value, pos = decode_length(buf, pos, end)
+    if value < 0:
+        raise Malformed("variable byte integer beyond the packet")
+    return value, pos
 
 
 def props(buf, pos, end, where):

@@ -451,17 +451,12 @@ class V5(Router):
     # ------------------------------------------------------------------ SUBSCRIBE
 
     def subscribe(self, c, buf, pos, end):
-        pid = u16(buf, pos, end)
-        if pid == 0:
-            raise Malformed("packet id 0")
-        found, pos = props(buf, pos + 2, end, _IN_SUBSCRIBE)
+        pid, found, pos = _head(buf, pos, end, _IN_SUBSCRIBE)
         sid = 0
         if found is not None and _P_SUBSCRIPTION_ID in found:
             sid = found[_P_SUBSCRIPTION_ID]
             if not sid:
                 raise Malformed("subscription identifier 0", 0x82)  # section 3.8.2.1.2
-        if pos == end:
-            raise Malformed("SUBSCRIBE without a filter", 0x82)  # MQTT-3.8.3-2
         reqs = []
         while pos < end:
             flt, pos = utf8(buf, pos, end)  # MQTT-3.8.3-1
@@ -519,12 +514,7 @@ class V5(Router):
         return True
 
     def unsubscribe(self, c, buf, pos, end):
-        pid = u16(buf, pos, end)
-        if pid == 0:
-            raise Malformed("packet id 0")
-        found, pos = props(buf, pos + 2, end, _IN_UNSUBSCRIBE)
-        if pos == end:
-            raise Malformed("UNSUBSCRIBE without a filter", 0x82)  # MQTT-3.10.3-2
+        pid, found, pos = _head(buf, pos, end, _IN_UNSUBSCRIBE)
         flts = []
         while pos < end:
             flt, pos = utf8(buf, pos, end)
@@ -564,6 +554,18 @@ class V5(Router):
         # 0x04: Disconnect with Will Message; any other code discards the will (MQTT-3.14.4-3)
         self.server.close(c, "disconnected (reason 0x%02x)" % code, code == 0x04)
         return True
+
+
+def _head(buf, pos, end, where):
+    """SUBSCRIBE's or UNSUBSCRIBE's packet id and properties: (pid, properties, position of
+    the first filter); at least one filter must follow (MQTT-3.8.3-2, MQTT-3.10.3-2)."""
+    pid = u16(buf, pos, end)
+    if pid == 0:
+        raise Malformed("packet id 0")  # MQTT-2.2.1-3
+    found, pos = props(buf, pos + 2, end, where)
+    if pos == end:
+        raise Malformed("no topic filter", 0x82)
+    return pid, found, pos
 
 
 def _check_message(found, payload):

@@ -12,15 +12,9 @@ import pytest
 
 import mqttraw
 import mqttraw5 as m
+from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
 from mqttraw5 import prop
 
-PROFILES = {"esp32": None, "esp32+pool": "buffer_pool_size 8\n"}
-
-
-@pytest.fixture(params=sorted(PROFILES))
-def broker(request, broker_factory):
-    """The smallest board's profile, with and without pooled output buffers."""
-    return broker_factory(config=PROFILES[request.param])
 
 
 def client(broker):

@@ -9,25 +9,12 @@ import pytest
 
 import mqttraw
 import mqttraw5 as m
+from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
+from mqttraw5 import connected as v5
 
-PROFILES = {"esp32": (None, None), "esp32+pool": ("buffer_pool_size 8\n", "128k")}
 MARK = "zz/mark"
 
 
-@pytest.fixture(params=sorted(PROFILES))
-def broker(request, broker_factory):
-    """The smallest board's profile, and with pooled output buffers (with more heap: see
-    test_mqtt5_publish.py)."""
-    config, heap = PROFILES[request.param]
-    return broker_factory(config=config, heap=heap)
-
-
-def v5(broker, cid, **kw):
-    c = m.Client5(broker.port)
-    broker._clients.append(c)
-    ack = c.connect5(cid, **kw)
-    assert ack.code == 0
-    return c
 
 
 def watcher(broker):

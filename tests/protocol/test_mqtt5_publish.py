@@ -15,29 +15,17 @@ from paho.mqtt.properties import Properties
 
 import mqttraw
 import mqttraw5 as m
+from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
+from mqttraw5 import connected as v5
 from conftest import wait_for
 from mqttraw5 import prop
 
 # The smallest board's profile, and with pooled output buffers: those 8 buffers leave the
 # 64-bit unix port's 100k heap too little for the v5 modules (16.5 kB here) and two clients
 # publishing, so that run gets a larger heap (docs/mqtt5.md).
-PROFILES = {"esp32": (None, None), "esp32+pool": ("buffer_pool_size 8\n", "128k")}
 MARK = "zz/mark"
 
 
-@pytest.fixture(params=sorted(PROFILES))
-def broker(request, broker_factory):
-    """The smallest board's profile, with and without pooled output buffers."""
-    config, heap = PROFILES[request.param]
-    return broker_factory(config=config, heap=heap)
-
-
-def v5(broker, cid, **kw):
-    c = m.Client5(broker.port)
-    broker._clients.append(c)
-    ack = c.connect5(cid, **kw)
-    assert ack.code == 0
-    return c
 
 
 def sub5(broker, cid, *filters, properties=(), **kw):

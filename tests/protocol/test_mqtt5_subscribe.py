@@ -5,26 +5,14 @@ codes of SUBACK and UNSUBACK. Statement numbers are the MQTT 5.0 standard's."""
 import pytest
 
 import mqttraw5 as m
+from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
+from mqttraw5 import connected as v5
 from mqttraw5 import prop
 
-PROFILES = {"esp32": (None, None), "esp32+pool": ("buffer_pool_size 8\n", "128k")}
 MARK = "zz/mark"
 NO_LOCAL, RAP = 4, 8
 
 
-@pytest.fixture(params=sorted(PROFILES))
-def broker(request, broker_factory):
-    """The smallest board's profile, and with pooled output buffers (with more heap: see
-    test_mqtt5_publish.py)."""
-    config, heap = PROFILES[request.param]
-    return broker_factory(config=config, heap=heap)
-
-
-def v5(broker, cid, **kw):
-    c = m.Client5(broker.port)
-    broker._clients.append(c)
-    assert c.connect5(cid, **kw).code == 0
-    return c
 
 
 def subscribe(c, *filters, pid=1, properties=()):
