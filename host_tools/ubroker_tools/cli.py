@@ -5,7 +5,7 @@ import importlib
 import sys
 
 # Each subcommand is a module with add_parser(subparsers); the order is the help's order.
-COMMANDS = ["run", "build", "flash", "config", "monitor", "vboard", "bench", "passwd", "serial_bridge",
+COMMANDS = ["run", "build", "flash", "firmware", "config", "monitor", "vboard", "bench", "passwd", "serial_bridge",
             "service", "discover"]
 
 HELP = """ubroker: host tools for the MicroPython MQTT broker.
