@@ -6,6 +6,11 @@ architecture into build/B/, laid out as it will sit on the board's filesystem:
     ubroker/*.mpy    the broker package
     board.conf       the board profile
     ubroker.conf     a commented default config (flash keeps the board's own if it has one)
+
+For a board running ubroker's firmware image (a profile with a `frozen` line, docs/
+firmware-image.md) the frozen groups are left out, the entry too (the image runs its frozen
+main.py), and the package's other modules go to lib/ubroker/, where the image's stand-ins
+import them from (firmware.py).
 """
 
 import argparse
@@ -14,13 +19,14 @@ import shutil
 import subprocess
 import sys
 
-from . import paths, profiles
+from . import firmware, paths, profiles
 
 HELP = """Compile the firmware with mpy-cross for a board into build/BOARD/.
 
 example:
   ubroker build --board esp32          # xtensawin .mpy files in build/esp32/
   ubroker build --board unix -v        # plain bytecode, listing every file
+  ubroker build --board rp2-pico-w-image  # only what the board's firmware image does not freeze
 """
 
 MAIN_STUB = "# Runs at boot: the compiled entry (ubmain.mpy) brings up the network and the broker.\nimport ubmain\n"
@@ -45,7 +51,8 @@ def add_parser(sub):
 
 
 def sources():
-    """(source path, name on the board without extension) for everything compiled."""
+    """(source path, name on the board without extension) for everything compiled on a
+    stock board."""
     pkg = os.path.join(paths.FIRMWARE, "ubroker")
     out = [(os.path.join(pkg, f), "ubroker/" + f[:-3]) for f in sorted(os.listdir(pkg)) if f.endswith(".py")]
     out.append((os.path.join(paths.FIRMWARE, "main.py"), "ubmain"))
@@ -93,25 +100,47 @@ def code_options(profile, board):
     return arch, emit, opt
 
 
+def on_board(name, group_names, frozen):
+    """Where a compiled source goes on the board (without extension), or None when the
+    board's firmware image freezes it. name is as sources() gives it."""
+    if not group_names:
+        return name
+    if name == "ubmain":  # firmware/main.py, frozen as main.py
+        return None if "main.py" in frozen else name
+    if name + ".py" in frozen:
+        return None
+    return firmware.FS_FOLDER + "/" + name.split("/", 1)[1]
+
+
 def build(board, out=None):
-    """Build the board's image; returns (out folder, [(relative path, size)])."""
+    """Build what goes on the board's filesystem; returns (out folder, [(relative path, size)])."""
     profile = profiles.load_board(board)
     arch, emit, opt = code_options(profile, board)
+    try:
+        group_names = firmware.frozen_groups(profile)
+    except firmware.FirmwareError as e:
+        raise BuildError(str(e))
+    frozen = firmware.frozen_files(group_names)
     # With arch none (the unix profile) the machine is not known until run time: bytecode
     # here; `ubroker run` compiles native code for the micropython it runs.
     native = emit == "native" and arch != "none"
     out = out or os.path.join(paths.ROOT, "build", board)
     if os.path.isdir(out):
         shutil.rmtree(out)  # no stale modules from files since deleted
-    os.makedirs(os.path.join(out, "ubroker"))
+    os.makedirs(out)
     files = []
     for src, name in sources():
-        dst = os.path.join(out, name + ".mpy")
+        where = on_board(name, group_names, frozen)
+        if where is None:
+            continue
+        dst = os.path.join(out, where + ".mpy")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
         compile_one(src, dst, arch, name.split("/")[-1] + ".py", native, opt)
-        files.append(name + ".mpy")
-    with open(os.path.join(out, "main.py"), "w") as f:
-        f.write(MAIN_STUB)
-    files.append("main.py")
+        files.append(where + ".mpy")
+    if "main.py" not in frozen:
+        with open(os.path.join(out, "main.py"), "w") as f:
+            f.write(MAIN_STUB)
+        files.append("main.py")
     shutil.copyfile(profiles.board_path(board), os.path.join(out, "board.conf"))
     files.append("board.conf")
     from .config import default_config
@@ -137,4 +166,7 @@ def main(args):
     code = sum(s for n, s in files if n.endswith(".mpy"))
     print("built %s: %d files, %d bytes (%d bytes of .mpy code) in %s"
           % (args.board, len(files), total, code, os.path.relpath(out)))
+    group_names = firmware.frozen_groups(profiles.load_board(args.board))
+    if group_names:
+        print("the rest is frozen in the board's firmware image: %s" % ", ".join(group_names))
     return 0

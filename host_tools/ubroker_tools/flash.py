@@ -4,6 +4,12 @@ the files whose sha256 differs from the board's copy, write the config and the f
 
 Each step talks to the board through mpremote (as a subprocess, with `resume`: no soft reset
 on connect, which the unix port and ubroker vboard need, and which real boards do not mind).
+
+A board running ubroker's firmware image (a profile with a `frozen` line, docs/
+firmware-image.md) gets only what the image does not freeze: the config, the profile, and the
+modules of the groups it leaves out (in lib/ubroker/). What a stock flash left there, which
+would stand before the frozen package on sys.path, is removed: ubroker/, ubmain.mpy and the
+two-line main.py (the image runs its frozen main.py).
 """
 
 import argparse
@@ -16,7 +22,7 @@ import sys
 
 from . import build as buildmod
 from . import config as configmod
-from . import paths, profiles
+from . import firmware, paths, profiles
 
 HELP = """Build the firmware for a board and copy it with mpremote (only what changed), then
 write the config and reset the board so that the broker starts.
@@ -33,6 +39,7 @@ example:
   ubroker passwd users.txt alice                  # beside ubroker.conf, which says `password_file users.txt`
   ubroker flash --board esp32 --port auto --config ubroker.conf
   ubroker flash --board rp2-pico-w --port /dev/ttyACM0
+  ubroker flash --board rp2-pico-w-image --port auto   # a Pico W running ubroker's firmware image
   ubroker flash --board unix --port /tmp/board.tty      # a virtual board (ubroker vboard)
 """
 
@@ -40,7 +47,8 @@ MIN_VERSION = (1, 23)  # first MicroPython that loads .mpy v6.3 (mpy-cross 1.29 
 TIMEOUT = 60
 PROBE_TIMEOUT = 10  # a board's REPL answers in well under a second
 # Make the folders the files go to, and hash the board's copies: prints the repr of
-# {path: hex sha256 or None}, and the files in ubroker/ (to remove ones the build no longer has).
+# {path: hex sha256 or None}, and of {folder: its files, or None} for the folders whose files
+# the build may no longer have (ubroker/, and lib/ubroker/ on an image board).
 HASH_SCRIPT = """
 import os, hashlib, binascii
 def _h(p):
@@ -62,11 +70,33 @@ for d in %r:
         os.mkdir(d)
     except OSError:
         pass
+def _ls(d):
+    try:
+        return os.listdir(d)
+    except OSError:
+        return None
 print('UBHASH', repr({p: _h(p) for p in %r}))
-print('UBLIST', repr(os.listdir('ubroker')))
+print('UBLIST', repr({d: _ls(d) for d in %r}))
 """
 PROBE = ("import sys; print('UBPROBE', repr((sys.platform, tuple(sys.implementation.version[:3]), "
          "getattr(sys.implementation, '_mpy', 0))))")
+# On an image board: the groups its firmware freezes, from the frozen module ubroker_image,
+# imported with the filesystem's folders off sys.path (so no file there can stand in for it).
+IMAGE_PROBE = """
+_p = sys.path[:]
+sys.path[:] = [d for d in _p if d not in ('', '.', '/')]
+try:
+    import %s as _m
+    print('UBIMAGE', repr(_m.GROUPS))
+except ImportError:
+    print('UBIMAGE None')
+finally:
+    sys.path[:] = _p
+    sys.modules.pop('%s', None)
+""" % (firmware.MARKER, firmware.MARKER)
+# What a stock flash leaves that an image board must not keep (the package folder is removed
+# with everything in it).
+STOCK_LEFTOVERS = ("ubmain.mpy", "main.py")
 
 
 class FlashError(Exception):
@@ -131,9 +161,11 @@ def marked(out, mark):
     return None
 
 
-def probe(port, profile):
+def probe(port, profile, image=False):
+    """(platform, version) of the board's MicroPython, checked against the profile; with
+    image, also the groups its firmware image freezes (None: it runs no ubroker image)."""
     try:
-        rc, out, err = mpremote(port, "exec", PROBE, timeout=PROBE_TIMEOUT)
+        rc, out, err = mpremote(port, "exec", PROBE + (IMAGE_PROBE if image else ""), timeout=PROBE_TIMEOUT)
     except FlashError:
         rc, out, err = 1, "", "no answer within %d s" % PROBE_TIMEOUT
     info = marked(out, "UBPROBE")
@@ -155,7 +187,43 @@ def probe(port, profile):
             profile["arch"].startswith("armv") and platform != "rp2":
         raise FlashError("the board on %s runs MicroPython for %s, not for a %s board; pick its profile with --board"
                          % (port, platform, profile["board"]))
+    if image:
+        return platform, version, marked(out, "UBIMAGE")
     return platform, version
+
+
+def check_image(board, port, on_board, group_names):
+    """FlashError unless the board's firmware is the ubroker image freezing group_names."""
+    if on_board is None:
+        raise FlashError("the board on %s runs MicroPython without ubroker's firmware image (no frozen %s "
+                         "module). Build it (ubroker firmware --board %s --micropython DIR) and install it (rp2: "
+                         "hold BOOTSEL and copy firmware.uf2 to the drive; esp32: esptool.py write_flash 0x1000 "
+                         "firmware.bin), then flash again; or flash the stock profile (--board %s)"
+                         % (port, firmware.MARKER, board, board[:-len("-image")] if board.endswith("-image") else
+                            "of its board"))
+    have = set(g for g in on_board.split(",") if g)
+    if have != set(group_names):
+        raise FlashError("the board's firmware image freezes %s, but profile %s says `frozen %s`: flash it with "
+                         "the profile of that image, or build and install the image the profile names "
+                         "(ubroker firmware --board %s --micropython DIR)"
+                         % (on_board, board, ",".join(group_names), board))
+
+
+def stale_files(local, listing, have, group_names):
+    """The board files to remove: ones in the folders the build fills that it no longer has,
+    and on an image board what a stock flash left (STOCK_LEFTOVERS, the two-line main.py only
+    as flash wrote it: a main.py of the user's own stays)."""
+    if not group_names:
+        return ["ubroker/" + f for f in (listing.get("ubroker") or []) if "ubroker/" + f not in local]
+    folder = firmware.FS_FOLDER
+    out = [folder + "/" + f for f in (listing.get(folder) or []) if folder + "/" + f not in local]
+    out += ["ubroker/" + f for f in (listing.get("ubroker") or [])]
+    stub = hashlib.sha256(buildmod.MAIN_STUB.encode()).hexdigest()
+    if have.get("ubmain.mpy") is not None:
+        out.append("ubmain.mpy")
+    if have.get("main.py") == stub:
+        out.append("main.py")
+    return out
 
 
 def sha256(path):
@@ -197,28 +265,38 @@ def flash(board, port, config=None, reset=True, say=print):
         for w in warnings:
             say(w)
         extra = named_files(config)
+    group_names = firmware.frozen_groups(profile)
     out, files = buildmod.build(board)
     say("built %s: %d files, %d bytes" % (board, len(files), sum(s for _, s in files)))
     local = {name: os.path.join(out, name) for name, _ in files}
     if config:
         local["ubroker.conf"] = os.path.abspath(config)
     for name, (host, key, line) in sorted(extra.items()):
-        if name in local or name.split("/")[0] == "ubroker":
+        if name in local or name.split("/")[0] == "ubroker" or name.startswith(firmware.FS_FOLDER + "/") \
+                or group_names and name in STOCK_LEFTOVERS:
             raise FlashError("%s:%d: %s %s is where flash writes the firmware; name another file; nothing was copied"
                              % (config, line, key, name))
         local[name] = host
     if port == "auto":
         port = find_port(board)
         say("found %s on %s" % (board, port))
-    platform, version = probe(port, profile)
-    say("MicroPython %s (%s) on %s" % (".".join(map(str, version)), platform, port))
+    if group_names:
+        platform, version, on_board = probe(port, profile, image=True)
+        check_image(board, port, on_board, group_names)
+    else:
+        platform, version = probe(port, profile)
+    say("MicroPython %s (%s) on %s%s" % (".".join(map(str, version)), platform, port,
+                                         "; its image freezes " + ", ".join(group_names) if group_names else ""))
 
     remote_names = sorted(local)
-    folders = ["ubroker"] + sorted({d for name in extra for d in parents(name)}, key=lambda d: d.count("/"))
-    rc, stdout, err = mpremote(port, "exec", HASH_SCRIPT % (folders, remote_names))
+    made = {d for name in local for d in parents(name)}
+    folders = sorted(made | ({"ubroker"} if not group_names else set()), key=lambda d: (d.count("/"), d))
+    listed = ["ubroker"] + ([firmware.FS_FOLDER] if group_names else [])
+    hashed = remote_names + [n for n in STOCK_LEFTOVERS if group_names and n not in local]
+    rc, stdout, err = mpremote(port, "exec", HASH_SCRIPT % (folders, hashed, listed))
     have = marked(stdout, "UBHASH")
     listing = marked(stdout, "UBLIST")
-    if rc != 0 or have is None:
+    if rc != 0 or have is None or listing is None:
         raise FlashError("could not read the board's files: %s" % (err or stdout).strip())
     copy = []
     for name in remote_names:
@@ -226,7 +304,7 @@ def flash(board, port, config=None, reset=True, say=print):
             continue  # keep the board's own config unless --config is given
         if have.get(name) != sha256(local[name]):
             copy.append(name)
-    stale = ["ubroker/" + f for f in (listing or []) if "ubroker/" + f not in local]
+    stale = stale_files(local, listing, have, group_names)
     args = []
     for name in copy:
         if args:
@@ -236,6 +314,10 @@ def flash(board, port, config=None, reset=True, say=print):
         if args:
             args.append("+")
         args += ["fs", "rm", ":" + name]
+    if group_names and listing.get("ubroker") is not None:
+        if args:
+            args.append("+")
+        args += ["fs", "rmdir", ":ubroker"]  # an empty ubroker/ would still hide the frozen package
     if args:
         rc, stdout, err = mpremote(port, *args, timeout=TIMEOUT + 10 * len(copy))
         if rc != 0:
@@ -267,7 +349,7 @@ def main(args):
     except profiles.UnknownBoard as e:
         print("ubroker flash: %s" % e, file=sys.stderr)
         return 2
-    except (FlashError, buildmod.BuildError) as e:
+    except (FlashError, buildmod.BuildError, firmware.FirmwareError) as e:
         print("ubroker flash: %s" % e, file=sys.stderr)
         return 1
     return 0
