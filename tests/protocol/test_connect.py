@@ -40,7 +40,7 @@ def still_serves(broker):
 # ---------------------------------------------------------------------- protocol name / level
 
 
-@pytest.mark.parametrize("level", [3, 5, 0, 255])
+@pytest.mark.parametrize("level", [3, 6, 0, 255])
 def test_unknown_protocol_level_gets_connack_1_then_close(broker, level):
     """MQTT-3.1.2-2: an unsupported protocol level gets CONNACK 0x01 and the connection is
     closed; MQTT-3.2.2-4/5: session present is 0 with a non-zero code, then close."""
