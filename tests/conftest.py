@@ -122,6 +122,13 @@ def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=No
             break
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
+                if proc.poll() is None:  # too slow: stopped, not left running after the test
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
                 log.close()
                 raise RuntimeError("broker did not start:\n" + logpath.read_text())
             time.sleep(0.02)
