@@ -319,7 +319,7 @@ def source_version(tree):
             text = f.read()
     except OSError:
         return None
-    parts = [re.search(r"#define MICROPY_VERSION_%s \((\d+)\)" % k, text) for k in ("MAJOR", "MINOR", "MICRO")]
+    parts = [re.search(r"#define MICROPY_VERSION_%s\s+\(?(\d+)" % k, text) for k in ("MAJOR", "MINOR", "MICRO")]
     return ".".join(m.group(1) for m in parts) if all(parts) else None
 
 
