@@ -181,7 +181,7 @@ class Broker:
 
     def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
         if conn.v5 is not None:  # with properties (v5_route.py)
-            return self.v5.write(conn, topic, payload, qos, retain, dup, pid)
+            return self.v5.write(conn, topic, payload, qos, retain, dup, pid)  # type: ignore[attr-defined]
         if conn.bridge is not None:
             topic = conn.bridge.remote_topic(topic)
         out = self._out(conn)
@@ -316,7 +316,7 @@ class Broker:
                 continue
             if q > qos:
                 if q > 3:  # a v5 subscription (its QoS carries the v5 mark): options, properties
-                    self.v5.route(s, q, topic, payload, qos, retain, props, size)
+                    self.v5.route(s, q, topic, payload, qos, retain, props, size)  # type: ignore[attr-defined]
                     continue
                 q = qos
             if q == 0:

@@ -115,7 +115,7 @@ def props(buf, pos, end, where):
                 w, pos = _field(buf, pos, stop, True)
                 u = found.get(_USER)
                 if u is None:
-                    found[_USER] = u = []
+                    found[_USER] = u = []  # type: ignore[assignment]
                 u.append((v, w))
                 continue
         if pid in found:

@@ -367,7 +367,7 @@ class V5(Router):
                     v.aliases = {}
                 v.aliases[al] = topic
             else:
-                topic = v.aliases.get(al) if v.aliases else None
+                topic = v.aliases.get(al) if v.aliases else None  # type: ignore[assignment]
                 if topic is None:
                     raise Malformed("topic alias %d not set" % al, 0x82)
         if not topic or len(topic) > self.p.max_topic:
