@@ -189,7 +189,8 @@ def test_start_tables_match_the_heap_in_use(run, tmp_path):
         used.append(int(re.search(r"heap: (\d+) bytes used", b.log()).group(1)))
     esp32 = profiles.fwconfig().resolve(profiles.load_board("esp32"))
     model = [sum(n for _, n in budget.start_tables(c)) for c in (esp32, dict(esp32, **big))]
-    assert abs((used[1] - used[0]) - (model[1] - model[0])) <= 256, (used, model)
+    # within 320 B: a presized table steps with the dict's table sizes (esp32 at 88 subscriptions: 288 B)
+    assert abs((used[1] - used[0]) - (model[1] - model[0])) <= 320, (used, model)
 
 
 # ------------------------------------------------------------------ the model alone
