@@ -351,13 +351,8 @@ class Protocol:
             return True
         # A retained message must be on flash before it is acknowledged, like a queued one.
         durable = retain and per is not None
-        if qos == 2:
-            q2 = s.qos2in
-            if q2 is None:
-                s.qos2in = q2 = []
-            q2.append(pid)
-            if per is not None and per.q2_added(s, pid):
-                durable = True  # exactly once across a power cut needs the id on flash
+        if qos == 2 and self.qos2_taken(s, pid):
+            durable = True  # exactly once across a power cut needs the id on flash
         if acked is not None:
             return True
         if durable or (per is not None and (per.fresh or c.acks)):
@@ -365,6 +360,16 @@ class Protocol:
             return True
         self.answer(c, 0x40 if qos == 1 else 0x50, pid)
         return True
+
+    def qos2_taken(self, s, pid):
+        """Note an inbound QoS 2 packet id awaiting PUBREL (3.1.1 and v5 alike); True when the
+        store must have it on flash before PUBREC goes out."""
+        q2 = s.qos2in
+        if q2 is None:
+            s.qos2in = q2 = []
+        q2.append(pid)
+        per = self.b.persist
+        return per is not None and per.q2_added(s, pid)
 
     def acknowledge(self, c, ptype, pid, durable):
         """PUBACK/PUBREC/PUBCOMP: at once, written in place, or with the store as a packet

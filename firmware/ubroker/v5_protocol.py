@@ -432,13 +432,8 @@ class V5(Router):
         if qos == 0:
             return True
         durable = retain and per is not None
-        if qos == 2:
-            q2 = s.qos2in
-            if q2 is None:
-                s.qos2in = q2 = []
-            q2.append(pid)
-            if per is not None and per.q2_added(s, pid):
-                durable = True
+        if qos == 2 and self.p.qos2_taken(s, pid):
+            durable = True
         if acked is not None:
             return True
         pkt = ack(0x40 if qos == 1 else 0x50, pid, code)
