@@ -29,6 +29,8 @@ SCHEMA = {
     "keyfile": "str",
     "cafile": "str",
     "require_certificate": "bool",
+    # `protocol mqtt|websockets`, for the listener declared last (Mosquitto's form)
+    "protocol": "str",
     # ubroker's limits, for what Mosquitto has no word for
     "max_sessions": "pos",
     "max_subscriptions": "pos",
@@ -56,6 +58,9 @@ SCHEMA = {
     "emit": "str",
     "opt_level": "int",
     "heap_budget": "size",
+    # feature groups frozen into the board's firmware image (firmware/image/), e.g.
+    # `frozen core,store,security,bridge,sensors,v5`: `ubroker flash` copies only the rest
+    "frozen": "str",
     # the stock MicroPython network stack's limits (lwIP), read by `ubroker config --check`
     # (host_tools/ubroker_tools/sockets.py): one key, `stock_lwip sockets=N tcp=N`
     "stock_lwip": "str",
@@ -95,6 +100,7 @@ BRIDGE = {
     "restart_timeout": "backoff",
     "bridge_cafile": "str",
     "bridge_insecure": "bool",
+    "bridge_protocol_version": "str",
 }
 
 BRIDGE_DEFAULTS = {
@@ -103,6 +109,7 @@ BRIDGE_DEFAULTS = {
     "try_private": True,
     "restart_timeout": (5, 30),
     "bridge_insecure": False,
+    "bridge_protocol_version": "mqttv311",
 }
 
 DEFAULTS = {
@@ -146,6 +153,9 @@ DEFAULTS = {
 }
 
 TLS_KEYS = ("certfile", "keyfile", "cafile", "require_certificate")
+# what `protocol` and `bridge_protocol_version` accept (Mosquitto's words)
+PROTOCOLS = ("mqtt", "websockets")
+BRIDGE_VERSIONS = ("mqttv311", "mqttv50")
 
 
 class ConfigError(Exception):
@@ -288,6 +298,10 @@ def parse(text, source="config"):
             v = _value(kind, words[1:])
             if key == "address":
                 v = _address(v)
+            elif key == "protocol" and v not in PROTOCOLS:
+                raise ValueError("expects one of %s" % ", ".join(PROTOCOLS))
+            elif key == "bridge_protocol_version" and v not in BRIDGE_VERSIONS:
+                raise ValueError("expects one of %s (mqttv31 is not supported)" % ", ".join(BRIDGE_VERSIONS))
         except ValueError as e:
             errors.append("%s:%d: %s %s" % (source, no, key, e.args[0]))
             continue
@@ -300,6 +314,10 @@ def parse(text, source="config"):
             listeners.append(v)
         elif key in TLS_KEYS:
             out.setdefault("tls", {}).setdefault(max(len(listeners) - 1, 0), {})[key] = v
+        elif key == "protocol":
+            # listener index -> "websockets"; not in DEFAULTS: a broker without WebSockets
+            # keeps no entry for it (read with cfg.get("protocols"))
+            out.setdefault("protocols", {})[max(len(listeners) - 1, 0)] = v
         elif kind[0] == "+":
             into.setdefault(key, []).append(v)
         else:
@@ -323,6 +341,7 @@ def resolve(*layers):
     for layer in layers:
         if "listener" in layer:  # new listeners: TLS settings of replaced ones do not carry over
             cfg["tls"] = {}
+            cfg.pop("protocols", None)
         cfg.update(layer)
         if "port" in layer or "bind_address" in layer:
             port = layer.get("port", cfg["listener"][0][0])

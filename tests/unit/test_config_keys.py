@@ -1,0 +1,50 @@
+"""The per-listener `protocol` key, the bridge's `bridge_protocol_version` and the board
+profile's `frozen` line, as firmware/ubroker/config.py parses them (Mosquitto's forms)."""
+
+import os
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "firmware"))
+from ubroker import config  # noqa: E402
+
+
+def test_protocol_belongs_to_the_listener_declared_last():
+    cfg = config.resolve(config.parse("listener 1883\nlistener 9001\nprotocol websockets\nlistener 9002\nprotocol mqtt\n"))
+    assert cfg["protocols"] == {1: "websockets", 2: "mqtt"}
+
+
+def test_new_listeners_drop_the_protocols_of_replaced_ones():
+    board = config.parse("listener 9001\nprotocol websockets\n")
+    user = config.parse("listener 1883\n")
+    assert "protocols" not in config.resolve(board, user)
+
+
+def test_a_broker_without_websockets_keeps_no_protocols_entry():
+    assert "protocols" not in config.resolve(config.parse("listener 1883\n"))
+
+
+@pytest.mark.parametrize("line, words", [
+    ("protocol http", "protocol expects one of mqtt, websockets"),
+    ("frozen", "frozen"),
+])
+def test_bad_values_name_their_line(line, words):
+    with pytest.raises(config.ConfigError) as e:
+        config.parse("listener 1883\n" + line + "\n")
+    assert "config:2: " + words in str(e.value)
+
+
+def test_bridge_protocol_version_defaults_to_311_and_takes_mqttv50():
+    text = "connection up\naddress 127.0.0.1:1884\ntopic # both\n"
+    assert config.parse(text)["connection"][0]["bridge_protocol_version"] == "mqttv311"
+    v5 = config.parse(text + "bridge_protocol_version mqttv50\n")
+    assert v5["connection"][0]["bridge_protocol_version"] == "mqttv50"
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(text + "bridge_protocol_version mqttv31\n")
+    assert "config:4: bridge_protocol_version expects one of mqttv311, mqttv50" in str(e.value)
+
+
+def test_frozen_is_a_board_profile_line():
+    assert config.parse("frozen core,store\n")["frozen"] == "core,store"
