@@ -1,16 +1,17 @@
-"""The one loop: listening sockets, non-blocking connections on select.poll, reading in
-chunks into one shared buffer and parsing in place, flushing each connection's output in one
-write, pausing publishers that must wait (backpressure), keepalive and connect timeouts, and
-the periodic $SYS report. No exception from one connection leaves this module."""
+"""The one loop: accepting connections (listen.py opens the listening sockets), non-blocking
+connections on select.poll, reading in chunks into one shared buffer and parsing in place,
+flushing each connection's output in one write, pausing publishers that must wait
+(backpressure), keepalive and connect timeouts, and the periodic $SYS report. No exception
+from one connection leaves this module."""
 
 import gc
 import select
-import socket
 import sys
 import time
 
 from micropython import const
 
+from . import forget
 from .broker import Broker
 from .buffers import rebuild, table
 from .codec import Malformed, decode_length
@@ -81,40 +82,10 @@ class Server:
     # ------------------------------------------------------------------ sockets
 
     def listen(self):
-        for i, (port, host) in enumerate(self.cfg["listener"]):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(socket.getaddrinfo(host, port)[0][-1])
-            s.listen(min(self.cfg["max_connections"], 128))  # a fleet reconnecting at once
-            s.setblocking(False)
-            self.poll.register(s, _IN)
-            self.listeners.append(s)
-            self.log("listening on %s:%d" % (host, port))
-            if self.gate is not None:
-                self.gate.listening(i, s)
-        if self.cfg["poll_presize"]:
-            self._presize_poll(self.broker.max_sockets)
+        from .listen import listen
 
-    def _presize_poll(self, n):
-        """Grow the poll table to n entries now (registering and dropping placeholder
-        sockets), so registering a client later never needs a large free block. A board
-        with few sockets simply stops at its limit. Only for small heaps (poll_presize): on
-        the unix port the dropped entries stay in the array poll(2) scans, about 0.1 us each
-        per loop pass (measured: 1032 of them doubled the round-trip latency)."""
-        spare = []
-        try:
-            for _ in range(n):
-                s = socket.socket()
-                spare.append(s)
-                self.poll.register(s, _IN)
-        except Exception:  # OSError or MemoryError: the table is as large as it gets (no
-            pass  # tuple of types here: matching it would allocate, on a heap that may be full)
-        for s in spare:
-            try:
-                self.poll.unregister(s)
-            except (OSError, ValueError, KeyError):
-                pass
-            s.close()
+        listen(self)
+        forget("listen")  # start-up code: its heap is better spent on clients
 
     def accept(self, ls):
         cfg = self.cfg
@@ -233,6 +204,13 @@ class Server:
         if c.bridge is not None:
             c.bridge.closed(c, why)
 
+    def goodbye(self, c, code):
+        """The DISCONNECT a v5 client gets before the server closes its connection."""
+        try:
+            self.broker.send(c, bytes((0xE0, 1, code)))
+        except MemoryError:  # the close matters more than its reason
+            pass
+
     def log_event(self, c, what):
         if self.cfg.get("verbose"):
             s = c.sess
@@ -304,7 +282,9 @@ class Server:
             else:
                 self._packets(c, have)
         except Malformed as e:
-            self.close(c, "protocol error: %s" % e.args[0])
+            if c.v5 is not None:  # DISCONNECT with the reason first (MQTT 5.0 section 4.13)
+                self.goodbye(c, e.args[1] if len(e.args) > 1 else 0x81)
+            self.close(c, "protocol error: %s" % e.args[0], True, True)
         except MemoryError:
             c.rx = None
             self.broker.stats.hit("memory")
@@ -333,7 +313,7 @@ class Server:
                     break
             if rl > self.max_packet:
                 stats.hit("packet_size")
-                raise Malformed("packet of %d bytes exceeds max_packet_size" % rl)
+                raise Malformed("packet of %d bytes exceeds max_packet_size" % rl, 0x95)
             end = p + rl
             if end > have:
                 break
@@ -498,7 +478,9 @@ class Server:
         if late:
             for c in late:
                 if c.sess is not None:
-                    self.close(c, "keepalive expired")
+                    if c.v5 is not None:
+                        self.goodbye(c, 0x8D)  # Keep Alive timeout (MQTT 5.0 section 3.1.2.10)
+                    self.close(c, "keepalive expired", True, True)
                 else:
                     self.close(c, "no CONNECT/CONNACK within connect_timeout", False)
         for ls in self.listeners:  # back from a rest after a failed accept, if any

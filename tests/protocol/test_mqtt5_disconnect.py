@@ -107,3 +107,31 @@ def test_server_disconnect_before_close(broker, pkt):
     c.send(pkt + mqttraw.PINGREQ)
     assert c.disconnected() in (0x81, 0x82)
     assert broker.alive()
+
+
+def test_keep_alive_timeout_sends_disconnect_0x8d(broker):
+    """MQTT-3.1.2-22: a client silent for one and a half keep alive periods is disconnected;
+    a v5 client gets DISCONNECT 0x8D (Keep Alive timeout, section 3.14.2.1) first, and its
+    will goes out (not a normal disconnect, MQTT-3.1.2-8)."""
+    w = watcher(broker)
+    c = v5(broker, "ka", keepalive=1, will=("will/ka", b"timed out", 0, False, []))
+    assert c.disconnected(timeout=6.0) == 0x8D
+    assert until_mark(w, v5(broker, "marker")) == [b"timed out"]
+
+
+def test_packet_above_maximum_size_sends_disconnect_0x95(broker):
+    """MQTT-3.1.2-24 is the client's side; for the server's, section 3.2.2.3.6 and 4.13: a
+    packet above the Maximum Packet Size the server announced is a protocol error answered
+    with DISCONNECT 0x95 (Packet too large), then the close."""
+    c = v5(broker, "big")
+    c.send(m.publish("big/t", b"x" * 4000))  # the esp32 profile's max_packet_size is 2048
+    assert c.disconnected() == 0x95
+
+
+def test_311_client_is_closed_without_disconnect_on_keep_alive(broker):
+    """MQTT-3.1.2-24 (3.1.1): the server closes the connection; a 3.1.1 server never sends
+    DISCONNECT, so the client sees only the close."""
+    c = broker.raw()
+    assert c.connect("ka311", keepalive=1) == (0, 0)
+    assert c.recv_packet(6.0) is None
+    assert c.closed()

@@ -90,11 +90,15 @@ def test_server_poll_bits_are_selects():
                          capture_output=True, text=True, timeout=30).stdout.split()
     ints = module_ints(os.path.join(FIRMWARE, "server.py"))
     assert [str(ints[n][0]) for n in ("_IN", "_OUT", "_ERR")] == out
+    for name in ("listen.py",):  # modules the server uses keep copies of the bits they need
+        for n, (v, _) in module_ints(os.path.join(FIRMWARE, name)).items():
+            if n in ("_IN", "_OUT", "_ERR"):
+                assert v == ints[n][0], "%s: %s is %s, server.py's %s" % (name, n, v, ints[n][0])
 
 
 # The feature groups (docs/internals.md, "Layout"): the core by name, the others by prefix.
 CORE = {"__init__", "codec", "topics", "config", "session", "broker", "protocol", "server", "sysinfo",
-        "buffers", "platform"}
+        "buffers", "platform", "listen"}
 GROUPS = ("store_", "sec_", "bridge", "sensor", "v5_", "ws_", "web")
 
 
