@@ -250,6 +250,10 @@ class Broker:
         self.stats.hit("queued_messages")
         return False
 
+    def tick(self, now):
+        """Once a second, from Server.tick: what falls due with time (MQTT 5 wills with a
+        delay, sessions with an expiry interval) is done here. Nothing yet."""
+
     def sendable(self, s):
         """Can a QoS 1/2 message for session s go out now? Online, nothing queued before it,
         a free place in the in-flight window, and the output below out_buffer_size. Else it

@@ -488,6 +488,7 @@ class Server:
         for br in self.bridges:
             br.tick(now)
         self.broker.stats.carry()
+        self.broker.tick(now)
         self.sys.tick(now)
         if self.sensors is not None:
             self.sensors.tick(now)
