@@ -72,7 +72,7 @@ $(MICROPYTHON_BUILT):
 run: $(STAMP)
 	$(BIN)/ubroker run --data data
 
-test: $(STAMP) test-deps heap32-deps
+test: $(STAMP) test-deps heap32-deps web-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
@@ -89,6 +89,19 @@ heap32-deps:
 	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install nodejs npm; }
 	@test tools/heap32/node_modules/.package-lock.json -nt tools/heap32/package-lock.json || \
 	  (cd tools/heap32 && npm ci --no-audit --no-fund --loglevel=error)
+
+# The WebSockets and status page tests: a real browser (Debian's chromium and chromium-driver,
+# driven by selenium from requirements.txt) and MQTT.js in Node (npm `mqtt`, pinned by
+# tools/mqttjs/package-lock.json, installed only if missing or stale).
+.PHONY: web-deps
+web-deps:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install chromium chromium-driver; }
+	@{ command -v node >/dev/null && command -v npm >/dev/null; } || \
+	  { $(MAKE) -s $(APT_UPDATED) && $(APT) install nodejs npm; }
+	@test ! -f tools/mqttjs/package-lock.json || \
+	  test tools/mqttjs/node_modules/.package-lock.json -nt tools/mqttjs/package-lock.json || \
+	  (cd tools/mqttjs && npm ci --no-audit --no-fund --loglevel=error)
 
 bench: $(STAMP) bench-setup
 	$(BIN)/ubroker bench
