@@ -1,0 +1,163 @@
+"""Plain HTTP on a WebSockets listener (docs/status-page.md): the answer to a GET that is
+not a WebSocket upgrade. `/` is the status page, kept gzip-compressed on the board's
+filesystem and streamed from there by the caller; `/status.json` and `/metrics` (Prometheus'
+text format) render the same $SYS figures the page and `ubroker monitor` read
+(sysinfo.SysInfo.figures); anything else is 404. Imported only where a websockets listener
+exists: a broker without one pays no heap for it."""
+
+import os
+import sys
+
+# Where the page lies below a folder on sys.path: "" (the filesystem's root) or /lib on a
+# board, the compiled tree (build/run) or firmware/ itself on the unix port.
+_PAGE = "ubroker_web/status.html.gz"
+_found = None  # the page's path once found (it never moves while the broker runs)
+
+
+def page_path():
+    global _found
+    if _found is None:
+        for d in sys.path:
+            p = d + "/" + _PAGE if d and d[-1] != "/" else d + _PAGE
+            try:
+                os.stat(p)
+            except OSError:
+                continue
+            _found = p
+            break
+    return _found
+
+
+def _head(status, ctype, length, extra=""):
+    # no-cache: the figures change every second, and a board's page after `ubroker flash`
+    # must not be an old copy; Connection: close because the caller closes after the body.
+    return ("HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%sCache-Control: no-cache\r\n"
+            "Connection: close\r\n\r\n" % (status, ctype, length, extra)).encode()
+
+
+def answer(server, path):
+    """(head, body or None, file to stream after head or None) for a GET of path."""
+    q = path.find("?")
+    if q >= 0:
+        path = path[:q]
+    if path == "/":
+        p = page_path()
+        if p is not None:
+            return _head("200 OK", "text/html; charset=utf-8", os.stat(p)[6],
+                         "Content-Encoding: gzip\r\n" + _sensor_cookie(server)), None, p
+        body = b"the status page is not on this board (ubroker_web/status.html.gz): ubroker flash copies it\n"
+    elif path == "/status.json":
+        body = status_json(server.sys.figures())
+        return _head("200 OK", "application/json", len(body)), body, None
+    elif path == "/metrics":
+        body = metrics(server.sys.figures())
+        return _head("200 OK", "text/plain; version=0.0.4; charset=utf-8", len(body)), body, None
+    else:
+        body = b"not found\n"
+    return _head("404 Not Found", "text/plain; charset=utf-8", len(body)), body, None
+
+
+def _sensor_cookie(server):
+    """The page learns the sensors' topic prefix from a cookie: the page itself is a fixed
+    file on flash. The default is sensor_setup.entries' own (that module is gone from the
+    heap once the sensors run)."""
+    if server.sensors is None:
+        return ""
+    cfg = server.cfg
+    prefix = cfg.get("sensor_prefix") or "ubroker/%s/sensor" % (cfg.get("hostname") or cfg.get("board") or "unix")
+    return "Set-Cookie: sensors=%s; Path=/; SameSite=Strict\r\n" % prefix
+
+
+def _json_str(out, s):
+    out.extend(b'"')
+    if '"' in s or "\\" in s or (s and min(s) < " "):
+        for ch in s:
+            if ch == '"' or ch == "\\":
+                out.extend(b"\\")
+                out.extend(ch.encode())
+            elif ch < " ":
+                out.extend(("\\u%04x" % ord(ch)).encode())
+            else:
+                out.extend(ch.encode())
+    else:  # the common case: no escapes, written whole
+        out.extend(s.encode())
+    out.extend(b'"')
+
+
+def status_json(figures):
+    """One JSON object: the $SYS names below $SYS/broker/ as keys, numbers as numbers. Built
+    in one growing bytearray (about 1.5 kB with a bridge), one figure at a time."""
+    out = bytearray(b"{")
+    for name, value in figures:
+        if len(out) > 1:
+            out.extend(b",")
+        _json_str(out, name)
+        out.extend(b":")
+        if isinstance(value, int):
+            out.extend(str(value).encode())
+        else:
+            _json_str(out, str(value))
+    out.extend(b"}\n")
+    return out
+
+
+# Figures that only grow: Prometheus counters, whose names end in _total.
+_GROWING = ("/received", "/sent", "/dropped", "/commits", "/bytes_written", "/compactions", "/torn")
+# Names that read better (unit last, no "count") in Prometheus' conventions.
+_RENAMED = {
+    "bytes/received": "received_bytes",
+    "bytes/sent": "sent_bytes",
+    "retained messages/count": "retained_messages",
+    "subscriptions/count": "subscriptions",
+    "store/messages/count": "queued_messages",
+    "store/messages/bytes": "queued_bytes",
+    "ubroker/heap/free": "heap_free_bytes",
+    "ubroker/heap/used": "heap_used_bytes",
+    "ubroker/retained/bytes": "retained_bytes",
+    "ubroker/store/bytes": "store_used_bytes",
+    "ubroker/store/budget": "store_budget_bytes",
+    "ubroker/store/bytes_written": "store_written_bytes",
+}
+
+
+def metric(name):
+    """(metric name, label text or "", counter?) for a $SYS figure's name."""
+    counter = False
+    for tail in _GROWING:
+        if name.endswith(tail):
+            counter = True
+    label = ""
+    if name.startswith("ubroker/limits/"):
+        label = 'limit="%s"' % name[15:]
+        name, counter = "limits_hit", True
+    elif name.startswith("bridge/"):
+        i = name.find("/", 7)
+        label = 'bridge="%s"' % name[7:i]
+        name = "bridge/" + name[i + 1:]
+    else:
+        name = _RENAMED.get(name, name)
+    if name.startswith("ubroker/"):
+        name = name[8:]
+    name = "ubroker_" + name.replace("/", "_").replace(" ", "_")
+    return (name + "_total" if counter else name), label, counter
+
+
+def metrics(figures):
+    """Prometheus' text exposition format: one sample a line, a TYPE line before a family's
+    first sample. Text figures become an info metric's labels (version) or are left out."""
+    out = bytearray()
+    typed = []
+    for name, value in figures:
+        if name == "version":
+            out.extend(('# TYPE ubroker_info gauge\nubroker_info{version="%s"} 1\n' % value).encode())
+            continue
+        if name == "uptime":  # "N seconds"
+            name, value = "uptime_seconds", int(value.split()[0])
+        if not isinstance(value, (int, float)):
+            continue  # a bridge's last_error: for status.json and the page
+        m, label, counter = metric(name)
+        if m not in typed:
+            typed.append(m)
+            out.extend(("# TYPE %s %s\n" % (m, "counter" if counter else "gauge")).encode())
+        out.extend(("%s{%s} %s\n" % (m, label, value) if label else "%s %s\n" % (m, value)).encode())
+    return out

@@ -1,0 +1,179 @@
+"""firmware/ubroker/web.py's answer(server, path), run in the MicroPython unix port against a
+stand-in server whose $SYS figures are fixed: what each path is answered with, and that
+/status.json is JSON and /metrics Prometheus' text exposition format carrying the same
+figures. The answers go through a real listener in tests/protocol/test_web_http.py."""
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from conftest import ROOT
+
+MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
+FIRMWARE = os.path.join(ROOT, "firmware")
+PAGE = os.path.join(FIRMWARE, "ubroker_web", "status.html.gz")
+
+# The names sysinfo.SysInfo.figures gives, a bridge's and a limit's among them, and values
+# that need escaping in JSON.
+FIGURES = [
+    ("version", "ubroker 0.1"),
+    ("uptime", "42 seconds"),
+    ("clients/connected", 3),
+    ("clients/disconnected", 1),
+    ("clients/maximum", 5),
+    ("messages/received", 120),
+    ("messages/sent", 80),
+    ("publish/messages/received", 100),
+    ("publish/messages/sent", 60),
+    ("publish/messages/dropped", 0),
+    ("bytes/received", 4096),
+    ("bytes/sent", 2048),
+    ("subscriptions/count", 7),
+    ("retained messages/count", 2),
+    ("store/messages/count", 0),
+    ("ubroker/heap/free", 30000),
+    ("ubroker/heap/used", 70000),
+    ("ubroker/store/bytes", 1234),
+    ("ubroker/store/compactions", 1),
+    ("bridge/cloud/connected", 0),
+    ("bridge/cloud/queued", 4),
+    ("bridge/cloud/sent", 9),
+    ("bridge/cloud/last_error", 'refused "5"\nthen\\gone'),
+    ("ubroker/limits/max_connections", 2),
+    ("ubroker/limits/packet_too_large", 1),
+]
+
+SCRIPT = """
+from ubroker import web
+class Sys:
+    def figures(self):
+        for kv in FIGURES:
+            yield kv
+class Server:
+    sys = Sys()
+    sensors = SENSORS
+    cfg = CFG
+for path in PATHS:
+    head, body, f = web.answer(Server(), path)
+    print(repr((head, None if body is None else bytes(body), f)))
+"""
+
+
+def answers(paths, sensors=None, cfg=None, path=FIRMWARE):
+    """[(head, body, file)] from the unix port, one per path."""
+    script = ("FIGURES = %r\nSENSORS = %r\nCFG = %r\nPATHS = %r\n" % (FIGURES, sensors, cfg or {}, paths)) + SCRIPT
+    env = dict(os.environ, MICROPYPATH=path)
+    r = subprocess.run([MICROPYTHON, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [ast.literal_eval(line) for line in r.stdout.splitlines()]
+
+
+def head_fields(head):
+    lines = head.decode().split("\r\n")
+    assert head.endswith(b"\r\n\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:] if line)
+    return lines[0], fields
+
+
+def test_the_page_is_the_compressed_file_streamed_after_the_head():
+    (head, body, f), = answers(["/"])
+    status, fields = head_fields(head)
+    assert status == "HTTP/1.1 200 OK"
+    assert body is None and os.path.samefile(f, PAGE)
+    assert fields["Content-Encoding"] == "gzip"
+    assert fields["Content-Type"].startswith("text/html")
+    assert int(fields["Content-Length"]) == os.path.getsize(PAGE)
+    assert fields["Connection"] == "close" and fields["Cache-Control"] == "no-cache"
+    assert "Set-Cookie" not in fields  # no sensors: the page subscribes to $SYS only
+
+
+def test_the_page_learns_the_sensors_prefix_from_a_cookie():
+    (a, _, _), (b, _, _) = answers(["/"], sensors=1, cfg={"sensor_prefix": "home/gw1/sensor"}) + \
+        answers(["/"], sensors=1, cfg={"board": "esp32"})
+    assert head_fields(a)[1]["Set-Cookie"].startswith("sensors=home/gw1/sensor;")
+    # sensor_setup.entries' default
+    assert head_fields(b)[1]["Set-Cookie"].startswith("sensors=ubroker/esp32/sensor;")
+
+
+def test_status_json_holds_every_figure():
+    (head, body, f), = answers(["/status.json"])
+    status, fields = head_fields(head)
+    assert status == "HTTP/1.1 200 OK" and f is None
+    assert fields["Content-Type"] == "application/json"
+    assert int(fields["Content-Length"]) == len(body)
+    assert json.loads(body) == dict(FIGURES)
+
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"\})? (-?[0-9.]+)$')
+
+
+def parse_metrics(text):
+    """{(name, labels): value}, checking the text format: a sample per line, one TYPE line
+    per family before its first sample, counters named *_total."""
+    types, samples = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert name not in types, "second TYPE line for " + name
+            assert kind in ("counter", "gauge")
+            assert kind != "counter" or name.endswith("_total"), name
+            types[name] = kind
+            continue
+        m = SAMPLE.match(line)
+        assert m, "not a sample line: %r" % line
+        assert m.group(1) in types, "sample before its TYPE line: " + line
+        samples[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return types, samples
+
+
+def test_metrics_are_prometheus_text_with_the_same_figures():
+    (head, body, f), = answers(["/metrics"])
+    status, fields = head_fields(head)
+    assert status == "HTTP/1.1 200 OK" and f is None
+    assert fields["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert int(fields["Content-Length"]) == len(body)
+    types, samples = parse_metrics(body.decode())
+    assert samples[("ubroker_messages_received_total", "")] == 120
+    assert types["ubroker_messages_received_total"] == "counter"
+    assert samples[("ubroker_publish_messages_received_total", "")] == 100
+    assert samples[("ubroker_received_bytes_total", "")] == 4096
+    assert samples[("ubroker_clients_connected", "")] == 3
+    assert types["ubroker_clients_connected"] == "gauge"
+    assert samples[("ubroker_heap_free_bytes", "")] == 30000
+    assert samples[("ubroker_retained_messages", "")] == 2
+    assert samples[("ubroker_uptime_seconds", "")] == 42
+    assert samples[("ubroker_info", '{version="ubroker 0.1"}')] == 1
+    assert samples[("ubroker_bridge_queued", '{bridge="cloud"}')] == 4
+    assert samples[("ubroker_bridge_sent_total", '{bridge="cloud"}')] == 9
+    assert samples[("ubroker_limits_hit_total", '{limit="max_connections"}')] == 2
+    assert samples[("ubroker_limits_hit_total", '{limit="packet_too_large"}')] == 1
+    # every numeric figure is there once; the text ones (last_error) are not
+    numeric = [n for n, v in FIGURES if isinstance(v, int)]
+    assert len(samples) == len(numeric) + 2  # + uptime and the info metric
+
+
+def test_anything_else_is_404():
+    got = answers(["/index.html", "/status.json/", "/metrics/x", "/../ubroker_web/status.html.gz", ""])
+    for head, body, f in got:
+        status, fields = head_fields(head)
+        assert status == "HTTP/1.1 404 Not Found"
+        assert f is None and int(fields["Content-Length"]) == len(body)
+
+
+def test_a_query_string_is_ignored():
+    (a, _, fa), (b, body, _) = answers(["/?x=1", "/metrics?name[]=x"])
+    assert head_fields(a)[0].endswith("200 OK") and fa is not None
+    assert head_fields(b)[0].endswith("200 OK") and b"ubroker_messages_received_total 120" in body
+
+
+def test_a_board_without_the_page_says_so_in_a_404(tmp_path):
+    """The package alone on sys.path, without ubroker_web/ beside it."""
+    shutil.copytree(os.path.join(FIRMWARE, "ubroker"), tmp_path / "ubroker")
+    (head, body, f), = answers(["/"], path=str(tmp_path))
+    assert head_fields(head)[0] == "HTTP/1.1 404 Not Found" and f is None
+    assert b"ubroker_web/status.html.gz" in body
+
