@@ -1,8 +1,9 @@
 """The $SYS report: every sys_interval seconds the broker's figures are published under
 Mosquitto's names ($SYS/broker/clients/connected, ...), and ubroker's own (heap, limit
-counters) under $SYS/broker/ubroker/. A new $SYS subscriber gets the current values at once,
-with RETAIN set, as if they were retained; they are computed then rather than kept (a small
-board's heap has better uses)."""
+counters, clients by protocol version, which Mosquitto does not report) under
+$SYS/broker/ubroker/. A new $SYS subscriber gets the current values at once, with RETAIN
+set, as if they were retained; they are computed then rather than kept (a small board's
+heap has better uses)."""
 
 import gc
 import time
@@ -30,6 +31,10 @@ class SysInfo:
         yield "clients/disconnected", offline if offline > 0 else 0
         yield "clients/total", len(b.sessions)
         yield "clients/maximum", st.max_connected
+        v5, v31, v311 = self.protocols()
+        yield "ubroker/clients/protocol/v5", v5
+        yield "ubroker/clients/protocol/v311", v311
+        yield "ubroker/clients/protocol/v31", v31
         yield "messages/received", st.total("msgs_in")
         yield "messages/sent", st.total("msgs_out") + st.total("pub_out")
         yield "publish/messages/received", st.total("pub_in")
@@ -60,6 +65,23 @@ class SysInfo:
             yield from br.figures()
         for name in st.limits:
             yield "ubroker/limits/" + name, st.limits[name]
+
+    def protocols(self):
+        """Connected clients by protocol version, (v5, v3.1, v3.1.1), counted from the
+        connections when the report is made: nothing is counted per packet or per CONNECT.
+        A connection with a session is connected (the bridge's own link too, at the level it
+        speaks). 3.1 is known by Conn.v31 where protocol.py sets it; without it, 3.1 clients
+        count as 3.1.1."""
+        v5 = v31 = n = 0
+        for c in self.server.conns.values():
+            if c.sess is None:
+                continue
+            n += 1
+            if c.v5 is not None:
+                v5 += 1
+            elif getattr(c, "v31", False):
+                v31 += 1
+        return v5, v31, n - v5 - v31
 
     def tick(self, now):
         if self.interval <= 0 or time.ticks_diff(now, self.due) < 0:

@@ -75,6 +75,8 @@ def render(fig, where):
         "%s at %s   uptime %s" % (g("version", "broker"), where, g("uptime")),
         "clients        connected %s   disconnected %s   maximum %s   total %s"
         % (g("clients/connected"), g("clients/disconnected"), g("clients/maximum"), g("clients/total")),
+        "protocols      MQTT 5 %s   3.1.1 %s   3.1 %s"
+        % (g("ubroker/clients/protocol/v5"), g("ubroker/clients/protocol/v311"), g("ubroker/clients/protocol/v31")),
         "messages       received %s (%s)   sent %s (%s)   dropped %s"
         % (g("publish/messages/received"), rate("publish/messages/received"), g("publish/messages/sent"),
            rate("publish/messages/sent"), g("publish/messages/dropped")),
