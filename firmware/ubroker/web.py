@@ -103,21 +103,13 @@ def status_json(figures):
 
 # Figures that only grow: Prometheus counters, whose names end in _total.
 _GROWING = ("/received", "/sent", "/dropped", "/commits", "/bytes_written", "/compactions", "/torn")
-# Names that read better (unit last, no "count") in Prometheus' conventions.
-_RENAMED = {
-    "bytes/received": "received_bytes",
-    "bytes/sent": "sent_bytes",
-    "retained messages/count": "retained_messages",
-    "subscriptions/count": "subscriptions",
-    "store/messages/count": "queued_messages",
-    "store/messages/bytes": "queued_bytes",
-    "ubroker/heap/free": "heap_free_bytes",
-    "ubroker/heap/used": "heap_used_bytes",
-    "ubroker/retained/bytes": "retained_bytes",
-    "ubroker/store/bytes": "store_used_bytes",
-    "ubroker/store/budget": "store_budget_bytes",
-    "ubroker/store/bytes_written": "store_written_bytes",
-}
+# Names that read better (unit last, no "count") in Prometheus' conventions: one string
+# rather than a dict, whose 24 interned names cost 1.9 kB of heap more (64-bit unix port).
+_RENAMED = (";bytes/received=received_bytes;bytes/sent=sent_bytes;retained messages/count=retained_messages"
+            ";subscriptions/count=subscriptions;store/messages/count=queued_messages"
+            ";store/messages/bytes=queued_bytes;ubroker/heap/free=heap_free_bytes;ubroker/heap/used=heap_used_bytes"
+            ";ubroker/retained/bytes=retained_bytes;ubroker/store/bytes=store_used_bytes"
+            ";ubroker/store/budget=store_budget_bytes;ubroker/store/bytes_written=store_written_bytes;")
 
 
 def metric(name):
@@ -135,7 +127,10 @@ def metric(name):
         label = 'bridge="%s"' % name[7:i]
         name = "bridge/" + name[i + 1:]
     else:
-        name = _RENAMED.get(name, name)
+        i = _RENAMED.find(";" + name + "=")
+        if i >= 0:
+            i += len(name) + 2
+            name = _RENAMED[i:_RENAMED.find(";", i)]
     if name.startswith("ubroker/"):
         name = name[8:]
     name = "ubroker_" + name.replace("/", "_").replace(" ", "_")
