@@ -105,7 +105,7 @@ def status_json(figures):
 _GROWING = ("/received", "/sent", "/dropped", "/commits", "/bytes_written", "/compactions", "/torn")
 # Names that read better (unit last, no "count") in Prometheus' conventions: one string
 # rather than a dict, whose 24 interned names cost 1.9 kB of heap more (64-bit unix port).
-_RENAMED = (";bytes/received=received_bytes;bytes/sent=sent_bytes;retained messages/count=retained_messages"
+_RENAMED = (";clients/total=sessions;bytes/received=received_bytes;bytes/sent=sent_bytes;retained messages/count=retained_messages"
             ";subscriptions/count=subscriptions;store/messages/count=queued_messages"
             ";store/messages/bytes=queued_bytes;ubroker/heap/free=heap_free_bytes;ubroker/heap/used=heap_used_bytes"
             ";ubroker/retained/bytes=retained_bytes;ubroker/store/bytes=store_used_bytes"
@@ -122,6 +122,9 @@ def metric(name):
     if name.startswith("ubroker/limits/"):
         label = 'limit="%s"' % name[15:]
         name, counter = "limits_hit", True
+    elif name.startswith("ubroker/clients/protocol/"):
+        label = 'protocol="%s"' % name[25:]
+        name = "clients_connected_by_protocol"
     elif name.startswith("bridge/"):
         i = name.find("/", 7)
         label = 'bridge="%s"' % name[7:i]

@@ -1,5 +1,5 @@
 """The status page in a real browser: Debian's chromium, driven by selenium through
-chromium-driver (both installed by the Makefile's browser-deps step), against a real broker
+chromium-driver (both installed by the Makefile's web-deps step), against a real broker
 in the MicroPython unix port. The page's own MQTT client reads $SYS over a WebSocket: the
 page loads, its message counter grows while a publisher sends, and with users configured it
 asks for a user name and password and shows the figures once signed in.
@@ -25,7 +25,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 @pytest.fixture
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
-        why = "chromium and chromium-driver are not installed (make browser-deps installs them)"
+        why = "chromium and chromium-driver are not installed (`make web-deps` installs them)"
         if os.environ.get("CI"):
             pytest.fail(why)  # CI's machine installs them: a missing browser there is a fault
         pytest.skip(why)
@@ -111,7 +111,7 @@ def test_the_page_shows_the_figures_and_the_counter_grows(broker_factory, browse
         time.sleep(20 if os.environ.get("UBROKER_SCREENSHOT") else 3)
         assert int(text(browser, "heap-used").split()[0].replace(",", "")) > 0
         clients = text(browser, "clients")
-        assert "connected" in clients
+        assert "connected" in clients and "MQTT 3.1.1" in clients  # ubroker/clients/protocol/v311
         path = shot(browser, tmp_path, "status-page.png")
         if os.environ.get("UBROKER_SCREENSHOT"):
             shutil.copyfile(path, os.environ["UBROKER_SCREENSHOT"])

@@ -25,6 +25,9 @@ FIGURES = [
     ("clients/connected", 3),
     ("clients/disconnected", 1),
     ("clients/maximum", 5),
+    ("clients/total", 4),
+    ("ubroker/clients/protocol/v5", 1),
+    ("ubroker/clients/protocol/v311", 2),
     ("messages/received", 120),
     ("messages/sent", 80),
     ("publish/messages/received", 100),
@@ -120,7 +123,7 @@ def parse_metrics(text):
             _, _, name, kind = line.split(" ")
             assert name not in types, "second TYPE line for " + name
             assert kind in ("counter", "gauge")
-            assert kind != "counter" or name.endswith("_total"), name
+            assert (kind == "counter") == name.endswith("_total"), name
             types[name] = kind
             continue
         m = SAMPLE.match(line)
@@ -144,6 +147,7 @@ def test_metrics_are_prometheus_text_with_the_same_figures():
     assert samples[("ubroker_clients_connected", "")] == 3
     assert types["ubroker_clients_connected"] == "gauge"
     assert samples[("ubroker_heap_free_bytes", "")] == 30000
+    assert samples[("ubroker_sessions", "")] == 4  # a gauge: not named _total
     assert samples[("ubroker_retained_messages", "")] == 2
     assert samples[("ubroker_uptime_seconds", "")] == 42
     assert samples[("ubroker_info", '{version="ubroker 0.1"}')] == 1
@@ -151,6 +155,8 @@ def test_metrics_are_prometheus_text_with_the_same_figures():
     assert samples[("ubroker_bridge_sent_total", '{bridge="cloud"}')] == 9
     assert samples[("ubroker_limits_hit_total", '{limit="max_connections"}')] == 2
     assert samples[("ubroker_limits_hit_total", '{limit="packet_too_large"}')] == 1
+    assert samples[("ubroker_clients_connected_by_protocol", '{protocol="v5"}')] == 1
+    assert samples[("ubroker_clients_connected_by_protocol", '{protocol="v311"}')] == 2
     # every numeric figure is there once; the text ones (last_error) are not
     numeric = [n for n, v in FIGURES if isinstance(v, int)]
     assert len(samples) == len(numeric) + 2  # + uptime and the info metric
