@@ -12,7 +12,11 @@ growing, jittered delay.
 
 No loops: a message that came from upstream is routed locally with this session as its
 origin, which routing skips, and the CONNECT says "bridge" (protocol level 0x84, Mosquitto's
-try_private) so the upstream does not echo our own messages back."""
+try_private) so the upstream does not echo our own messages back.
+
+With `bridge_protocol_version mqttv50` the link speaks MQTT 5 (bridge_v5.py, loaded with the
+v5 modules only then): the session's subscriptions carry the v5 mark, so what goes up keeps
+its properties, and what comes down is parsed there."""
 
 import random
 import socket
@@ -38,6 +42,12 @@ def start_all(server):
     """Each configured bridge takes its local session and starts connecting; the session of
     a bridge no longer configured is dropped with what it held (it goes nowhere now)."""
     server.bridges = bridges = [Bridge(server, bc) for bc in server.cfg["connection"]]
+    for br in bridges:
+        if br.v5:
+            from .bridge_v5 import install
+
+            install(server)
+            break
     names = [br.cid for br in bridges]
     b = server.broker
     for cid in list(b.sessions):
@@ -62,6 +72,7 @@ class Bridge:
         self.keepalive = bc["keepalive_interval"]
         self.clean = bc["cleansession"]
         self.private = bc["try_private"]
+        self.v5 = bc.get("bridge_protocol_version") == "mqttv50"
         self.base, self.cap = bc["restart_timeout"]
         self.cafile = bc.get("bridge_cafile")
         self.insecure = bc["bridge_insecure"]
@@ -78,6 +89,12 @@ class Bridge:
                 self.up.append(((local + pattern).encode().split(b"/"), local.encode(), remote.encode()))
             if direction != "out":
                 self.down.append(((remote + pattern).encode().split(b"/"), remote.encode(), local.encode()))
+        # v5: the `in` patterns as the upstream has them, each subscribed with its own
+        # Subscription Identifier (its place among the topic lines, from 1): (levels, QoS, id)
+        self.ins = None
+        if self.v5:
+            self.ins = [((remote + pattern).encode().split(b"/"), qos, i + 1)
+                        for i, (pattern, direction, qos, _local, remote) in enumerate(self.topics) if direction != "out"]
         self.sess = None
         self.conn = None
         self.connected = False
@@ -101,6 +118,7 @@ class Bridge:
         self.sess = s
         s.fwd = self
         s.qmax = b.cfg["bridge_max_queued_messages"]
+        mark = 4 if self.v5 else 0  # the v5 mark (v5_protocol.py): routed with properties
         want = {}
         for pattern, direction, qos, local, _remote in self.topics:
             if direction != "in":
@@ -115,10 +133,11 @@ class Bridge:
                 if p is not None:
                     p.unsubscribed(s, flt)
         for flt in want:
-            if not s.has_filter(flt) or b.index.qos_of(flt, s) != want[flt]:
+            had = b.index.qos_of(flt, s) if s.has_filter(flt) else -1
+            if had != want[flt] | mark:
                 s.add_filter(flt)
-                b.index.add(flt, s, want[flt])
-                if p is not None:
+                b.index.add(flt, s, want[flt] | mark)
+                if p is not None and had & 3 != want[flt]:  # the store keeps the QoS, not the mark
                     p.subscribed(s, flt, want[flt])
         self.due = now
 
@@ -132,6 +151,17 @@ class Bridge:
             if match_levels(levels, topic):
                 return to + topic[len(frm):]
         return topic
+
+    def pick(self, topic):
+        """v5: the Subscription Identifier of the one `in` subscription whose copy of a
+        message on this (upstream) topic is taken: the highest QoS, then the first line."""
+        best = 0
+        bq = -1
+        for levels, qos, sid in self.ins:
+            if qos > bq and match_levels(levels, topic):
+                best = sid
+                bq = qos
+        return best
 
     def local_topic(self, topic):
         self.received += 1
@@ -174,6 +204,8 @@ class Bridge:
                 s = self.wrap(s)
             c = Conn(s, now)
             c.bridge = self  # type: ignore[assignment]  # the class default is None
+            if self.v5:
+                self.b.v5.link_open(c)  # type: ignore[attr-defined]
             c.out = self.connect_packet()
             c.mask = _IN_OUT
             sv.poll.register(s, _IN_OUT)
@@ -215,16 +247,28 @@ class Bridge:
             if self.password is not None:
                 flags |= 0x40
         body = bytearray(b"\x00\x04MQTT")
-        body.append(0x84 if self.private else 4)
+        body.append(5 if self.v5 else 0x84 if self.private else 4)
         body.append(flags)
         body.append(self.keepalive >> 8)
         body.append(self.keepalive & 0xFF)
+        if self.v5:
+            body += self.b.v5.link_props(self)  # type: ignore[attr-defined]
         _str(body, self.client_id)
         if self.user is not None:
             _str(body, self.user)
             if self.password is not None:
                 _str(body, self.password)
-        out = bytearray(b"\x10")
+        return self.packet(0x10, body)
+
+    def subscribe(self, c, sid, flt, opts):
+        body = bytearray((sid >> 8, sid & 0xFF, 2 if sid < 128 else 3, 0x0B))  # packet id, properties
+        put_length(body, sid)  # the Subscription Identifier, a variable byte integer
+        _str(body, flt)
+        body.append(opts)
+        self.b.send(c, self.packet(0x82, body))
+
+    def packet(self, b0, body):
+        out = bytearray((b0,))
         put_length(out, len(body))
         out.extend(body)
         return out
@@ -260,7 +304,8 @@ class Bridge:
     # ------------------------------------------------------------------ packets
 
     def handle(self, c, ptype, buf, pos, end):
-        """The packets only a server sends: CONNACK, SUBACK, UNSUBACK, PINGRESP."""
+        """The packets only a server sends: CONNACK, SUBACK, UNSUBACK, PINGRESP (a 3.1.1 link;
+        bridge_v5.py has a v5 link's)."""
         from .codec import Malformed
 
         if ptype == CONNACK:
@@ -304,18 +349,24 @@ class Bridge:
             st.max_connected = st.connected
         self.log("bridge %s: connected to %s:%d%s" % (self.name, self.host, self.port,
                                                      " (session present)" if present else ""))
-        body = bytearray(b"\x00\x01")
-        n = 0
-        for pattern, direction, qos, _local, remote in self.topics:
-            if direction != "out":
-                _str(body, remote + pattern)
-                body.append(qos)
-                n += 1
-        if n:
-            out = bytearray(b"\x82")
-            put_length(out, len(body))
-            out.extend(body)
-            b.send(c, out)
+        if self.v5:
+            # One SUBSCRIBE per `in` line, with its Subscription Identifier (pick()), No Local
+            # and Retain As Published (bridge_v5.py says why)
+            i = 0
+            for pattern, direction, qos, _local, remote in self.topics:
+                i += 1
+                if direction != "out":
+                    self.subscribe(c, i, remote + pattern, qos | 0x0C)
+        else:
+            body = bytearray(b"\x00\x01")
+            n = 0
+            for pattern, direction, qos, _local, remote in self.topics:
+                if direction != "out":
+                    _str(body, remote + pattern)
+                    body.append(qos)
+                    n += 1
+            if n:
+                self.b.send(c, self.packet(0x82, body))
         # resend() writes again, with DUP, every PUBLISH still awaiting its PUBACK/PUBREC: each
         # went up before the link broke and was counted then, so it is not counted twice.
         again = 0
