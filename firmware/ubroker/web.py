@@ -36,7 +36,10 @@ def _head(status, ctype, length, extra=""):
 
 
 def answer(server, path):
-    """(head, body or None, file to stream after head or None) for a GET of path."""
+    """(head, body or None, file to stream after head or None) for a GET of path (str or
+    bytes, as the request line has it)."""
+    if not isinstance(path, str):
+        path = bytes(path).decode()
     q = path.find("?")
     if q >= 0:
         path = path[:q]
@@ -65,6 +68,9 @@ def _sensor_cookie(server):
         return ""
     cfg = server.cfg
     prefix = cfg.get("sensor_prefix") or "ubroker/%s/sensor" % (cfg.get("hostname") or cfg.get("board") or "unix")
+    # a cookie value holds no space, comma or semicolon: those are %-escaped for the page's
+    # decodeURIComponent
+    prefix = prefix.replace("%", "%25").replace(" ", "%20").replace(",", "%2C").replace(";", "%3B")
     return "Set-Cookie: sensors=%s; Path=/; SameSite=Strict\r\n" % prefix
 
 

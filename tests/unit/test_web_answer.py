@@ -95,11 +95,13 @@ def test_the_page_is_the_compressed_file_streamed_after_the_head():
 
 
 def test_the_page_learns_the_sensors_prefix_from_a_cookie():
-    (a, _, _), (b, _, _) = answers(["/"], sensors=1, cfg={"sensor_prefix": "home/gw1/sensor"}) + \
-        answers(["/"], sensors=1, cfg={"board": "esp32"})
+    (a, _, _), (b, _, _), (c, _, _) = answers(["/"], sensors=1, cfg={"sensor_prefix": "home/gw1/sensor"}) + \
+        answers(["/"], sensors=1, cfg={"board": "esp32"}) + answers([b"/"], sensors=1, cfg={"sensor_prefix": "a b;c,d%"})
     assert head_fields(a)[1]["Set-Cookie"].startswith("sensors=home/gw1/sensor;")
     # sensor_setup.entries' default
     assert head_fields(b)[1]["Set-Cookie"].startswith("sensors=ubroker/esp32/sensor;")
+    # a path as bytes; what a cookie value cannot hold, %-escaped
+    assert head_fields(c)[1]["Set-Cookie"].startswith("sensors=a%20b%3Bc%2Cd%25;")
 
 
 def test_status_json_holds_every_figure():
