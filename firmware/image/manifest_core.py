@@ -12,7 +12,7 @@ import os
 
 options.defaults(opt=0)  # mpy-cross -O level: the board manifest passes its profile's opt_level
 
-FEATURE_PREFIXES = ("store_", "sec_", "bridge", "sensor", "v5_")  # manifest_{store,security,bridge,sensors,v5}.py
+FEATURE_PREFIXES = ("store_", "sec_", "bridge", "sensor", "v5_", "ws_", "web")  # the PREFIX of each other manifest
 CORE = sorted(f for f in os.listdir("../ubroker") if f.endswith(".py") and not f.startswith(FEATURE_PREFIXES))
 
 package("ubroker", files=CORE, base_path="..", opt=options.opt)

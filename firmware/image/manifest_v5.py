@@ -7,6 +7,7 @@ import os
 
 options.defaults(opt=0)  # mpy-cross -O level: the board manifest passes its profile's opt_level
 
-FILES = sorted(f for f in os.listdir("../ubroker") if f.startswith("v5_") and f.endswith(".py"))
+PREFIX = "v5_"
+FILES = sorted(f for f in os.listdir("../ubroker") if f.startswith(PREFIX) and f.endswith(".py"))
 
 package("ubroker", files=FILES, base_path="..", opt=options.opt)

@@ -37,7 +37,7 @@ import functools
 import json
 import os
 
-from . import paths, profiles
+from . import firmware, paths, profiles
 
 FIGURES = os.path.join(paths.ROOT, "tools", "heap32", "figures.json")
 BOOT = 6656
@@ -89,15 +89,24 @@ def tables_bytes(cfg, bits):
 def code_and_server(cfg, bits, store=None):
     """The broker's part of the heap at start without its start tables, measured for cfg's
     board (store: as cfg runs); for a board figures.json does not have yet, the most any
-    board took."""
+    board took. A board running ubroker's firmware image (firmware.STOCK) holds its stock
+    board's part less what freezing frees at start, measured on 32 bits
+    (firmware.frozen_saving); on 64 bits, where no image runs, that saving scaled as the
+    stock part is, so the 32/64 ratio sensors() scales by stays the stock board's."""
     fig = figures()["boards"]
     store = store or _store(cfg)
 
-    def part(board):
+    def part(board, bits=bits):
         own = _resolved(profiles.load_board(board))
         return fig[board][str(bits)][store]["start_broker"] - tables_bytes(own, bits)
 
     board = cfg.get("board")
+    stock = firmware.STOCK.get(board)
+    if stock in fig:
+        saving = firmware.frozen_saving(cfg, store == "store_on")
+        if bits != 32:
+            saving = saving * part(stock) // part(stock, 32)
+        return part(stock) - saving
     if board in fig:
         return part(board)
     return max(part(b) for b in fig)

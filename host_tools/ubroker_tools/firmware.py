@@ -50,6 +50,9 @@ IMAGES = {
     "rp2-pico-w-image": ("rp2", "UBROKER_RPI_PICO_W"),
     "esp32-image": ("esp32", "UBROKER_ESP32"),
 }
+# image board profile -> the stock board profile of the same hardware, whose measured heap
+# (tools/heap32/figures.json) the image's is priced from
+STOCK = {"rp2-pico-w-image": "rp2-pico-w", "esp32-image": "esp32"}
 
 # Per port: the submodules its build reads (a file each must have), and what it outputs.
 SUBMODULES = {
@@ -100,10 +103,10 @@ class _Options:
         return self._kwargs.get(name, self._defaults.get(name))
 
 
-def group_files(group):
-    """What manifest_GROUP.py freezes, as the paths the board imports them by
-    ("ubroker/codec.py", "main.py"). The manifest runs in its own folder, as MicroPython's
-    makemanifest.py runs it."""
+def _run_manifest(group):
+    """manifest_GROUP.py run with a stand-in for MicroPython's manifest API, in its own folder
+    as makemanifest.py runs it: (the board paths it freezes, "ubroker/codec.py" or "main.py";
+    its globals)."""
     path = os.path.join(IMAGE_DIR, "manifest_%s.py" % group)
     out = []
 
@@ -123,7 +126,18 @@ def group_files(group):
             exec(compile(f.read(), path, "exec"), api)
     finally:
         os.chdir(here)
-    return out
+    return out, api
+
+
+def group_files(group):
+    """What manifest_GROUP.py freezes, as the paths the board imports them by."""
+    return _run_manifest(group)[0]
+
+
+def group_prefix(group):
+    """The prefix of the module names a feature group claims (its manifest's PREFIX); None
+    for the core, which takes every module no other group claims."""
+    return _run_manifest(group)[1].get("PREFIX")
 
 
 def parse_groups(text, where):
@@ -182,13 +196,15 @@ def heap_figures():
         return json.load(f)
 
 
-def frozen_saving(cfg):
+def frozen_saving(cfg, store_on=None):
     """Heap (bytes, 32-bit) a board's broker does not hold at start because its image freezes
-    the modules it has loaded by then: the core's, and the store's when the store is on
-    (measured per module in the qemu port, firmware/image/frozen_heap.json). The other
-    groups load only when configured. 0 for a stock board."""
+    the modules it has loaded by then: the core's, and the store's when the store is on (as
+    cfg runs it, unless store_on says) (measured per module in the qemu port,
+    firmware/image/frozen_heap.json). The other groups load only when configured. 0 for a
+    stock board."""
     group_names = frozen_groups(cfg)
-    store_on = cfg.get("flash_store") or (cfg.get("persistence") and cfg.get("persistence_location"))
+    if store_on is None:
+        store_on = cfg.get("flash_store") or (cfg.get("persistence") and cfg.get("persistence_location"))
     loaded = [g for g in group_names if g == "core" or g == "store" and store_on]
     mods = heap_figures()["modules"]
     return sum(mods[p]["mpy"] - mods[p]["frozen"] for p in frozen_files(loaded)

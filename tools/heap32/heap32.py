@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "host_tools"))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from ubroker_tools import build, paths, profiles  # noqa: E402
+from ubroker_tools import build, firmware, paths, profiles  # noqa: E402
 
 FIGURES = os.path.join(HERE, "figures.json")
 PORT = os.path.join(HERE, "node_modules", "@micropython", "micropython-webassembly-pyscript", "micropython.mjs")
@@ -35,8 +35,25 @@ FIRST = "esp32"  # the smallest board: the one the test suite runs the broker as
 
 
 def boards():
-    names = paths.known_boards()
+    """The stock board profiles, FIRST first: the ones figures.json holds. A board running
+    ubroker's firmware image is left out: this port loads the broker from .mpy files and
+    cannot freeze it (image_boards)."""
+    names = [b for b in paths.known_boards() if not firmware.frozen_groups(profiles.load_board(b))]
     return [FIRST] + [b for b in names if b != FIRST]
+
+
+def image_boards():
+    """The profiles of boards running ubroker's firmware image (a `frozen` line)."""
+    return [b for b in paths.known_boards() if firmware.frozen_groups(profiles.load_board(b))]
+
+
+def image_heap(board, store_on):
+    """The heap in which an image board's clients are fitted here, from .mpy files: its
+    heap_budget and what freezing frees at start (firmware.frozen_saving, measured on 32
+    bits in the qemu port), which the .mpy files take instead."""
+    prof = profiles.load_board(board)
+    cfg = profiles.fwconfig().resolve(prof)
+    return prof["heap_budget"] + firmware.frozen_saving(cfg, store_on)
 
 
 def measure_heap_args():
