@@ -16,7 +16,7 @@ an image whose firmware raised the limits) has nothing to check here."""
 
 import os
 
-from . import paths
+from . import firmware, paths
 
 # limit -> (its name in a message, the parts of a config it counts)
 LIMITS = {
@@ -81,10 +81,12 @@ def _count(part, n):
 
 
 def image_board(board):
-    """The profile of the ubroker firmware image for board (boards/BOARD-image.conf), if
+    """The profile of the ubroker firmware image for board's hardware (firmware.STOCK), if
     there is one."""
-    name = board + "-image"
-    return name if os.path.exists(paths.board_file(name)) else None
+    for image, stock in firmware.STOCK.items():
+        if stock == board and os.path.exists(paths.board_file(image)):
+            return image
+    return None
 
 
 def problem(board, profile, cfg):

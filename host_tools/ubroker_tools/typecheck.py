@@ -18,6 +18,10 @@ BOARD_STUBS = {
     "esp32s3": ("micropython-esp32-esp32-generic-s3-stubs==1.29.0.post1", "esp32"),
     "rp2-pico-w": ("micropython-rp2-rpi-pico-w-stubs==1.29.0.post1", "rp2"),
     "rp2-pico2-w": ("micropython-rp2-rpi-pico2-w-stubs==1.29.0.post1", "rp2"),
+    # ubroker's firmware images: the stock boards' MicroPython less Bluetooth, which the
+    # broker does not use, so their stubs are the stock boards'
+    "esp32-image": ("micropython-esp32-stubs==1.29.0.post1", "esp32"),
+    "rp2-pico-w-image": ("micropython-rp2-rpi-pico-w-stubs==1.29.0.post1", "rp2"),
 }
 CONFIG = os.path.join(paths.ROOT, "tests", "support", "mypy_firmware.ini")
 STUB_HOME = os.path.join(os.path.dirname(os.path.dirname(sys.executable)), "mpy-stubs")

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import free_port, wait_for
-from ubroker_tools import build, paths, profiles
+from ubroker_tools import build, firmware, paths, profiles
 
 UBROKER = os.path.join(os.path.dirname(sys.executable), "ubroker")
 # docs/platform.md §5: the third header byte of a native .mpy per -march.
@@ -35,7 +35,12 @@ def test_board_builds(board, tmp_path):
     names = {os.path.relpath(p, out) for p in mpys}
     pkg = os.path.join(paths.FIRMWARE, "ubroker")
     srcs = {"ubroker/" + f[:-3] + ".mpy" for f in os.listdir(pkg) if f.endswith(".py")}
-    assert names == srcs | {"ubmain.mpy"}
+    frozen = firmware.frozen_groups(prof)
+    if frozen:  # an image board: only what its image leaves out, in lib/ubroker/, and no entry
+        assert names == {"%s/%s.mpy" % (firmware.FS_FOLDER, p.split("/")[1][:-3]) for p in firmware.left_out(frozen)}
+        assert "the rest is frozen in the board's firmware image: %s" % ", ".join(frozen) in r.stdout
+    else:
+        assert names == srcs | {"ubmain.mpy"}
     for p in mpys:
         with open(p, "rb") as f:
             head = f.read(4)

@@ -66,7 +66,8 @@ def test_check_names_sockets_and_firmware_and_the_fix(tmp_path):
     r = ub("config", "--board", "esp32", "--check", str(path))
     assert r.returncode == 1, r.stdout + r.stderr
     assert ("%s:3: esp32 stock MicroPython: 10 sockets; this config needs 9 clients + 2 listeners + 1 bridge "
-            "= 12: lower max_connections to 7 or use the ubroker firmware image" % path) in r.stderr, r.stderr
+            "= 12: lower max_connections to 7 or use the ubroker firmware image (--board esp32-image)" % path) in r.stderr, \
+        r.stderr
     path.write_text(text.replace("max_connections 9", "max_connections 7"))
     r = ub("config", "--board", "esp32", "--check", str(path))
     assert r.returncode == 0 and "OK for board esp32" in r.stdout, r.stderr
@@ -75,14 +76,17 @@ def test_check_names_sockets_and_firmware_and_the_fix(tmp_path):
 def test_a_bridge_takes_a_client_s_place(tmp_path):
     """The profile's own max_connections with a bridge: one connection too many for the stack
     (a Pico W's 5 TCP connections; an ESP32's 10 sockets with the listener), reported at the
-    config, not at a line, since the user did not set max_connections."""
+    config, not at a line, since the user did not set max_connections. The way out names
+    the image board of the same hardware where there is one (boards/BOARD-image.conf)."""
     problems, path = check("rp2-pico-w", tmp_path, BRIDGE)
     assert problems == ["%s: rp2-pico-w stock MicroPython: 5 TCP connections besides the listeners; this config "
                         "needs 5 clients + 1 bridge = 6: lower max_connections to 4 or use the ubroker firmware "
-                        "image" % path], problems
+                        "image (--board rp2-pico-w-image)" % path], problems
     problems, path = check("esp32", tmp_path, BRIDGE)
     assert len(problems) == 1 and "9 clients + 1 listener + 1 bridge = 11: lower max_connections to 8" in problems[0]
     assert check("esp32", tmp_path, BRIDGE + "max_connections 8\n")[0] == []
+    problems, path = check("rp2-pico2-w", tmp_path, BRIDGE)  # no image for the Pico 2 W
+    assert len(problems) == 1 and problems[0].endswith("or use the ubroker firmware image"), problems
 
 
 def test_listeners_a_pico_w_does_not_count_against_its_clients(tmp_path):

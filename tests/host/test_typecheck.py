@@ -48,6 +48,8 @@ MUST_FAIL = {
     "esp32s3": {"uses_rp2.py", "typo.py"},
     "rp2-pico-w": {"uses_esp32.py", "typo.py"},
     "rp2-pico2-w": {"uses_esp32.py", "typo.py"},
+    "esp32-image": {"uses_rp2.py", "uses_esp32.py", "typo.py"},
+    "rp2-pico-w-image": {"uses_esp32.py", "typo.py"},
 }
 
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from ubroker_tools import budget, build, paths, profiles
+from ubroker_tools import budget, build, firmware, paths, profiles
 
 profiles.fwconfig()  # puts firmware/ on sys.path
 from ubroker import sensor_setup  # noqa: E402
@@ -106,6 +106,23 @@ def test_boards_priced_with_the_32bit_measurement():
     prof = profiles.fwconfig().resolve(profiles.load_board("esp32"))
     start = budget.code_and_server(prof, 32) + budget.tables_bytes(prof, 32)
     assert start == fig["boards"]["esp32"]["32"]["store_on"]["start_broker"]
+
+
+@pytest.mark.parametrize("image", sorted(firmware.STOCK))
+def test_an_image_board_is_priced_as_its_stock_board_less_what_freezing_frees(image):
+    """A board running ubroker's firmware image is not in figures.json (heap32 cannot freeze
+    the broker): its broker's code and server at start are its stock board's, measured, less
+    what freezing the modules loaded by then frees (firmware/image/frozen_heap.json, 32
+    bits). The same profile without its `frozen` line is priced as the stock board."""
+    fw = profiles.fwconfig()
+    cfg = fw.resolve(profiles.load_board(image))
+    stock = fw.resolve(profiles.load_board(firmware.STOCK[image]))
+    saving = firmware.frozen_saving(cfg)
+    assert saving > 0 and budget._store(cfg) == budget._store(stock)
+    assert budget.code_and_server(cfg, 32) == budget.code_and_server(stock, 32) - saving > 0
+    unfrozen = dict(cfg)
+    del unfrozen["frozen"]
+    assert budget.code_and_server(unfrozen, 32) == budget.code_and_server(stock, 32)
 
 
 def test_entry_cost_is_the_firmwares():

@@ -59,6 +59,21 @@ def test_the_profile_clients_fit_its_heap_on_32_bits(fig, board, store):
     assert r.get("fitted") == r.get("of") == heap32.board_info(board)["max_connections"], r
 
 
+@pytest.mark.parametrize("board", heap32.image_boards())
+@pytest.mark.parametrize("store", heap32.STORES, ids=[key for key, _ in heap32.STORES])
+def test_an_image_profile_clients_fit_its_heap_on_32_bits(board, store):
+    """As above for a board running ubroker's firmware image, whose broker is frozen: this
+    port loads it from .mpy files, so its heap is the profile's heap_budget and what
+    freezing frees at start (firmware/image/frozen_heap.json), which the .mpy files take
+    here instead. Not kept in figures.json, which holds stock boards only."""
+    key, folder = store
+    info = heap32.board_info(board)
+    heap = heap32.image_heap(board, bool(folder))
+    assert heap > info["heap_budget"]
+    r = heap32.run32("fit", ["boards/%s.conf" % board, folder], info["opt_level"], heap=heap, fixed=True)
+    assert r.get("fitted") == r.get("of") == info["max_connections"], (key, heap, r)
+
+
 def test_the_fit_check_fails_in_a_heap_too_small():
     """The fit check can fail: in three quarters of its heap_budget, the first board's
     profile with room in its tables for 8 times its max_connections (the network stack's
