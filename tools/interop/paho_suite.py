@@ -1,0 +1,45 @@
+"""The paho interoperability suites (eclipse/paho.mqtt.testing, interoperability/): each runs
+whole, in order, against one broker started for it, as its README runs it; the verdicts come
+from paho_driver.py, one record per test."""
+
+import json
+import os
+import subprocess
+import sys
+
+from brokers import Running
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SUITES = (("paho MQTT 5", "client_test5.py", 5), ("paho MQTT 3.1.1", "client_test.py", 4))
+TIMEOUT = 1200  # seconds for a whole suite; client_test5 takes about 140 s against a good broker
+
+
+def run_suite(folder, script, broker, workdir, board=None, only=()):
+    """Records of one suite against a fresh `broker`; a record per test plus, when the broker
+    died or logged a traceback, a last record saying so."""
+    tag = "%s-%s" % (broker, script.replace(".py", ""))
+    results = os.path.join(workdir, tag + ".json")
+    b = Running(broker, os.path.join(workdir, tag + ".broker.log"), board=board)
+    out = open(os.path.join(workdir, tag + ".out"), "w")
+    try:
+        subprocess.run([sys.executable, os.path.join(HERE, "paho_driver.py"), script, str(b.port), results]
+                       + list(only), cwd=folder, stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        out.close()
+    alive = b.alive()
+    b.close()
+    try:
+        with open(results) as f:
+            records = json.load(f)
+    except (OSError, ValueError):
+        records = [{"test": "(suite)", "verdict": "error", "doc": "",
+                    "message": "the suite gave no results: see %s.out" % tag}]
+    with open(b.logpath, errors="replace") as f:
+        log = f.read()
+    if not alive or "Traceback" in log:
+        records.append({"test": "(broker)", "verdict": "error", "doc": "",
+                        "message": ("the broker died during the suite" if not alive else
+                                    "the broker logged a traceback") + ": see " + b.logpath})
+    return records

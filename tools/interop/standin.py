@@ -1,0 +1,185 @@
+"""A stand-in for Mosquitto's test/mosq_test.py start_broker: the same arguments, but it starts
+the broker under measurement. For mosquitto, Debian's binary with the test's own config; for
+ubroker, `ubroker run` with the test's config where ubroker has the same keys. A test whose
+config or command asks for what ubroker has not (a plugin, a persistence file, per-listener
+settings ...) raises NotApplicable with the reason, and is not counted as a pass or a fail."""
+
+import atexit
+import os
+import signal
+import subprocess
+import time
+
+import brokers
+
+# Keys that change only what Mosquitto writes to its log, not what a client sees.
+LOG_ONLY = ("log_type", "log_dest", "log_timestamp", "log_timestamp_format", "connection_messages")
+# Mosquitto's file-valued keys whose files come from its build (test/broker/c/*.so).
+BUILT_FILES = ("plugin", "auth_plugin")
+
+
+class NotApplicable(BaseException):
+    """BaseException: some tests start their broker inside `except Exception` and must not
+    swallow this and carry on against no broker."""
+
+
+_started = []
+state = {"not_applicable": None, "starts": 0}
+
+
+def ubroker_keys():
+    """The config keys ubroker's own parser knows (firmware/ubroker/config.py)."""
+    from ubroker_tools import profiles
+    config = profiles.fwconfig()
+    return set(config.SCHEMA) | set(config.BRIDGE)
+
+
+def config_lines(path):
+    """[(line number, key, rest)] of a mosquitto.conf-form file, comments and blanks left out."""
+    out = []
+    with open(path, errors="replace") as f:
+        for no, line in enumerate(f, 1):
+            words = line.split(None, 1)
+            if words and not words[0].startswith("#"):
+                out.append((no, words[0], words[1].strip() if len(words) > 1 else ""))
+    return out
+
+
+def not_applicable(reason):
+    state["not_applicable"] = reason
+    raise NotApplicable(reason)
+
+
+def translate(conf, workdir):
+    """The config file ubroker is to read for Mosquitto config `conf`: log-only keys dropped,
+    anything else ubroker has not makes the test not applicable."""
+    known = ubroker_keys()
+    kept = []
+    for no, key, rest in config_lines(conf):
+        if key in LOG_ONLY:
+            continue
+        if key not in known:
+            not_applicable("config key `%s %s`: ubroker has no such setting" % (key, rest))
+        kept.append("%s %s" % (key, rest))
+    out = os.path.join(workdir, "ubroker-%d-%s" % (os.getpid(), os.path.basename(conf)))
+    with open(out, "w") as f:
+        f.write("\n".join(kept) + "\n")
+    return out
+
+
+def check_built_files(conf):
+    for _no, key, rest in config_lines(conf):
+        if key in BUILT_FILES and not os.path.exists(rest.split()[0] if rest else ""):
+            not_applicable("`%s %s`: needs Mosquitto's test plugins built from its source tree" % (key, rest))
+
+
+class BrokerProcess:
+    """What mosq_test's callers use of a Popen (terminate, wait, communicate, send_signal,
+    returncode ...), over a broker started in its own process group so that stopping it
+    also stops `ubroker run`'s MicroPython child, even after a SIGHUP ended the supervisor.
+    Its output goes to a file (a verbose log can fill a pipe and stall the broker)."""
+
+    def __init__(self, cmd, logpath):
+        self.args = cmd
+        self.logpath = logpath
+        self._log = open(logpath, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+        _started.append(self)
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    def poll(self):
+        return self.proc.poll()
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def terminate(self):
+        self.proc.terminate()
+
+    def kill(self):
+        self.proc.kill()
+
+    def _group(self, sig):
+        try:
+            os.killpg(self.pid, sig)
+        except OSError:
+            pass
+
+    def wait(self, timeout=None):
+        try:
+            rc = self.proc.wait(10 if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            if timeout is not None:
+                raise
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._group(signal.SIGTERM)
+        time.sleep(0.05)
+        self._group(signal.SIGKILL)
+        return rc
+
+    def communicate(self, input=None, timeout=None):
+        self.wait(timeout)
+        self._log.close()
+        with open(self.logpath, "rb") as f:
+            return b"", f.read()
+
+
+@atexit.register
+def _stop_all():
+    for b in _started:
+        if b.proc.poll() is None:
+            b.proc.terminate()
+        b.wait()
+
+
+def mosquitto_args(cmd):
+    """(config file, port) from a mosquitto command line a test built itself."""
+    conf = port = None
+    for i, a in enumerate(cmd[:-1]):
+        if a == "-c":
+            conf = cmd[i + 1]
+        elif a == "-p":
+            port = int(cmd[i + 1])
+    return conf, port
+
+
+def make_start_broker(broker, workdir):
+    """start_broker(filename, cmd=None, port=0, use_conf=False, expect_fail=False, nolog=False)
+    as mosq_test's, for `broker`."""
+
+    def start_broker(filename, cmd=None, port=0, use_conf=False, expect_fail=False, nolog=False):
+        conf = None
+        if cmd is not None:
+            if not os.path.basename(cmd[0]).startswith("mosquitto"):
+                not_applicable("the test starts its own broker command %s" % " ".join(cmd))
+            conf, p = mosquitto_args(cmd)
+            port = p or port
+        elif use_conf or port == 0:
+            conf = filename.replace(".py", ".conf")
+        if port == 0:
+            port = 1888
+        if conf is not None:
+            check_built_files(conf)
+        state["starts"] += 1
+        if broker == "ubroker":
+            line = brokers.command("ubroker", config=translate(conf, workdir) if conf else None,
+                                   port=None if conf else port)
+        else:
+            line = brokers.command("mosquitto", config=conf, port=None if conf else port)
+        logpath = os.path.join(workdir, "%s-%d-%d.log" % (broker, os.getpid(), state["starts"]))
+        b = BrokerProcess(line, logpath)
+        if brokers.wait_listening(b.proc, port, 30 if broker == "ubroker" else 5):
+            return b
+        if expect_fail:
+            return b
+        b.terminate()
+        _out, err = b.communicate()
+        print("FAIL: unable to start broker: %s" % err.decode(errors="replace"))
+        raise IOError
+
+    return start_broker
