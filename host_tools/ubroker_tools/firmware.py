@@ -183,6 +183,27 @@ def left_out(group_names):
     return sorted(p for p in package_modules() if p not in frozen)
 
 
+# ------------------------------------------------------------------ board definitions
+
+# A whole-number setting of a board definition: `#define NAME (N)` in mpconfigboard.h,
+# `NAME=N` in sdkconfig.board
+_SETTING = re.compile(r"^(?:#define\s+(\w+)\s+\(?(\d+)\)?|(CONFIG_\w+)=(\d+))\s*(?://.*)?$", re.M)
+
+
+def board_settings(board):
+    """{NAME: number} an image board's definition sets (firmware/image/FOLDER/mpconfigboard.h
+    and, for esp32, sdkconfig.board): what the image changes from the port's board."""
+    _, folder = IMAGES[board]
+    out = {}
+    for name in ("mpconfigboard.h", "sdkconfig.board"):
+        path = os.path.join(IMAGE_DIR, folder, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                for m in _SETTING.finditer(f.read()):
+                    out[m.group(1) or m.group(3)] = int(m.group(2) or m.group(4))
+    return out
+
+
 # ------------------------------------------------------------------ the heap freezing frees
 
 HEAP_FIGURES = os.path.join(IMAGE_DIR, "frozen_heap.json")  # firmware/image/heap_frozen.py --write

@@ -11,12 +11,14 @@ three: each key a profile adds stays in the broker's settings, on the board's he
              connection and bridge link takes one
   listeners  listening connections (lwIP's MEMP_NUM_TCP_PCB_LISTEN)
 
-The profile's comments say where each figure comes from. A profile without the line (unix, or
-an image whose firmware raised the limits) has nothing to check here."""
+The profile's comments say where each figure comes from. A profile without the line (unix)
+has nothing to check here. A board running ubroker's firmware image (firmware.STOCK) has its
+stock board's stack with what the image's board definition raises (firmware/image/FOLDER/
+mpconfigboard.h, sdkconfig.board: LWIP_NAMES), read from there, not restated in the profile."""
 
 import os
 
-from . import firmware, paths
+from . import firmware, paths, profiles
 
 # limit -> (its name in a message, the parts of a config it counts)
 LIMITS = {
@@ -24,6 +26,9 @@ LIMITS = {
     "tcp": ("TCP connections besides the listeners", ("clients", "bridges")),
     "listeners": ("listeners", ("listeners",)),
 }
+# a board definition's setting -> the limit it raises in an image
+LWIP_NAMES = {"CONFIG_LWIP_MAX_SOCKETS": "sockets", "CONFIG_LWIP_MAX_ACTIVE_TCP": "tcp", "MEMP_NUM_TCP_PCB": "tcp",
+              "MEMP_NUM_TCP_PCB_LISTEN": "listeners"}
 PART_NAMES = {"clients": ("client", "clients"), "listeners": ("listener", "listeners"),
               "bridges": ("bridge", "bridges")}
 
@@ -38,6 +43,20 @@ def stack(profile):
             raise ValueError("stock_lwip expects LIMIT=COUNT with LIMIT one of %s, not '%s'"
                              % (", ".join(LIMITS), word))
         out[name] = int(count)
+    return out
+
+
+def image_stack(profile):
+    """{limit: count} of the network stack in ubroker's firmware image that profile's board
+    runs: its stock board's (stack()) with what the image's board definition raises; {} for
+    a stock board."""
+    board = profile.get("board")
+    if board not in firmware.STOCK or not profile.get("frozen"):
+        return {}
+    out = stack(profiles.load_board(firmware.STOCK[board]))
+    for name, count in firmware.board_settings(board).items():
+        if name in LWIP_NAMES:
+            out[LWIP_NAMES[name]] = count
     return out
 
 
@@ -58,12 +77,12 @@ def clients_left(limit, have, cfg):
     return have - sum(p[k] for k in counted if k != "clients")
 
 
-def shortfall(profile, cfg):
-    """(limit, have, need) for the limit of the profile's stock stack that cfg exceeds by the
-    most clients (the one to name), or None when the stack holds cfg."""
+def shortfall(profile, cfg, limits=None):
+    """(limit, have, need) for the limit of the profile's stock stack (or limits) that cfg
+    exceeds by the most clients (the one to name), or None when the stack holds cfg."""
     worst = None
     p = parts(cfg)
-    for limit, have in stack(profile).items():
+    for limit, have in (stack(profile) if limits is None else limits).items():
         need = sum(p[k] for k in LIMITS[limit][1])
         if need > have and (worst is None or need - have > worst[2] - worst[1]):
             worst = (limit, have, need)
@@ -90,9 +109,11 @@ def image_board(board):
 
 
 def problem(board, profile, cfg):
-    """What to tell the user when cfg asks more of the board's stock stack than it holds
-    (naming the limit, the firmware, what the config needs and what to change), or None."""
-    short = shortfall(profile, cfg)
+    """What to tell the user when cfg asks more of the board's stack (stock, or its image's)
+    than it holds (naming the limit, the firmware, what the config needs and what to
+    change), or None."""
+    image = image_stack(profile)
+    short = shortfall(profile, cfg, image or None)
     if short is None:
         return None
     limit, have, need = short
@@ -103,7 +124,9 @@ def problem(board, profile, cfg):
         fix = "lower max_connections to %d" % left
     else:
         fix = "use fewer %s" % " and ".join(PART_NAMES[k][1] for k in counted if k != "clients")
+    needs = "this config needs %s = %d" % (" + ".join(_count(k, p[k]) for k in counted), need)
+    if image:
+        return "%s's ubroker firmware image: %d %s; %s: %s" % (board, have, LIMITS[limit][0], needs, fix)
     image = image_board(board)
-    return "%s stock MicroPython: %d %s; this config needs %s = %d: %s or use the ubroker firmware image%s" % (
-        board, have, LIMITS[limit][0], " + ".join(_count(k, p[k]) for k in counted), need, fix,
-        " (--board %s)" % image if image else "")
+    return "%s stock MicroPython: %d %s; %s: %s or use the ubroker firmware image%s" % (
+        board, have, LIMITS[limit][0], needs, fix, " (--board %s)" % image if image else "")

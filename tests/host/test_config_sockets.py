@@ -89,6 +89,36 @@ def test_a_bridge_takes_a_client_s_place(tmp_path):
     assert len(problems) == 1 and problems[0].endswith("or use the ubroker firmware image"), problems
 
 
+# The image boards' stacks as their board definitions raise them (firmware/image/), and the
+# connections each profile keeps beside its clients and one listener (its comments say why).
+IMAGE = {
+    "esp32-image": ({"sockets": 48, "tcp": 56}, 3),  # a bridge link, a WebSockets listener, a status page
+    "rp2-pico-w-image": ({"tcp": 40, "listeners": 8}, 4),  # a bridge link, a status page, 2 refused
+}
+
+
+@pytest.mark.parametrize("board", sorted(IMAGE))
+def test_an_image_profile_is_checked_against_its_image_s_stack(board, tmp_path):
+    """A board running ubroker's firmware image is checked against the stack its board
+    definition raises, not stock MicroPython's: the profile's clients, its listener and what
+    it keeps spare fit it exactly, a bridge fits, and one client more than the stack leaves
+    is refused with the count that fits and no advice to use the image it runs."""
+    prof = profiles.load_board(board)
+    want, spare = IMAGE[board]
+    assert sockets.stack(prof) == {} and sockets.image_stack(prof) == want
+    cfg = cfgmod.resolve(prof)
+    left = min(x for x in (sockets.clients_left(k, n, cfg) for k, n in want.items()) if x is not None)
+    assert prof["max_connections"] == left - spare
+    assert check(board, tmp_path, "")[0] == [] and check(board, tmp_path, BRIDGE)[0] == []
+    text = BRIDGE + "max_connections %d\n" % left
+    problems, path = check(board, tmp_path, text)
+    what = "48 sockets; this config needs %d clients + 1 listener + 1 bridge = 49" % left if "esp32" in board else \
+        "40 TCP connections besides the listeners; this config needs %d clients + 1 bridge = 41" % left
+    assert problems == ["%s:4: %s's ubroker firmware image: %s: lower max_connections to %d" % (
+        path, board, what, left - 1)], problems
+    assert check(board, tmp_path, BRIDGE + "max_connections %d\n" % (left - 1))[0] == []
+
+
 def test_listeners_a_pico_w_does_not_count_against_its_clients(tmp_path):
     """On a Pico W listeners have their own pool: a second listener leaves the 5 clients as
     they are, while on an ESP32 it takes a socket. Past the pool (8), the check asks for fewer

@@ -131,8 +131,8 @@ def test_board_definition_holds_what_the_profile_promises(board):
     """Every image profile has a board definition; its manifest freezes the port's own set
     and the groups of the profile's `frozen` line at the profile's opt_level, and the
     network stack's limits it raises leave the profile's clients a connection each beside
-    the listener, a bridge link and (rp2) a status page and two connections accepted only to
-    be refused."""
+    a bridge link and a status page, and (rp2) two connections accepted only to be refused,
+    (esp32) a socket for each of two listeners, MQTT and the status page's WebSockets."""
     assert set(IMAGE_BOARDS) == set(firmware.IMAGES)
     prof = profiles.load_board(board)
     port, folder = firmware.IMAGES[board]
@@ -158,7 +158,7 @@ def test_board_definition_holds_what_the_profile_promises(board):
         assert h["MICROPY_PY_BLUETOOTH"] == "(0)"
         conf = sdkconfig(os.path.join(d, "sdkconfig.board"))
         sockets = int(conf["CONFIG_LWIP_MAX_SOCKETS"])
-        assert sockets == prof["max_connections"] + 2 and sockets <= 64
+        assert sockets == prof["max_connections"] + 4 and sockets <= 64
         assert int(conf["CONFIG_LWIP_MAX_ACTIVE_TCP"]) >= sockets
         assert not any("sdkconfig.ble" in args for _, args in calls)
 
