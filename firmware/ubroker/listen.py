@@ -21,6 +21,9 @@ def listen(sv):
         sv.log("listening on %s:%d" % (host, port))
         if sv.gate is not None:
             sv.gate.listening(i, s)
+        if sv.ws is not None and sv.cfg["protocols"].get(i) == "websockets":
+            sv.ws.listeners.append(s)
+            sv.log("listener %d is WebSockets" % (i + 1))
     if sv.cfg["poll_presize"]:
         _presize_poll(sv.poll, sv.broker.max_sockets)
 

@@ -33,6 +33,7 @@ _EAGAIN = const(11)
 
 class Server:
     sensors = None  # the sensor scheduler (sensors.py), only when sensor_interval > 0
+    ws = None  # the WebSockets listeners' handshakes (ws_handshake.py), only when configured
 
     def __init__(self, cfg, log):
         self.cfg = cfg
@@ -42,10 +43,9 @@ class Server:
         self.broker = b = Broker(cfg, log, self.write_out)
         # One read buffer for all connections: what a connection carried over (at most one
         # incomplete packet, or what a paused publisher sent) plus one read of at most
-        # read_buffer_size bytes. A small read keeps what a paused publisher carries small.
-        # Allocated before the store and the sensors are set up: their start-up code leaves
-        # holes when it goes (ubroker.forget), and a 100k heap with some 20 kB free then had
-        # no 2.5 kB block left for it (esp32 profile with 9 clients and four sensors).
+        # read_buffer_size bytes. Allocated before the store and the sensors are set up:
+        # their start-up code leaves holes when it goes (ubroker.forget), and a 100k heap with
+        # 20 kB free then had no 2.5 kB block for it (esp32 profile, 9 clients, four sensors).
         self.max_packet = cfg["max_packet_size"]
         self.chunk = cfg["read_buffer_size"]
         self.rbuf = bytearray(self.max_packet + 5 + self.chunk)
@@ -60,8 +60,8 @@ class Server:
             from .sensors import Sensors
 
             self.sensors = Sensors(self)
-        # A paused publisher is still read (for its acknowledgements) while what it carries
-        # is under one read's worth, so a carry never outgrows a pool buffer (2 reads).
+        # A paused publisher is still read (for its acks) while it carries under one read's
+        # worth, so a carry never outgrows a pool buffer (2 reads).
         self.rx_limit = self.chunk
         self.poll = select.poll()
         self.listeners = []
@@ -75,6 +75,10 @@ class Server:
             from .sec_gate import Gate
 
             self.gate = Gate(self)  # ValueError for a bad TLS file, before anything listens
+        if "websockets" in cfg.get("protocols", {}).values():
+            from .ws_handshake import Ws
+
+            self.ws = Ws(self)
         self.paused = []
         self.running = False
         self.bridges = ()  # bridge.py, imported only when a `connection` is configured
@@ -102,13 +106,11 @@ class Server:
             except Exception as e:  # OSError or MemoryError (a tuple of types would allocate)
                 if isinstance(e, OSError) and e.args[0] == _EAGAIN:
                     return
-                # No socket, or no memory for one, in the stack or the process (EMFILE or
-                # ENFILE on the unix port, ECONNABORTED from ESP32's lwIP once its sockets are
-                # all taken, MemoryError for the socket object). The connection left waiting
-                # keeps the listener readable: polled, it would wake every pass (a busy loop,
-                # measured: 0.7 of a core). So it rests until the next tick, which puts it
-                # back (0 to 1 s; at most two failures a second), while the clients already
-                # connected are served; the waiting one gets in once one of them leaves.
+                # No socket, or no memory for one (EMFILE/ENFILE on the unix port, ECONNABORTED
+                # from ESP32's lwIP once its sockets are all taken, MemoryError). The waiting
+                # connection keeps the listener readable: polled, it would wake every pass (a
+                # busy loop, 0.7 of a core). So it rests until the next tick puts it back (0 to
+                # 1 s), while the clients connected are served; it gets in once one leaves.
                 st.hit("accept_failed")
                 self.poll.modify(ls, 0)
                 return
@@ -120,14 +122,12 @@ class Server:
             n = len(conns)
             full = n >= limit
             if full or n - st.connected >= cfg["max_half_open_connections"]:
-                # The table is full, or holds enough connections still without CONNECT: the
-                # one waiting longest for its CONNECT makes room, so a flood of sockets that
-                # send nothing (or a byte now and then) only ever displaces itself. Below a
-                # full table only one silent for longer than a client needs is taken: a fleet
-                # reconnecting at once sends its CONNECTs some ms after the handshakes, and
-                # must not displace itself (100 at a time: 84 of each 100 were lost). Without
-                # one, beyond the client table and its margin there is no room even to say
-                # CONNACK 3. A connection paused for its password check is not taken.
+                # The table is full, or holds enough connections without CONNECT: the one
+                # waiting longest for its CONNECT makes room, so a flood of silent sockets only
+                # displaces itself. Below a full table only one silent for longer than a client
+                # needs is taken: a fleet reconnecting at once sends its CONNECTs some ms after
+                # the handshakes (100 at a time: 84 of each 100 were lost). Without one there is
+                # no room even to say CONNACK 3. One paused for its password check stays.
                 old = None
                 for c in conns.values():
                     if c.sess is None and not c.paused and c.bridge is None and c not in fresh and \
@@ -146,7 +146,7 @@ class Server:
             except (OSError, AttributeError):
                 pass
             try:
-                c = Conn(s, self.now)
+                c = Conn(s if self.ws is None else self.ws.wrap(ls, s), self.now)  # s is polled
                 if s is not raw:
                     # TLS: the wrapper, once its read failed, does not close the TCP socket
                     # under it; close() closes both (an fd a failed handshake leaked)
@@ -176,8 +176,8 @@ class Server:
                 s.write(c.out)
             except OSError:
                 pass
-        self.conns.pop(s, None)
-        c.sock = None
+        k = s if self.ws is None else self.ws.polled(s)  # what conns and the poll know it by
+        self.conns.pop(k, None)
         pool = self.broker.pool
         if c.out is not None:
             pool.give(c.out)
@@ -188,9 +188,10 @@ class Server:
         if c.acks is not None:
             c.acks = None
         try:
-            self.poll.unregister(s)
+            self.poll.unregister(k)
         except (OSError, ValueError, KeyError):
             pass
+        c.sock = None
         s.close()
         if c.raw is not None:
             c.raw.close()
@@ -227,7 +228,7 @@ class Server:
                 del c.mask
             else:
                 c.mask = m
-            self.poll.modify(c.sock, m)
+            self.poll.modify(c.sock if self.ws is None else self.ws.polled(c.sock), m)
 
     # ------------------------------------------------------------------ input
 
@@ -240,9 +241,8 @@ class Server:
             buf[:have] = rx
         keep = None
         if c.paused:
-            # What a paused publisher sends is kept, not handled (_acks_only): its buffer is
-            # made before the bytes leave the socket, so a heap too fragmented for it delays
-            # the read instead of costing the connection (seen on the esp32 profile).
+            # What a paused publisher sends is kept, not handled (_acks_only); its buffer made
+            # first, so a fragmented heap delays the read instead of costing the connection.
             try:
                 keep = bytearray(have + self.chunk)
             except MemoryError:
@@ -457,6 +457,8 @@ class Server:
             s = c.sess
             if s is not None and s.queue and s.conn is c:
                 self.broker.refill(s)
+            elif s is None and self.ws is not None and self.ws.drained(c):
+                return  # a plain HTTP answer sent, and closed
         self._mask(c)
 
     # ------------------------------------------------------------------ timers
@@ -505,11 +507,10 @@ class Server:
         self.listen()
         t = self.cfg.get("gc_threshold")
         if t:
-            # Collect after every t bytes allocated instead of when the heap is full. In a
-            # large heap MicroPython's allocator scans past all the garbage since the last
-            # collection for each multi-block allocation (a function's frame is one, freed
-            # at return): measured on the unix port, 55-65 % of the broker's CPU was the
-            # allocator's search, and 2M here took the round trip from ~140 to ~90 us.
+            # Collect after every t bytes allocated instead of when the heap is full: in a
+            # large heap the allocator scans past all the garbage for each multi-block
+            # allocation (a frame is one): 55-65 % of the CPU on the unix port; 2M here
+            # took the round trip from ~140 to ~90 us.
             gc.threshold(t)
         self.running = True
         self.next_tick = time.ticks_add(time.ticks_ms(), 1000)
@@ -518,8 +519,7 @@ class Server:
                 try:
                     self.one_pass()
                 except MemoryError:
-                    # Outside any one connection's handling (that has its own guard): drop
-                    # the garbage and carry on; the next pass retries.
+                    # Outside any one connection's guard: drop the garbage, retry next pass.
                     self.broker.stats.hit("memory")
                     gc.collect()
                     try:
@@ -552,9 +552,8 @@ class Server:
             if flags & (_IN | _ERR):
                 self.read(c)
         if ready is not None:
-            # New sockets after this pass's reads: a client accepted in the last pass has had
-            # its CONNECT read before a flood's newer sockets can make it the oldest half-open
-            # connection and displace it.
+            # New sockets after this pass's reads: a client accepted in the last pass has its
+            # CONNECT read before a flood's newer sockets can make it the oldest half-open one.
             for s in ready:
                 self.accept(s)
         self.now = time.ticks_ms()
@@ -583,8 +582,8 @@ class Server:
             except Exception:
                 pass
         conns = self.conns
-        for s in conns:
-            c = conns[s]
+        for c in conns.values():
+            s = c.sock
             try:
                 if c.out:
                     s.write(c.out)
