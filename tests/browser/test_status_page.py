@@ -13,9 +13,8 @@ import threading
 import time
 
 import pytest
-from ws_standin import StandIn
+from conftest import free_port
 
-from ubroker_tools import webpage
 from ubroker_tools.passwd import hash_line
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,19 +42,16 @@ def browser():
     d.quit()
 
 
-@pytest.fixture
-def page_url():
-    """url(broker) -> the status page's address for that broker."""
-    standins = []
-
-    def url(broker):
-        s = StandIn(broker.port, webpage.PAGE)
-        standins.append(s)
-        return "http://127.0.0.1:%d/" % s.port
-
-    yield url
-    for s in standins:
-        s.close()
+def start(broker_factory, config=""):
+    """A broker with the esp32 profile, its MQTT listener (the fixture's port) and a
+    WebSockets one, whose address is b.url. From the source: the unix port's compiled tree
+    has no ubroker_web/ yet (run.py), and compiling at start needs a heap above the profile's."""
+    port = free_port()
+    b = broker_factory(config="listener 1883 127.0.0.1\nlistener %d 127.0.0.1\nprotocol websockets\n"
+                       "sys_interval 1\nmax_connections 8\n%s" % (port, config),
+                       extra=("--from-source",), heap="200k")
+    b.url = "http://127.0.0.1:%d/" % port
+    return b
 
 
 def text(d, id_):
@@ -92,11 +88,11 @@ def publisher(broker, stop):
         time.sleep(0.02)
 
 
-def test_the_page_shows_the_figures_and_the_counter_grows(broker_factory, browser, page_url, tmp_path):
-    b = broker_factory(config="sys_interval 1\n")
+def test_the_page_shows_the_figures_and_the_counter_grows(broker_factory, browser, tmp_path):
+    b = start(broker_factory, "sensor_interval 1\nsensor heap_free\nsensor_prefix demo/sensor\n")
     watcher = b.client()
     watcher.subscribe("demo/#", 0)  # messages out too, for the chart's second line
-    browser.get(page_url(b))
+    browser.get(b.url)
     assert browser.title == "ubroker"
     until(lambda: text(browser, "state") == "connected")
     until(lambda: text(browser, "version").startswith("ubroker"))
@@ -112,6 +108,8 @@ def test_the_page_shows_the_figures_and_the_counter_grows(broker_factory, browse
         assert int(text(browser, "heap-used").split()[0].replace(",", "")) > 0
         clients = text(browser, "clients")
         assert "connected" in clients and "MQTT 3.1.1" in clients  # ubroker/clients/protocol/v311
+        # the sensors' prefix came with the page (a cookie), their readings over MQTT
+        until(lambda: "heap_free" in text(browser, "sensors") and " B" in text(browser, "sensors"))
         path = shot(browser, tmp_path, "status-page.png")
         if os.environ.get("UBROKER_SCREENSHOT"):
             shutil.copyfile(path, os.environ["UBROKER_SCREENSHOT"])
@@ -120,14 +118,14 @@ def test_the_page_shows_the_figures_and_the_counter_grows(broker_factory, browse
         t.join(5)
 
 
-def test_with_users_the_page_asks_for_them_and_signs_in(broker_factory, browser, page_url, tmp_path):
+def test_with_users_the_page_asks_for_them_and_signs_in(broker_factory, browser, tmp_path):
     """MQTT-3.1.2-19/-21: the page's CONNECT carries the user name and password it asked for.
     An anonymous CONNECT is refused with return code 5 (MQTT 3.1.1 section 3.2.2.3), and
     the page then asks."""
     users = tmp_path / "users.txt"
     users.write_text(hash_line("alice", "wonder", 1000) + "\n")
-    b = broker_factory(config="sys_interval 1\npassword_file %s\n" % users)
-    browser.get(page_url(b))
+    b = start(broker_factory, "password_file %s\n" % users)
+    browser.get(b.url)
     form = until(lambda: browser.find_element("id", "login").is_displayed() and browser.find_element("id", "login"))
     assert text(browser, "version") == "-"  # nothing shown before signing in
     browser.find_element("id", "user").send_keys("alice")
@@ -144,15 +142,15 @@ def test_with_users_the_page_asks_for_them_and_signs_in(broker_factory, browser,
     shot(browser, tmp_path, "signed-in.png")
 
 
-def test_the_access_rules_hide_sys_from_a_user_not_allowed_it(broker_factory, browser, page_url, tmp_path):
+def test_the_access_rules_hide_sys_from_a_user_not_allowed_it(broker_factory, browser, tmp_path):
     """A user whose rules do not let it read $SYS gets SUBACK 0x80 for $SYS/# (MQTT-3.9.3-2
     allows the failure code): the page says so and shows no figure."""
     users = tmp_path / "users.txt"
     users.write_text(hash_line("bob", "b", 1000) + "\n")
     acl = tmp_path / "acl.txt"
     acl.write_text("user bob\ntopic read sensors/#\n")
-    b = broker_factory(config="sys_interval 1\npassword_file %s\nacl_file %s\n" % (users, acl))
-    browser.get(page_url(b))
+    b = start(broker_factory, "password_file %s\nacl_file %s\n" % (users, acl))
+    browser.get(b.url)
     until(lambda: browser.find_element("id", "login").is_displayed())
     browser.find_element("id", "user").send_keys("bob")
     browser.find_element("id", "pass").send_keys("b")
