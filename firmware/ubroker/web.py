@@ -68,10 +68,13 @@ def _sensor_cookie(server):
         return ""
     cfg = server.cfg
     prefix = cfg.get("sensor_prefix") or "ubroker/%s/sensor" % (cfg.get("hostname") or cfg.get("board") or "unix")
-    # a cookie value holds no space, comma or semicolon: those are %-escaped for the page's
-    # decodeURIComponent
-    prefix = prefix.replace("%", "%25").replace(" ", "%20").replace(",", "%2C").replace(";", "%3B")
-    return "Set-Cookie: sensors=%s; Path=/; SameSite=Strict\r\n" % prefix
+    # A cookie value holds no space, comma or semicolon: %-escaped for the page's
+    # decodeURIComponent. A loop: four replace() calls and their eight strings took the
+    # import 960 B further on the 64-bit unix port (a new qstr pool), 16 B on 32 bits.
+    v = ""
+    for ch in prefix:
+        v += "%%%02X" % ord(ch) if ch in " ,;%" else ch
+    return "Set-Cookie: sensors=%s; Path=/; SameSite=Strict\r\n" % v
 
 
 def _json_str(out, s):
