@@ -6,7 +6,7 @@ start swapped for standin.py's, and at the protocol levels asked only:
 LEVELS is `5`, `3,4` or `all`, with a `~` after it for lenient CONNACKs (lenient_connack). Most tests run one call per level at the end of the script
 (`do_test(proto_ver=4)`, `do_test(5)`); so that each level gets a verdict of its own, a
 top-level call whose level argument (keyword proto_ver, or a first argument of 3, 4, 5, 131 or
-132) is not asked is left out. The levels of the CONNECTs mosq_test.gen_connect builds are
+132) is not asked is left out, and a loop `for proto_ver in [4, 5]` runs the levels asked. The levels of the CONNECTs mosq_test.gen_connect builds are
 recorded, so the runner knows which levels a script without such calls exercised.
 Working directory: the test's folder."""
 
@@ -47,9 +47,21 @@ def call_level(node):
     return None
 
 
+def _level_loops(tree):
+    """The loops `for proto_ver in [4, 5]:` anywhere in the script (three tests loop so)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and node.target.id == "proto_ver" \
+                and isinstance(node.iter, (ast.List, ast.Tuple)) \
+                and all(_constant(e) is not None for e in node.iter.elts):
+            yield node
+
+
 def split_levels(body):
-    """The levels named by the script's top-level calls (into `if __name__` blocks too)."""
+    """The levels named by the script's top-level calls (into `if __name__` blocks too) and by
+    its `for proto_ver in [...]` loops."""
     out = set()
+    for loop in _level_loops(ast.Module(body=body, type_ignores=[])):
+        out |= {_constant(e) & 0x7F for e in loop.iter.elts}
     for node in body:
         lv = call_level(node)
         if lv is not None:
@@ -60,7 +72,10 @@ def split_levels(body):
 
 
 def keep_levels(body, wanted):
-    """body without the top-level calls made for a level not in wanted."""
+    """body without the top-level calls made for a level not in wanted, its level loops
+    running only the levels wanted."""
+    for loop in _level_loops(ast.Module(body=body, type_ignores=[])):
+        loop.iter.elts = [e for e in loop.iter.elts if _constant(e) & 0x7F in wanted]
     out = []
     for node in body:
         lv = call_level(node)
@@ -154,6 +169,8 @@ def main(argv):
         result["exit"] = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except standin.NotApplicable:
         pass
+    except ModuleNotFoundError as e:
+        standin.state["not_applicable"] = "the test needs the Python module %s, not installed here" % e.name
     except BaseException:
         result["exit"] = 1
         result["error"] = traceback.format_exc()[-3000:]

@@ -91,6 +91,7 @@ def main(argv):
     unittest.main = patched_main
     unittest.TestCase._callTestMethod = _call_test_method
     sys.argv = [suite, "-p", port]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(suite)))  # the suite's own `mqtt` package
     try:
         runpy.run_path(suite, run_name="__main__")
     finally:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pktrace
 from brokers import Running
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -14,15 +15,21 @@ SUITES = (("paho MQTT 5", "client_test5.py", 5), ("paho MQTT 3.1.1", "client_tes
 TIMEOUT = 1200  # seconds for a whole suite; client_test5 takes about 140 s against a good broker
 
 
-def run_suite(folder, script, broker, workdir, board=None, only=()):
+def run_suite(folder, script, broker, workdir, board=None, only=(), traced=False):
     """Records of one suite against a fresh `broker`; a record per test plus, when the broker
-    died or logged a traceback, a last record saying so."""
+    died or logged a traceback, a last record saying so. traced: through pktrace.Tracer, each
+    failing test's record holding the packets of its time ("trace")."""
     tag = "%s-%s" % (broker, script.replace(".py", ""))
     results = os.path.join(workdir, tag + ".json")
     b = Running(broker, os.path.join(workdir, tag + ".broker.log"), board=board)
     out = open(os.path.join(workdir, tag + ".out"), "w")
+    port = b.port
+    if traced:
+        tracepath = os.path.join(workdir, tag + ".trace")
+        tracer = pktrace.Tracer(b.port, open(tracepath, "w"))
+        port = tracer.port
     try:
-        subprocess.run([sys.executable, os.path.join(HERE, "paho_driver.py"), script, str(b.port), results]
+        subprocess.run([sys.executable, os.path.join(HERE, "paho_driver.py"), script, str(port), results]
                        + list(only), cwd=folder, stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         pass
@@ -30,12 +37,20 @@ def run_suite(folder, script, broker, workdir, board=None, only=()):
         out.close()
     alive = b.alive()
     b.close()
+    if traced:
+        tracer.close()
     try:
         with open(results) as f:
             records = json.load(f)
     except (OSError, ValueError):
+        records = []
+    if not records:
         records = [{"test": "(suite)", "verdict": "error", "doc": "",
                     "message": "the suite gave no results: see %s.out" % tag}]
+    if traced:
+        for r in records:
+            if r["verdict"] in ("fail", "error") and "start" in r:
+                r["trace"] = pktrace.window(tracepath, r["start"], r["end"])
     with open(b.logpath, errors="replace") as f:
         log = f.read()
     if not alive or "Traceback" in log:

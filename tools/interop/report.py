@@ -68,4 +68,8 @@ def markdown(results):
                     out.append("### %s %s (%s)\n" % (r["test"], r.get("group", ""), r["verdict"]))
                     out.append(_block(r.get("message") or r.get("error")))
                     out.append(_block(r.get("output")))
+                    if r.get("trace"):
+                        out.append("Packets during the test (seconds from its start; c<n> a connection, "
+                                   "> to the broker, < from it):\n")
+                        out.append(_block("\n".join(r["trace"])))
     return "\n".join(out) + "\n"

@@ -51,6 +51,9 @@ def main(argv=None):
     ap.add_argument("--lenient-connack", action="store_true",
                     help="diagnostic: in Mosquitto's tests a CONNACK matches on its flags and reason code "
                          "alone (the counts are then not the suite's)")
+    ap.add_argument("--trace", action="store_true",
+                    help="paho suites through a proxy that records the packets: the report shows each failing "
+                         "test's exchange")
     ap.add_argument("--out", help="folder for results.json and report.md (default /tmp/interop-results/TIME)")
     args = ap.parse_args(argv)
     if not args.paho_testing and not args.mosquitto_tests:
@@ -70,7 +73,7 @@ def main(argv=None):
                 if args.only and not any(o in script or o == title for o in args.only):
                     continue
                 print("%s: %s against %s ..." % (title, script, broker), flush=True)
-                recs = paho_suite.run_suite(folder, script, broker, work, args.board)
+                recs = paho_suite.run_suite(folder, script, broker, work, args.board, traced=args.trace)
                 entry["suites"][title] = recs
                 print("  " + report.paho_count(recs), flush=True)
         if args.mosquitto_tests:

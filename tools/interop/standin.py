@@ -50,18 +50,49 @@ def not_applicable(reason):
     raise NotApplicable(reason)
 
 
-def translate(conf, workdir):
-    """The config file ubroker is to read for Mosquitto config `conf`: log-only keys dropped,
-    anything else ubroker has not makes the test not applicable."""
-    known = ubroker_keys()
+def loopback(key, rest):
+    """The line for `key rest` bound to 127.0.0.1 when it opens a listener on every interface:
+    these tests reach their broker on loopback, and nothing here listens further."""
+    if key == "listener" and len(rest.split()) == 1:
+        return "listener %s 127.0.0.1" % rest
+    if key == "port":
+        return "port %s\nbind_address 127.0.0.1" % rest
+    return "%s %s" % (key, rest)
+
+
+def password_format(conf):
+    """Not applicable when the config's password file holds Mosquitto's hashes ($6$, $7$):
+    ubroker reads its own ($pbkdf2-sha256$), and the tests do not give the passwords to redo them."""
+    for _no, key, rest in config_lines(conf):
+        if key == "password_file" and os.path.exists(rest):
+            with open(rest, errors="replace") as f:
+                for line in f:
+                    user, _, hashed = line.strip().partition(":")
+                    if hashed.startswith(("$6$", "$7$")):
+                        not_applicable("password file %s in Mosquitto's hash format (%s): ubroker reads "
+                                       "$pbkdf2-sha256$ hashes" % (rest, hashed[:3]))
+
+
+def translate(conf, workdir, broker):
+    """The config file `broker` is to read for the test's config `conf`. For both: listeners on
+    loopback. For ubroker: Mosquitto's persistence_file becomes a persistence_location folder
+    of its own (the same feature in ubroker's form), per_listener_settings false (Mosquitto's
+    default) and log-only keys are dropped, and any other key ubroker has not makes the test
+    not applicable."""
+    known = ubroker_keys() if broker == "ubroker" else None
     kept = []
-    for no, key, rest in config_lines(conf):
-        if key in LOG_ONLY:
-            continue
-        if key not in known:
-            not_applicable("config key `%s %s`: ubroker has no such setting" % (key, rest))
-        kept.append("%s %s" % (key, rest))
-    out = os.path.join(workdir, "ubroker-%d-%s" % (os.getpid(), os.path.basename(conf)))
+    for _no, key, rest in config_lines(conf):
+        if known is not None:
+            if key in LOG_ONLY or (key, rest) == ("per_listener_settings", "false"):
+                continue
+            if key == "persistence_file":
+                key, rest = "persistence_location", os.path.join(workdir, rest + ".d")
+            elif key not in known:
+                not_applicable("config key `%s %s`: ubroker has no such setting" % (key, rest))
+        kept.append(loopback(key, rest))
+    if known is not None:
+        password_format(conf)
+    out = os.path.join(workdir, "%s-%d-%s" % (broker, os.getpid(), os.path.basename(conf)))
     with open(out, "w") as f:
         f.write("\n".join(kept) + "\n")
     return out
@@ -166,11 +197,8 @@ def make_start_broker(broker, workdir):
         if conf is not None:
             check_built_files(conf)
         state["starts"] += 1
-        if broker == "ubroker":
-            line = brokers.command("ubroker", config=translate(conf, workdir) if conf else None,
-                                   port=None if conf else port)
-        else:
-            line = brokers.command("mosquitto", config=conf, port=None if conf else port)
+        line = brokers.command(broker, config=translate(conf, workdir, broker) if conf else None,
+                               port=None if conf else port)
         logpath = os.path.join(workdir, "%s-%d-%d.log" % (broker, os.getpid(), state["starts"]))
         b = BrokerProcess(line, logpath)
         if brokers.wait_listening(b.proc, port, 30 if broker == "ubroker" else 5):
