@@ -100,3 +100,23 @@ def test_the_page_learns_the_sensors_prefix(broker_factory):
     r, _ = get(port, "/")
     assert r.getheader("Set-Cookie").startswith("sensors=home/gw1/sensor;")
     assert b.alive()
+
+
+@pytest.mark.xfail(reason="the board's heap after start has no hole over 192 B with a client connected: "
+                          "/metrics as one body (web.answer without stream) raises MemoryError in ws_handshake, "
+                          "and the connection is left open; needs answer(..., stream=True) and chunks that fit",
+                   strict=False)
+def test_the_figures_are_answered_in_the_boards_own_heap(broker_factory):
+    """The esp32 profile compiled as a board runs it, in its own heap_budget: /status.json and
+    /metrics, asked for again and again, are answered every time and the broker goes on."""
+    port = free_port()
+    b = broker_factory(config="listener 1883 127.0.0.1\nlistener %d 127.0.0.1\nprotocol websockets\n"
+                       "max_connections 8\n" % port)
+    c = b.client()
+    for i in range(20):
+        c.publish("t/x", b"m", qos=0)
+        r, body = get(port, "/status.json" if i % 2 else "/metrics")
+        assert r.status == 200 and int(r.getheader("Content-Length")) == len(body)
+    data = json.loads(get(port, "/status.json")[1])
+    assert data["ubroker/heap/free"] > 0 and data["clients/connected"] == 1
+    c.publish("t/x", b"m", qos=1).wait_for_publish(5)  # MQTT still served
