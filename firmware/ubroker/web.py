@@ -98,6 +98,11 @@ class Stream:
             n += k
         return n
 
+    def close(self):  # as a file is closed when its connection is
+        self.parts = iter(())
+        self.piece = b""
+        self.at = 0
+
 
 def _sensor_cookie(server):
     """The page learns the sensors' topic prefix from a cookie: the page itself is a fixed

@@ -116,7 +116,8 @@ def test_the_figures_are_answered_in_the_boards_own_heap(broker_factory):
     for i in range(20):
         c.publish("t/x", b"m", qos=0)
         r, body = get(port, "/status.json" if i % 2 else "/metrics")
-        assert r.status == 200 and int(r.getheader("Content-Length")) == len(body)
+        length = r.getheader("Content-Length")  # none when streamed: the close ends it
+        assert r.status == 200 and len(body) > 500 and (length is None or int(length) == len(body))
     data = json.loads(get(port, "/status.json")[1])
     assert data["ubroker/heap/free"] > 0 and data["clients/connected"] == 1
     c.publish("t/x", b"m", qos=1).wait_for_publish(5)  # MQTT still served
