@@ -75,7 +75,8 @@ for path in PATHS:
             if not n:
                 break
             body.extend(buf[:n])
-        f = "stream"
+        f.close()
+        f = "stream" if f.readinto(buf) == 0 else "read after close"
     print(repr((head, None if body is None else bytes(body), f)))
 """
 
