@@ -10,7 +10,12 @@ publisher's PUBACK / PUBREC / PUBCOMP is safe to send:
 
 Acknowledgements leave in the order their packets came (MQTT-4.6.0-2/3/4): each connection
 keeps a queue of them (Conn.acks). At start the log is replayed to rebuild sessions,
-subscriptions, queued and in-flight messages, inbound QoS 2 ids and retained messages."""
+subscriptions, queued and in-flight messages, inbound QoS 2 ids and retained messages.
+
+Versions: a record's type says its form, and a form once written is never changed; what MQTT
+5 added has types of its own (_SUB5, _MSG5), written only for v5 sessions and messages with
+properties, so a store written before them reads as it always did, and a type this code does
+not know is skipped."""
 
 import struct
 import time
@@ -41,6 +46,12 @@ _Q2_ADD = const(9)
 _Q2_DEL = const(10)
 _RET = const(11)
 _RET_DEL = const(12)
+# MQTT 5 (issue 15): a v5 session's subscription with its options and Subscription Identifier;
+# a message with its properties and what is known of its expiry (store_v5.py writes and reads
+# their bodies, loaded only for them)
+_SUB5 = const(13)
+_MSG5 = const(14)
+_LAST = const(14)
 
 # entry fields beyond session.py's, on deliveries to persistent sessions only: the hold
 # waiting on it, whether it is on flash, and its session (this module owns them)
@@ -99,6 +110,12 @@ class Persist:
         msgs = {}
         sessions = b.sessions
         for rtype, body in self.store.recover():
+            if rtype >= _SUB5:  # MQTT 5's, or a newer version's (skipped: not guessed at)
+                if rtype <= _LAST:
+                    from .store_v5 import replay
+
+                    replay(self, rtype == _MSG5, body, msgs)
+                continue
             if rtype == _RET:
                 topic, pos = _take(body, 1)
                 b.retained[topic] = (body[pos:], body[0])
@@ -166,7 +183,7 @@ class Persist:
                 flt, _ = _take(body, pos)
                 s = sessions.get(cid)
                 if s is not None and s.drop_filter(flt):
-                    b.index.remove(flt, s)
+                    b.index.remove(flt, s)  # a v5 session's options for it stay, unread
             else:
                 s = sessions.get(cid)
                 if s is not None:
@@ -214,7 +231,7 @@ class Persist:
             cid = _s(s.cid)
             st.append(_S_ADD, cid)
             for flt in s.filters():
-                st.append(_SUB, bytes((b.index.qos_of(flt, s),)) + cid + _s(flt))
+                self.subscribed(s, flt, b.index.qos_of(flt, s), cid)
             for q in (s.inflight, s.queue):
                 if q:
                     for e in q:
@@ -252,11 +269,21 @@ class Persist:
         if not s.clean:
             self.store.append(_S_DEL, _s(s.cid))
 
-    def subscribed(self, s, flt, qos):
+    def subscribed(self, s, flt, qos, cid=None):
         """A persistent subscription is on flash before its SUBACK (a message published
-        right after must find it after a power cut)."""
-        if not s.clean:
-            self.store.append(_SUB, bytes((qos,)) + _s(s.cid) + _s(flt))
+        right after must find it after a power cut). With cid (its _s form), a compaction
+        writes it: no commit. A session a v5 client has had (Session.v5) gets _SUB5
+        (store_v5.py, imported only then)."""
+        if s.clean:
+            return
+        c = cid or _s(s.cid)
+        if getattr(s, "v5", None) is None:
+            self.store.append(_SUB, bytes((qos,)) + c + _s(flt))
+        else:
+            from .store_v5 import sub5
+
+            self.store.append(_SUB5, sub5(s, c, flt, qos))
+        if cid is None:
             self.commit()
 
     def unsubscribed(self, s, flt):
@@ -382,14 +409,22 @@ class Persist:
             msg[2] = self.next_mid
             self.next_mid += 1
         mid = msg[2]
+        new = True
         if written is None:
             if mid > 0:
-                st.append(_MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
                 msg[2] = -mid
             else:
                 mid = -mid
-        elif mid not in written:
+                new = False
+        elif mid in written:
+            new = False
+        else:
             written[mid] = True
+        if new and len(msg) > 3:  # with v5 properties (store_v5.py, imported only for them)
+            from .store_v5 import msg5
+
+            st.append(_MSG5, msg5(msg, mid))
+        elif new:
             st.append(_MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
         st.append(_ENQ, struct.pack(">IBH", mid, e[_QOS], e[_PID]) + _s(s.cid))
         if e[_STAGE] == _AWAIT_COMP:
