@@ -31,10 +31,6 @@ class SysInfo:
         yield "clients/disconnected", offline if offline > 0 else 0
         yield "clients/total", len(b.sessions)
         yield "clients/maximum", st.max_connected
-        v5, v31, v311 = self.protocols()
-        yield "ubroker/clients/protocol/v5", v5
-        yield "ubroker/clients/protocol/v311", v311
-        yield "ubroker/clients/protocol/v31", v31
         yield "messages/received", st.total("msgs_in")
         yield "messages/sent", st.total("msgs_out") + st.total("pub_out")
         yield "publish/messages/received", st.total("pub_in")
@@ -44,11 +40,24 @@ class SysInfo:
         yield "bytes/sent", st.total("bytes_out")
         yield "subscriptions/count", b.index.count
         yield "retained messages/count", len(b.retained)
-        held = 0
+        # Connected clients by protocol version too, counted here from the sessions'
+        # connections, not per CONNECT or packet: a bridge's own link counts at its level, and
+        # 3.1 is told by Conn.v31 where protocol.py sets it (else it counts as 3.1.1).
+        held = v5 = v31 = 0
         for s in b.sessions.values():
             held += s.held()
+            c = s.conn
+            if c is not None:
+                if c.v5 is not None:
+                    v5 += 1
+                elif getattr(c, "v31", False):
+                    v31 += 1
         yield "store/messages/count", held
         yield "store/messages/bytes", b.held_bytes
+        pv = "ubroker/clients/protocol/v"  # one constant: each in the bytecode is heap
+        yield pv + "311", st.connected - v5 - v31
+        yield pv + "5", v5
+        yield pv + "31", v31
         yield "ubroker/heap/free", gc.mem_free()
         yield "ubroker/heap/used", gc.mem_alloc()
         yield "ubroker/retained/bytes", b.retained_bytes
@@ -65,23 +74,6 @@ class SysInfo:
             yield from br.figures()
         for name in st.limits:
             yield "ubroker/limits/" + name, st.limits[name]
-
-    def protocols(self):
-        """Connected clients by protocol version, (v5, v3.1, v3.1.1), counted from the
-        connections when the report is made: nothing is counted per packet or per CONNECT.
-        A connection with a session is connected (the bridge's own link too, at the level it
-        speaks). 3.1 is known by Conn.v31 where protocol.py sets it; without it, 3.1 clients
-        count as 3.1.1."""
-        v5 = v31 = n = 0
-        for c in self.server.conns.values():
-            if c.sess is None:
-                continue
-            n += 1
-            if c.v5 is not None:
-                v5 += 1
-            elif getattr(c, "v31", False):
-                v31 += 1
-        return v5, v31, n - v5 - v31
 
     def tick(self, now):
         if self.interval <= 0 or time.ticks_diff(now, self.due) < 0:
