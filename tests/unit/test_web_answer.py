@@ -55,7 +55,8 @@ FIGURES = [
     ("ubroker/limits/packet_too_large", 1),
 ]
 
-SCRIPT = """
+# The stand-in server, and a Stream read as the listener reads it (ws_handshake.drained).
+PRELUDE = """
 from ubroker import web
 buf = bytearray(CHUNK)
 class Sys:
@@ -66,15 +67,23 @@ class Server:
     sys = Sys()
     sensors = SENSORS
     cfg = CFG
+def read_all(f, keep=True):
+    body = bytearray() if keep else None
+    got = 0
+    while True:
+        n = f.readinto(buf)
+        if not n:
+            return body if keep else got
+        got += n
+        if keep:
+            body.extend(buf[:n])
+"""
+
+SCRIPT = PRELUDE + """
 for path in PATHS:
     head, body, f = web.answer(Server(), path, STREAM)
-    if f is not None and not isinstance(f, str):  # a Stream: read as the listener does
-        body = bytearray()
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            body.extend(buf[:n])
+    if f is not None and not isinstance(f, str):  # a Stream
+        body = read_all(f)
         f.close()
         f = "stream" if f.readinto(buf) == 0 else "read after close"
     print(repr((head, None if body is None else bytes(body), f)))
@@ -220,19 +229,11 @@ def test_streamed_figures_are_the_same_bytes_without_a_length():
 
 
 FRAGMENTED = """
+FIGURES = [("version", "ubroker 0.1"), ("uptime", "42 seconds")] + [("ubroker/limits/limit_number_%d" % i, i)
+                                                                   for i in range(40)]
+SENSORS, CFG, CHUNK = None, {}, 64
+""" + PRELUDE + """
 import gc
-from ubroker import web
-FIGS = [("version", "ubroker 0.1"), ("uptime", "42 seconds")] + [("ubroker/limits/limit_number_%d" % i, i)
-                                                                for i in range(40)]
-class Sys:
-    def figures(self):
-        for kv in FIGS:
-            yield kv
-class Server:
-    sys = Sys()
-    sensors = None
-    cfg = {}
-buf = bytearray(64)
 gc.collect()
 keep = []
 try:
@@ -247,16 +248,7 @@ out = []
 for stream in (True, False):
     try:
         head, body, f = web.answer(Server(), "/metrics", stream)
-        n = 0
-        if f is not None:
-            while True:
-                k = f.readinto(buf)
-                if not k:
-                    break
-                n += k
-        else:
-            n = len(body)
-        out.append(n)
+        out.append(read_all(f, False) if f is not None else len(body))  # counted, not kept
     except MemoryError:
         out.append("MemoryError")
 keep = None
