@@ -61,10 +61,10 @@ def answer(server, path, stream=False):
             ctype, parts = "application/json", _json(server.sys.figures())
         if stream:
             return _head("200 OK", ctype, None), None, Stream(parts)
-        body = bytearray()
+        whole = bytearray()
         for s in parts:
-            body.extend(s.encode())
-        return _head("200 OK", ctype, len(body)), body, None
+            whole.extend(s.encode())
+        return _head("200 OK", ctype, len(whole)), whole, None
     else:
         body = b"not found\n"
     return _head("404 Not Found", "text/plain; charset=utf-8", len(body)), body, None
