@@ -33,7 +33,7 @@ _EAGAIN = const(11)
 
 class Server:
     sensors = None  # the sensor scheduler (sensors.py), only when sensor_interval > 0
-    ws = None  # the WebSockets listeners' handshakes (ws_handshake.py), only when configured
+    ws = None  # the WebSockets listeners (ws_frame.Ws), only when one is configured
 
     def __init__(self, cfg, log):
         self.cfg = cfg
@@ -76,7 +76,7 @@ class Server:
 
             self.gate = Gate(self)  # ValueError for a bad TLS file, before anything listens
         if "websockets" in cfg.get("protocols", {}).values():
-            from .ws_handshake import Ws
+            from .ws_frame import Ws
 
             self.ws = Ws(self)
         self.paused = []

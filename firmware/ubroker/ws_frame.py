@@ -12,182 +12,219 @@ Python io.IOBase subclass through its fd (MP_STREAM_GET_FILENO); on the boards, 
 asks every object's ioctl(MP_STREAM_POLL) on each turn of its wait loop, and a Python object
 cannot forward that to the socket it holds (a socket has no ioctl() method). So the server
 polls `s` (the TCP or TLS socket) and maps it to the Conn; nothing here buffers bytes the
-socket no longer shows as readable, so its readiness is the wrapper's."""
+socket no longer shows as readable, so its readiness is the wrapper's.
+
+Heap: an open connection holds s, h, rem and ol (measured with tests/memory/test_ws_memory.py);
+the small counters live in h beside the header bytes, each attribute being a 16-byte slot."""
+
+import gc
 
 from micropython import const
 
-# fl: the connection's state bits
+# h: the frame header being read (its mask key stays there while the payload comes), then
+_HN = const(14)  # how many header bytes are in
+_MP = const(15)  # where in the mask key the next payload byte is
+_FL = const(16)  # the state bits:
 _OPEN = const(1)  # upgraded: frames both ways
 _FRAG = const(2)  # inside a fragmented message: only continuation frames may follow
 _CLOSED = const(4)  # a close frame went out: nothing else may follow it (RFC 6455 5.5.1)
 _HTTP = const(8)  # answering plain HTTP: bytes go out as they are, then the server closes
-# frame opcodes (RFC 6455 section 5.2)
-_CONT = const(0)
-_TEXT = const(1)
+_TEXT = const(1)  # opcodes (RFC 6455 section 5.2)
 _BINARY = const(2)
 _CLOSE = const(8)
 _PING = const(9)
 _LONGEST = const(65535)  # the longest frame written: its length fits a 4-byte header
+_CHUNK = const(512)  # plain HTTP: the file goes out this much at a time
 
-_H2 = bytearray(2)  # a frame header being written (shared: written at once, or kept in oh)
-_H4 = bytearray(4)
-_H2[0] = _H4[0] = 0x82  # FIN, binary
-_H4[1] = 126
+_H2 = bytearray(b"\x82\x00")  # FIN, binary: a frame header being written (shared: it goes
+_H4 = bytearray(b"\x82\x7e\x00\x00")  # out at once, or its rest is kept in oh)
+
+
+class Ws:
+    """The server's side of its WebSockets listeners (Server.ws). What a handshake needs is
+    in ws_handshake.py, loaded while a request head is being answered and forgotten once
+    none is: on a board its code is heap better spent on clients between handshakes."""
+
+    def __init__(self, server):
+        self.server = server
+        self.listeners = []  # the listening sockets that speak WebSockets
+        self.heads = {}  # WsSock -> its request head so far (only while it arrives)
+        WsSock.limit = server.max_packet + 5
+        WsSock.hs = self
+
+    def wrap(self, ls, s):
+        """The Conn's socket for s accepted on ls: a WsSock for a WebSockets listener."""
+        return WsSock(s) if ls in self.listeners else s
+
+    def polled(self, s):
+        """The socket the poll holds for a Conn's sock: a WebSocket's is under its wrapper."""
+        return s.s if type(s) is WsSock else s
+
+    def request(self, w, buf, n):
+        from . import forget
+        from .ws_handshake import request
+
+        try:
+            return request(self, w, buf, n)
+        finally:
+            if not self.heads:
+                forget("ws_handshake")
+                # Its code (6 kB on the 64-bit port) freed now, in one piece, before the
+                # client's CONNECT may load v5's code into a heap it would otherwise split.
+                gc.collect()
+
+    def drained(self, c):
+        """c's output is all written. For a plain HTTP answer: the file's next chunk, or the
+        close once it is all sent; True when c was closed."""
+        w = c.sock
+        if type(w) is not WsSock or not w.h[_FL] & _HTTP:
+            return False
+        if w.f is not None:
+            out = bytearray(_CHUNK)
+            n = w.f.readinto(out)
+            if n:
+                out[n:] = b""
+                c.out = out
+                return False
+        self.server.close(c, "answered plain HTTP", False)
+        return True
 
 
 class WsClose(OSError):
-    """The connection breaks the protocol: the close frame with its code went out."""
+    """The connection broke the protocol; the close frame with its code went out."""
 
 
 class WsSock:
-    # Class defaults: an instance stores only the fields a connection has used (an idle
-    # MQTT client over WebSockets: s, h, fl and the counters of its last frame).
-    hs = None  # the one ws_handshake.Ws, which answers the request head
-    req = None  # the request head as it arrives (ws_handshake.Ws.request)
-    h = None  # bytearray(14): the frame header being read; its mask key stays there
-    fl = 0
-    hn = 0  # header bytes read
+    # Class defaults: an instance stores only the fields it has set.
+    hs = None  # the one Ws (set by it): it has the request head answered
+    limit = 0  # frames longer than this close with 1009: max_packet_size + 5 (set by Ws)
     rem = 0  # payload bytes of the frame being read still to come
-    mp = 0  # where in the mask key the next payload byte is
     ol = 0  # payload bytes of the frame being written still to go
     oh = None  # header bytes of the frame being written still to go (a partial write)
     ctl = None  # a control frame's payload, as it arrives
-    f = None  # plain HTTP: the file being streamed (ws_handshake.drained)
-    limit = 0  # frames longer than this close with 1009: max_packet_size + 5 (set by Ws)
+    f = None  # plain HTTP: the file being streamed (Ws.drained)
 
     def __init__(self, s):
         self.s = s
+        self.h = bytearray(17)
 
     def readinto(self, buf):
-        fl = self.fl
-        if fl & _CLOSED:
+        h = self.h
+        if h[_FL] & _CLOSED:
             return 0
         n = self.s.readinto(buf)
         if not n:
             return n
-        if not fl & _OPEN:
-            if fl & _HTTP:
+        if not h[_FL] & _OPEN:
+            if h[_FL] & _HTTP:
                 return None  # an answer is going out: what else the client sends is ignored
             n = self.hs.request(self, buf, n)  # the handshake; what follows its head, if any
             if not n:
                 return None
-        n = self._deframe(buf, n)
-        return n if n or self.fl & _CLOSED else None  # 0 would say end of stream
+        n = self._deframe(buf, n, h)
+        return n if n or h[_FL] & _CLOSED else None  # 0 would say end of stream
 
-    def _deframe(self, buf, n):
-        h = self.h
-        hn = self.hn
+    def _deframe(self, buf, n, h):
         rem = self.rem
-        mp = self.mp
         i = o = 0
         while i < n:
             if rem == 0:  # a header, byte by byte: it may arrive split over reads
+                hn = h[_HN]
                 h[hn] = buf[i]
                 i += 1
                 hn += 1
-                if hn < 2:
-                    continue
-                ln = h[1] & 127
-                hk = 2 if ln < 126 else 4 if ln == 126 else 10
+                h[_HN] = hn
                 if hn == 2:
                     self._check(h)
-                if hn < hk + 4:
+                if hn < 6:
                     continue
-                hn = 0
+                ln = h[1] & 127
+                if hn < (6 if ln < 126 else 8 if ln == 126 else 14):
+                    continue
+                h[_HN] = h[_MP] = 0
                 if ln == 126:
                     ln = h[2] << 8 | h[3]
                 elif ln == 127:
                     if h[2] & 0x80:
-                        self.fail(1002, "frame length with the top bit set")
+                        self.fail(1002)  # a 64-bit length with its top bit set
                     ln = 0
                     for j in range(2, 10):
                         ln = ln << 8 | h[j]
-                op = h[0] & 15
-                if op & 8:
+                if h[0] & 8:
                     self.ctl = bytearray()
                 elif ln > self.limit:
-                    self.fail(1009, "frame of %d bytes exceeds max_packet_size" % ln)
-                mp = 0
+                    self.fail(1009)
                 rem = ln
-                if rem == 0:
-                    if op & 8 and self._control(op):
-                        break
+                if rem == 0 and h[0] & 8 and self._control(h):
+                    break
                 continue
             k = n - i if n - i < rem else rem
             hk = h[1] & 127
-            hk = 2 if hk < 126 else 4 if hk == 126 else 10
+            hk = 2 if hk < 126 else 4 if hk == 126 else 10  # the mask key's place
+            mp = h[_MP]
             if h[0] & 8:  # a control frame's payload, collected
-                ctl = self.ctl
                 for j in range(k):
-                    ctl.append(buf[i + j] ^ h[hk + ((mp + j) & 3)])
+                    self.ctl.append(buf[i + j] ^ h[hk + ((mp + j) & 3)])
             else:
-                o = _unmask(buf, o, i, k, h, hk, mp)
+                for j in range(k):
+                    buf[o + j] = buf[i + j] ^ h[hk + ((mp + j) & 3)]
+                o += k
             i += k
             rem -= k
-            mp = (mp + k) & 3
-            if rem == 0 and h[0] & 8 and self._control(h[0] & 15):
+            h[_MP] = (mp + k) & 3
+            if rem == 0 and h[0] & 8 and self._control(h):
                 break
-        self.hn = hn
         self.rem = rem
-        self.mp = mp
         return o
 
     def _check(self, h):
-        """The first two bytes of a header (RFC 6455 section 5.2)."""
+        """The first two bytes of a header (RFC 6455 sections 5.1, 5.2, 5.4, 5.5)."""
         b0 = h[0]
         op = b0 & 15
-        if b0 & 0x70:
-            self.fail(1002, "reserved bits set")
-        if not h[1] & 0x80:
-            self.fail(1002, "unmasked frame")  # RFC 6455 section 5.1
+        if b0 & 0x70 or not h[1] & 0x80 or (op & 7) > 2:  # reserved bits, unmasked, opcode
+            self.fail(1002)
         if op & 8:
-            if op > 10:
-                self.fail(1002, "unknown opcode %d" % op)
-            if not b0 & 0x80 or h[1] & 127 > 125:
-                self.fail(1002, "fragmented or long control frame")  # section 5.5
+            if not b0 & 0x80 or h[1] & 127 > 125:  # a fragmented or long control frame
+                self.fail(1002)
             return
         if op == _TEXT:
-            self.fail(1003, "text frame")  # MQTT-6.0.0-1
-        if op > _BINARY:
-            self.fail(1002, "unknown opcode %d" % op)
-        if (op == _CONT) != bool(self.fl & _FRAG):
-            self.fail(1002, "continuation frame out of place")  # section 5.4
-        if b0 & 0x80:
-            self.fl &= ~_FRAG
-        else:
-            self.fl |= _FRAG
+            self.fail(1003)  # MQTT-6.0.0-1
+        if (op == 0) != bool(h[_FL] & _FRAG):  # a continuation out of place
+            self.fail(1002)
+        h[_FL] = h[_FL] & ~_FRAG if b0 & 0x80 else h[_FL] | _FRAG
 
-    def _control(self, op):
+    def _control(self, h):
         """A complete control frame: True once the connection is closing."""
         ctl = self.ctl
         self.ctl = None
+        op = h[0] & 15
         if op == _PING:
             self._send(0x8A, ctl)
         elif op == _CLOSE:
             if len(ctl) == 1:
-                self.fail(1002, "close frame of one byte")
+                self.fail(1002)
             self._send(0x88, ctl[:2])  # the client's code echoed (section 5.5.1)
-            self.fl |= _CLOSED
+            h[_FL] |= _CLOSED
             return True
         return False  # a pong: nothing to do
 
     def _send(self, b0, payload):
         """A control frame, unless a data frame is part way out: its bytes cannot be split,
         and this frame is dropped (a pong a congested client has to do without)."""
-        if self.ol or self.oh is not None or self.fl & _CLOSED:
+        if self.ol or self.oh is not None or self.h[_FL] & _CLOSED:
             return
         try:
             self.s.write(bytes((b0, len(payload))) + payload)
         except OSError:
             pass
 
-    def fail(self, code, why):
+    def fail(self, code):
         self._send(0x88, bytes((code >> 8, code & 255)))
-        self.fl |= _CLOSED
-        raise WsClose("websocket %d: %s" % (code, why))
+        self.h[_FL] |= _CLOSED
+        raise WsClose("websocket close %d" % code)
 
     def write(self, data):
-        if not self.fl & _OPEN:
+        if not self.h[_FL] & _OPEN:
             return self.s.write(data)  # the handshake's answer or plain HTTP
         s = self.s
         n = len(data)
@@ -223,38 +260,12 @@ class WsSock:
         return done
 
     def close(self):
-        if self.fl & (_OPEN | _CLOSED) == _OPEN:
+        h = self.h
+        if h[_FL] & (_OPEN | _CLOSED) == _OPEN:
             self._send(0x88, b"\x03\xe8")  # 1000, normal closure: the server ends it
-        self.fl |= _CLOSED
+        h[_FL] |= _CLOSED
         if self.f is not None:
             self.f.close()
             self.f = None
+        self.hs.heads.pop(self, None)
         self.s.close()
-
-
-def _unmask(buf, o, i, k, h, hk, mp):
-    """Unmask buf[i:i+k] into buf[o:o+k] (o <= i: moving down is safe); the new o."""
-    m0 = h[hk + (mp & 3)]
-    m1 = h[hk + ((mp + 1) & 3)]
-    m2 = h[hk + ((mp + 2) & 3)]
-    m3 = h[hk + ((mp + 3) & 3)]
-    end = i + k
-    while end - i >= 4:
-        buf[o] = buf[i] ^ m0
-        buf[o + 1] = buf[i + 1] ^ m1
-        buf[o + 2] = buf[i + 2] ^ m2
-        buf[o + 3] = buf[i + 3] ^ m3
-        i += 4
-        o += 4
-    if i < end:
-        buf[o] = buf[i] ^ m0
-        o += 1
-        i += 1
-        if i < end:
-            buf[o] = buf[i] ^ m1
-            o += 1
-            i += 1
-            if i < end:
-                buf[o] = buf[i] ^ m2
-                o += 1
-    return o
