@@ -158,3 +158,22 @@ def test_the_access_rules_hide_sys_from_a_user_not_allowed_it(broker_factory, br
     until(lambda: "may not read $SYS" in text(browser, "note"))
     time.sleep(1.5)  # a $SYS report would have come by now
     assert text(browser, "version") == "-" and text(browser, "msgs-in") == "-"
+
+
+def test_a_user_allowed_part_of_sys_sees_that_part(broker_factory, browser, tmp_path):
+    """$SYS/# is refused (SUBACK 0x80), the parts the rules allow are granted one by one:
+    the page shows the clients and nothing else."""
+    users = tmp_path / "users.txt"
+    users.write_text(hash_line("carol", "c", 1000) + "\n")
+    acl = tmp_path / "acl.txt"
+    acl.write_text("user carol\ntopic read $SYS/broker/clients/#\n")
+    b = start(broker_factory, "password_file %s\nacl_file %s\n" % (users, acl))
+    browser.get(b.url)
+    until(lambda: browser.find_element("id", "login").is_displayed())
+    browser.find_element("id", "user").send_keys("carol")
+    browser.find_element("id", "pass").send_keys("c")
+    browser.find_element("id", "go").click()
+    until(lambda: "hide part of $SYS" in text(browser, "note"))
+    until(lambda: "connected" in text(browser, "clients"))
+    time.sleep(1.5)  # a $SYS report would have come by now
+    assert text(browser, "version") == "-" and text(browser, "msgs-in") == "-"
