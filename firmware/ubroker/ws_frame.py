@@ -34,7 +34,9 @@ _BINARY = const(2)
 _CLOSE = const(8)
 _PING = const(9)
 _LONGEST = const(65535)  # the longest frame written: its length fits a 4-byte header
-_CHUNK = const(512)  # plain HTTP: the file goes out this much at a time
+# Plain HTTP: the file goes out this much at a time. A board's heap after start can be all in
+# holes of under 192 B (web.Stream), where a larger block does not fit.
+_CHUNK = const(128)
 
 _H2 = bytearray(b"\x82\x00")  # FIN, binary: a frame header being written (shared: it goes
 _H4 = bytearray(b"\x82\x7e\x00\x00")  # out at once, or its rest is kept in oh)
@@ -62,10 +64,15 @@ class Ws:
 
     def request(self, w, buf, n):
         from . import forget
-        from .ws_handshake import request
 
         try:
+            from .ws_handshake import request
+
             return request(self, w, buf, n)
+        except MemoryError:  # the connection goes, not the loop's pass
+            self.heads.pop(w, None)
+            w.h[_FL] |= _CLOSED
+            raise WsClose("websocket handshake: out of memory")
         finally:
             if not self.heads:
                 forget("ws_handshake")
@@ -79,14 +86,18 @@ class Ws:
         w = c.sock
         if type(w) is not WsSock or not w.h[_FL] & _HTTP:
             return False
+        why = "answered plain HTTP"
         if w.f is not None:
-            out = bytearray(_CHUNK)
-            n = w.f.readinto(out)
-            if n:
-                out[n:] = b""
-                c.out = out
-                return False
-        self.server.close(c, "answered plain HTTP", False)
+            try:
+                out = bytearray(_CHUNK)
+                n = w.f.readinto(out)
+                if n:
+                    out[n:] = b""
+                    c.out = out
+                    return False
+            except MemoryError:
+                why = "out of memory for an HTTP answer"
+        self.server.close(c, why, False)
         return True
 
 
@@ -102,7 +113,7 @@ class WsSock:
     ol = 0  # payload bytes of the frame being written still to go
     oh = None  # header bytes of the frame being written still to go (a partial write)
     ctl = None  # a control frame's payload, as it arrives
-    f = None  # plain HTTP: the file being streamed (Ws.drained)
+    f = None  # plain HTTP: the file or web.Stream being sent (Ws.drained)
 
     def __init__(self, s):
         self.s = s

@@ -3,7 +3,7 @@ Loaded by ws_frame.Ws while a request head is being answered, forgotten once non
 head is gathered until complete; an Upgrade to WebSocket version 13 offering the subprotocol
 `mqtt` (or `mqttv3.1`, which MQTT.js offers for protocol level 3) gets 101 and the
 subprotocol back (RFC 6455 section 4.2.2, MQTT-6.0.0-3, MQTT-6.0.0-4); a plain GET gets
-web.answer's page or figures (the file is streamed by Ws.drained); anything else 400 (426
+web.answer's page or figures (Ws.drained sends its file or web.Stream); anything else 400 (426
 for another version) and a close. Until the 101 the connection has no session, so the
 half-open limits and connect_timeout apply to a slow handshake as to a silent TCP client."""
 
@@ -98,7 +98,7 @@ def _http(ws, w, path):
     # The page's requests are few (the page reads its figures over MQTT): web.py leaves the
     # heap again with the answer made, as this module does.
     try:
-        _answer(ws, w, *answer(ws.server, path))
+        _answer(ws, w, *answer(ws.server, path, True))
     finally:
         forget("web")
 
@@ -112,7 +112,7 @@ def _answer(ws, w, head, body, path):
     out = bytearray(head)
     if body is not None:
         out.extend(body)
-    if path is not None:
-        w.f = open(path, "rb")
+    if path is not None:  # a file's path, or the figures as a web.Stream
+        w.f = open(path, "rb") if type(path) is str else path
     c.out = out
     sv.broker.mark_dirty(c)
