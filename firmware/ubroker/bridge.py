@@ -18,6 +18,7 @@ With `bridge_protocol_version mqttv50` the link speaks MQTT 5 (bridge_v5.py, loa
 v5 modules only then): the session's subscriptions carry the v5 mark, so what goes up keeps
 its properties, and what comes down is parsed there."""
 
+import gc
 import random
 import socket
 import time
@@ -44,9 +45,24 @@ def start_all(server):
     server.bridges = bridges = [Bridge(server, bc) for bc in server.cfg["connection"]]
     for br in bridges:
         if br.v5:
-            from .bridge_v5 import install
+            gc.collect()  # the v5 modules come now: they need the heap in few pieces
+            try:
+                from .bridge_v5 import install
 
-            install(server)
+                install(server)
+            except MemoryError:
+                # A board whose heap has no room for the v5 modules still bridges, at 3.1.1;
+                # what loaded before the heap ran out goes again
+                import ubroker
+
+                for name in ("bridge_v5", "v5_protocol", "v5_route", "v5_codec"):
+                    ubroker.forget(name)
+                gc.collect()
+                for x in bridges:
+                    if x.v5:
+                        x.v5 = False
+                        server.log("bridge %s: no heap for MQTT 5 (%d bytes free): using MQTT 3.1.1"
+                                   % (x.name, gc.mem_free()))
             break
     names = [br.cid for br in bridges]
     b = server.broker
@@ -89,12 +105,6 @@ class Bridge:
                 self.up.append(((local + pattern).encode().split(b"/"), local.encode(), remote.encode()))
             if direction != "out":
                 self.down.append(((remote + pattern).encode().split(b"/"), remote.encode(), local.encode()))
-        # v5: the `in` patterns as the upstream has them, each subscribed with its own
-        # Subscription Identifier (its place among the topic lines, from 1): (levels, QoS, id)
-        self.ins = None
-        if self.v5:
-            self.ins = [((remote + pattern).encode().split(b"/"), qos, i + 1)
-                        for i, (pattern, direction, qos, _local, remote) in enumerate(self.topics) if direction != "out"]
         self.sess = None
         self.conn = None
         self.connected = False
@@ -151,17 +161,6 @@ class Bridge:
             if match_levels(levels, topic):
                 return to + topic[len(frm):]
         return topic
-
-    def pick(self, topic):
-        """v5: the Subscription Identifier of the one `in` subscription whose copy of a
-        message on this (upstream) topic is taken: the highest QoS, then the first line."""
-        best = 0
-        bq = -1
-        for levels, qos, sid in self.ins:
-            if qos > bq and match_levels(levels, topic):
-                best = sid
-                bq = qos
-        return best
 
     def local_topic(self, topic):
         self.received += 1
@@ -260,13 +259,6 @@ class Bridge:
                 _str(body, self.password)
         return self.packet(0x10, body)
 
-    def subscribe(self, c, sid, flt, opts):
-        body = bytearray((sid >> 8, sid & 0xFF, 2 if sid < 128 else 3, 0x0B))  # packet id, properties
-        put_length(body, sid)  # the Subscription Identifier, a variable byte integer
-        _str(body, flt)
-        body.append(opts)
-        self.b.send(c, self.packet(0x82, body))
-
     def packet(self, b0, body):
         out = bytearray((b0,))
         put_length(out, len(body))
@@ -350,13 +342,7 @@ class Bridge:
         self.log("bridge %s: connected to %s:%d%s" % (self.name, self.host, self.port,
                                                      " (session present)" if present else ""))
         if self.v5:
-            # One SUBSCRIBE per `in` line, with its Subscription Identifier (pick()), No Local
-            # and Retain As Published (bridge_v5.py says why)
-            i = 0
-            for pattern, direction, qos, _local, remote in self.topics:
-                i += 1
-                if direction != "out":
-                    self.subscribe(c, i, remote + pattern, qos | 0x0C)
+            b.v5.link_subscribe(self, c)  # type: ignore[attr-defined]
         else:
             body = bytearray(b"\x00\x01")
             n = 0

@@ -16,7 +16,8 @@ bridge needs to pass on which messages are retained."""
 
 from micropython import const
 
-from .codec import Malformed, field, u16
+from .codec import Malformed, field, put_length, u16
+from .topics import match_levels
 from .v5_codec import ack, put_u, skip, vbi, vbi_len
 from .v5_protocol import V5, V5Conn
 
@@ -129,6 +130,26 @@ class Link(V5):
     def link_open(self, c):
         """A new upstream connection speaks v5 from its first packet."""
         c.v5 = V5Conn()
+
+    def link_subscribe(self, br, c):
+        """One SUBSCRIBE per `in` line, with a Subscription Identifier of its own (its place
+        among the topic lines, from 1: see _pick), No Local and Retain As Published."""
+        ins = []  # (levels, QoS, id) of each, for _pick: split once, not per message
+        i = 0
+        for pattern, direction, qos, _local, remote in br.topics:
+            i += 1
+            if direction == "out":
+                continue
+            flt = (remote + pattern).encode()
+            ins.append((flt.split(b"/"), qos, i))
+            body = bytearray((i >> 8, i & 0xFF, 2 if i < 128 else 3, _P_SUBSCRIPTION_ID))
+            put_length(body, i)  # the identifier, a variable byte integer
+            body.append(len(flt) >> 8)
+            body.append(len(flt) & 0xFF)
+            body += flt
+            body.append(qos | 0x0C)
+            self.b.send(c, br.packet(0x82, body))
+        br.ins = ins
 
     def link_props(self, br):
         """The CONNECT's property block. cleansession false asks the upstream to keep the
@@ -254,7 +275,7 @@ class Link(V5):
         # One copy per `in` subscription the topic matches (MQTT-3.3.4-5, as Mosquitto sends
         # them): only the one the link picks is routed, the others only acknowledged
         retain = bool(b0 & 1) and self.cfg["retain_available"]
-        if not sids or br.pick(topic) in sids:
+        if not sids or _pick(br, topic) in sids:
             topic = br.local_topic(topic)
             if not b_.publish(topic, self.server.rmv[p:end], qos, retain, False, None, s, None, fwd):
                 br.received -= 1  # offered again once there is room, and counted then
@@ -279,3 +300,15 @@ class Link(V5):
         if c.bridge is not None:
             topic = c.bridge.remote_topic(topic)
         return V5.write(self, c, topic, payload, qos, retain, dup, pid, extra)
+
+
+def _pick(br, topic):
+    """The Subscription Identifier of the one `in` subscription whose copy of a message on
+    this (upstream) topic is taken: the highest QoS, then the first line."""
+    best = 0
+    bq = -1
+    for levels, qos, sid in br.ins:
+        if qos > bq and match_levels(levels, topic):
+            best = sid
+            bq = qos
+    return best
