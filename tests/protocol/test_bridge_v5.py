@@ -158,3 +158,19 @@ def test_upstream_keeps_the_session_while_the_gateway_is_away(upstream, gateway)
     assert "(session present)" in gw2.log(), gw2.log()[-2000:]
     # the message kept for the link came down (routed to nobody here: no local subscriber yet)
     assert wait_for(lambda: int(tb.sys_value(gw2, "bridge/up/received")) == 1, 5)
+
+
+def test_acknowledgements_with_reason_codes_release_the_queue(upstream, gateway):
+    """QoS 1 and 2 messages going up where nobody subscribes upstream: Mosquitto answers at
+    level 5 with PUBACK/PUBREC 0x10, No matching subscribers (MQTT 5.0 section 3.4.2.1), which
+    ends each exchange as a success; the link stays up and its queue empties."""
+    gw = gateway(tb.bridge_conf(upstream.port, ["lonely/# out 2"], V5))
+    assert tb.bridge_up(gw)
+    lp = Client5(gw.port, "local-pub")
+    for i in range(5):
+        lp.publish("lonely/%d" % i, b"x", 1 + i % 2)
+    assert wait_for(lambda: tb.sys_value(gw, "bridge/up/queued") == "0", 5)
+    assert int(tb.sys_value(gw, "bridge/up/sent")) == 5
+    assert tb.sys_value(gw, "bridge/up/connected") == "1"
+    assert "protocol error" not in gw.log()
+    lp.close()
