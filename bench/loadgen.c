@@ -15,6 +15,8 @@
  *   connect  --conc C                        CONNECT / CONNACK / DISCONNECT / wait for close, C at a time
  *   idle     --clients N                     N clients, each with one subscription; prints READY, holds
  *                                            them until stdin closes, then disconnects
+ * --ws PATH puts every connection of fanin, fanout, latency or idle over WebSockets (RFC 6455): the
+ * Upgrade on PATH, then masked binary frames; the verification is the same as over TCP.
  *
  * Build: gcc -O2 -o bench/bin/loadgen bench/loadgen.c
  */
@@ -34,8 +36,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <strings.h>
 #include <unistd.h>
-#include <stdint.h>
 
 /* ------------------------------------------------------------------ options */
 
@@ -219,7 +221,237 @@ static int tcp_connect(int nonblock) {
 
 static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
-static void write_all(int fd, const uint8_t *p, size_t n) {
+/* ------------------------------------------------------------------ WebSockets (--ws PATH) */
+
+/* With --ws every connection opens with the HTTP/1.1 Upgrade of RFC 6455 section 4.1 (version
+ * 13, subprotocol mqtt as MQTT-6.0.0-3 asks) and then carries its MQTT bytes in binary frames:
+ * ours masked (section 5.3), one frame per write of whatever was queued; the broker's unmasked,
+ * de-framed here in place so the MQTT parser never sees a frame header and a packet may span
+ * frames. Pings are answered with pongs; a close frame ends the connection. */
+
+static const char *o_ws = NULL;      /* request path; NULL: plain TCP */
+
+typedef struct {
+    uint8_t h[14];
+    int hn;              /* header bytes gathered so far */
+    int in_frame, op;    /* inside a frame's payload, and its opcode */
+    uint64_t left;       /* payload bytes of the current frame still to come */
+    uint8_t ctl[125];    /* a control frame's payload (at most 125 bytes, section 5.5) */
+    int cn;
+    uint8_t png[125];    /* the latest ping's payload, to send back in a pong (RFC 6455 5.5.3: */
+    int pong, pn;        /* answering only the most recent of several is allowed) */
+    int close_code;      /* -1 while open; the code of the broker's close frame */
+    const char *err;     /* why the broker's frames were refused */
+} ws_t;
+
+static ws_t **g_ws;  /* by file descriptor: the WebSocket state of a connection, NULL for TCP */
+static int g_ws_cap;
+
+static ws_t *ws_of(int fd) { return fd >= 0 && fd < g_ws_cap ? g_ws[fd] : NULL; }
+
+static uint64_t g_rng;
+
+/* xorshift64*: frame masks need not be secret here (RFC 6455 10.3 guards proxies from scripts),
+ * only new per frame; seeded from the kernel. */
+static uint32_t rng32(void) {
+    if (!g_rng) {
+        FILE *f = fopen("/dev/urandom", "rb");
+        if (!f || fread(&g_rng, sizeof g_rng, 1, f) != 1) g_rng = (uint64_t)(now() * 1e9) ^ getpid();
+        if (f) fclose(f);
+        g_rng |= 1;
+    }
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return (uint32_t)((g_rng * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+static uint32_t rol(uint32_t x, int n) { return x << n | x >> (32 - n); }
+
+/* SHA-1 (FIPS 180-4), only for checking Sec-WebSocket-Accept. */
+static void sha1(const uint8_t *msg, size_t len, uint8_t out[20]) {
+    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    size_t total = (len + 9 + 63) / 64 * 64;
+    uint8_t blk[64];
+    for (size_t off = 0; off < total; off += 64) {
+        for (int i = 0; i < 64; i++) {
+            size_t k = off + i;
+            blk[i] = k < len ? msg[k] : k == len ? 0x80 : 0;
+        }
+        if (off + 64 == total) put64(blk + 56, (uint64_t)len * 8);
+        uint32_t w[80], a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+        for (int i = 0; i < 16; i++) w[i] = get32(blk + 4 * i);
+        for (int i = 16; i < 80; i++) w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+        for (int i = 0; i < 80; i++) {
+            uint32_t f, k;
+            if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999; }
+            else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1; }
+            else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDC; }
+            else { f = b ^ c ^ d; k = 0xCA62C1D6; }
+            uint32_t t = rol(a, 5) + f + e + k + w[i];
+            e = d; d = c; c = rol(b, 30); b = a; a = t;
+        }
+        h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
+    }
+    for (int i = 0; i < 5; i++) put32(out + 4 * i, h[i]);
+}
+
+static void base64(const uint8_t *in, size_t n, char *out) {
+    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = in[i] << 16 | (i + 1 < n ? in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
+        out[o++] = al[v >> 18 & 63];
+        out[o++] = al[v >> 12 & 63];
+        out[o++] = i + 1 < n ? al[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? al[v & 63] : '=';
+    }
+    out[o] = 0;
+}
+
+/* The value of header field `name` in the response head (names compared without case). */
+static int head_field(const char *head, const char *name, char *val, size_t cap) {
+    size_t nl = strlen(name);
+    for (const char *p = strstr(head, "\r\n"); p && p[2]; p = strstr(p + 2, "\r\n")) {
+        if (strncasecmp(p + 2, name, nl) || p[2 + nl] != ':') continue;
+        const char *v = p + 3 + nl, *e = strstr(v, "\r\n");
+        while (*v == ' ' || *v == '\t') v++;
+        size_t l = e ? (size_t)(e - v) : strlen(v);
+        while (l && (v[l - 1] == ' ' || v[l - 1] == '\t')) l--;
+        if (l >= cap) l = cap - 1;
+        memcpy(val, v, l);
+        val[l] = 0;
+        return 1;
+    }
+    return 0;
+}
+
+static void write_raw(int fd, const uint8_t *p, size_t n);
+
+/* The opening handshake on a blocking socket; returns NULL or why it failed. The answer's head
+ * is read exactly (peeked first), so no frame behind it is consumed here. */
+static const char *ws_handshake(int fd) {
+    uint8_t nonce[16];
+    char key[32], req[512], head[2048], want[32], val[128];
+    for (int i = 0; i < 16; i += 4) put32(nonce + i, rng32());
+    base64(nonce, 16, key);
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+                     o_ws, o_host, o_port, key);
+    write_raw(fd, (const uint8_t *)req, n);
+    double end = now() + 10.0;
+    size_t have = 0;
+    char *eoh = NULL;
+    while (!eoh) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (now() > end) return "no answer to the WebSocket handshake within 10 s";
+        if (poll(&pf, 1, 100) <= 0) continue;
+        ssize_t r = recv(fd, head, sizeof head - 1, MSG_PEEK);
+        if (r <= 0) return "closed during the WebSocket handshake";
+        head[r] = 0;
+        eoh = strstr(head, "\r\n\r\n");
+        if (!eoh && (size_t)r == sizeof head - 1) return "WebSocket handshake answer head too long";
+        if (!eoh && (size_t)r == have) usleep(1000); /* nothing new yet */
+        have = r;
+    }
+    size_t hl = eoh + 4 - head;
+    if (recv(fd, head, hl, 0) != (ssize_t)hl) return "reading the handshake answer failed";
+    head[hl] = 0;
+    static char why[200];
+    if (strncmp(head, "HTTP/1.1 101", 12)) {
+        snprintf(why, sizeof why, "WebSocket handshake refused: %.*s", (int)strcspn(head, "\r\n"), head);
+        return why;
+    }
+    char kg[80];
+    uint8_t dig[20];
+    snprintf(kg, sizeof kg, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
+    sha1((const uint8_t *)kg, strlen(kg), dig);
+    base64(dig, 20, want);
+    if (!head_field(head, "Sec-WebSocket-Accept", val, sizeof val) || strcmp(val, want)) {
+        snprintf(why, sizeof why, "wrong Sec-WebSocket-Accept '%s' (expected %s)", val, want);
+        return why;
+    }
+    if (!head_field(head, "Sec-WebSocket-Protocol", val, sizeof val) || strcmp(val, "mqtt"))
+        return "the broker did not choose the subprotocol mqtt";
+    if (fd >= g_ws_cap) {
+        int cap = fd + 1024;
+        g_ws = realloc(g_ws, cap * sizeof *g_ws);
+        if (!g_ws) die("out of memory");
+        memset(g_ws + g_ws_cap, 0, (cap - g_ws_cap) * sizeof *g_ws);
+        g_ws_cap = cap;
+    }
+    ws_t *w = xcalloc(1, sizeof *w);
+    w->close_code = -1;
+    g_ws[fd] = w;
+    return NULL;
+}
+
+/* One masked frame of opcode op around p[0..n) into out (room for n + 14); returns its length. */
+static size_t ws_frame(uint8_t *out, int op, const uint8_t *p, size_t n) {
+    size_t h = 0;
+    out[h++] = 0x80 | op;
+    if (n < 126) out[h++] = 0x80 | n;
+    else if (n < 65536) { out[h++] = 0x80 | 126; out[h++] = n >> 8; out[h++] = n & 0xff; }
+    else { out[h++] = 0x80 | 127; put64(out + h, n); h += 8; }
+    uint8_t m[4];
+    put32(m, rng32());
+    memcpy(out + h, m, 4);
+    h += 4;
+    for (size_t i = 0; i < n; i++) out[h + i] = p[i] ^ m[i & 3];
+    return h + n;
+}
+
+static void ws_end_frame(ws_t *w) {
+    w->in_frame = 0;
+    if (w->op == 9) {
+        memcpy(w->png, w->ctl, w->cn);
+        w->pn = w->cn;
+        w->pong = 1;
+    }
+    else if (w->op == 8) w->close_code = w->cn >= 2 ? w->ctl[0] << 8 | w->ctl[1] : 1005;
+}
+
+/* De-frame the n bytes at p in place: returns how many MQTT bytes are now at p, or -1 (w->err).
+ * Header bytes split across reads are kept in w->h. */
+static long ws_deframe(ws_t *w, uint8_t *p, size_t n) {
+    size_t i = 0, o = 0;
+    while (i < n) {
+        if (!w->in_frame) {
+            w->h[w->hn++] = p[i++];
+            if (w->hn < 2) continue;
+            int l7 = w->h[1] & 0x7f, need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0);
+            if (w->hn < need) continue;
+            if (w->h[1] & 0x80) { w->err = "masked frame from the broker (RFC 6455 5.1)"; return -1; }
+            if (w->h[0] & 0x70) { w->err = "reserved bits set in a frame from the broker"; return -1; }
+            w->op = w->h[0] & 0x0f;
+            w->left = l7 == 126 ? (uint64_t)(w->h[2] << 8 | w->h[3]) : l7 == 127 ? get64(w->h + 2) : (uint64_t)l7;
+            w->hn = 0;
+            w->in_frame = 1;
+            w->cn = 0;
+            if (w->op == 1) { w->err = "text frame from the broker (MQTT goes in binary frames)"; return -1; }
+            if (w->op >= 8 && (w->left > 125 || !(w->h[0] & 0x80))) { w->err = "malformed control frame"; return -1; }
+            if (w->op != 0 && w->op != 2 && w->op < 8) { w->err = "reserved opcode from the broker"; return -1; }
+            if (!w->left) ws_end_frame(w);
+            continue;
+        }
+        size_t take = n - i < w->left ? n - i : (size_t)w->left;
+        if (w->op >= 8) {
+            memcpy(w->ctl + w->cn, p + i, take);
+            w->cn += take;
+        } else {
+            memmove(p + o, p + i, take);
+            o += take;
+        }
+        i += take;
+        w->left -= take;
+        if (!w->left) ws_end_frame(w);
+    }
+    return (long)o;
+}
+
+
+static void write_raw(int fd, const uint8_t *p, size_t n) {
     while (n) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
@@ -234,6 +466,30 @@ static void write_all(int fd, const uint8_t *p, size_t n) {
         p += w;
         n -= w;
     }
+}
+
+/* One packet (or several) on a blocking socket: as one frame over WebSockets. */
+static void write_all(int fd, const uint8_t *p, size_t n) {
+    ws_t *w = ws_of(fd);
+    if (!w) {
+        write_raw(fd, p, n);
+        return;
+    }
+    uint8_t stackbuf[4096], *f = n + 14 <= sizeof stackbuf ? stackbuf : xcalloc(n + 14, 1);
+    write_raw(fd, f, ws_frame(f, 2, p, n));
+    if (f != stackbuf) free(f);
+}
+
+/* After de-framing: a ping is answered, a close frame ends the connection (-3, as EOF). */
+static long ws_after_read(int fd, ws_t *w, uint8_t *p, size_t r) {
+    long m = ws_deframe(w, p, r);
+    if (m < 0) return -1;
+    if (w->pong) {
+        uint8_t f[140];
+        w->pong = 0;
+        write_raw(fd, f, ws_frame(f, 10, w->png, w->pn));
+    }
+    return w->close_code >= 0 ? -3 : m;
 }
 
 /* Blocking read of one whole packet (set-up phase), within timeout seconds. */
@@ -257,6 +513,12 @@ static int read_pkt(int fd, uint8_t *buf, size_t cap, size_t *have, double timeo
             if (errno == EINTR || errno == EAGAIN) continue;
             return -4;
         }
+        ws_t *w = ws_of(fd);
+        if (w) {
+            long m = ws_after_read(fd, w, buf + *have, r);
+            if (m < 0) return (int)m;
+            r = m;
+        }
         *have += r;
     }
 }
@@ -270,6 +532,10 @@ static void consume(uint8_t *buf, size_t *have, long n) {
 static int mqtt_open(const char *cid, const char *filter, int qos, int keepalive) {
     int fd = tcp_connect(0);
     if (fd < 0) die("connect to %s:%d: %s", o_host, o_port, strerror(errno));
+    if (o_ws) {
+        const char *why = ws_handshake(fd);
+        if (why) die("client %s: %s", cid, why);
+    }
     uint8_t buf[4096];
     /* --persistent: subscribers keep a persistent session (clean session 0) */
     size_t have = 0, n = enc_connect(buf, cid, keepalive, !(filter && o_persistent));
@@ -309,6 +575,9 @@ typedef struct {
     size_t rlen, rcap;
     uint8_t *wbuf;
     size_t wlen, woff, wcap;
+    ws_t *ws;            /* --ws: wbuf's bytes go out framed, through fbuf */
+    uint8_t *fbuf;
+    size_t flen, foff, fcap;
     /* publisher */
     tmpl_t t;
     uint32_t next_seq;
@@ -356,7 +625,41 @@ static void queue_bytes(conn_t *c, const uint8_t *p, size_t n) {
     c->wlen += n;
 }
 
+static int pending(const conn_t *c) { return c->woff < c->wlen || c->foff < c->flen; }
+
+static void fbuf_room(conn_t *c, size_t n) {
+    if (c->flen + n > c->fcap) {
+        c->fcap = (c->flen + n) * 2;
+        c->fbuf = realloc(c->fbuf, c->fcap);
+        if (!c->fbuf) die("out of memory");
+    }
+}
+
+/* Over WebSockets: what was queued becomes one frame once the previous one is all written. */
+static void flush_ws(conn_t *c) {
+    if (c->foff == c->flen && c->woff < c->wlen) {
+        c->foff = c->flen = 0;
+        fbuf_room(c, c->wlen - c->woff + 14);
+        c->flen = ws_frame(c->fbuf, 2, c->wbuf + c->woff, c->wlen - c->woff);
+        c->woff = c->wlen = 0;
+    }
+    while (!c->dead && c->foff < c->flen) {
+        ssize_t w = write(c->fd, c->fbuf + c->foff, c->flen - c->foff);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) conn_dead(c, "write: %s", strerror(errno));
+            return;
+        }
+        c->foff += w;
+    }
+    if (c->foff == c->flen) c->foff = c->flen = 0;
+}
+
 static void flush(conn_t *c) {
+    if (c->ws) {
+        flush_ws(c);
+        return;
+    }
     while (!c->dead && c->woff < c->wlen) {
         ssize_t w = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
         if (w < 0) {
@@ -523,6 +826,18 @@ static size_t conn_read(conn_t *c, double *t_last) {
             break;
         }
         total += r;
+        if (c->ws) {
+            long m = ws_deframe(c->ws, c->rbuf + c->rlen, r);
+            if (m < 0) { conn_dead(c, "%s", c->ws->err); break; }
+            if (c->ws->pong) {
+                /* after any frame already under way: frames are not interleaved */
+                c->ws->pong = 0;
+                fbuf_room(c, c->ws->pn + 14);
+                c->flen += ws_frame(c->fbuf + c->flen, 10, c->ws->png, c->ws->pn);
+            }
+            if (c->ws->close_code >= 0) { conn_dead(c, "WebSocket close %d from the broker", c->ws->close_code); break; }
+            r = m;
+        }
         c->rlen += r;
         size_t off = 0;
         for (;;) {
@@ -636,6 +951,7 @@ static int run_flow(void) {
             }
             c->q2wait = xcalloc(65536, 1);
         }
+        c->ws = ws_of(c->fd);
         set_nonblock(c->fd);
     }
     struct pollfd *pf = xcalloc(n, sizeof *pf);
@@ -693,7 +1009,7 @@ static int run_flow(void) {
             pf[i].fd = c->dead ? -1 : c->fd;
             pf[i].events = POLLIN;
             pf[i].revents = 0;
-            if (c->woff < c->wlen) pf[i].events |= POLLOUT;
+            if (pending(c)) pf[i].events |= POLLOUT;
         }
         int pr = poll(pf, n, 20);
         if (pr < 0 && errno != EINTR) die("poll: %s", strerror(errno));
@@ -706,14 +1022,14 @@ static int run_flow(void) {
         for (int i = 0; i < n; i++) {
             conn_t *c = &cs[i];
             if (c->dead) continue;
-            if (c->is_pub && sending && c->woff == c->wlen && pub_want_send(c, o_count)) {
+            if (c->is_pub && sending && !pending(c) && pub_want_send(c, o_count)) {
                 /* A few rounds per pass so that one publisher cannot starve the rest. */
                 for (int k = 0; k < 4 && !c->dead; k++) {
                     pub_fill(c, o_count);
                     flush(c);
-                    if (c->woff != c->wlen || !pub_can_send(c, o_count)) break;
+                    if (pending(c) || !pub_can_send(c, o_count)) break;
                 }
-            } else if (c->woff < c->wlen) {
+            } else if (pending(c)) {
                 flush(c);
             }
         }
@@ -756,6 +1072,7 @@ static int run_flow(void) {
     if (bad) violations++;
     printf("{\"mode\":\"%s\",\"qos\":%d,\"pubs\":%d,\"subs\":%d,\"window\":%d,\"payload\":%d,", o_mode, o_qos, np,
            ns, o_window, o_payload);
+    printf("\"transport\":\"%s\",", o_ws ? "websockets" : "tcp");
     printf("\"sent\":%llu,\"acked\":%llu,\"pubcomp\":%llu,\"received\":%llu,\"unique\":%llu,",
            (unsigned long long)sent, (unsigned long long)acked, (unsigned long long)comp, (unsigned long long)recv,
            (unsigned long long)unique);
@@ -988,7 +1305,10 @@ static int run_idle(void) {
         struct pollfd p = {fds[i], POLLIN, 0};
         /* A connection the broker closed meanwhile reads as EOF. */
         if (!(poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR)))) alive++;
-        if (write(fds[i], disc, 2) != 2) { }
+        if (ws_of(fds[i])) {
+            uint8_t f[16];
+            if (write(fds[i], f, ws_frame(f, 2, disc, 2)) < 0) { }
+        } else if (write(fds[i], disc, 2) != 2) { }
         close(fds[i]);
     }
     printf("{\"mode\":\"idle\",\"clients\":%d,\"still_connected\":%d,\"violations\":%d}\n", N, alive, alive != N);
@@ -1016,6 +1336,8 @@ static void usage(void) {
             "  --clients N            idle: clients to hold (100)\n"
             "  --tag T                unique part of topics and client ids (default: pid)\n"
             "  --watch PID            also report the CPU use of process PID (the broker)\n"
+            "  --ws PATH              over WebSockets: Upgrade on PATH (e.g. /mqtt), frames both ways\n"
+            "                         (fanin, fanout, latency, idle)\n"
             "example: loadgen fanin --port 1883 --qos 1 --pubs 8 --duration 3\n");
     exit(2);
 }
@@ -1048,6 +1370,7 @@ int main(int argc, char **argv) {
         else if (OPT("--clients")) o_clients = atoi(v);
         else if (OPT("--tag")) o_tag = v;
         else if (OPT("--watch")) o_watch = atoi(v);
+        else if (OPT("--ws")) o_ws = v;
         else if (!strcmp(a, "--pair")) o_pair = 1;
         else if (!strcmp(a, "--persistent")) o_persistent = 1;
         else usage();
@@ -1061,6 +1384,7 @@ int main(int argc, char **argv) {
         snprintf(tagbuf, sizeof tagbuf, "%d", (int)getpid());
         o_tag = tagbuf;
     }
+    if (o_ws && (!strcmp(o_mode, "connect") || o_ws[0] != '/')) usage();
     int rc;
     if (!strcmp(o_mode, "fanin") || fanout) rc = run_flow();
     else if (!strcmp(o_mode, "latency")) rc = run_latency();
