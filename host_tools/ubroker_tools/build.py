@@ -147,6 +147,8 @@ def build(board, out=None):
     with open(os.path.join(out, "ubroker.conf"), "w") as f:
         f.write(default_config(board))
     files.append("ubroker.conf")
+    from . import webpage  # the status page a websockets listener serves (docs/status-page.md)
+    files.append(webpage.install(out))
     return out, [(name, os.path.getsize(os.path.join(out, name))) for name in files]
 
 

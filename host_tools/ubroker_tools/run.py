@@ -105,6 +105,9 @@ def compiled(arch=None, opt=0):
             sys.exit("ubroker run: " + str(e))
     if not fresh:
         open(stamp, "w").close()
+    from . import webpage  # found below the folder on MICROPYPATH, as on a board
+
+    webpage.install(out)
     # A stale .mpy whose source is gone must not be imported.
     for sub in ("", "ubroker"):
         d = os.path.join(out, sub)
