@@ -22,6 +22,7 @@ ROWS = [
     ("fanin1", "fan-in QoS 1 (8 -> 1)", "msg/s", "fanin1", lambda r: r.get("rate"), False),
     ("fanin2", "fan-in QoS 2 (8 -> 1)", "msg/s", "fanin2", lambda r: r.get("rate"), False),
     ("fanin1p", "fan-in QoS 1, persistent sub", "msg/s", "fanin1p", lambda r: r.get("rate"), False),
+    ("fanin1v5", "fan-in QoS 1 at MQTT 5 (8 -> 1)", "msg/s", "fanin1v5", lambda r: r.get("rate"), False),
     ("fanout0", "fan-out QoS 0 (1 -> 16)", "deliveries/s", "fanout0", lambda r: r.get("rate"), False),
     ("lat50", "round trip p50", "us", "latency", lambda r: r.get("p50_us"), True),
     ("lat99", "round trip p99", "us", "latency", lambda r: r.get("p99_us"), True),

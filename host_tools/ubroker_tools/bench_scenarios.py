@@ -12,6 +12,7 @@ import time
 from .bench_proc import BENCH, cpu_seconds, free_port, rss_bytes
 from .bench_storm import storm
 from .bench_tls import tls_certs, tls_connects
+from .bench_v5 import fanin_v5
 
 LOADGEN_SRC = os.path.join(BENCH, "loadgen.c")
 
@@ -23,6 +24,8 @@ SCENARIOS = {
     # The durable store's cost: the same as fanin1, the subscriber with a persistent session.
     "fanin1p": ("fan-in QoS 1, 8 pub -> 1 persistent sub",
                 ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1", "--persistent"]),
+    # Not the load generator (3.1.1 only): raw MQTT 5 packets from one CPython loop (bench_v5).
+    "fanin1v5": ("fan-in QoS 1 at MQTT 5, 8 pub -> 1 sub", None),
     "fanout0": ("fan-out QoS 0, 1 pub -> 16 sub", ["fanout", "--qos", "0", "--pubs", "1", "--subs", "16"]),
     "latency": ("round trip QoS 0, 1 client", ["latency"]),
     "connect": ("connects", ["connect", "--conc", "16"]),
@@ -77,6 +80,9 @@ def run_scenario(broker, key, exe, opts):
         except (OSError, subprocess.CalledProcessError) as e:
             res["error"] = "cannot make test certificates with openssl: %s" % e
             return res
+    if key == "fanin1v5" and broker.name not in ("ubroker", "mosquitto"):
+        res["untested"] = "%s does not speak MQTT 5" % broker.name
+        return res
     try:
         broker.start(port)
     except Exception as e:
@@ -88,6 +94,13 @@ def run_scenario(broker, key, exe, opts):
         if key == "connect_tls":
             cpu0, t0 = cpu_seconds(pid), time.time()
             res.update(tls_connects(broker.tls[0], os.path.join(broker.tls[1], "ca.pem"), opts["duration"]))
+            cpu1 = cpu_seconds(pid)
+            if cpu0 is not None and cpu1 is not None:
+                res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / (time.time() - t0), 1)
+            res["broker_rss_after"] = rss_bytes(pid)
+        elif key == "fanin1v5":
+            cpu0, t0 = cpu_seconds(pid), time.time()
+            res.update(fanin_v5(port, opts["duration"], opts["drain"]))
             cpu1 = cpu_seconds(pid)
             if cpu0 is not None and cpu1 is not None:
                 res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / (time.time() - t0), 1)
