@@ -52,7 +52,7 @@ class Ws:
         self.listeners = []  # the listening sockets that speak WebSockets
         self.heads = {}  # WsSock -> its request head so far (only while it arrives)
         WsSock.limit = server.max_packet + 5
-        WsSock.hs = self
+        WsSock.hs = self  # type: ignore[assignment]  # the class default is None
 
     def wrap(self, ls, s):
         """The Conn's socket for s accepted on ls: a WsSock for a WebSockets listener."""
@@ -129,7 +129,8 @@ class WsSock:
         if not h[_FL] & _OPEN:
             if h[_FL] & _HTTP:
                 return None  # an answer is going out: what else the client sends is ignored
-            n = self.hs.request(self, buf, n)  # the handshake; what follows its head, if any
+            # the handshake; what follows its head, if any (hs: the class default is None)
+            n = self.hs.request(self, buf, n)  # type: ignore[attr-defined]
             if not n:
                 return None
         n = self._deframe(buf, n, h)
@@ -212,7 +213,7 @@ class WsSock:
         if op == _PING:
             self._send(0x8A, ctl)
         elif op == _CLOSE:
-            if len(ctl) == 1:
+            if len(ctl) == 1:  # type: ignore[arg-type]  # set with the frame's header
                 self.fail(1002)
             self._send(0x88, ctl[:2])  # the client's code echoed (section 5.5.1)
             h[_FL] |= _CLOSED
@@ -278,5 +279,5 @@ class WsSock:
         if self.f is not None:
             self.f.close()
             self.f = None
-        self.hs.heads.pop(self, None)
+        self.hs.heads.pop(self, None)  # type: ignore[attr-defined]
         self.s.close()

@@ -12,8 +12,6 @@ import hashlib
 
 from micropython import const
 
-from .ws_frame import WsClose
-
 _FL = const(16)  # ws_frame's state bits, in WsSock.h
 _OPEN = const(1)
 _CLOSED = const(4)
@@ -64,7 +62,7 @@ def request(ws, w, buf, n):
             # A new connection's socket has room for 160 bytes: written at once, or not at all.
             if (w.s.write(head) or 0) < len(head):
                 w.h[_FL] |= _CLOSED  # no close frame on a connection that never opened
-                raise WsClose("websocket handshake: the answer did not go out")
+                raise OSError("websocket handshake: the answer did not go out")
             w.h[_FL] |= _OPEN
             return rest
     return 0
