@@ -7,6 +7,7 @@ bench/RESULTS.md on request). The parts, one job each, none importing this modul
   bench_peers      the brokers compared and how each is started
   bench_scenarios  the scenarios and bench/loadgen (C), which also verifies what arrives
   bench_tls        the TLS connects scenario's certificates and client
+  bench_ws         the WebSockets scenario's check that a broker's listener answers the Upgrade
   bench_report     the tables, the targets, the verdicts
   bench_bridge     the `bridge` scenario (and its own bench_bridge_* parts)"""
 
@@ -29,7 +30,10 @@ from .bench_scenarios import SCENARIOS, build_loadgen, run_scenario
 HELP = """Benchmark ubroker (unix port) against Mosquitto, aedes and amqtt, side by side.
 
 Scenarios: fan-in QoS 0/1/2 (8 publishers -> 1 subscriber), fan-out QoS 0 (1 -> 16), round-trip
-latency p50/p99, connects per second, RSS per idle client. Each broker is started fresh for each
+latency p50/p99, connects per second, RSS per idle client, and fan-in QoS 1 over WebSockets
+(fanin1ws: each broker with a websockets listener too, reported against its own TCP fan-in as well
+as against Mosquitto's WebSockets; a broker whose listener does not answer the Upgrade is shown
+as not measured, with the reason). Each broker is started fresh for each
 scenario on a free 127.0.0.1 port. The load generator (bench/loadgen.c, built with cc into
 bench/bin/) verifies every delivery; any lost acknowledged message, QoS 2 duplicate or reordering
 is reported. Peers that are not installed are shown as unavailable (`make bench` installs them).
@@ -42,6 +46,7 @@ example:
   make bench                                 # set up the peers, then the full run (~3-5 min)
   ubroker bench --quick                      # short run while developing
   ubroker bench --brokers ubroker,mosquitto --scenarios fanin1,latency
+  ubroker bench --quick --scenarios fanin1,fanin1ws  # WebSockets against TCP
   ubroker bench --update-results             # also rewrite bench/RESULTS.md (committed table)
   ubroker bench --scenarios bridge           # only the bridge figures (~30 s)
 """
@@ -91,6 +96,10 @@ def main(args):
         print("ubroker bench: unknown broker or scenario: %s (see ubroker bench --help)" % ", ".join(bad),
               file=sys.stderr)
         return 2
+    if "fanin1ws" in scen and "fanin1" not in scen:
+        # Its ratio basis: the same fan-in over TCP, measured in the same run.
+        scen.insert(scen.index("fanin1ws"), "fanin1")
+        print("bench: fanin1 added, fanin1ws is reported against it", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
     for d in os.listdir(args.out):  # the previous run's broker folders (configs, logs, data)
         if d.split("-")[0] in BROKERS and d.split("-")[-1].isdigit():

@@ -1,6 +1,6 @@
 """The brokers `ubroker bench` compares: ubroker (unix port), Mosquitto, aedes and amqtt. Each
 knows whether it can run here, its version, and the command and config that start it with one
-loopback listener (and a TLS one when asked); bench_proc.Server runs and stops it."""
+loopback listener (and a TLS or a WebSockets one when asked); bench_proc.Server runs and stops it."""
 
 import json
 import os
@@ -17,6 +17,7 @@ BROKERS = ["mosquitto", "ubroker", "aedes", "amqtt"]
 class Broker:
     name = "?"
     tls = None  # (port, folder with server.pem, server-key.pem): a TLS listener too
+    ws = None  # port: a WebSockets listener too (bench_ws checks that it answers)
 
     def __init__(self, out):
         self.out = out
@@ -105,6 +106,11 @@ class Ubroker(Broker):
                 f.write("listener %d 127.0.0.1\nlistener %d 127.0.0.1\ncertfile %s\nkeyfile %s\n" % (
                     (port, self.tls[0]) + _tls_files(self.tls[1])))
             cmd += ["--config", conf]
+        elif self.ws:
+            conf = os.path.join(work, "ws.conf")
+            with open(conf, "w") as f:
+                f.write("listener %d 127.0.0.1\nlistener %d 127.0.0.1\nprotocol websockets\n" % (port, self.ws))
+            cmd += ["--config", conf]
         return cmd, work
 
     def pid(self):
@@ -153,6 +159,11 @@ class Mosquitto(Broker):
                 # 7% CPU).
                 f.write("set_tcp_nodelay true\n")
                 f.write("listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\n" % ((self.tls[0],) + _tls_files(self.tls[1])))
+            if self.ws:
+                # Debian's 2.0.11 has libwebsockets linked in statically (ldd does not list it); it
+                # binds this one to every interface whatever the address, and a config with only a
+                # websockets listener stops with "Unable to start any listening sockets".
+                f.write("listener %d 127.0.0.1\nprotocol websockets\n" % self.ws)
         return [self.exe(), "-c", conf], work
 
 
@@ -176,7 +187,8 @@ class Aedes(Broker):
             return "aedes"
 
     def command(self, port, work):
-        return ["node", os.path.join(BENCH, "aedes_server.mjs"), str(port)], BENCH
+        ws = [str(self.ws)] if self.ws else []
+        return ["node", os.path.join(BENCH, "aedes_server.mjs"), str(port)] + ws, BENCH
 
 
 class Amqtt(Broker):
@@ -209,10 +221,14 @@ class Amqtt(Broker):
                     "listeners:\n"
                     "  default:\n"
                     "    type: tcp\n"
-                    "    bind: 127.0.0.1:%d\n"
-                    "plugins:\n"
+                    "    bind: 127.0.0.1:%d\n" % port)
+            if self.ws:
+                f.write("  ws:\n"
+                        "    type: ws\n"
+                        "    bind: 127.0.0.1:%d\n" % self.ws)
+            f.write("plugins:\n"
                     "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-                    "    allow_anonymous: true\n" % port)
+                    "    allow_anonymous: true\n")
         return [self.exe(), "-c", conf], work
 
 

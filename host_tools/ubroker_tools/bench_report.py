@@ -21,6 +21,7 @@ ROWS = [
     ("fanin0", "fan-in QoS 0 (8 -> 1)", "msg/s", "fanin0", lambda r: r.get("rate"), False),
     ("fanin1", "fan-in QoS 1 (8 -> 1)", "msg/s", "fanin1", lambda r: r.get("rate"), False),
     ("fanin2", "fan-in QoS 2 (8 -> 1)", "msg/s", "fanin2", lambda r: r.get("rate"), False),
+    ("fanin1ws", "fan-in QoS 1 over WebSockets (8 -> 1)", "msg/s", "fanin1ws", lambda r: r.get("rate"), False),
     ("fanin1p", "fan-in QoS 1, persistent sub", "msg/s", "fanin1p", lambda r: r.get("rate"), False),
     ("fanin1v5", "fan-in QoS 1 at MQTT 5 (8 -> 1)", "msg/s", "fanin1v5", lambda r: r.get("rate"), False),
     ("fanout0", "fan-out QoS 0 (1 -> 16)", "deliveries/s", "fanout0", lambda r: r.get("rate"), False),
@@ -31,6 +32,9 @@ ROWS = [
     ("idle", "RSS per idle client", "bytes", "idle", lambda r: r.get("rss_per_client"), True),
     ("storm", "reconnect storm: clients in, of 1,000", "clients", "storm", lambda r: r.get("connected"), False),
 ]
+
+# A scenario over WebSockets -> the same over TCP: its cells also give the ratio to that broker's TCP figure.
+OVER_TCP = {"fanin1ws": "fanin1"}
 
 
 def cell_error(r):
@@ -114,10 +118,16 @@ def render(report):
             if err:
                 cells.append(err)
                 continue
+            if r.get("untested"):
+                cells.append("not measured")
+                continue
             v = get(r)
             s = fmt_num(v)
             if b != base and v is not None and ref:
                 s += " (%.2f×)" % (v / ref)
+            tcp = res.get(b, {}).get(OVER_TCP.get(scen))
+            if v is not None and tcp and not cell_error(tcp) and get(tcp):
+                s += " [%.2f× own TCP]" % (v / get(tcp))
             cells.append(s)
         lines.append("| %s | %s | %s |" % (label, unit, " | ".join(cells)))
     table = "\n".join(lines)
@@ -152,6 +162,11 @@ def render(report):
     out.append("")
     out.append(table)
     out.append("")
+    if any(s in report["scenarios"] for s in OVER_TCP):
+        out.append("Over WebSockets: (×) is to Mosquitto over WebSockets, as elsewhere; [× own TCP] to the same "
+                   "broker's figure over TCP in this run. A broker whose WebSockets listener does not answer the "
+                   "Upgrade here is not measured (the reason is under Verification).")
+        out.append("")
     unavailable = ["%s: %s" % (b, brokers[b]["unavailable"]) for b in names if brokers[b].get("unavailable")]
     if unavailable:
         out.append("Unavailable: " + "; ".join(unavailable))
@@ -205,6 +220,7 @@ def targets(report):
             out.append("%s >= %.1f x Mosquitto: %.2f x%s -> %s" % (name, thr, uv / mv, lossless,
                                                                   mark(uv / mv >= thr and not (scen == "fanin1" and
                                                                        verification(u[scen]) != "ok"))))
+    out += ws_targets(u, m, val, mark)
     if u.get("fanin2"):
         v = verification(u["fanin2"])
         out.append("fan-in QoS 2 lossless: %s -> %s" % (v, mark(v == "ok")))
@@ -238,6 +254,33 @@ def targets(report):
                 line += " (Mosquitto itself: %s; below 20 x in %s)" % (
                     ", ".join("%s %.1f x" % (k, r) for k, r in mosq), ", ".join(below) if below else "none")
             out.append(line)
+    return out
+
+
+def ws_targets(u, m, val, mark):
+    """Issue 16: fan-in QoS 1 over WebSockets at least Mosquitto's rate over WebSockets, lossless;
+    and what WebSockets cost, against ubroker's own TCP and Mosquitto's TCP."""
+    if not u.get("fanin1ws"):
+        return []
+
+    def rate(r):
+        return r.get("rate")
+
+    uw, mw = val(u, "fanin1ws", rate), val(m, "fanin1ws", rate)
+    ut, mt = val(u, "fanin1", rate), val(m, "fanin1", rate)
+    v = verification(u["fanin1ws"])
+    out = []
+    if uw is not None and mw:
+        out.append("issue 16: fan-in QoS 1 over WebSockets >= Mosquitto over WebSockets, lossless: %.2f x, "
+                   "verification %s -> %s" % (uw / mw, v, mark(uw >= mw and v == "ok")))
+    elif (m.get("fanin1ws") or {}).get("untested"):
+        out.append("issue 16: fan-in QoS 1 over WebSockets >= Mosquitto over WebSockets: not checkable, %s" %
+                   m["fanin1ws"]["untested"])
+    cost = ["%.2f x ubroker over TCP" % (uw / ut)] if uw is not None and ut else []
+    cost += ["%.2f x Mosquitto over TCP" % (uw / mt)] if uw is not None and mt else []
+    if cost:
+        peer = "; Mosquitto over WebSockets: %.2f x its TCP" % (mw / mt) if mw and mt else ""
+        out.append("ubroker's fan-in QoS 1 over WebSockets: " + ", ".join(cost) + peer)
     return out
 
 

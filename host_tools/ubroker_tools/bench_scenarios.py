@@ -12,6 +12,7 @@ import time
 from .bench_proc import BENCH, cpu_seconds, free_port, rss_bytes
 from .bench_storm import storm
 from .bench_tls import tls_certs, tls_connects
+from .bench_ws import WS_PATH, handshake_problem
 from .bench_v5 import fanin_v5
 
 LOADGEN_SRC = os.path.join(BENCH, "loadgen.c")
@@ -21,6 +22,9 @@ SCENARIOS = {
     "fanin0": ("fan-in QoS 0, 8 pub -> 1 sub", ["fanin", "--qos", "0", "--pubs", "8", "--subs", "1"]),
     "fanin1": ("fan-in QoS 1, 8 pub -> 1 sub", ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1"]),
     "fanin2": ("fan-in QoS 2, 8 pub -> 1 sub", ["fanin", "--qos", "2", "--pubs", "8", "--subs", "1"]),
+    # fanin1 with every client over WebSockets: the broker gets a websockets listener too (bench_ws).
+    "fanin1ws": ("fan-in QoS 1 over WebSockets, 8 pub -> 1 sub",
+                 ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1", "--ws", WS_PATH]),
     # The durable store's cost: the same as fanin1, the subscriber with a persistent session.
     "fanin1p": ("fan-in QoS 1, 8 pub -> 1 persistent sub",
                 ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1", "--persistent"]),
@@ -83,15 +87,20 @@ def run_scenario(broker, key, exe, opts):
     if key == "fanin1v5" and broker.name not in ("ubroker", "mosquitto"):
         res["untested"] = "%s does not speak MQTT 5" % broker.name
         return res
+    ws = lg is not None and "--ws" in lg
+    broker.ws = free_port() if ws else None
     try:
         broker.start(port)
     except Exception as e:
         res["error"] = str(e)
-        broker.tls = None
-        return res
+        broker.tls = broker.ws = None
+        return ws_untested(broker, res, "it does not start with a websockets listener: %s" % e) if ws else res
     try:
         pid = broker.pid()
-        if key == "connect_tls":
+        why = handshake_problem(broker.ws) if ws else None
+        if why:
+            res = ws_untested(broker, res, why)
+        elif key == "connect_tls":
             cpu0, t0 = cpu_seconds(pid), time.time()
             res.update(tls_connects(broker.tls[0], os.path.join(broker.tls[1], "ca.pem"), opts["duration"]))
             cpu1 = cpu_seconds(pid)
@@ -121,7 +130,7 @@ def run_scenario(broker, key, exe, opts):
                 stall = "1" if key.endswith("0") else "5"
                 args += ["--drain", str(opts["drain"]), "--idle", stall]
             # The load generator reads the broker's CPU time itself, over the span it measures.
-            r = run_loadgen(exe, port, args + ["--watch", str(pid)],
+            r = run_loadgen(exe, broker.ws or port, args + ["--watch", str(pid)],
                             timeout=opts["duration"] + opts["drain"] + 60)
             res.update(r)
             res["broker_rss_after"] = rss_bytes(pid)
@@ -130,7 +139,18 @@ def run_scenario(broker, key, exe, opts):
             res["broker_problem"] = trouble
     finally:
         broker.stop()
-        broker.tls = None
+        broker.tls = broker.ws = None
+    return res
+
+
+def ws_untested(broker, res, why):
+    """A peer whose websockets listener does not work here is not measured, with the reason;
+    for ubroker it is a failure."""
+    if broker.name == "ubroker":
+        res["error"] = res.get("error") or why
+    else:
+        res.pop("error", None)
+        res["untested"] = "%s over WebSockets: %s" % (broker.name, why)
     return res
 
 
