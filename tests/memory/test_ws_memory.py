@@ -160,3 +160,20 @@ def test_websocket_connection_costs_under_200_bytes_more_than_tcp(tmp_path):
     assert m["ws_loaded"] == 1
     assert 0 < m["per_tcp"] < 2048, m
     assert 0 <= extra < 200, m
+
+
+def test_no_ws_module_without_a_websockets_listener(tmp_path):
+    """A broker whose listeners are all MQTT over TCP imports nothing of the WebSockets code:
+    its heap at start is what it was before the feature (docs/websockets.md)."""
+    script = tmp_path / "no_ws.py"
+    script.write_text("import sys\nfrom ubroker.config import load, resolve\nfrom ubroker.server import Server\n"
+                      "cfg = resolve(load(sys.argv[1]))\ncfg['listener'] = [(%d, '127.0.0.1'), (%d, '127.0.0.1')]\n"
+                      "srv = Server(cfg, lambda m: None)\nsrv.listen()\n"
+                      "print(sorted(m for m in sys.modules if m.startswith('ubroker.ws')), srv.ws)\n"
+                      % (free_port(), free_port()))
+    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
+    r = subprocess.run([mp, str(script), os.path.join(ROOT, "boards", "esp32.conf")], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.stdout.strip() == "[] None", r.stdout + r.stderr

@@ -137,7 +137,8 @@ def test_will_of_a_websocket_client_that_vanishes(wsb):
     (frame(b"x", op=2, fin=False) + frame(b"y", op=2), 1002),  # a new message inside one
     (frame(b"\x03", op=8), 1002),  # a close frame of one byte (section 5.5.1)
     (frame(b"", op=2, length=1 << 63), 1002),  # a 64-bit length with its top bit set
-])
+], ids=["unmasked", "text", "too-large", "lone-continuation", "reserved-bit", "data-opcode-3", "control-opcode-11",
+        "long-ping", "fragmented-ping", "message-inside-message", "one-byte-close", "length-top-bit"])
 def test_bad_frames_close_with_their_code(wsb, bad, code):
     """After CONNECT, a frame the protocol forbids gets a close frame with its status code
     (RFC 6455 section 7.4.1) and the connection ends; the listener serves on."""
