@@ -7,7 +7,9 @@ run from a git archive of that commit) loads, with its sessions, queues and reta
 The expiry arithmetic for a board whose clock was never set runs in the unix port itself."""
 
 import os
+import socket
 import subprocess
+import sys
 import tarfile
 import time
 
@@ -15,7 +17,7 @@ import pytest
 
 import mqttraw as m
 import mqttraw5 as m5
-from conftest import ROOT, start_broker
+from conftest import ROOT, RunningBroker, free_port, start_broker
 from durable_util import kill9, publish_acked
 
 OLD = "598a8f5"  # the release before the v5 records: its store must still load
@@ -168,45 +170,72 @@ def test_expiry_with_and_without_a_set_clock():
 
 
 @pytest.fixture(scope="module")
-def old_firmware(tmp_path_factory):
-    """firmware/ of main@598a8f5, from a git archive, for `ubroker run` (UBROKER_FIRMWARE)."""
+def old_tree(tmp_path_factory):
+    """main@598a8f5's firmware, host tools and boards, from a git archive: its own `ubroker run`
+    runs its own firmware, so today's host tools need not know yesterday's tree."""
     d = tmp_path_factory.mktemp("old")
     tar = d / "old.tar"
-    subprocess.run(["git", "-C", ROOT, "archive", "-o", str(tar), OLD, "firmware"], check=True)
+    subprocess.run(["git", "-C", ROOT, "archive", "-o", str(tar), OLD, "firmware", "host_tools", "boards"],
+                   check=True)
     with tarfile.open(tar) as t:
         t.extractall(d, filter="data")
-    return str(d / "firmware")
+    return str(d)
 
 
-def test_store_of_the_previous_release_loads(brokers, tmp_path, old_firmware, monkeypatch):
+def start_old(tree, tmp_path, data):
+    """`ubroker run --board unix --data DATA` of the old tree, with this venv's micropython."""
+    port = free_port()
+    logpath = tmp_path / ("old-broker-%d.log" % port)
+    env = dict(os.environ, PYTHONPATH=os.path.join(tree, "host_tools"))
+    env.pop("UBROKER_FIRMWARE", None)
+    cmd = [sys.executable, "-c", "import sys; from ubroker_tools.cli import main; sys.exit(main())", "run",
+           "--board", "unix", "--port", str(port), "--verbose", "--data", str(data)]
+    log = open(logpath, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 60  # the first start compiles the old firmware
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return RunningBroker(proc, port, logpath, data)
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError("the old broker did not start:\n" + logpath.read_text())
+            time.sleep(0.05)
+
+
+def test_store_of_the_previous_release_loads(brokers, tmp_path, old_tree):
     """A store written by main@598a8f5 (a 3.1.1 and a v5 persistent session, each with a
     subscription and QoS 1 and 2 messages queued, a retained message, an inbound QoS 2 id
     awaiting PUBREL) loads in this code: the queued messages arrive, the subscriptions
     route new ones, the retained message is there, and the QoS 2 message whose PUBREL was
     pending is not delivered twice (MQTT-4.3.3-2)."""
     data = tmp_path / "data"
-    monkeypatch.setenv("UBROKER_FIRMWARE", old_firmware)
-    old = brokers(data)
-    monkeypatch.delenv("UBROKER_FIRMWARE")
-    r = old.raw()
-    assert r.connect("sub4", clean=False) == (0, 0)
-    r.send(m.subscribe(1, ("q/#", 2)))
-    r.expect(9)
-    r.close()
-    s5, _ = v5(old, "sub5", clean_start=False, properties=[(m5.SESSION_EXPIRY, 3600)])
-    s5.send(m5.subscribe(1, ("q/#", 2)))
-    s5.next(m5.SUBACK)
-    s5.close()
-    p = old.raw()
-    assert p.connect("pub4", clean=False) == (0, 0)
-    assert publish_acked(p, "q/1", b"one", 1, 1)
-    assert publish_acked(p, "q/2", b"two", 2, 2)
-    p.send(m.publish("keep/r", b"retained", qos=1, pid=3, retain=True))
-    p.expect(4)
-    p.send(m.publish("q/3", b"three", qos=2, pid=4))  # PUBREC, then no PUBREL before the cut
-    p.expect(5)
-    time.sleep(0.3)
-    kill9(old)
+    old = start_old(old_tree, tmp_path, data)
+    try:
+        r = old.raw()
+        assert r.connect("sub4", clean=False) == (0, 0)
+        r.send(m.subscribe(1, ("q/#", 2)))
+        r.expect(9)
+        r.close()
+        s5, _ = v5(old, "sub5", clean_start=False, properties=[(m5.SESSION_EXPIRY, 3600)])
+        s5.send(m5.subscribe(1, ("q/#", 2)))
+        s5.next(m5.SUBACK)
+        s5.close()
+        p = old.raw()
+        assert p.connect("pub4", clean=False) == (0, 0)
+        assert publish_acked(p, "q/1", b"one", 1, 1)
+        assert publish_acked(p, "q/2", b"two", 2, 2)
+        p.send(m.publish("keep/r", b"retained", qos=1, pid=3, retain=True))
+        p.expect(4)
+        p.send(m.publish("q/3", b"three", qos=2, pid=4))  # PUBREC, then no PUBREL before the cut
+        p.expect(5)
+        time.sleep(0.3)
+        kill9(old)
+    finally:
+        if old.alive():
+            old.stop()
     new = brokers(data)
     assert "store: 3 sessions, 6 messages" in new.log(), new.log()
     p = new.raw()
