@@ -5,14 +5,17 @@ close handshake, and the frames that close the connection: unmasked (1002), text
 MQTT-6.0.0-1), too large (1009) and malformed ones (1002). What the server sends: binary
 frames, unmasked, FIN set, the 4-byte header form above 125 bytes."""
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
 
 import mqttraw as m
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from test_ws_handshake import WsRaw, frame, ws_broker
 
 CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP = 2, 3, 4, 9, 13
@@ -183,3 +186,68 @@ def test_socket_closed_mid_frame(wsb):
     c.sock.shutdown(socket.SHUT_WR)
     assert c.closed(5)
     assert wait_for(lambda: "client midframe connection closed by the client" in wsb.log())
+
+
+PARTIAL = r'''
+from ubroker.ws_frame import WsSock
+
+
+class Tight:
+    """A socket with room for a few bytes a call, now and then none (None, as a full
+    non-blocking socket gives)."""
+
+    def __init__(self):
+        self.sent = bytearray()
+        self.calls = 0
+
+    def write(self, b):
+        self.calls += 1
+        if self.calls % 5 == 0:
+            return None
+        k = min(len(b), 1 + self.calls % 3)
+        self.sent.extend(bytes(b)[:k])
+        return k
+
+
+WsSock.limit = 1 << 20
+w = WsSock(Tight())
+w.h[16] = 1  # open (ws_frame._FL, _OPEN)
+# What the server does: write what is waiting; keep what was not taken; add more behind it.
+pending = bytearray(b"a" * 100)
+more = [b"b" * 300, b"c" * 5, b"d" * 70000]
+for _ in range(200000):
+    if more and len(pending) < 50:
+        pending.extend(more.pop(0))
+    if not pending:
+        break
+    n = w.write(pending)
+    pending[:n] = b""
+print(bytes(w.s.sent).hex())
+'''
+
+
+def test_partial_writes_continue_the_same_frame(tmp_path):
+    """A socket that takes a few bytes at a time (and sometimes none) cuts frame headers and
+    payloads: the next write continues the same frame, and what arrives is whole binary frames,
+    FIN set, carrying exactly the bytes given, the longest cut at 65,535 (RFC 6455 section
+    5.2). Run in the MicroPython unix port on ws_frame.WsSock."""
+    script = tmp_path / "partial.py"
+    script.write_text(PARTIAL)
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "micropython"), str(script)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    wire = bytes.fromhex(r.stdout.strip())
+    payload, lengths = b"", []
+    while wire:
+        assert wire[0] == 0x82 and not wire[1] & 0x80
+        n, at = wire[1], 2
+        if n == 126:
+            n, at = struct.unpack(">H", wire[2:4])[0], 4
+        assert n != 127
+        lengths.append(n)
+        payload += wire[at:at + n]
+        wire = wire[at + n:]
+    assert payload == b"a" * 100 + b"b" * 300 + b"c" * 5 + b"d" * 70000
+    assert max(lengths) == 65535
