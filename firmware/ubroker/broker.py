@@ -251,8 +251,9 @@ class Broker:
         return False
 
     def tick(self, now):
-        """Once a second, from Server.tick: what falls due with time (MQTT 5 wills with a
-        delay, sessions with an expiry interval) is done here. Nothing yet."""
+        """Once a second, from Server.tick: what falls due with time. MQTT 5's timers (wills
+        with a delay, sessions with an expiry interval) put their own tick in its place on
+        the instance (v5_session.py), so a broker without them does nothing here."""
 
     def sendable(self, s):
         """Can a QoS 1/2 message for session s go out now? Online, nothing queued before it,
@@ -319,8 +320,11 @@ class Broker:
             if s is origin:
                 continue
             if q > qos:
-                if q > 3:  # a v5 subscription (its QoS carries the v5 mark): options, properties
-                    self.v5.route(s, q, topic, payload, qos, retain, props, size)  # type: ignore[attr-defined]
+                if q > 3:
+                    if q > 7:  # a shared subscription's group (v5_shared.py): one of its members
+                        s.route(self, topic, payload, qos, retain, props, size)
+                    else:  # a v5 subscription (its QoS carries the v5 mark): options, properties
+                        self.v5.route(s, q, topic, payload, qos, retain, props, size)  # type: ignore[attr-defined]
                     continue
                 q = qos
             if q == 0:
@@ -496,6 +500,8 @@ class Broker:
             self.drop_session(s)
             s = None
         present = s is not None
+        if present and s.timer is not None:
+            s.timer = None  # its client is back: no expiry, and a waiting will is discarded
         if s is None:
             if len(self.sessions) >= self.cfg["max_sessions"]:
                 self.stats.hit("sessions")
@@ -540,6 +546,8 @@ class Broker:
             del self.sessions[s.cid]
             self.gone_sessions += 1
         self.freed = True
+        if s.timer is not None:  # an MQTT 5 will that waited goes with the session's end
+            self.v5.ended(s)  # type: ignore[attr-defined]
 
     def detach(self, conn, abnormal):
         """A connection is gone. Publish its will if it did not say DISCONNECT
@@ -552,6 +560,9 @@ class Broker:
             conn.will = None
         if s is not None and s.conn is conn:
             s.conn = None
+            if conn.v5 is not None:  # the will may wait, the session expire (v5_session.py)
+                self.v5.left(conn, s, will, abnormal)  # type: ignore[attr-defined]
+                will = None
             if self.persist is not None and not s.clean:
                 self.persist.session_offline(s)
             if s.clean:

@@ -57,6 +57,7 @@ class Session:
     mq = 0
     fwd = None  # the Bridge, for a bridge's own session (bridge.py)
     qmax = 0  # its own queue limit; 0: max_queued_messages
+    timer = None  # MQTT 5: its expiry and waiting will, once its connection is gone (v5_session.py)
 
     def __init__(self, cid, clean):
         self.cid = cid

@@ -107,6 +107,10 @@ class Index:
     def add(self, flt, client, qos):
         """Returns True when this is a new subscription, False when it replaced one. An exact
         filter with one subscriber is held as a tuple (half a list's heap)."""
+        if flt.startswith(b"$share/"):  # the first shared subscription: v5_shared.py takes over
+            from .v5_shared import install
+
+            return install(self).add(flt, client, qos)
         self.cache.clear()
         if not is_wild(flt):
             subs = self.exact.get(flt)

@@ -22,6 +22,7 @@ _PROTOCOL_ERROR = const(0x82)
 # Property identifiers (MQTT 5.0 table 2-4) this module treats apart
 _EXPIRY = const(0x02)
 _ALIAS = const(0x23)
+_WILL_DELAY = const(0x18)
 _USER = const(0x26)
 
 # Where a property may appear, as bits of the packet kinds a client sends (the `where` of
@@ -70,10 +71,10 @@ def vbi(buf, pos, end):
 def props(buf, pos, end, where):
     """The properties at buf[pos:end] of a packet of kind `where`: (found, next pos), found
     a dict id -> value (user properties under 0x26 as a list of (name, value), in order;
-    under 0 the block's (start, stop); under id | 0x100 where Message Expiry and Topic Alias
-    start), or None when there are none. Every id, type, count and value is checked: unknown or
-    misplaced ids are malformed (MQTT 5.0 section 2.2.2.2), a second copy of a single one
-    and a value the spec forbids are protocol errors."""
+    under 0 the block's (start, stop); under id | 0x100 where Message Expiry, Topic Alias and
+    Will Delay Interval start), or None when there are none. Every id, type, count and value
+    is checked: unknown or misplaced ids are malformed (MQTT 5.0 section 2.2.2.2), a second
+    copy of a single one and a value the spec forbids are protocol errors."""
     n, pos = vbi(buf, pos, end)
     stop = pos + n
     if stop > end:
@@ -83,7 +84,7 @@ def props(buf, pos, end, where):
     found = {0: (pos, stop)}  # the block's bounds, and where Message Expiry and Topic Alias start
     while pos < stop:
         pid = buf[pos]
-        if pid == _EXPIRY or pid == _ALIAS:
+        if pid == _EXPIRY or pid == _ALIAS or pid == _WILL_DELAY:
             found[pid | 0x100] = pos
         pos += 1
         t = _TYPE[pid] if pid < 0x28 else 0

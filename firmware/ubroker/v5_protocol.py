@@ -17,7 +17,8 @@ gc.collect()  # before the other v5 modules load: they need the heap in few piec
 from .codec import PINGRESP_PKT, Malformed, check_utf8, field, u16, utf8
 from .topics import valid_filter, valid_topic
 from .v5_codec import ack, codes_packet, disconnect, packet, props, put_str, put_u, vbi_len
-from .v5_route import Router, forward
+from .v5_route import forward
+from .v5_session import Timers
 
 # v5_codec.py's packet kinds (where a property may appear)
 _IN_CONNECT = const(1)
@@ -31,6 +32,7 @@ _IN_DISCONNECT = const(64)
 _P_RESPONSE_TOPIC = const(0x08)
 _P_SUBSCRIPTION_ID = const(0x0B)
 _P_SESSION_EXPIRY = const(0x11)
+_P_WILL_DELAY = const(0x18)
 _P_ASSIGNED_ID = const(0x12)
 _P_SERVER_KEEPALIVE = const(0x13)
 _P_AUTH_METHOD = const(0x15)
@@ -67,7 +69,9 @@ class V5Conn:
 
     aliases = None  # Topic Alias -> topic name, from the client, for this connection
     max_out = 0  # the client's Maximum Packet Size (0: none given)
-    expiry = 0  # Session Expiry Interval from CONNECT
+    expiry = 0  # Session Expiry Interval from CONNECT, or from DISCONNECT
+    wdelay = 0  # the will's Will Delay Interval
+    wprops = None  # the will's properties, as v5_route.forward gives them
 
 
 def load(proto):
@@ -79,9 +83,9 @@ def load(proto):
     return v
 
 
-class V5(Router):
+class V5(Timers):
     def __init__(self, proto):
-        Router.__init__(self, proto.b, proto.server)
+        Timers.__init__(self, proto.b, proto.server)
         self.p = proto
         cfg = proto.cfg
         self.cfg = cfg
@@ -117,7 +121,7 @@ class V5(Router):
         if found is None:
             found = {}
         cid, pos = utf8(buf, pos, end)  # MQTT-3.1.3-4
-        will = None
+        will = wp = None
         if will_flag:
             wp, pos = props(buf, pos, end, _IN_WILL)
             topic, pos = utf8(buf, pos, end)
@@ -127,8 +131,6 @@ class V5(Router):
             payload = bytes(buf[a:pos])
             if wp is not None and _check_message(wp, payload):
                 raise Malformed("will payload is not UTF-8", 0x99)
-            # The will's properties are checked, not yet kept: Broker.detach publishes the
-            # 3.1.1 tuple (docs/mqtt5.md, next phase)
             will = (topic, payload, will_qos, bool(will_retain))
         user = pw = None
         if flags & 0x80:
@@ -181,7 +183,10 @@ class V5(Router):
         expiry = found.get(_P_SESSION_EXPIRY, 0)
         if flags & 2 and old is not None:
             b_.drop_session(old)  # Clean Start (MQTT-3.1.2-4)
-        s, present = b_.session(cid, not expiry)
+            old = None
+        # An existing session is resumed (MQTT-3.1.2-5) even with an interval of 0: it then
+        # ends with this connection
+        s, present = b_.session(cid, not expiry and old is None)
         if s is None:
             self.refuse(c, 0x97, "too many sessions")
             return True
@@ -190,6 +195,11 @@ class V5(Router):
         v = V5Conn()
         if expiry:
             v.expiry = expiry
+        if wp is not None:
+            # its Message Expiry counts from when it is published (-1, v5_route.forward)
+            v.wprops = forward(buf, wp, -1)
+            if _P_WILL_DELAY in wp:
+                v.wdelay = wp[_P_WILL_DELAY]
         if _P_MAX_PACKET in found:
             v.max_out = found[_P_MAX_PACKET]
         rm = found.get(_P_RECEIVE_MAX, 65535)
@@ -211,18 +221,17 @@ class V5(Router):
         st.connected += 1
         if st.connected > st.max_connected:
             st.max_connected = st.connected
-        b_.send(c, self.connack(present, expiry, assigned, told))
+        b_.send(c, self.connack(present, assigned, told))
         self.server.log_event(c, "connected (MQTT 5)")
         if present:
             self.expire(s)
             b_.resend(s)
         return True
 
-    def connack(self, present, expiry, assigned, keepalive):
-        """CONNACK 0 with what the server supports (MQTT 5.0 section 3.2.2.3)."""
+    def connack(self, present, assigned, keepalive):
+        """CONNACK 0 with what the server supports (MQTT 5.0 section 3.2.2.3). No Session
+        Expiry Interval: the client's is the one used (section 3.2.2.3.2)."""
         pr = bytearray()
-        if expiry and expiry != 0xFFFFFFFF:
-            put_u(pr, _P_SESSION_EXPIRY, 0xFFFFFFFF, 4)  # a session is kept until it is taken over
         put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
         mq = self.b.max_qos
         if mq < 2:
@@ -236,7 +245,7 @@ class V5(Router):
         put_u(pr, _P_ALIAS_MAX, _ALIASES, 2)
         put_u(pr, _P_WILDCARD_AVAILABLE, 1, 1)
         put_u(pr, _P_SUBID_AVAILABLE, 1, 1)
-        put_u(pr, _P_SHARED_AVAILABLE, 0, 1)  # not built yet: SUBACK 0x9E
+        put_u(pr, _P_SHARED_AVAILABLE, 1, 1)
         if keepalive:
             put_u(pr, _P_SERVER_KEEPALIVE, keepalive, 2)
         return packet(0x20, bytes((1 if present else 0, 0)), pr)
@@ -461,6 +470,8 @@ class V5(Router):
             pos += 1
             if o & _RESERVED or o & 3 == 3 or o & _RETAIN_HANDLING == _RETAIN_HANDLING:
                 raise Malformed("subscription options 0x%02x" % o)  # MQTT-3.8.3-5
+            if o & 4 and flt.startswith(b"$share/"):
+                raise Malformed("No Local on a shared subscription", 0x82)  # MQTT-3.8.3-4
             reqs.append((flt, o))
         b_ = self.b
         s = c.sess
@@ -476,9 +487,11 @@ class V5(Router):
                 q = b_.max_qos
             fresh = not s.has_filter(flt)
             code = q
-            if flt.startswith(b"$share/"):
-                code = 0x9E  # shared subscriptions not supported (yet)
-            elif not valid_filter(flt):
+            share = flt.startswith(b"$share/")
+            if share:
+                gc.collect()  # v5_shared.py's code needs a block the heap may have in pieces
+                from .v5_shared import valid as valid_share  # with the first shared subscription
+            if not valid_filter(flt) or (share and not valid_share(flt)):
                 code = 0x8F  # MQTT-4.7.1-1/2, 4.7.3-1
             elif fresh and (len(flt) > cfg["max_topic_length"] or s.nfilters() >= cfg["max_subscriptions_per_client"]
                             or b_.index.count >= cfg["max_subscriptions"] or b_.low_heap()):
@@ -501,6 +514,8 @@ class V5(Router):
             if b_.persist is not None:
                 b_.persist.subscribed(s, flt, q)
             rh = o & _RETAIN_HANDLING
+            if share:
+                continue  # no retained messages for a shared subscription (section 4.8.2)
             if rh == 0 or (rh == 0x10 and fresh):  # MQTT-3.3.1-9/10/11
                 retained.append((flt, q))
         b_.send(c, codes_packet(0x90, pid, codes))  # MQTT-3.8.4-1, 3.8.4-6
@@ -546,6 +561,7 @@ class V5(Router):
                     raise Malformed("session expiry set at DISCONNECT", 0x82)  # MQTT-3.14.2-2
                 if not e and not s.clean:
                     s.clean = True  # the session ends with this connection
+                c.v5.expiry = e  # section 3.14.2.2.2
         # 0x04: Disconnect with Will Message; any other code discards the will (MQTT-3.14.4-3)
         self.server.close(c, "disconnected (reason 0x%02x)" % code, code == 0x04)
         return True

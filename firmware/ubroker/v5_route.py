@@ -28,15 +28,15 @@ _MSG = const(2)
 
 def forward(buf, found, now):
     """The props tuple of a message whose properties were parsed into `found` (v5_codec.props)
-    from buf: the property bytes without Topic Alias, the Message Expiry Interval first (so
+    from buf: the property bytes without Topic Alias and Will Delay Interval, the Message Expiry Interval first (so
     that write() can rewrite the time left in place), user properties in their order
     (MQTT-3.3.2-17/18)."""
     a, stop = found[0]
     cut = []
-    for k in (_EXPIRY | 0x100, 0x123):
+    for k in (_EXPIRY | 0x100, 0x123, 0x118):  # Message Expiry, Topic Alias, Will Delay
         if k in found:
             at = found[k]
-            cut.append((at, at + (5 if k == _EXPIRY | 0x100 else 3)))
+            cut.append((at, at + (3 if k == 0x123 else 5)))
     cut.sort()
     out = bytearray()
     expiry = found.get(_EXPIRY, 0)
@@ -76,8 +76,9 @@ class Router:
         if not q:
             s.queue = None
 
-    def route(self, s, q, topic, payload, qos, retain, props, size):
-        """One message for session s, whose subscription in the index carries the v5 mark."""
+    def route(self, s, q, topic, payload, qos, retain, props, size, group=None):
+        """One message for session s, whose subscription in the index carries the v5 mark;
+        group: the shared subscription (v5_shared.Group) that chose s, whose options apply."""
         q &= 3
         if q > qos:
             q = qos
@@ -85,10 +86,13 @@ class Router:
         sids = b""
         rflag = False
         if opts:
-            local = s is not self.sender
+            local = group is not None or s is not self.sender  # no No Local when shared (MQTT-3.8.3-4)
             ids = bytearray()
             for flt in s.filters():
-                if not match_levels(flt.split(b"/"), topic):
+                if group is not None:
+                    if flt != group.name:
+                        continue
+                elif flt[0] == 36 and flt.startswith(b"$share/") or not match_levels(flt.split(b"/"), topic):
                     continue
                 o = opts.get(flt)
                 if o is None:
@@ -133,6 +137,10 @@ class Router:
         msg = [topic, bytes(payload), 0]
         if extra is not None:
             msg.append(extra)
+        if group is not None:  # the group that gave it, should s's session end first
+            if extra is None:
+                msg.append((b"", 0, 0, b"", False))
+            msg.append(group)
         b.deliver(s, msg, q, False, size)
 
     def write(self, c, topic, payload, qos, retain, dup, pid, extra=None):

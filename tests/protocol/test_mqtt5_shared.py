@@ -1,0 +1,165 @@
+"""Shared subscriptions (`$share/NAME/FILTER`, MQTT 5.0 section 4.8.2) through the network, for
+v5 and 3.1.1 clients: each message goes to one member of the group in turn, a QoS 1 message
+whose member's session ends goes to another member, no retained messages, invalid share
+names refused. Statement numbers are the MQTT 5.0 standard's."""
+
+import time
+
+import pytest
+
+import mqttraw
+import mqttraw5 as m
+from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
+from mqttraw5 import connected as v5
+
+MARK = "zz/mark"
+
+
+def sub(c, *filters, properties=()):
+    c.send(m.subscribe(1, *filters, properties=properties))
+    return c.next(m.SUBACK).codes
+
+
+def drain(c, within=1.0):
+    """The payloads c receives within `within` seconds (a 3.1.1 or v5 client)."""
+    got = []
+    end = time.time() + within
+    while time.time() < end:
+        try:
+            p = c.recv_packet(max(0.05, end - time.time()))
+        except TimeoutError:
+            break
+        if p is None:
+            break
+        if p.type == m.PUBLISH:
+            got.append(m.Publish(p).payload if isinstance(c, m.Client5) else p.payload)
+    return got
+
+
+def test_each_message_goes_to_one_member_in_turn(broker):
+    """Section 4.8.2: a message matching a shared subscription goes to one session of the
+    group, the members in turn (two v5 clients and a 3.1.1 client here); a plain
+    subscription of the same filter still gets every message."""
+    a = v5(broker, "sa")
+    b = v5(broker, "sb")
+    c = broker.raw()
+    assert c.connect("sc") == (0, 0)
+    assert sub(a, ("$share/g/sh/t", 0)) == [0]
+    assert sub(b, ("$share/g/sh/+", 0)) == [0]  # another group: FILTER differs
+    c.send(mqttraw.subscribe(1, ("$share/g/sh/t", 0)))
+    assert c.expect(9).body[2:] == b"\x00"
+    plain = v5(broker, "plain")
+    assert sub(plain, ("sh/t", 0)) == [0]
+    p = v5(broker, "pub")
+    for i in range(6):
+        p.send(m.publish("sh/t", b"%d" % i))
+    got_a, got_b, got_c = drain(a), drain(b), drain(c)
+    assert sorted(got_a + got_c) == [b"%d" % i for i in range(6)]
+    assert len(got_a) == len(got_c) == 3
+    assert got_b == [b"%d" % i for i in range(6)]  # alone in its group
+    assert drain(plain) == [b"%d" % i for i in range(6)]
+
+
+def test_a_member_leaving_leaves_the_rest(broker):
+    """Section 3.10.4: UNSUBSCRIBE of `$share/NAME/FILTER` takes the client out of the group:
+    the other member gets every message."""
+    a = v5(broker, "la")
+    b = v5(broker, "lb")
+    assert sub(a, ("$share/g/lv/t", 1)) == [1]
+    assert sub(b, ("$share/g/lv/t", 1)) == [1]
+    a.send(m.unsubscribe(2, "$share/g/lv/t"))
+    assert a.next(m.UNSUBACK).codes == [0]
+    p = v5(broker, "pub")
+    for i in range(3):
+        p.send(m.publish("lv/t", b"%d" % i))
+    assert drain(b) == [b"0", b"1", b"2"]
+    assert drain(a, 0.3) == []
+
+
+def test_unacknowledged_message_goes_to_another_member_when_the_session_ends(broker):
+    """Section 4.8.2: a QoS 1 message sent to a member whose session ends before it is
+    acknowledged (Session Expiry 0: with the connection) is sent to another member."""
+    a = v5(broker, "ha")
+    assert sub(a, ("$share/g/ho/t", 1)) == [1]
+    b = v5(broker, "hb")
+    assert sub(b, ("$share/g/ho/t", 1)) == [1]
+    p = v5(broker, "pub")
+    p.send(m.publish("ho/t", b"first", qos=1, pid=3))
+    p.next(m.PUBACK)
+    got = a.next(m.PUBLISH)  # the first member in turn; never acknowledged
+    assert got.payload == b"first"
+    a.close()
+    again = b.next(m.PUBLISH)
+    assert (again.payload, again.qos) == (b"first", 1)
+    b.send(m.ack(m.PUBACK, again.pid))
+
+
+def test_no_retained_messages_on_a_shared_subscription(broker):
+    """Section 4.8.2: retained messages are not sent when a shared subscription is made (a
+    plain subscription of the same filter gets it)."""
+    p = v5(broker, "pub")
+    p.send(m.publish("rt/t", b"kept", qos=1, retain=True, pid=1))
+    p.next(m.PUBACK)
+    s = v5(broker, "rs")
+    assert sub(s, ("$share/g/rt/t", 1)) == [1]
+    assert drain(s, 0.5) == []
+    assert sub(s, ("rt/t", 0)) == [0]
+    assert drain(s, 0.5) == [b"kept"]
+
+
+@pytest.mark.parametrize("flt", ["$share//t", "$share/g+/t", "$share/g#/t", "$share/g", "$share/g/",
+                                 "$share/g/a/#/b"])
+def test_invalid_share_names(broker, flt):
+    """Section 4.8.2: NAME is one character or more without '/', '+' or '#', followed by '/'
+    and a valid filter: else SUBACK 0x8F (Topic Filter invalid) to a v5 client, and a 3.1.1
+    client's connection is closed as for any invalid filter (MQTT-4.8.0-1 of 3.1.1)."""
+    c = v5(broker, "inv")
+    assert sub(c, (flt, 0)) == [0x8F]
+    old = broker.raw()
+    assert old.connect("inv3") == (0, 0)
+    old.send(mqttraw.subscribe(1, (flt, 0)))
+    assert old.closed()
+
+
+def test_no_local_on_a_shared_subscription_is_a_protocol_error(broker):
+    """MQTT-3.8.3-4: No Local set on a shared subscription is a Protocol Error: DISCONNECT
+    0x82."""
+    c = v5(broker, "nl")
+    c.send(m.subscribe(1, ("$share/g/nl/t", 0x04)))
+    assert c.disconnected() == 0x82
+
+
+def test_subscription_identifier_on_a_shared_delivery(broker):
+    """MQTT-3.3.4-3: the member's Subscription Identifier comes with the message it gets
+    through the shared subscription."""
+    c = v5(broker, "sid")
+    assert sub(c, ("$share/g/si/t", 1), properties=[(m.SUBSCRIPTION_ID, 42)]) == [1]
+    p = v5(broker, "pub")
+    p.send(m.publish("si/t", b"x"))
+    got = c.next(m.PUBLISH)
+    assert m.prop(got.props, m.SUBSCRIPTION_ID) == 42
+
+
+def test_311_clients_share_without_any_v5_client(broker):
+    """Shared subscriptions for 3.1.1 clients on a broker that has seen no v5 client (as
+    Mosquitto offers them): QoS 1 messages alternate between the two members, each
+    acknowledged."""
+    a, b = broker.raw(), broker.raw()
+    for c, cid in ((a, "3a"), (b, "3b")):
+        assert c.connect(cid) == (0, 0)
+        c.send(mqttraw.subscribe(1, ("$share/q/o/t", 1)))
+        assert c.expect(9).body[2:] == b"\x01"
+    p = broker.raw()
+    assert p.connect("3p") == (0, 0)
+    for i in range(4):
+        p.send(mqttraw.publish("o/t", b"%d" % i, qos=1, pid=i + 1))
+        p.expect(4)
+    got = {}
+    for c in (a, b):
+        got[c] = []
+        for _ in range(2):
+            pk = c.expect(3)
+            got[c].append(pk.payload)
+            c.send(mqttraw.puback(pk.pid))
+    assert sorted(got[a] + got[b]) == [b"0", b"1", b"2", b"3"]
+    assert drain(a, 0.3) == drain(b, 0.3) == []
