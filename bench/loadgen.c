@@ -230,6 +230,7 @@ static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NON
  * frames. Pings are answered with pongs; a close frame ends the connection. */
 
 static const char *o_ws = NULL;      /* request path; NULL: plain TCP */
+static long o_ws_frame = 0;          /* at most this many payload bytes per frame; 0: one frame per write */
 
 typedef struct {
     uint8_t h[14];
@@ -635,12 +636,15 @@ static void fbuf_room(conn_t *c, size_t n) {
     }
 }
 
-/* Over WebSockets: what was queued becomes one frame once the previous one is all written. */
+/* Over WebSockets: what was queued becomes one frame (or frames of --ws-frame bytes, cut
+ * anywhere, as MQTT-6.0.0-2 allows) once the previous write is all out. */
 static void flush_ws(conn_t *c) {
     if (c->foff == c->flen && c->woff < c->wlen) {
+        size_t n = c->wlen - c->woff, step = o_ws_frame > 0 ? (size_t)o_ws_frame : n;
         c->foff = c->flen = 0;
-        fbuf_room(c, c->wlen - c->woff + 14);
-        c->flen = ws_frame(c->fbuf, 2, c->wbuf + c->woff, c->wlen - c->woff);
+        fbuf_room(c, n + (n / step + 1) * 14);
+        for (size_t off = 0; off < n; off += step)
+            c->flen += ws_frame(c->fbuf + c->flen, 2, c->wbuf + c->woff + off, n - off < step ? n - off : step);
         c->woff = c->wlen = 0;
     }
     while (!c->dead && c->foff < c->flen) {
@@ -1338,6 +1342,7 @@ static void usage(void) {
             "  --watch PID            also report the CPU use of process PID (the broker)\n"
             "  --ws PATH              over WebSockets: Upgrade on PATH (e.g. /mqtt), frames both ways\n"
             "                         (fanin, fanout, latency, idle)\n"
+            "  --ws-frame B           over WebSockets: frames of at most B payload bytes (0: one per write)\n"
             "example: loadgen fanin --port 1883 --qos 1 --pubs 8 --duration 3\n");
     exit(2);
 }
@@ -1371,6 +1376,7 @@ int main(int argc, char **argv) {
         else if (OPT("--tag")) o_tag = v;
         else if (OPT("--watch")) o_watch = atoi(v);
         else if (OPT("--ws")) o_ws = v;
+        else if (OPT("--ws-frame")) o_ws_frame = atol(v);
         else if (!strcmp(a, "--pair")) o_pair = 1;
         else if (!strcmp(a, "--persistent")) o_persistent = 1;
         else usage();
