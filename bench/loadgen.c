@@ -636,9 +636,27 @@ static void fbuf_room(conn_t *c, size_t n) {
     }
 }
 
+/* Write buf[*off..*len) until it is all out or the socket is full; both are reset once it is out. */
+static void write_some(conn_t *c, const uint8_t *buf, size_t *off, size_t *len) {
+    while (!c->dead && *off < *len) {
+        ssize_t w = write(c->fd, buf + *off, *len - *off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) conn_dead(c, "write: %s", strerror(errno));
+            return;
+        }
+        *off += w;
+    }
+    if (*off == *len) *off = *len = 0;
+}
+
 /* Over WebSockets: what was queued becomes one frame (or frames of --ws-frame bytes, cut
  * anywhere, as MQTT-6.0.0-2 allows) once the previous write is all out. */
-static void flush_ws(conn_t *c) {
+static void flush(conn_t *c) {
+    if (!c->ws) {
+        write_some(c, c->wbuf, &c->woff, &c->wlen);
+        return;
+    }
     if (c->foff == c->flen && c->woff < c->wlen) {
         size_t n = c->wlen - c->woff, step = o_ws_frame > 0 ? (size_t)o_ws_frame : n;
         c->foff = c->flen = 0;
@@ -647,33 +665,7 @@ static void flush_ws(conn_t *c) {
             c->flen += ws_frame(c->fbuf + c->flen, 2, c->wbuf + c->woff + off, n - off < step ? n - off : step);
         c->woff = c->wlen = 0;
     }
-    while (!c->dead && c->foff < c->flen) {
-        ssize_t w = write(c->fd, c->fbuf + c->foff, c->flen - c->foff);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN) conn_dead(c, "write: %s", strerror(errno));
-            return;
-        }
-        c->foff += w;
-    }
-    if (c->foff == c->flen) c->foff = c->flen = 0;
-}
-
-static void flush(conn_t *c) {
-    if (c->ws) {
-        flush_ws(c);
-        return;
-    }
-    while (!c->dead && c->woff < c->wlen) {
-        ssize_t w = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN) conn_dead(c, "write: %s", strerror(errno));
-            return;
-        }
-        c->woff += w;
-    }
-    if (c->woff == c->wlen) c->woff = c->wlen = 0;
+    write_some(c, c->fbuf, &c->foff, &c->flen);
 }
 
 static int g_subs_n;
