@@ -6,6 +6,7 @@ reported as not measured, with the reason, never given a figure. No timing is as
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -127,3 +128,22 @@ def test_peer_without_ws_listener_not_measured(tmp_path, loadgen):
     own = _NoWsListener(str(tmp_path), "8M")
     res = run_scenario(own, "fanin1ws", loadgen, opts)
     assert "no websockets listener" in res["error"] and is_failure(res), res
+
+
+class _NoWsBuild(Ubroker):
+    """A broker built without WebSockets, as Mosquitto refuses a config it cannot serve."""
+
+    def command(self, port, work):
+        if not self.ws:
+            return super().command(port, work)
+        return [sys.executable, "-c", "import sys; print('Error: Unable to start any listening sockets, exiting.');"
+                " sys.exit(1)"], work
+
+
+def test_peer_that_cannot_start_ws_not_measured(tmp_path, loadgen):
+    peer = _NoWsBuild(str(tmp_path), "8M")
+    peer.name = "peer"
+    res = run_scenario(peer, "fanin1ws", loadgen, {"duration": 1.0, "drain": 5.0, "out": str(tmp_path)})
+    assert "error" not in res and "rate" not in res, res
+    assert "does not start with a websockets listener" in res["untested"], res
+    assert "Unable to start any listening sockets" in res["untested"], res
