@@ -10,6 +10,11 @@ _IN = const(1)  # select.POLLIN, as server.py keeps it
 
 def listen(sv):
     """Open, bind and register every configured listener of Server sv."""
+    protocols = sv.cfg.get("protocols", {})
+    if "websockets" in protocols.values():  # here, not in server.py: no heap without one
+        from .ws_frame import Ws
+
+        sv.ws = Ws(sv)
     for i, (port, host) in enumerate(sv.cfg["listener"]):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -21,7 +26,7 @@ def listen(sv):
         sv.log("listening on %s:%d" % (host, port))
         if sv.gate is not None:
             sv.gate.listening(i, s)
-        if sv.ws is not None and sv.cfg["protocols"].get(i) == "websockets":
+        if protocols.get(i) == "websockets":
             sv.ws.listeners.append(s)
             sv.log("listener %d is WebSockets" % (i + 1))
     if sv.cfg["poll_presize"]:

@@ -33,7 +33,6 @@ _EAGAIN = const(11)
 
 class Server:
     sensors = None  # the sensor scheduler (sensors.py), only when sensor_interval > 0
-    ws = None  # the WebSockets listeners (ws_frame.Ws), only when one is configured
 
     def __init__(self, cfg, log):
         self.cfg = cfg
@@ -75,10 +74,7 @@ class Server:
             from .sec_gate import Gate
 
             self.gate = Gate(self)  # ValueError for a bad TLS file, before anything listens
-        if "websockets" in cfg.get("protocols", {}).values():
-            from .ws_frame import Ws
-
-            self.ws = Ws(self)
+        self.ws = None  # the WebSockets listeners (ws_frame.Ws; listen.py), if configured
         self.paused = []
         self.running = False
         self.bridges = ()  # bridge.py, imported only when a `connection` is configured
@@ -106,11 +102,13 @@ class Server:
             except Exception as e:  # OSError or MemoryError (a tuple of types would allocate)
                 if isinstance(e, OSError) and e.args[0] == _EAGAIN:
                     return
-                # No socket, or no memory for one (EMFILE/ENFILE on the unix port, ECONNABORTED
-                # from ESP32's lwIP once its sockets are all taken, MemoryError). The waiting
-                # connection keeps the listener readable: polled, it would wake every pass (a
-                # busy loop, 0.7 of a core). So it rests until the next tick puts it back (0 to
-                # 1 s), while the clients connected are served; it gets in once one leaves.
+                # No socket, or no memory for one, in the stack or the process (EMFILE or
+                # ENFILE on the unix port, ECONNABORTED from ESP32's lwIP once its sockets are
+                # all taken, MemoryError for the socket object). The connection left waiting
+                # keeps the listener readable: polled, it would wake every pass (a busy loop,
+                # measured: 0.7 of a core). So it rests until the next tick, which puts it
+                # back (0 to 1 s; at most two failures a second), while the clients already
+                # connected are served; the waiting one gets in once one of them leaves.
                 st.hit("accept_failed")
                 self.poll.modify(ls, 0)
                 return
@@ -176,7 +174,9 @@ class Server:
                 s.write(c.out)
             except OSError:
                 pass
-        k = s if self.ws is None else self.ws.polled(s)  # what conns and the poll know it by
+        # What conns and the poll know it by: a WebSocket's wrapper (ws_frame.WsSock) holds
+        # it as .s; a socket has no attribute s.
+        k = getattr(s, "s", s)
         self.conns.pop(k, None)
         pool = self.broker.pool
         if c.out is not None:
@@ -228,7 +228,7 @@ class Server:
                 del c.mask
             else:
                 c.mask = m
-            self.poll.modify(c.sock if self.ws is None else self.ws.polled(c.sock), m)
+            self.poll.modify(getattr(c.sock, "s", c.sock), m)  # see close
 
     # ------------------------------------------------------------------ input
 
@@ -241,8 +241,9 @@ class Server:
             buf[:have] = rx
         keep = None
         if c.paused:
-            # What a paused publisher sends is kept, not handled (_acks_only); its buffer made
-            # first, so a fragmented heap delays the read instead of costing the connection.
+            # What a paused publisher sends is kept, not handled (_acks_only): its buffer is
+            # made before the bytes leave the socket, so a heap too fragmented for it delays
+            # the read instead of costing the connection (seen on the esp32 profile).
             try:
                 keep = bytearray(have + self.chunk)
             except MemoryError:
@@ -457,8 +458,6 @@ class Server:
             s = c.sess
             if s is not None and s.queue and s.conn is c:
                 self.broker.refill(s)
-            elif s is None and self.ws is not None and self.ws.drained(c):
-                return  # a plain HTTP answer sent, and closed
         self._mask(c)
 
     # ------------------------------------------------------------------ timers
@@ -519,7 +518,8 @@ class Server:
                 try:
                     self.one_pass()
                 except MemoryError:
-                    # Outside any one connection's guard: drop the garbage, retry next pass.
+                    # Outside any one connection's handling (that has its own guard): drop
+                    # the garbage and carry on; the next pass retries.
                     self.broker.stats.hit("memory")
                     gc.collect()
                     try:

@@ -58,10 +58,6 @@ class Ws:
         """The Conn's socket for s accepted on ls: a WsSock for a WebSockets listener."""
         return WsSock(s) if ls in self.listeners else s
 
-    def polled(self, s):
-        """The socket the poll holds for a Conn's sock: a WebSocket's is under its wrapper."""
-        return s.s if type(s) is WsSock else s
-
     def request(self, w, buf, n):
         from . import forget
 
@@ -80,26 +76,6 @@ class Ws:
                 # client's CONNECT may load v5's code into a heap it would otherwise split.
                 gc.collect()
 
-    def drained(self, c):
-        """c's output is all written. For a plain HTTP answer: the file's next chunk, or the
-        close once it is all sent; True when c was closed."""
-        w = c.sock
-        if type(w) is not WsSock or not w.h[_FL] & _HTTP:
-            return False
-        why = "answered plain HTTP"
-        if w.f is not None:
-            try:
-                out = bytearray(_CHUNK)
-                n = w.f.readinto(out)
-                if n:
-                    out[n:] = b""
-                    c.out = out
-                    return False
-            except MemoryError:
-                why = "out of memory for an HTTP answer"
-        self.server.close(c, why, False)
-        return True
-
 
 class WsClose(OSError):
     """The connection broke the protocol; the close frame with its code went out."""
@@ -113,7 +89,7 @@ class WsSock:
     ol = 0  # payload bytes of the frame being written still to go
     oh = None  # header bytes of the frame being written still to go (a partial write)
     ctl = None  # a control frame's payload, as it arrives
-    f = None  # plain HTTP: the file or web.Stream being sent (Ws.drained)
+    f = None  # plain HTTP: the file or web.Stream being sent (write)
 
     def __init__(self, s):
         self.s = s
@@ -237,7 +213,7 @@ class WsSock:
 
     def write(self, data):
         if not self.h[_FL] & _OPEN:
-            return self.s.write(data)  # the handshake's answer or plain HTTP
+            return self._http(data)
         s = self.s
         n = len(data)
         done = 0
@@ -270,6 +246,26 @@ class WsSock:
             if m < ol:
                 break
         return done
+
+    def _http(self, data):
+        """Plain HTTP (ws_handshake._answer put the head in the connection's output): once
+        data is all out, the file's next piece replaces it and 0 is returned, so the server
+        keeps it as the output still to write, without code of its own for this; after the
+        last piece an OSError makes the server close the connection."""
+        n = self.s.write(data) or 0
+        if n < len(data):
+            return n
+        f = self.f
+        if f is not None:
+            try:
+                data[:] = bytes(_CHUNK)
+                k = f.readinto(data)
+            except MemoryError:
+                raise OSError("out of memory for the HTTP answer")
+            if k:
+                data[k:] = b""
+                return 0
+        raise OSError("answered plain HTTP")
 
     def close(self):
         h = self.h

@@ -3,7 +3,7 @@ Loaded by ws_frame.Ws while a request head is being answered, forgotten once non
 head is gathered until complete; an Upgrade to WebSocket version 13 offering the subprotocol
 `mqtt` (or `mqttv3.1`, which MQTT.js offers for protocol level 3) gets 101 and the
 subprotocol back (RFC 6455 section 4.2.2, MQTT-6.0.0-3, MQTT-6.0.0-4); a plain GET gets
-web.answer's page or figures (Ws.drained sends its file or web.Stream); anything else 400 (426
+web.answer's page or figures (WsSock.write sends its file or web.Stream); anything else 400 (426
 for another version) and a close. Until the 101 the connection has no session, so the
 half-open limits and connect_timeout apply to a slow handshake as to a silent TCP client."""
 
@@ -103,7 +103,7 @@ def _http(ws, w, path):
 
 def _answer(ws, w, head, body, path):
     """The answer goes out as the connection's output, written as the socket takes it;
-    Ws.drained sends the file after it, then closes."""
+    WsSock.write sends the file after it, then has it closed."""
     sv = ws.server
     c = sv.conns.get(w.s)
     w.h[_FL] |= _HTTP

@@ -6,7 +6,7 @@ starts a real Server with a TCP and a WebSockets listener, connects real sockets
 WebSocket ones send the opening handshake and masked frames), runs the server's own
 accept/read/flush code, and takes gc.mem_alloc() after gc.collect() before and after N
 clients of each kind connect and subscribe. The handshake's own buffers are gone by then:
-what stays is the wrapper (ws_frame.WsSock) and its 14-byte header buffer."""
+what stays is the wrapper (ws_frame.WsSock) and its 17-byte header and state buffer."""
 
 import os
 import subprocess
