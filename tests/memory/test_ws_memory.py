@@ -131,15 +131,21 @@ print("done")
 '''
 
 
-def measure(tmp_path, n=16, board="esp32", heap="512k"):
-    script = tmp_path / "measure_ws.py"
-    script.write_text(MEASURE)
-    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
+def run_mp(tmp_path, text, *args, heap=None):
+    """Run text as a script in the MicroPython unix port (with a heap of heap bytes, or its
+    default), the firmware on its path (or UBROKER_FIRMWARE's tree): the CompletedProcess."""
+    script = tmp_path / "ws_script.py"
+    script.write_text(text)
     env = dict(os.environ)
     env["MICROPYPATH"] = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
-    r = subprocess.run([mp, "-X", "heapsize=" + heap, str(script), str(free_port()), str(free_port()),
-                        os.path.join(ROOT, "boards", board + ".conf"), str(n)],
-                       capture_output=True, text=True, timeout=120, env=env)
+    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
+    return subprocess.run([mp] + (["-X", "heapsize=" + heap] if heap else []) + [str(script)] + list(args),
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def measure(tmp_path, n=16, board="esp32", heap="512k"):
+    r = run_mp(tmp_path, MEASURE, str(free_port()), str(free_port()), os.path.join(ROOT, "boards", board + ".conf"),
+               str(n), heap=heap)
     assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
     out = {}
     for line in r.stdout.splitlines():
@@ -165,17 +171,11 @@ def test_websocket_connection_costs_under_200_bytes_more_than_tcp(tmp_path):
 def test_no_ws_module_without_a_websockets_listener(tmp_path):
     """A broker whose listeners are all MQTT over TCP imports nothing of the WebSockets code:
     its heap at start is what it was before the feature (docs/websockets.md)."""
-    script = tmp_path / "no_ws.py"
-    script.write_text("import sys\nfrom ubroker.config import load, resolve\nfrom ubroker.server import Server\n"
-                      "cfg = resolve(load(sys.argv[1]))\ncfg['listener'] = [(%d, '127.0.0.1'), (%d, '127.0.0.1')]\n"
-                      "srv = Server(cfg, lambda m: None)\nsrv.listen()\n"
-                      "print(sorted(m for m in sys.modules if m.startswith('ubroker.ws')), srv.ws)\n"
-                      % (free_port(), free_port()))
-    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
-    env = dict(os.environ)
-    env["MICROPYPATH"] = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
-    r = subprocess.run([mp, str(script), os.path.join(ROOT, "boards", "esp32.conf")], capture_output=True, text=True,
-                       timeout=60, env=env)
+    r = run_mp(tmp_path, "import sys\nfrom ubroker.config import load, resolve\nfrom ubroker.server import Server\n"
+               "cfg = resolve(load(sys.argv[1]))\ncfg['listener'] = [(%d, '127.0.0.1'), (%d, '127.0.0.1')]\n"
+               "srv = Server(cfg, lambda m: None)\nsrv.listen()\n"
+               "print(sorted(m for m in sys.modules if m.startswith('ubroker.ws')), srv.ws)\n"
+               % (free_port(), free_port()), os.path.join(ROOT, "boards", "esp32.conf"))
     assert r.stdout.strip() == "[] None", r.stdout + r.stderr
 
 
@@ -263,10 +263,5 @@ def test_frames_in_and_out_allocate_nothing(tmp_path):
     open: run with MicroPython's heap locked (micropython.heap_lock), the bytes come out
     right and no MemoryError is raised. A TCP read allocates nothing here either, so
     WebSockets adds no per-message allocation."""
-    script = tmp_path / "no_alloc.py"
-    script.write_text(NO_ALLOC)
-    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
-    env = dict(os.environ)
-    env["MICROPYPATH"] = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
-    r = subprocess.run([mp, str(script)], capture_output=True, text=True, timeout=60, env=env)
+    r = run_mp(tmp_path, NO_ALLOC)
     assert r.stdout.strip() == "ok 1 400", r.stdout + r.stderr
