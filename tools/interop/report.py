@@ -64,7 +64,7 @@ def markdown(results):
                                                      note.replace("|", "/")))
             out.append("")
             for r in recs:
-                if r["verdict"] in ("fail", "error"):
+                if r["verdict"] in ("fail", "error", "timeout"):
                     out.append("### %s %s (%s)\n" % (r["test"], r.get("group", ""), r["verdict"]))
                     out.append(_block(r.get("message") or r.get("error")))
                     out.append(_block(r.get("output")))

@@ -78,6 +78,10 @@ def main(argv=None):
                 print("  " + report.paho_count(recs), flush=True)
         if args.mosquitto_tests:
             print("Mosquitto's broker tests against %s ..." % broker, flush=True)
+            folder = mosq_suite.broker_dir(args.mosquitto_tests)
+            if broker == "mosquitto" and not os.stat(folder).st_mode & 0o002:
+                print("  warning: %s is not writable by others: mosquitto, started as root, drops to its own "
+                      "user and cannot save persistence files there (chmod a+w it)" % folder, flush=True)
             only = [o for o in args.only or () if not o.startswith("paho")] or None
             recs = mosq_suite.run_all(args.mosquitto_tests, broker, work, args.lenient_connack, only,
                                       log=lambda s: print(s, flush=True))

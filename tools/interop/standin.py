@@ -7,6 +7,7 @@ settings ...) raises NotApplicable with the reason, and is not counted as a pass
 import atexit
 import os
 import signal
+import ssl
 import subprocess
 import time
 
@@ -86,7 +87,9 @@ def translate(conf, workdir, broker):
             if key in LOG_ONLY or (key, rest) == ("per_listener_settings", "false"):
                 continue
             if key == "persistence_file":
+                # Mosquitto writes its file into a folder that exists; ubroker's folder must too
                 key, rest = "persistence_location", os.path.join(workdir, rest + ".d")
+                os.makedirs(rest, exist_ok=True)
             elif key not in known:
                 not_applicable("config key `%s %s`: ubroker has no such setting" % (key, rest))
         kept.append(loopback(key, rest))
@@ -98,10 +101,19 @@ def translate(conf, workdir, broker):
     return out
 
 
-def check_built_files(conf):
+def check_files(conf):
+    """Not applicable for either broker: a plugin not built, or a certificate of the test tree
+    past its end date (test/ssl's expired in February 2025)."""
     for _no, key, rest in config_lines(conf):
         if key in BUILT_FILES and not os.path.exists(rest.split()[0] if rest else ""):
             not_applicable("`%s %s`: needs Mosquitto's test plugins built from its source tree" % (key, rest))
+        if key == "certfile" and os.path.exists(rest):
+            try:
+                end = ssl._ssl._test_decode_cert(rest)["notAfter"]
+            except (ssl.SSLError, KeyError, AttributeError):
+                continue
+            if ssl.cert_time_to_seconds(end) < time.time():
+                not_applicable("the test tree's certificate %s expired on %s" % (rest, end))
 
 
 class BrokerProcess:
@@ -195,7 +207,7 @@ def make_start_broker(broker, workdir):
         if port == 0:
             port = 1888
         if conf is not None:
-            check_built_files(conf)
+            check_files(conf)
         state["starts"] += 1
         line = brokers.command(broker, config=translate(conf, workdir, broker) if conf else None,
                                port=None if conf else port)
