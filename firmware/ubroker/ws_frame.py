@@ -72,7 +72,7 @@ class Ws:
         finally:
             if not self.heads:
                 forget("ws_handshake")
-                # Its code (6 kB on the 64-bit port) freed now, in one piece, before the
+                # Its code (5 kB on the 64-bit port) freed now, in one piece, before the
                 # client's CONNECT may load v5's code into a heap it would otherwise split.
                 gc.collect()
 
