@@ -437,6 +437,8 @@ class V5(Timers):
             self.sender = None
             if not ok:
                 return False
+            if retain and (fwd is not None or self.rprops):
+                self.kept(topic, fwd)
         b_.stats.pub_in += 1
         if qos == 0:
             return True
@@ -520,7 +522,7 @@ class V5(Timers):
                 retained.append((flt, q))
         b_.send(c, codes_packet(0x90, pid, codes))  # MQTT-3.8.4-1, 3.8.4-6
         for flt, q in retained:
-            b_.send_retained(s, flt, q)
+            self.send_retained(s, flt, q, sid)
         return True
 
     def unsubscribe(self, c, buf, pos, end):

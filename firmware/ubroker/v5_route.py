@@ -15,7 +15,7 @@ import time
 from micropython import const
 
 from .codec import put_length
-from .session import cost
+from .session import ENTRY_COST, cost
 from .topics import match_levels
 from .v5_codec import vbi_len
 
@@ -53,6 +53,11 @@ def forward(buf, found, now):
 
 
 class Router:
+    # Retained messages' properties: topic -> (the entry of Broker.retained they belong to, the
+    # props tuple). Kept beside the broker's table, so a 3.1.1 board's entries stay 2-tuples:
+    # an entry replaced or cleared since (by a 3.1.1 client, say) is no longer the one here.
+    rprops = None
+
     def __init__(self, broker, server):
         self.b = broker
         self.server = server
@@ -75,6 +80,63 @@ class Router:
                     b.persist.entry_done(s, e)
         if not q:
             s.queue = None
+
+    def kept(self, topic, props):
+        """A retained message on topic was published with props (a v5 client's, a will's):
+        note them for the retained entry the broker now holds, if any."""
+        e = self.b.retained.get(topic)
+        rp = self.rprops
+        if e is None or props is None:
+            if rp and topic in rp:
+                del rp[topic]
+            return
+        if props[2] < 0:  # a will's expiry counts from now (forward())
+            props = (props[0], props[1], self.server.now)
+        if rp is None:
+            self.rprops = rp = {}
+        rp[topic] = (e, props)
+
+    def send_retained(self, s, flt, granted, sid):
+        """Broker.send_retained for a v5 subscription: each retained message with its
+        properties (one whose Message Expiry has passed is not sent, MQTT-3.3.2-5), the
+        subscription's identifier (MQTT-3.3.4-3) and RETAIN 1 also when it waits in the queue
+        (section 3.3.1.3)."""
+        b = self.b
+        if flt.startswith(b"$SYS"):
+            b.send_retained(s, flt, granted)
+            return
+        sids = b""
+        if sid:
+            ids = bytearray(b"\x0b")
+            put_length(ids, sid)
+            sids = bytes(ids)
+        levels = flt.split(b"/")
+        c = s.conn
+        now = self.server.now
+        rp = self.rprops
+        table = b.retained
+        for topic in table:
+            if not match_levels(levels, topic):
+                continue
+            e = table[topic]
+            fwd = b""
+            expiry = t0 = 0
+            r = rp.get(topic) if rp else None
+            if r is not None and r[0] is e:
+                fwd, expiry, t0 = r[1]
+                if expiry and time.ticks_diff(now, t0) >= expiry * 1000:
+                    continue
+            extra = (fwd, expiry, t0, sids, True)
+            payload = e[0]
+            q = e[1] if e[1] < granted else granted
+            if q == 0:
+                self.write(c, topic, payload, 0, True, False, 0, extra)
+            elif b.room(s, len(topic) + len(payload) + ENTRY_COST):
+                b.deliver(s, [topic, payload, 0, extra], q, True)
+            else:
+                b.stats.dropped += 1
+        if b.persist is not None:
+            b.persist.forget_fresh()
 
     def route(self, s, q, topic, payload, qos, retain, props, size, group=None):
         """One message for session s, whose subscription in the index carries the v5 mark;
@@ -145,12 +207,14 @@ class Router:
 
     def write(self, c, topic, payload, qos, retain, dup, pid, extra=None):
         """A PUBLISH to v5 connection c, with its properties."""
+        at = -1  # where in the window, for a message found there
         if extra is None and qos:
             inflight = c.sess.inflight if c.sess is not None else None
             if inflight:
                 for i in range(len(inflight) - 1, -1, -1):
                     e = inflight[i]
                     if e[_PID] == pid:
+                        at = i
                         m = e[_MSG]
                         if len(m) > 3:
                             extra = m[3]
@@ -161,10 +225,13 @@ class Router:
             if rflag:
                 retain = True
             if expiry:
-                # The time left (MQTT-3.3.2-6); one that ran out while queued goes with 1 s
-                # (dropping it from the window is left for the next phase, docs/mqtt5.md).
-                left = expiry - time.ticks_diff(self.server.now, t0) // 1000
+                left = expiry - time.ticks_diff(self.server.now, t0) // 1000  # MQTT-3.3.2-6
                 if left < 1:
+                    if not dup and at >= 0:
+                        # It expired in the queue and would start out now: it is dropped
+                        # (MQTT-3.3.2-5). A resent one (DUP) had started: it goes with 1 s.
+                        self.dropped(c.sess, at)
+                        return
                     left = 1
                 fwd = bytearray(fwd)
                 fwd[1:5] = bytes((left >> 24, (left >> 16) & 0xFF, (left >> 8) & 0xFF, left & 0xFF))
@@ -192,6 +259,17 @@ class Router:
         out += payload
         b.stats.pub_out += 1
         b._done(c, out)
+
+
+    def dropped(self, s, i):
+        """Take the entry at i out of s's in-flight window, unsent (Broker.release without the
+        refill: this runs inside one)."""
+        b = self.b
+        e = s.inflight.pop(i)
+        b.held_bytes -= cost(e[_MSG])
+        if len(e) > 4 and b.persist is not None:
+            b.persist.entry_done(s, e)
+        b.freed = True
 
 
 def _size(topic, payload, qos, nprops):

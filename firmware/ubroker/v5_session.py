@@ -86,6 +86,8 @@ class Timers(Router):
 
     def publish_will(self, will, wprops):
         self.b.publish(will[0], will[1], will[2], will[3], True, props=wprops)
+        if will[3] and (wprops is not None or self.rprops):
+            self.kept(will[0], wprops)  # a retained will keeps its properties
 
     def tick(self, now):
         """Once a second (as Broker.tick): wills and sessions whose time has come."""

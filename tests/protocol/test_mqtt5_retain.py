@@ -1,0 +1,128 @@
+"""MQTT 5.0 retained messages through the network: a retained message keeps its properties
+(and its Message Expiry: an expired one is not sent), a new subscription's Subscription
+Identifier comes with the retained messages it brings, and a retained QoS 1 message that
+waits in the queue keeps RETAIN 1; messages that expire while they wait in an online client's
+queue are dropped. Statement numbers are the MQTT 5.0 standard's."""
+
+import time
+
+import mqttraw
+import mqttraw5 as m
+from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
+from mqttraw5 import connected as v5
+
+PROPS = [(m.CONTENT_TYPE, "text/plain"), (m.RESPONSE_TOPIC, "rp/answer"), (m.CORRELATION_DATA, b"c1"),
+         (m.USER_PROPERTY, ("k", "v"))]
+
+
+def retain(broker, topic, payload, properties=(), qos=1):
+    p = v5(broker, "pub-%d" % time.monotonic_ns())
+    p.send(m.publish(topic, payload, qos=qos, retain=True, pid=1, properties=properties))
+    if qos:
+        p.next(m.PUBACK)
+    return p
+
+
+def test_retained_message_keeps_its_properties(broker):
+    """MQTT-3.3.1-6 (RETAIN 1 on the retained message a new subscription gets) with its
+    properties as published: Content Type, Response Topic, Correlation Data, User Property
+    (MQTT-3.3.2-17/18), and the time left of its Message Expiry (MQTT-3.3.2-6)."""
+    retain(broker, "rp/t", b"kept", PROPS + [(m.MESSAGE_EXPIRY, 300)])
+    s = v5(broker, "sub")
+    s.send(m.subscribe(1, ("rp/#", 1)))
+    s.next(m.SUBACK)
+    p = s.next(m.PUBLISH)
+    assert (p.topic, p.payload, p.retain) == (b"rp/t", b"kept", True)
+    assert m.prop(p.props, m.CONTENT_TYPE) == b"text/plain"
+    assert m.prop(p.props, m.RESPONSE_TOPIC) == b"rp/answer"
+    assert m.prop(p.props, m.CORRELATION_DATA) == b"c1"
+    assert m.prop(p.props, m.USER_PROPERTY) == (b"k", b"v")
+    assert 295 <= m.prop(p.props, m.MESSAGE_EXPIRY) <= 300
+
+
+def test_expired_retained_message_is_not_sent(broker):
+    """MQTT-3.3.2-5: a retained message whose Message Expiry Interval has passed is not sent
+    to a new subscription (one with time left is)."""
+    retain(broker, "rx/old", b"old", [(m.MESSAGE_EXPIRY, 1)])
+    retain(broker, "rx/new", b"new", [(m.MESSAGE_EXPIRY, 100)])
+    time.sleep(2.2)
+    s = v5(broker, "sub")
+    s.send(m.subscribe(1, ("rx/#", 1)))
+    s.next(m.SUBACK)
+    p = s.next(m.PUBLISH)
+    assert p.payload == b"new"
+    s.send(m.ack(m.PUBACK, p.pid))
+    s.send(mqttraw.PINGREQ)
+    assert s.recv_packet(2.0).type == m.PINGRESP  # and no "old" before it
+
+
+def test_retained_delivery_carries_the_subscription_identifier(broker):
+    """MQTT-3.3.4-3: the Subscription Identifier of the subscription that brings a retained
+    message comes with it."""
+    retain(broker, "ri/t", b"x")
+    s = v5(broker, "sub")
+    s.send(m.subscribe(1, ("ri/+", 1), properties=[(m.SUBSCRIPTION_ID, 77)]))
+    s.next(m.SUBACK)
+    p = s.next(m.PUBLISH)
+    assert m.prop(p.props, m.SUBSCRIPTION_ID) == 77
+    assert p.retain
+
+
+def test_queued_retained_message_keeps_retain_1(broker):
+    """Section 3.3.1.3: retained messages sent for a new subscription carry RETAIN 1, also one
+    that waited in the queue (Receive Maximum 1: the second goes after the first's PUBACK)."""
+    retain(broker, "rq/a", b"a")
+    retain(broker, "rq/b", b"b")
+    s = v5(broker, "sub", properties=[(m.RECEIVE_MAXIMUM, 1)])
+    s.send(m.subscribe(1, ("rq/+", 1)))
+    s.next(m.SUBACK)
+    first = s.next(m.PUBLISH)
+    s.send(m.ack(m.PUBACK, first.pid))
+    second = s.next(m.PUBLISH)
+    assert (first.retain, second.retain) == (True, True)
+    assert sorted((first.payload, second.payload)) == [b"a", b"b"]
+
+
+def test_311_subscriber_gets_a_v5_retained_message_plain(broker):
+    """A 3.1.1 subscriber gets a v5 client's retained message without properties (MQTT 3.1.1
+    has none), RETAIN 1 (MQTT-3.3.1-8 of 3.1.1)."""
+    retain(broker, "r3/t", b"plain", PROPS)
+    c = broker.raw()
+    assert c.connect("old") == (0, 0)
+    c.send(mqttraw.subscribe(1, ("r3/t", 0)))
+    c.expect(9)
+    p = c.expect(3)
+    assert (p.payload, p.retain) == (b"plain", True)
+
+
+def test_message_expiring_in_an_online_clients_queue_is_dropped(broker):
+    """MQTT-3.3.2-5: a QoS 1 message that waits in the queue of an online client (its Receive
+    Maximum 1 is taken by an unacknowledged message) and whose Message Expiry Interval passes
+    there is not sent; one without expiry behind it is."""
+    s = v5(broker, "slow", properties=[(m.RECEIVE_MAXIMUM, 1)])
+    s.send(m.subscribe(1, ("qe/t", 1)))
+    s.next(m.SUBACK)
+    p = v5(broker, "pub")
+    p.send(m.publish("qe/t", b"first", qos=1, pid=1))
+    p.send(m.publish("qe/t", b"short", qos=1, pid=2, properties=[(m.MESSAGE_EXPIRY, 1)]))
+    p.send(m.publish("qe/t", b"last", qos=1, pid=3))
+    first = s.next(m.PUBLISH)
+    assert first.payload == b"first"
+    time.sleep(2.2)
+    s.send(m.ack(m.PUBACK, first.pid))
+    nxt = s.next(m.PUBLISH)
+    assert nxt.payload == b"last"
+
+
+def test_retained_will_keeps_its_properties(broker):
+    """MQTT-3.1.3-10 with MQTT-3.3.1-6: a will published with RETAIN 1 is retained with its
+    properties; a later subscription gets them."""
+    c = v5(broker, "rw", will=("rw/state", b"offline", 1, True, [(m.CONTENT_TYPE, "text/plain")]))
+    c.close()
+    time.sleep(0.5)
+    s = v5(broker, "sub")
+    s.send(m.subscribe(1, ("rw/state", 1)))
+    s.next(m.SUBACK)
+    p = s.next(m.PUBLISH)
+    assert (p.payload, p.retain) == (b"offline", True)
+    assert m.prop(p.props, m.CONTENT_TYPE) == b"text/plain"
