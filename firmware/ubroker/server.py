@@ -582,7 +582,8 @@ class Server:
             except Exception:
                 pass
         conns = self.conns
-        for c in conns.values():
+        for k in conns:  # not conns.values(): a view is an allocation
+            c = conns[k]
             s = c.sock
             try:
                 if c.out:

@@ -1,0 +1,65 @@
+"""Stopping works with MicroPython's heap locked. The unix port raises KeyboardInterrupt from
+its SIGINT handler wherever the VM is, also inside a garbage collection, whose heap lock is
+then never released: Server.shutdown runs after that and must not allocate (CI once saw
+`MemoryError: memory allocation failed, heap is locked` from shutdown when `ubroker run`
+was stopped with SIGINT; it iterated conns.values(), a view object on the heap).
+
+The real Server in one MicroPython process (tests/support/broker_sim.py), two connected
+clients with output waiting, on sockets whose write and close allocate nothing, as the
+port's own do."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
+
+SCENARIO = r'''
+import sys
+import micropython
+from broker_sim import Sim, Client, config
+
+
+class Sock:
+    def __init__(self):
+        self.n = 0
+        self.closed = False
+
+    def write(self, b):
+        self.n += len(b)
+        return len(b)
+
+    def close(self):
+        self.closed = True
+
+
+sim = Sim(config(sys.argv[1], persistence=False))
+socks = []
+for cid in (b"a", b"b"):
+    c = Client(sim, cid)
+    c.conn.sock = Sock()
+    c.conn.out = bytearray(b"\xd0\x00")  # a PINGRESP not written yet
+    socks.append(c.conn.sock)
+r = None  # bound before the lock: a new global can grow the module's dict
+micropython.heap_lock()
+try:
+    sim.sv.shutdown()
+    r = "stopped"
+except MemoryError:
+    r = "MemoryError"
+micropython.heap_unlock()
+print(r, [(s.n, s.closed) for s in socks], len(sim.sv.conns))
+'''
+
+
+def test_shutdown_with_the_heap_locked_sends_what_waits_and_closes(tmp_path):
+    script = tmp_path / "scenario.py"
+    script.write_text(SCENARIO)
+    firmware = os.environ.get("UBROKER_FIRMWARE", os.path.join(ROOT, "firmware"))
+    env = dict(os.environ, MICROPYPATH=firmware + ":" + os.path.join(ROOT, "tests", "support"))
+    r = subprocess.run([MICROPYTHON, str(script), str(tmp_path / "store")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "stopped [(2, True), (2, True)] 0"
