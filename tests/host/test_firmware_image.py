@@ -23,7 +23,7 @@ import pytest
 from conftest import ROOT, UBROKER, free_port, wait_for
 from test_flash_files import add_user, connack
 from test_vboard import port_open, vboard  # noqa: F401  (vboard is a fixture)
-from ubroker_tools import build, firmware, flash, paths, profiles
+from ubroker_tools import build, firmware, flash, paths, profiles, webpage
 
 IMAGE_BOARDS = sorted(b for b in paths.known_boards() if b.endswith("-image"))
 
@@ -419,7 +419,9 @@ def test_build_for_the_image_board_leaves_out_what_it_freezes(tmp_path):
     r = subprocess.run([UBROKER, "build", "--board", "rp2-pico-w-image", "--out", str(tmp_path / "b"), "-v"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(tmp_path / "b")) == ["board.conf", "ubroker.conf"]
+    # the status page is data, not a module: an image cannot freeze it, so it stays a file
+    assert sorted(os.listdir(tmp_path / "b")) == ["board.conf", "ubroker.conf", "ubroker_web"]
+    assert os.listdir(tmp_path / "b" / "ubroker_web") == ["status.html.gz"]
     assert "frozen in the board's firmware image: core, store, security, bridge, sensors, v5, web, ws" in r.stdout
 
 
@@ -437,7 +439,7 @@ def test_build_puts_left_out_modules_in_lib_ubroker(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "BOARDS", str(tmp_path / "boards"))
     out, files = build.build("unix-image", str(tmp_path / "b"))
     left = sorted("lib/ubroker/%s.mpy" % p.split("/")[1][:-3] for p in firmware.left_out(("core", "store")))
-    assert sorted(n for n, _ in files) == sorted(left + ["board.conf", "ubroker.conf"])
+    assert sorted(n for n, _ in files) == sorted(left + ["board.conf", "ubroker.conf", webpage.ON_BOARD])
 
 
 def test_stale_files_on_an_image_board():
@@ -519,7 +521,7 @@ def test_flash_to_an_image_board_copies_only_what_the_image_leaves_out(vboard, t
     text = "\n".join(said)
     assert "its image freezes core, store" in text
     left = sorted("lib/ubroker/%s.mpy" % p.split("/")[1][:-3] for p in firmware.left_out(groups))
-    assert sorted(copied) == sorted(left + ["board.conf", "ubroker.conf", "users.txt"])
+    assert sorted(copied) == sorted(left + ["board.conf", "ubroker.conf", "users.txt", webpage.ON_BOARD])
     assert sorted(stale) == ["ubmain.mpy", "ubroker/codec.mpy"]
     assert not (vboard.folder / "ubroker").exists() and not (vboard.folder / "ubmain.mpy").exists()
     assert sorted(os.listdir(vboard.folder / "lib" / "ubroker")) == sorted(p.split("/")[-1] for p in left)
@@ -531,7 +533,7 @@ def test_flash_to_an_image_board_copies_only_what_the_image_leaves_out(vboard, t
     said.clear()
     copied, stale = flash.flash("unix-image", vboard.link, str(conf_dir / "ubroker.conf"), say=said.append)
     assert copied == [] and stale == []
-    assert "copied 0 files (0 bytes), %d unchanged, 0 removed" % (len(left) + 3) in said
+    assert "copied 0 files (0 bytes), %d unchanged, 0 removed" % (len(left) + 4) in said
 
 
 def test_flash_refuses_an_image_whose_groups_differ(vboard, tmp_path, monkeypatch):  # noqa: F811
