@@ -26,4 +26,5 @@ def test_v5_fanin_small_run(tmp_path):
         assert res["rate"] > 0 and res["acked"] > 0, res
         assert res["unique"] == res["acked"] and res["lost_acked"] == 0, res
         assert res["duplicates"] == 0 and res["out_of_order"] == 0 and res["end"] == "complete", res
-    assert "MQTT 5" in by["aedes"]["untested"]
+    if "aedes" in by:  # absent where bench/node_modules is not installed (CI: make bench installs it)
+        assert "MQTT 5" in by["aedes"]["untested"]

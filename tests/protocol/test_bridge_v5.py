@@ -90,8 +90,9 @@ def test_both_ways_with_properties(upstream, gateway, qos):
     downs = [g for g in local.got if g[1] == b"D"]
     assert ups == [("cloud/gw1/x/up", b"U", qos, user, "text/plain")]
     assert downs == [("site/x/down", b"D", qos, [("from", "cloud")], "application/x")]
-    # each side's own message is not echoed back to it
-    assert b"U" not in local.payloads()[1:] and local.payloads().count(b"D") == 1
+    # each side's own message is not echoed back to it: local-sub has "U" once, straight from
+    # local-pub (before or after "D": at QoS 0 the two race)
+    assert local.payloads().count(b"U") == 1 and local.payloads().count(b"D") == 1
     for c in (up, local, lp, rp):
         c.close()
 
