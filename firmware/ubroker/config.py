@@ -312,12 +312,12 @@ def parse(text, source="config"):
             out.setdefault(key, []).append(section)
         elif kind == "listener":
             listeners.append(v)
-        elif key in TLS_KEYS:
-            out.setdefault("tls", {}).setdefault(max(len(listeners) - 1, 0), {})[key] = v
+        elif key in TLS_KEYS:  # -1: before any `listener` line (see _listeners)
+            out.setdefault("tls", {}).setdefault(len(listeners) - 1, {})[key] = v
         elif key == "protocol":
             # listener index -> "websockets"; not in DEFAULTS: a broker without WebSockets
             # keeps no entry for it (read with cfg.get("protocols"))
-            out.setdefault("protocols", {})[max(len(listeners) - 1, 0)] = v
+            out.setdefault("protocols", {})[len(listeners) - 1] = v
         elif kind[0] == "+":
             into.setdefault(key, []).append(v)
         else:
@@ -329,14 +329,37 @@ def parse(text, source="config"):
             errors.append("%s:%d: connection %s has no `topic` line" % (source, br["line"], br["name"]))
     if errors:
         raise ConfigError(errors)
-    if listeners:
-        out["listener"] = listeners
+    _listeners(out, listeners)
     return out
 
 
+def _listeners(out, listeners):
+    """A file's `listener` lines, and the per-listener keys (TLS, protocol) by the index of
+    the listener they follow, -1 for those before any. As in Mosquitto, `port` (and
+    bind_address) beside `listener` lines is one more listener, opened first, which the
+    keys before any `listener` line belong to; without it they belong to the first."""
+    shift = 0
+    if listeners and ("port" in out or "bind_address" in out):
+        listeners.insert(0, (out.pop("port", 1883), out.pop("bind_address", "0.0.0.0")))
+        shift = 1
+    if listeners:
+        out["listener"] = listeners
+    for key in ("tls", "protocols"):
+        if key in out:
+            by = {}
+            for i in sorted(out[key]):  # -1 before 0: a later line wins
+                j = max(i + shift, 0)
+                if key == "tls" and j in by:
+                    by[j].update(out[key][i])
+                else:
+                    by[j] = out[key][i]
+            out[key] = by
+
+
 def resolve(*layers):
-    """Merge layers over DEFAULTS; the old single-listener keys port/bind_address become a
-    listener, as in Mosquitto."""
+    """Merge layers over DEFAULTS; a layer's listeners replace those before it. The old
+    single-listener keys port/bind_address of a layer without `listener` lines become its one
+    listener, as in Mosquitto (parse puts them first among a file's `listener` lines)."""
     cfg = dict(DEFAULTS)
     for layer in layers:
         if "listener" in layer:  # new listeners: TLS settings of replaced ones do not carry over

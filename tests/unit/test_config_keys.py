@@ -48,3 +48,34 @@ def test_bridge_protocol_version_defaults_to_311_and_takes_mqttv50():
 
 def test_frozen_is_a_board_profile_line():
     assert config.parse("frozen core,store\n")["frozen"] == "core,store"
+
+
+def test_port_beside_listeners_is_one_more_listener_opened_first():
+    """As Mosquitto: `port` (the default listener) and `listener` lines in one file open all of
+    them, the `port` one first, wherever its line is."""
+    for text in ("port 1884\nlistener 9001 127.0.0.1\n", "listener 9001 127.0.0.1\nport 1884\n"):
+        assert config.resolve(config.parse(text))["listener"] == [(1884, "0.0.0.0"), (9001, "127.0.0.1")]
+    cfg = config.resolve(config.parse("bind_address 127.0.0.1\nlistener 9001\n"))
+    assert cfg["listener"] == [(1883, "127.0.0.1"), (9001, "0.0.0.0")]
+    assert "port" not in cfg and "bind_address" not in cfg
+
+
+def test_per_listener_keys_follow_their_listener_when_port_goes_first():
+    """`protocol` and the TLS keys belong to the listener declared last; before any `listener`
+    line, to the `port` listener (index 0) when there is one, else to the first listener."""
+    cfg = config.resolve(config.parse("port 1884\nlistener 9001\nprotocol websockets\nlistener 8883\n"
+                                      "certfile c.pem\nkeyfile k.pem\n"))
+    assert cfg["protocols"] == {1: "websockets"}
+    assert cfg["tls"] == {2: {"certfile": "c.pem", "keyfile": "k.pem"}}
+    cfg = config.resolve(config.parse("port 8080\nprotocol websockets\nlistener 1883\n"))
+    assert cfg["listener"][0][0] == 8080 and cfg["protocols"] == {0: "websockets"}
+    # without `port`: keys before the first `listener` line still go to it, merged
+    cfg = config.resolve(config.parse("certfile c.pem\nlistener 8883\nkeyfile k.pem\nlistener 1883\n"))
+    assert cfg["tls"] == {0: {"certfile": "c.pem", "keyfile": "k.pem"}}
+
+
+def test_port_alone_still_replaces_the_profiles_listener():
+    board = config.parse("listener 1883 127.0.0.1\n")
+    assert config.resolve(board, config.parse("port 1885\n"))["listener"] == [(1885, "0.0.0.0")]
+    assert config.resolve(board, config.parse("bind_address 0.0.0.0\n"))["listener"] == [(1883, "0.0.0.0")]
+
