@@ -388,6 +388,25 @@ def open_problem(cfg):
     return None
 
 
+def store_problem(cfg):
+    """Why the durable store cannot open, or None: `persistence true` with a
+    persistence_location that is not a folder. The broker would stop at its first file
+    (ENOENT) with no word of which setting is wrong. A relative path is the working folder's."""
+    where = cfg["persistence_location"]
+    if not (cfg["persistence"] and where):
+        return None
+    import os
+
+    try:
+        if os.stat(where)[0] & 0x4000:  # S_IFDIR
+            return None
+        what = "is not a folder"
+    except OSError:
+        what = "does not exist"
+    return ("persistence_location %s %s (persistence true): create the folder or name another"
+            % (where, what))
+
+
 def load(path, source=None):
     with open(path) as f:
         return parse(f.read(), source or path)
@@ -398,7 +417,9 @@ def settings(files, log, missing_ok=False, amend=None):
     board profile, then the user's config) <- amend(cfg), the command line's changes. Each
     mistake is logged with its line and the answer is None; so is a config that must not
     start (open_problem). A missing file is a mistake unless missing_ok, when its layer is
-    left out. Both entries (main.py on a board, unix_main.py) start here.
+    left out. Both entries (main.py on a board, unix_main.py) start here. Without
+    missing_ok (unix_main.py, which makes no folders) a store folder that is not there is a
+    mistake too (store_problem); main.py makes it after this.
 
     Afterwards this module leaves the heap: the broker keeps only the resulting dict, and on
     a board the parser's tables are heap better spent on clients."""
@@ -416,7 +437,7 @@ def settings(files, log, missing_ok=False, amend=None):
         cfg = resolve(*layers)
         if amend is not None:
             amend(cfg)
-        problem = open_problem(cfg)
+        problem = open_problem(cfg) or (None if missing_ok else store_problem(cfg))
         if problem:
             log("cannot start: " + problem)
             return None

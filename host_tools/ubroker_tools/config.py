@@ -273,6 +273,11 @@ def review(board, path, beside=None):
             where[value] = there
     cfg = cfgmod.resolve(prof, user)
     problems += security_problems(cfgmod, path, user, cfg, line_of, where)
+    # On a board main.py makes the store's folder; `ubroker run` (unix_main.py) does not.
+    store = None if beside else cfgmod.store_problem(cfg)
+    if store:
+        line = line_of("persistence_location")
+        problems.append("%s%s: %s" % (path, ":%d" % line if line else "", store))
     ok, need, have = budget.fits(cfg)
     # A profile that itself overcommits (see tests/memory/test_boards.py) is the board's problem,
     # not the user's: only what the user raises beyond it is reported.

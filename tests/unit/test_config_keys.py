@@ -79,3 +79,13 @@ def test_port_alone_still_replaces_the_profiles_listener():
     assert config.resolve(board, config.parse("port 1885\n"))["listener"] == [(1885, "0.0.0.0")]
     assert config.resolve(board, config.parse("bind_address 0.0.0.0\n"))["listener"] == [(1883, "0.0.0.0")]
 
+
+def test_store_problem_names_the_key_and_the_folder(tmp_path):
+    cfg = dict(config.DEFAULTS, persistence=True, persistence_location=str(tmp_path / "nowhere"))
+    msg = config.store_problem(cfg)
+    assert "persistence_location %s does not exist" % (tmp_path / "nowhere") in msg
+    (tmp_path / "file").write_text("")
+    assert "is not a folder" in config.store_problem(dict(cfg, persistence_location=str(tmp_path / "file")))
+    assert config.store_problem(dict(cfg, persistence_location=str(tmp_path))) is None
+    assert config.store_problem(dict(cfg, persistence_location=str(tmp_path) + "/")) is None
+    assert config.store_problem(dict(cfg, persistence=False)) is None
