@@ -24,6 +24,8 @@ _NO_LOCAL = const(4)
 _RETAIN_AS_PUBLISHED = const(8)
 _PID = const(0)
 _MSG = const(2)
+_STAGE = const(3)
+_AWAIT_ACK = const(0)
 
 
 def forward(buf, found, now):
@@ -64,8 +66,20 @@ class Router:
         self.sender = None  # the publishing session while a v5 client's PUBLISH is routed (No Local)
 
     def expire(self, s):
-        """Drop the queued messages of session s whose Message Expiry Interval has passed
+        """Before what session s holds goes out to the v5 connection (s.conn) that took it
+        back: drop the in-flight messages too large for its Maximum Packet Size (MQTT-3.1.2-25:
+        discarded as if sent; left in the window, one would hold its slot for good, and
+        Broker.resend, which walks the window, cannot take them out as write() does for the
+        others) and the queued messages whose Message Expiry Interval has passed
         (MQTT-3.3.2-5): they never started out (its client was away)."""
+        w = s.inflight
+        c = s.conn  # None for a bridge's session here (bridge_v5.py sets it after)
+        if w and c is not None and c.v5.max_out:
+            for i in range(len(w) - 1, -1, -1):
+                m = w[i][_MSG]
+                n = len(m[3][0]) + len(m[3][3]) if len(m) > 3 else 0
+                if w[i][_STAGE] == _AWAIT_ACK and _size(m[0], m[1], 1, n) > c.v5.max_out:
+                    self.dropped(s, i)
         q = s.queue
         if not q:
             return
@@ -95,6 +109,10 @@ class Router:
         if rp is None:
             self.rprops = rp = {}
         rp[topic] = (e, props)
+        if self.b.persist is not None:  # to flash after the message's _RET (store_v5.py)
+            from .store_v5 import kept
+
+            kept(self.b.persist, topic, props)
 
     def send_retained(self, s, flt, granted, sid):
         """Broker.send_retained for a v5 subscription: each retained message with its
@@ -240,6 +258,12 @@ class Router:
         v = c.v5
         if v.max_out and _size(topic, payload, qos, len(pr)) > v.max_out:
             b.stats.hit("v5_max_packet")  # MQTT-3.1.2-24
+            if at >= 0 and at == len(c.sess.inflight) - 1:
+                # Discarded as if sent (MQTT-3.1.2-25): out of the window, or it would wait
+                # for an acknowledgement that cannot come and hold its slot for good. Only
+                # the entry just added (Broker.deliver, refill) is taken here; Broker.resend
+                # walks the window, whose oversized entries expire() took out first.
+                self.dropped(c.sess, at)
             return
         out = b._out(c)
         tl = len(topic)
