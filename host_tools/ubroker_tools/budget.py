@@ -52,6 +52,14 @@ BUSY_WRITERS = 4
 # scheduler and the board sensors' module), 77.6 KB with heap_free, cpu_load, mem_used and
 # disk_used (plus the Linux sensors' module). A driver module such as bme280 adds ~5.4 KB.
 SENSORS_64 = 12 * 1024
+# A listener with `protocol websockets` (docs/websockets.md; 64-bit unix port, esp32 profile as
+# .mpy): ws_frame.py and its Ws stay from the start, 4,736 B; ws_handshake.py is loaded while a
+# request head is answered, 5,184 B that must then be free; a WebSocket client keeps 170 B
+# more than a TCP one (tests/memory/test_ws_memory.py). On 32 bits the code is scaled as the
+# sensors' is and the client as per_client is (estimates: not measured on a board).
+WS_CODE_64 = 4736
+WS_HANDSHAKE_64 = 5184
+WS_CLIENT_64 = 170
 HEADROOM = 0.0  # fraction of the budget kept free for fragmentation (raise when measured)
 
 
@@ -112,14 +120,28 @@ def code_and_server(cfg, bits, store=None):
     return max(part(b) for b in fig)
 
 
-def sensors(cfg, bits):
-    """The sensors' code, when cfg turns them on: measured on 64 bits; on 32 bits scaled as
-    the broker's own code is (store off: code alone)."""
-    if not cfg.get("sensor_interval"):
-        return 0
+def _code(cfg, bits, n64):
+    """n64 bytes of code measured on 64 bits, on bits: on 32 bits scaled as the broker's own
+    code is (store off: code alone)."""
     if bits == 64:
-        return SENSORS_64
-    return SENSORS_64 * code_and_server(cfg, 32, "store_off") // code_and_server(cfg, 64, "store_off")
+        return n64
+    return n64 * code_and_server(cfg, 32, "store_off") // code_and_server(cfg, 64, "store_off")
+
+
+def sensors(cfg, bits):
+    """The sensors' code, when cfg turns them on."""
+    return _code(cfg, bits, SENSORS_64) if cfg.get("sensor_interval") else 0
+
+
+def websockets(cfg):
+    """True when a listener of cfg (a resolved config) speaks WebSockets."""
+    return "websockets" in (cfg.get("protocols") or {}).values()
+
+
+def ws_client(bits):
+    """What a WebSocket client keeps beyond a TCP one."""
+    c = figures()["costs"]
+    return WS_CLIENT_64 if bits == 64 else WS_CLIENT_64 * c["32"]["per_client"] // c["64"]["per_client"]
 
 
 def _start_costs(cfg, bits):
@@ -128,6 +150,8 @@ def _start_costs(cfg, bits):
         ("at start: broker code and server (measured)", code_and_server(cfg, bits)),
         ("at start: tables and buffers (%d-bit)" % bits, tables_bytes(cfg, bits)),
         ("sensors (sensor_interval > 0)", sensors(cfg, bits)),
+        ("websockets: ws_frame.py, and ws_handshake.py loaded",
+         _code(cfg, bits, WS_CODE_64 + WS_HANDSHAKE_64) if websockets(cfg) else 0),
     ]
 
 
@@ -139,8 +163,10 @@ def _use_costs(cfg, bits):
     session = int(per["client"] * SESSION_SHARE)
     entry = ENTRY_COST[bits]
     held = cfg["max_queued_bytes"] * max(entry, per["message"]) // entry
+    ws = ws_client(bits) if websockets(cfg) else 0  # every client may come over a WebSocket
     return [
         ("clients: %d x %d B" % (conns, per["client"]), conns * per["client"]),
+        ("websocket clients: %d x %d B more" % (conns, ws), conns * ws),
         ("offline sessions: %d x %d B" % (offline, session), offline * session),
         ("subscriptions: %d x %d B" % (cfg["max_subscriptions"], per["subscription"]),
          cfg["max_subscriptions"] * per["subscription"]),
@@ -197,12 +223,17 @@ TABLE_SLACK = 32  # a 32nd of the tables
 # What a feature a config turns on adds to the smallest heap that starts, by code form
 # (measured as above, one feature at a time, then all five together with the esp32 limits:
 # 141k as -O3 bytecode and 126k native, which the sums below cover).
+# websockets: the smallest heap that starts the esp32 limits with two listeners and serves a
+# CONNECT on the first and one on the second, TCP against WebSockets (handshake included):
+# 79k/87k as -O3 bytecode, 67k/70k native, 118k/118k from source, whose start peak is above
+# what the WebSocket code adds (2026-12-06); source is given bytecode's figure all the same.
 FEATURES_64 = {
     "persistence": {"native": 12 * 1024, "bytecode": 16 * 1024, "source": 24 * 1024},
     "bridge": {"native": 6 * 1024, "bytecode": 6 * 1024, "source": 6 * 1024},
     "sensors": {"native": 20 * 1024, "bytecode": 12 * 1024, "source": 12 * 1024},  # the unix profile's five
     "security": {"native": 10 * 1024, "bytecode": 10 * 1024, "source": 10 * 1024},  # password and acl files
     "tls": {"native": 16 * 1024, "bytecode": 16 * 1024, "source": 16 * 1024},  # the ssl module, sec_gate.py
+    "websockets": {"native": 3 * 1024, "bytecode": 8 * 1024, "source": 8 * 1024},  # ws_frame.py, ws_handshake.py
 }
 
 
@@ -214,6 +245,7 @@ def features(cfg):
         "sensors": cfg.get("sensor_interval"),
         "security": cfg.get("password_file") or cfg.get("acl_file"),
         "tls": cfg.get("tls") or cfg.get("max_connection_rate"),
+        "websockets": websockets(cfg),
     }
     return [name for name in FEATURES_64 if on[name]]
 
