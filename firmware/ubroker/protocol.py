@@ -450,6 +450,8 @@ class Protocol:
         flts = []
         while pos < end:
             flt, pos = utf8(buf, pos, end)
+            if not flt:
+                raise Malformed("invalid topic filter")  # MQTT-4.7.3-1, as in SUBSCRIBE (valid_filter)
             flts.append(flt)
         s = c.sess
         for flt in flts:

@@ -466,6 +466,10 @@ class V5(Timers):
         reqs = []
         while pos < end:
             flt, pos = utf8(buf, pos, end)  # MQTT-3.8.3-1
+            if not flt:
+                # MQTT-4.7.3-1: an empty filter is malformed (DISCONNECT 0x81), as in UNSUBSCRIBE;
+                # one with misplaced wildcards is refused in SUBACK (0x8F, below)
+                raise Malformed("invalid topic filter")
             if pos >= end:
                 raise Malformed("SUBSCRIBE filter without options")
             o = buf[pos]
@@ -530,6 +534,8 @@ class V5(Timers):
         flts = []
         while pos < end:
             flt, pos = utf8(buf, pos, end)
+            if not flt:
+                raise Malformed("invalid topic filter")  # MQTT-4.7.3-1: empty, DISCONNECT 0x81
             flts.append(flt)
         s = c.sess
         b_ = self.b

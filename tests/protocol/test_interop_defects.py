@@ -112,3 +112,51 @@ def test_in_flight_message_above_maximum_packet_size_is_not_resent(broker):
     assert (g.payload, g.qos, g.dup) == (b"small", 1, False)
     s.send(m.ack(m.PUBACK, g.pid))
     assert ping(s) == []
+
+
+# ------------------------------------------------------------------ empty topic filters
+
+EMPTY_UNSUB5 = m.packet(0xA2, b"\x00\x01" + b"\x00" + b"\x00\x00")  # pid 1, no properties, ""
+EMPTY_SUB5 = m.packet(0x82, b"\x00\x01" + b"\x00" + b"\x00\x00" + b"\x01")  # "" at QoS 1
+
+
+@pytest.mark.parametrize("pkt", [EMPTY_UNSUB5, m.unsubscribe(1, "e/a", ""), EMPTY_SUB5],
+                         ids=["unsubscribe", "unsubscribe-second-filter", "subscribe"])
+def test_v5_empty_topic_filter_gets_disconnect_0x81(broker, pkt):
+    """MQTT-4.7.3-1 (topic filters are at least one character long), MQTT 5.0 section 4.13:
+    an UNSUBSCRIBE or SUBSCRIBE with an empty filter is answered with DISCONNECT 0x81
+    (Malformed Packet) and the connection is closed; nothing of it is carried out, and the
+    session's subscription made before stays (a v5 client sees it after reconnecting)."""
+    c = v5(broker, "empty5", properties=[(m.SESSION_EXPIRY, 60)])
+    c.send(m.subscribe(1, ("e/a", 0)))
+    assert c.next(m.SUBACK).codes == [0]
+    c.send(pkt)
+    assert c.disconnected() == 0x81
+    c = v5(broker, "empty5", clean_start=False, properties=[(m.SESSION_EXPIRY, 60)])
+    c.send(m.publish("e/a", b"still"))
+    assert m.Publish(c.expect(m.PUBLISH)).payload == b"still"
+
+
+@pytest.mark.parametrize("pkt", [mqttraw.unsubscribe(1, ""), mqttraw.unsubscribe(1, "e/a", "")],
+                         ids=["only", "second"])
+def test_311_unsubscribe_with_an_empty_topic_filter_closes(broker, pkt):
+    """MQTT-4.7.3-1, MQTT-4.8.0-1: 3.1.1 has no way to refuse one filter of an UNSUBSCRIBE, so
+    an empty filter closes the connection, as it does in SUBSCRIBE; no UNSUBACK is sent."""
+    c = mqttraw.RawClient(broker.port)
+    broker._clients.append(c)
+    assert c.connect("empty311") == (0, 0)
+    c.send(pkt)
+    p = c.recv_packet(5.0)
+    assert p is None, "expected the connection closed, got %r" % p
+    c = mqttraw.RawClient(broker.port)
+    broker._clients.append(c)
+    assert c.connect("after") == (0, 0)
+
+
+def test_311_subscribe_with_an_empty_topic_filter_closes(broker):
+    """MQTT-4.7.3-1, MQTT-4.8.0-1: the SUBSCRIBE counterpart (already so before)."""
+    c = mqttraw.RawClient(broker.port)
+    broker._clients.append(c)
+    assert c.connect("empty311s") == (0, 0)
+    c.send(mqttraw.subscribe(1, ("", 0)))
+    assert c.recv_packet(5.0) is None
