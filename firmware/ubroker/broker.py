@@ -26,10 +26,11 @@ _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_ACK = const(0)
 _PUBREL = const(6)  # codec.py's packet type
-# store_persist.py's field on entries of persistent sessions, and its value for one recovered from
-# flash (sent before the restart, perhaps: DUP)
+# store_persist.py's field on entries of persistent sessions, its value for one recovered from
+# flash (sent before the restart, perhaps: DUP) and for one written before it was sent
 _STORED = const(5)
 _RECOVERED = const(2)
+_UNSENT = const(3)  # on flash as not sent yet
 
 # The counters messages move, and the bound they are kept under (carry): on 32 bits an int
 # of 2**30 or more is a heap object, and every count past it would allocate.
@@ -405,8 +406,12 @@ class Broker:
             if e[_STAGE] != _AWAIT_ACK:  # recovered from flash past PUBREC: PUBREL again
                 self.send(c, ack(_PUBREL, e[_PID]))
                 continue
-            # One recovered from flash may have been sent before the restart: DUP.
-            dup = _len(e) > _STORED and e[_STORED] == _RECOVERED
+            # One recovered from flash may have been sent before the restart: DUP. One on
+            # flash as not sent yet is noted as sent (DUP after a restart).
+            k = e[_STORED] if _len(e) > _STORED else 0
+            if k == _UNSENT:
+                self.persist.sent(s, e)  # type: ignore[union-attr]
+            dup = k == _RECOVERED
             self._write_publish(c, e[_MSG][0], e[_MSG][1], e[_QOS], False, dup, e[_PID])
         if not queue:
             s.queue = None

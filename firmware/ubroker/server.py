@@ -498,7 +498,7 @@ class Server:
 
     def serve(self):
         if self.persist is not None:
-            self.persist.start()
+            self.persist.start(self.proto)
         if self.cfg.get("connection"):
             from .bridge import start_all
 

@@ -9,21 +9,22 @@ publisher's PUBACK / PUBREC / PUBCOMP is safe to send:
   loop pass).
 
 Acknowledgements leave in the order their packets came (MQTT-4.6.0-2/3/4): each connection
-keeps a queue of them (Conn.acks). At start the log is replayed to rebuild sessions,
-subscriptions, queued and in-flight messages, inbound QoS 2 ids and retained messages.
+keeps a queue of them (Conn.acks). At start the log is replayed (store_replay.py, start-up
+code that leaves the heap after) to rebuild sessions, subscriptions, queued and in-flight
+messages, inbound QoS 2 ids and retained messages, and MQTT 5's state (store_v5.py).
 
 Versions: a record's type says its form, and a form once written is never changed; what MQTT
 5 added has types of its own (_SUB5, _MSG5), written only for v5 sessions and messages with
 properties, so a store written before them reads as it always did, and a type this code does
-not know is skipped."""
+not know is skipped. One form grew at its end: _ENQ with a byte after the client id is a
+delivery written before it was first sent (DUP 0 when it goes out after a restart); a reader
+before it takes the client id and ignores the byte."""
 
 import struct
 import time
 
 from micropython import const
 
-from .codec import field
-from .session import Session, cost
 from .store_log import Store
 
 # session.py's entry layout (tests/unit/test_layouts.py keeps the copies equal)
@@ -51,7 +52,13 @@ _RET_DEL = const(12)
 # their bodies, loaded only for them)
 _SUB5 = const(13)
 _MSG5 = const(14)
-_LAST = const(14)
+# Then: a retained message's v5 properties (after its _RET); a delivery written as not sent
+# yet (_ENQ's form with one byte more after the client id, which a reader before it ignores)
+# that has now gone out; a v5 session's Session Expiry and waiting will (store_v5.py)
+_RETP = const(15)
+_SENT = const(16)
+_TIMER = const(17)
+_LAST = const(17)
 
 # entry fields beyond session.py's, on deliveries to persistent sessions only: the hold
 # waiting on it, whether it is on flash, and its session (this module owns them)
@@ -60,7 +67,8 @@ _STORED = const(5)
 _SESS = const(6)
 _NOT_STORED = const(0)
 _IS_STORED = const(1)
-_RECOVERED = const(2)  # on flash from before a restart: sent again with DUP
+_RECOVERED = const(2)  # on flash from before a restart, perhaps sent then: sent again with DUP
+_UNSENT = const(3)  # on flash as not sent yet: its first sending (DUP 0) appends _SENT
 
 _LAZY_MS = const(1000)
 _LAZY_BYTES = const(2048)
@@ -83,12 +91,6 @@ def _unmark(msg):
         msg[2] = -msg[2]
 
 
-def _take(body, pos):
-    """A length-prefixed field of a record body: (its bytes, the position after it)."""
-    a, b = field(body, pos, len(body))
-    return bytes(body[a:b]), b
-
-
 class Persist:
     def __init__(self, broker, path, cfg, log):
         self.b = broker
@@ -103,104 +105,24 @@ class Persist:
 
     # ------------------------------------------------------------------ start
 
-    def start(self):
-        """Replay the log into the broker, then compact it into a new generation (which also
-        leaves any torn tail behind)."""
-        b = self.b
-        msgs = {}
-        sessions = b.sessions
-        for rtype, body in self.store.recover():
-            if rtype >= _SUB5:  # MQTT 5's, or a newer version's (skipped: not guessed at)
-                if rtype <= _LAST:
-                    from .store_v5 import replay
+    def start(self, proto=None):
+        """Replay the log into the broker (store_replay.py, whose code leaves the heap once it
+        is done), then compact it into a new generation (which also leaves any torn tail
+        behind). proto: the Protocol, whose v5 handlers are loaded when the store holds v5
+        state."""
+        from .store_replay import replay
 
-                    replay(self, rtype == _MSG5, body, msgs)
-                continue
-            if rtype == _RET:
-                topic, pos = _take(body, 1)
-                b.retained[topic] = (body[pos:], body[0])
-                b.retained_bytes += len(topic) + len(body) - pos
-                continue
-            if rtype == _RET_DEL:
-                topic, _ = _take(body, 0)
-                old = b.retained.pop(topic, None)
-                if old is not None:
-                    b.retained_bytes -= len(topic) + len(old[0])
-                    b.gone_retained += 1  # see buffers.rebuild
-                continue
-            if rtype == _MSG_REC:
-                mid = struct.unpack_from(">I", body, 0)[0]
-                topic, pos = _take(body, 4)
-                msgs[mid] = [topic, body[pos:], mid]
-                if mid >= self.next_mid:
-                    self.next_mid = mid + 1
-                continue
-            if rtype in (_ENQ, _REL, _DONE):
-                mid = struct.unpack_from(">I", body, 0)[0]
-                extra = 7 if rtype == _ENQ else 4
-                cid, _ = _take(body, extra)
-                s = sessions.get(cid)
-                if s is None:
-                    continue
-                if rtype == _ENQ:
-                    msg = msgs.get(mid)
-                    if msg is None:
-                        continue
-                    pid = (body[5] << 8) | body[6]
-                    if s.queue is None:
-                        s.queue = []
-                    s.queue.append([pid, body[4], msg, 0, None, _RECOVERED, s])
-                    s.pid = pid
-                    b.held_bytes += cost(msg)
-                else:
-                    q = s.queue or []
-                    for i in range(len(q)):
-                        if q[i][_MSG][2] == mid:
-                            if rtype == _REL:
-                                q[i][_STAGE] = _AWAIT_COMP
-                            else:
-                                b.held_bytes -= cost(q[i][_MSG])
-                                q.pop(i)
-                            break
-                continue
-            if rtype == _SUB:
-                cid, pos = _take(body, 1)
-                flt, _ = _take(body, pos)
-                s = sessions.get(cid)
-                if s is not None:
-                    s.add_filter(flt)
-                    b.index.add(flt, s, body[0])
-                continue
-            cid, pos = _take(body, 2 if rtype in (_Q2_ADD, _Q2_DEL) else 0)
-            if rtype == _S_ADD:
-                if cid not in sessions:
-                    sessions[cid] = Session(cid, False)
-            elif rtype == _S_DEL:
-                s = sessions.get(cid)
-                if s is not None:
-                    b.drop_session(s)
-            elif rtype == _UNSUB:
-                flt, _ = _take(body, pos)
-                s = sessions.get(cid)
-                if s is not None and s.drop_filter(flt):
-                    b.index.remove(flt, s)  # a v5 session's options for it stay, unread
-            else:
-                s = sessions.get(cid)
-                if s is not None:
-                    pid = (body[0] << 8) | body[1]
-                    if rtype == _Q2_ADD:
-                        if s.qos2in is None:
-                            s.qos2in = []
-                        if pid not in s.qos2in:
-                            s.qos2in.append(pid)
-                    elif s.qos2in and pid in s.qos2in:
-                        s.qos2in.remove(pid)
-        n = len(sessions)
+        replay(self, proto)
+        import ubroker
+
+        ubroker.forget("store_replay")
+        b = self.b
+        n = len(b.sessions)
         self.compact()
         self.store.sweep()
         st = self.store
         self.log("store: %d sessions, %d messages, %d retained recovered; generation %d" % (
-            n, sum(s.held() for s in sessions.values()), len(b.retained), st.gen))
+            n, sum(s.held() for s in b.sessions.values()), len(b.retained), st.gen))
 
     def compact(self):
         """Write the live state as the next generation; the older files go once it is whole.
@@ -244,6 +166,11 @@ class Persist:
                     st.append(_Q2_ADD, struct.pack(">H", pid) + cid)
             if len(st.buf) > 4096:
                 st.snapshot_flush()
+        v = getattr(b, "v5", None)
+        if v is not None:  # retained messages' properties, sessions' timers
+            from .store_v5 import snapshot
+
+            snapshot(self, v)
 
     def _each_stored(self, fn):
         for s in self.b.sessions.values():
@@ -300,6 +227,12 @@ class Persist:
         """Deliveries no publisher waits for (wills, retained messages on subscribe, $SYS)."""
         if self.fresh:
             self.fresh = []
+
+    def sent(self, s, e):
+        """Entry e, written as not sent yet, goes out for the first time (Broker.refill): after
+        a restart it is a resend, with DUP. Lazy: lost to a power cut, it costs DUP 0 on one."""
+        e[_STORED] = _IS_STORED
+        self.store.append(_SENT, struct.pack(">I", e[_MSG][2]) + _s(s.cid), True)
 
     def released(self, s, e, pkt):
         """Entry e got its PUBREC (QoS 2); pkt is the PUBREL to send. For a message on flash
@@ -426,11 +359,17 @@ class Persist:
             st.append(_MSG5, msg5(msg, mid))
         elif new:
             st.append(_MSG_REC, struct.pack(">I", mid) + _s(msg[0]) + msg[1])
-        st.append(_ENQ, struct.pack(">IBH", mid, e[_QOS], e[_PID]) + _s(s.cid))
+        k = e[_STORED]
+        if not k:  # not in the in-flight window: not sent yet
+            k = _UNSENT
+            for x in s.inflight or ():
+                if x is e:
+                    k = _IS_STORED
+                    break
+            e[_STORED] = k
+        st.append(_ENQ, struct.pack(">IBH", mid, e[_QOS], e[_PID]) + _s(s.cid) + (b"\1" if k == _UNSENT else b""))
         if e[_STAGE] == _AWAIT_COMP:
             st.append(_REL, struct.pack(">I", mid) + _s(s.cid))
-        if not e[_STORED]:
-            e[_STORED] = _IS_STORED
 
     def release(self, c):
         """Send c's acknowledgements that are ready, in order."""

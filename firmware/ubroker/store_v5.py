@@ -10,6 +10,15 @@ _MSG5: message id (u32), flags (u8: 1 = Retain As Published made it retained), t
 of Message Expiry left when written (u32, 0 for none), the deadline on the wall clock (u32, 0
 when the clock was not set), topic, properties as forwarded (v5_route.py: the Message Expiry
 Interval first), the Subscription Identifiers to add, payload. Strings are u16-length-prefixed.
+_RETP (after the _RET of the message it belongs to): its Message Expiry left and deadline (as
+_MSG5's, 0 for none), topic, properties as forwarded.
+_TIMER: a v5 session's Session Expiry Interval left (u32, 0xFFFFFFFF never) and its deadline
+(u32, 0 for none), the Will Delay Interval left and its deadline (u32 each), flags (u8: 1 a
+will waits, 2 it is retained, its QoS << 2), client id; with a will: its topic, properties as
+forwarded, Message Expiry Interval (u32), payload. The last one read for a session holds. One
+is written when a v5 client connects (the interval, counted from the restart: its connection
+ends with the broker), when its connection ends (Timers.left: the deadlines) and when a
+waiting will is published; without one a session never expires (a store before them).
 
 Message Expiry across a restart: the arrival time a queued message carries (ticks_ms) means
 nothing after one. With a wall clock that was set (an RTC, or NTP before the store is read),
@@ -25,6 +34,12 @@ from micropython import const
 
 from .codec import field
 
+# record types (store_persist.py's)
+_SUB5 = const(13)
+_MSG5 = const(14)
+_RETP = const(15)
+_TIMER = const(17)
+_NEVER = const(0xFFFFFFFF)
 _MARK = const(4)  # the v5 mark on a subscription's QoS in the index (v5_protocol.py)
 # A wall clock that reads a year before this was never set (a board starts at its epoch)
 _CLOCK_SET = const(2025)
@@ -52,10 +67,9 @@ def sub5(s, cid, flt, qos):
     return struct.pack(">BBI", (qos & 3) | _MARK, keep, sid) + cid + _s(flt)
 
 
-def msg5(msg, mid):
-    """The body of a message with v5 properties (msg[3], v5_route.py's (properties, expiry,
-    arrival, subscription ids, retain flag))."""
-    fwd, expiry, t0, sids, rflag = msg[3]
+def _until(expiry, t0):
+    """A Message Expiry of expiry s counted from ticks t0, as written: (s left, deadline on
+    the wall clock or 0)."""
     left = deadline = 0
     if expiry:
         left = expiry - time.ticks_diff(time.ticks_ms(), t0) // 1000
@@ -64,6 +78,35 @@ def msg5(msg, mid):
         w = _wall()
         if w:
             deadline = w + left
+    return left, deadline
+
+
+def _since(left, deadline):
+    """What _until wrote, read after a restart: (expiry in s, arrival in ticks)."""
+    now = time.ticks_ms()
+    if left:
+        w = _wall()
+        if deadline and w:
+            left = deadline - w
+        if left < 1:
+            left = 1
+            now = time.ticks_add(now, -2000)  # run out: Router.expire drops it
+    return left, now
+
+
+def _wait(left, deadline):
+    """Seconds still to wait of a timer written with left s to go and a deadline."""
+    w = _wall()
+    if deadline and w:
+        left = deadline - w
+    return left if left > 0 else 0
+
+
+def msg5(msg, mid):
+    """The body of a message with v5 properties (msg[3], v5_route.py's (properties, expiry,
+    arrival, subscription ids, retain flag))."""
+    fwd, expiry, t0, sids, rflag = msg[3]
+    left, deadline = _until(expiry, t0)
     return struct.pack(">IBII", mid, 1 if rflag else 0, left, deadline) + _s(msg[0]) + _s(fwd) + \
         _s(sids) + msg[1]
 
@@ -74,26 +117,126 @@ def message(body):
     topic, pos = _take(body, 13)
     fwd, pos = _take(body, pos)
     sids, pos = _take(body, pos)
-    now = time.ticks_ms()
-    if left:
-        w = _wall()
-        if deadline and w:
-            left = deadline - w
-        if left < 1:
-            left = 1
-            now = time.ticks_add(now, -2000)  # run out: Router.expire drops it
+    left, now = _since(left, deadline)
     return [topic, body[pos:], mid, (fwd, left, now, sids, bool(flags & 1))]
 
 
-def replay(p, is_msg, body, msgs):
-    """One _MSG5 (is_msg) or _SUB5 record read at start into Persist p's broker."""
-    if is_msg:
+def kept(per, topic, props):
+    """A retained message's properties (v5_route.Router.kept), after its _RET: to flash with
+    it."""
+    per.store.append(_RETP, _retp(topic, props))
+
+
+def _retp(topic, props):
+    fwd, expiry, t0 = props
+    return struct.pack(">II", *_until(expiry, t0)) + _s(topic) + fwd
+
+
+def timer(per, s, exp, wait=0, will=None, wprops=None):
+    """Session s's Session Expiry (exp s from now, _NEVER) and will waiting wait s (with its
+    props, v5_route.forward's), to flash: a _TIMER record."""
+    w = _wall()
+    flags = 0
+    tail = b""
+    if will is not None:
+        flags = 1 | (2 if will[3] else 0) | (will[2] << 2)
+        fwd, mexp = (wprops[0], wprops[1]) if wprops is not None else (b"", 0)
+        tail = _s(will[0]) + _s(fwd) + struct.pack(">I", mexp) + will[1]
+    per.store.append(_TIMER, struct.pack(">IIIIB", exp, w + exp if w and exp != _NEVER else 0, wait,
+                                         w + wait if w and will is not None else 0, flags) + _s(s.cid) + tail)
+
+
+def snapshot(p, v):
+    """Compaction (store_persist.Persist._snapshot), with the v5 handlers v loaded: the
+    retained messages' properties, the v5 sessions' timers."""
+    b = p.b
+    st = p.store
+    rp = v.rprops
+    if rp:
+        for topic in rp:
+            e, props = rp[topic]
+            if b.retained.get(topic) is e:
+                st.append(_RETP, _retp(topic, props))
+    now = -1
+    for s in b.sessions.values():
+        if s.clean:
+            continue
+        t = s.timer  # [expiry, will at, will, will props] in ms of v's clock (v5_session.py)
+        if t is not None:
+            if now < 0:
+                now = v.clock(v.server.now)
+            exp = _NEVER if t[0] < 0 else max(0, (t[0] - now + 999) // 1000)
+            if t[2] is None:
+                timer(p, s, exp)
+            else:
+                timer(p, s, exp, max(0, (t[1] - now + 999) // 1000), t[2], t[3])
+        elif s.conn is not None and s.conn.v5 is not None:
+            timer(p, s, s.conn.v5.expiry)  # connected: from when its connection ends
+        if len(st.buf) > 4096:
+            st.snapshot_flush()
+
+
+def restore(p, v, pend):
+    """At the end of the store's reading, with the v5 handlers v loaded (v5 subscriptions
+    route through them): the retained messages' properties and the sessions' timers put
+    back."""
+    b = p.b
+    now = -1
+    for k in pend:
+        x = pend[k]
+        if k is None:
+            continue
+        if type(k) is bytes:  # a retained message's properties, if it is still the one
+            if b.retained.get(k) is x[0]:
+                if v.rprops is None:
+                    v.rprops = {}
+                v.rprops[k] = x
+            continue
+        if b.sessions.get(k.cid) is not k or k.clean:
+            continue  # ended since
+        exp, dl, wait, wd, flags = struct.unpack_from(">IIIIB", x, 0)
+        _, pos = _take(x, 17)
+        if now < 0:
+            now = v.clock(v.server.now)
+        t = [-1, -1, None, None]  # type: list
+        if exp != _NEVER:
+            t[0] = now + _wait(exp, dl) * 1000
+        if flags & 1:
+            topic, pos = _take(x, pos)
+            fwd, pos = _take(x, pos)
+            t[1] = now + _wait(wait, wd) * 1000
+            t[2] = (topic, bytes(x[pos + 4:]), (flags >> 2) & 3, bool(flags & 2))
+            t[3] = (fwd, struct.unpack_from(">I", x, pos)[0], -1) if fwd else None
+        if t[0] >= 0 or t[1] >= 0:
+            v.arm(k, t)
+
+
+def replay(p, rtype, body, msgs, pend):
+    """One _MSG5, _SUB5, _RETP or _TIMER record read at start into Persist p's broker; what
+    needs the v5 handlers waits in pend for restore()."""
+    if rtype == _MSG5:
         m = message(body)
         msgs[m[2]] = m
         if m[2] >= p.next_mid:
             p.next_mid = m[2] + 1
         return
     b = p.b
+    pend[None] = None  # also for _SUB5: a v5 subscription routes through the v5 handlers
+    if rtype == _RETP:
+        left, deadline = struct.unpack_from(">II", body, 0)
+        topic, pos = _take(body, 8)
+        e = b.retained.get(topic)
+        if e is not None:
+            left, t0 = _since(left, deadline)
+            pend[topic] = (e, (bytes(body[pos:]), left, t0))
+        return
+    if rtype == _TIMER:
+        s = b.sessions.get(_take(body, 17)[0])
+        if s is not None:
+            pend[s] = body
+        return
+    if rtype != _SUB5:
+        return
     cid, pos = _take(body, 6)
     flt, _ = _take(body, pos)
     s = b.sessions.get(cid)

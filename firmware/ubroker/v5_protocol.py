@@ -207,6 +207,10 @@ class V5(Timers):
             c.wmax = rm  # MQTT-3.3.4-9
         c.v5 = v
         s.conn = c
+        if b_.persist is not None and not s.clean:
+            from .store_v5 import timer  # its interval, should the broker stop: store_v5.py
+
+            timer(b_.persist, s, v.expiry)
         c.sess = s
         if will is not None:
             c.will = will

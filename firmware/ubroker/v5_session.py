@@ -53,7 +53,14 @@ class Timers(Router):
             self.publish_will(will, v.wprops)  # no delay, or the session ends now (3.1.3.2.2)
             will = None
         exp = v.expiry
-        if s.clean or (will is None and exp == 0xFFFFFFFF):
+        if s.clean:
+            return
+        per = self.b.persist
+        if will is None and exp == 0xFFFFFFFF:
+            if per is not None:
+                from .store_v5 import timer
+
+                timer(per, s, exp)  # never expires (DISCONNECT may have said so)
             return
         now = self.clock(self.server.now)
         t = [-1, -1, None, None]
@@ -66,6 +73,14 @@ class Timers(Router):
             t[_WILL_AT] = now + d * 1000
             t[_WILL] = will
             t[_WILL_PROPS] = v.wprops
+        if per is not None:  # to flash: the deadlines hold across a restart (store_v5.py)
+            from .store_v5 import timer
+
+            timer(per, s, exp, d if will is not None else 0, will, v.wprops)
+        self.arm(s, t)
+
+    def arm(self, s, t):
+        """Session s waits with timer t (from left(), or read from the store)."""
         s.timer = t
         p = self.pending
         if p is None:
@@ -109,6 +124,10 @@ class Timers(Router):
                 w = t[_WILL]
                 t[_WILL] = None
                 self.publish_will(w, t[_WILL_PROPS])  # MQTT-3.1.3-9
+                if b.persist is not None and not s.clean:  # not again after a restart
+                    from .store_v5 import timer
+
+                    timer(b.persist, s, 0xFFFFFFFF if t[_EXPIRY] < 0 else (t[_EXPIRY] - ms + 999) // 1000)
             if 0 <= t[_EXPIRY] <= ms:
                 p.remove(s)
                 if self.server.cfg.get("verbose"):
