@@ -53,6 +53,18 @@ def test_the_unix_ports_start_counts_websockets(code):
     assert budget.smallest_heap(unix_ws, code) > budget.smallest_heap(unix_plain, code)
 
 
+def test_beside_tls_websockets_adds_nothing_to_the_start():
+    """Measured: with a TLS listener the smallest heap that serves a CONNECT over TLS also
+    serves one over wss (92k bytecode, 77k native), so the esp32 with a wss listener still
+    starts in its 100k (tests/protocol/test_ws_paho.py's wss test)."""
+    tls = "certfile s.pem\nkeyfile k.pem\n"
+    ws, plain = with_listeners("esp32", WS + tls), with_listeners("esp32", PLAIN + tls)
+    assert {"tls", "websockets"} <= set(budget.features(ws))
+    for code in ("native", "bytecode"):
+        assert budget.start_need(ws, code) == budget.start_need(plain, code)
+    assert budget.start_need(ws, "bytecode") <= profiles.load_board("esp32")["heap_budget"]
+
+
 def check(tmp_path, board, text):
     path = tmp_path / "ws.conf"
     path.write_text(text)
