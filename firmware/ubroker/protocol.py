@@ -261,7 +261,8 @@ class Protocol:
         st.connected += 1
         if st.connected > st.max_connected:
             st.max_connected = st.connected
-        b_.send(c, b"\x20\x02\x01\x00" if present else b"\x20\x02\x00\x00")  # MQTT-3.2.2-1..3
+        # MQTT-3.2.2-1..3; 3.1 (level 3) has no Session Present flag: its first byte is 0
+        b_.send(c, b"\x20\x02\x01\x00" if present and level == 4 else b"\x20\x02\x00\x00")
         self.server.log_event(c, "connected")
         if present:
             b_.resend(s)

@@ -160,3 +160,46 @@ def test_311_subscribe_with_an_empty_topic_filter_closes(broker):
     assert c.connect("empty311s") == (0, 0)
     c.send(mqttraw.subscribe(1, ("", 0)))
     assert c.recv_packet(5.0) is None
+
+
+# ------------------------------------------------------------------ MQTT 3.1's CONNACK
+
+
+def raw_connack(broker, proto, level, cid):
+    """The CONNACK's bytes for a CONNECT with CleanSession 0 (its session kept)."""
+    c = mqttraw.RawClient(broker.port)
+    broker._clients.append(c)
+    c.send(mqttraw.connect(cid, clean=False, proto=proto, level=level))
+    p = c.expect(2)
+    return c, bytes((p.b0, len(p.body))) + p.body
+
+
+def test_mqtt31_connack_has_no_session_present_flag(broker):
+    """MQTT 3.1 (protocol name MQIsdp, level 3) has no Session Present flag: its CONNACK's
+    variable header is a reserved byte 0 and the return code, so a resumed session still
+    gets 20 02 00 00 (3.1.1 sets the flag, MQTT-3.2.2-2, below). The session is resumed all
+    the same: a QoS 1 message queued while the client was away is delivered."""
+    c, connack = raw_connack(broker, b"MQIsdp", 3, "old31")
+    assert connack == b"\x20\x02\x00\x00"
+    c.send(mqttraw.subscribe(1, ("o31/t", 1)))
+    c.expect(9)
+    c.send(mqttraw.DISCONNECT)
+    assert c.closed()
+    p = broker.raw()
+    p.connect("o31-pub")
+    p.send(mqttraw.publish("o31/t", b"kept", qos=1, pid=1))
+    p.expect(4)
+    c, connack = raw_connack(broker, b"MQIsdp", 3, "old31")
+    assert connack == b"\x20\x02\x00\x00"
+    g = c.expect(3)
+    assert (g.topic, g.payload, g.qos) == (b"o31/t", b"kept", 1)
+
+
+def test_mqtt311_connack_says_session_present(broker):
+    """MQTT-3.2.2-2: the 3.1.1 counterpart, Session Present 1 for a resumed session."""
+    c, connack = raw_connack(broker, b"MQTT", 4, "new311")
+    assert connack == b"\x20\x02\x00\x00"
+    c.send(mqttraw.DISCONNECT)
+    assert c.closed()
+    c, connack = raw_connack(broker, b"MQTT", 4, "new311")
+    assert connack == b"\x20\x02\x01\x00"
