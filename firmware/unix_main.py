@@ -43,6 +43,12 @@ def settings(opts):
             # --host/--port move the first listener; the others (a TLS one, say) stay
             port0, host0 = cfg["listener"][0]
             cfg["listener"] = [(opts.get("port", port0), opts.get("host", host0))] + cfg["listener"][1:]
+        if "data" in opts:  # before the settings check a store folder: --data is made here
+            cfg["persistence_location"] = opts["data"]
+            cfg["persistence"] = True
+            from ubroker.store_log import makedirs
+
+            makedirs(opts["data"])
 
     files = [opts[k] for k in ("board-file", "config") if k in opts]
     return settings(files, log, amend=amend)
@@ -64,12 +70,6 @@ def main(argv):
     gc.collect()
     if cfg is None:
         return 2
-    if "data" in opts:
-        cfg["persistence_location"] = opts["data"]
-        cfg["persistence"] = True
-        from ubroker.store_log import makedirs
-
-        makedirs(opts["data"])
     cfg["verbose"] = opts.get("verbose", False)
     log("ubroker %s on MicroPython %s" % (VERSION, ".".join(str(v) for v in sys.implementation.version[:3])))
     try:

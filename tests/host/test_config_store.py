@@ -61,3 +61,15 @@ def test_an_existing_store_folder_starts_and_serves(broker_factory, tmp_path):
     assert c.connect("store-ok") == (0, 0)
     c.close()
     assert any(n.name.startswith("ubroker.") for n in where.iterdir())  # the store's generation
+
+
+def test_data_flag_makes_its_folder_whatever_the_config_says(broker_factory, tmp_path):
+    """`ubroker run --data D` makes D and keeps the store there, also when the config names a
+    persistence_location that does not exist: --data replaces it before the folder is checked."""
+    data = tmp_path / "data" / "here"
+    b = broker_factory(config="persistence true\npersistence_location %s\n" % (tmp_path / "absent"), data=data)
+    c = b.raw()
+    assert c.connect("store-data") == (0, 0)
+    c.close()
+    assert any(n.name.startswith("ubroker.") for n in data.iterdir())
+    assert not (tmp_path / "absent").exists()
