@@ -4,8 +4,9 @@ and 2 end to end at protocol levels 4 (subprotocol mqtt), 3 (MQTT.js offers mqtt
 MQTT-6.0.0-4) and 5. tools/mqttjs/roundtrip.mjs is the client; `make test` installs MQTT.js
 from tools/mqttjs/package-lock.json (Makefile: web-deps). The broker runs with the esp32
 profile, a plain listener and a WebSockets one; at MQTT 5 with a heap of 128k instead of the
-profile's 100k: the budget (host_tools budget.py) does not yet price the websockets feature,
-and v5's code, loaded at the first v5 CONNECT, then does not always find room."""
+profile's 100k: the budget (host_tools budget.py) prices the websockets listener but not v5's
+code, loaded at the first v5 CONNECT, which then found no room at 100k or 104k
+(docs/websockets.md)."""
 
 V5_HEAP = "128k"
 
