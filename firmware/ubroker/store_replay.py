@@ -1,6 +1,6 @@
 """The durable store read at start: its records replayed into the broker (Persist.start, in
 store_persist.py, which owns the record types; this module's copies of them are checked by
-tests/unit/test_layouts.py). Start-up code: it leaves the heap once the store is read
+tests/unit/test_store_record_types.py). Start-up code: it leaves the heap once the store is read
 (ubroker.forget), like the config parser.
 
 Sessions, subscriptions, queued and in-flight messages (a delivery written before it was sent,
