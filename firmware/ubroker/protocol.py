@@ -248,6 +248,8 @@ class Protocol:
             return True
         s.conn = c
         c.sess = s
+        if level == 3:
+            c.v31 = True  # counted apart in $SYS (sysinfo.py)
         if will is not None:  # an attribute set costs heap: only what differs from the default
             c.will = will
         if peer:

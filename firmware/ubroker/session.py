@@ -176,6 +176,7 @@ class Conn:
     raw = None  # a TLS connection's TCP socket, under the wrapper in sock (closed with it)
     v5 = None  # an MQTT 5 connection's own state (v5_protocol.V5Conn)
     wmax = 0  # its own in-flight window (a v5 client's Receive Maximum); 0: max_inflight_messages
+    v31 = False  # an MQTT 3.1 client (MQIsdp, level 3): set on those only (protocol.connect)
     # With passwords (auth.Guard): the peer's address until CONNECT, then the password check
     # (a generator) while it runs, then its result, True or False.
     verify = None  # type: object

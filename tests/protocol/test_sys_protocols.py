@@ -7,8 +7,6 @@ import os
 import re
 import subprocess
 
-import pytest
-
 import mqttraw as m
 import mqttraw5 as m5
 from test_sys import SYS, Watcher
@@ -16,12 +14,6 @@ from test_sys import SYS, Watcher
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UBROKER = os.path.join(ROOT, ".venv", "bin", "ubroker")
 NAME = "ubroker/clients/protocol/"
-
-
-def _has_v31_mark():
-    """protocol.py marks a 3.1 connection (Conn.v31) only once its owner adds the field."""
-    with open(os.path.join(ROOT, "firmware", "ubroker", "session.py")) as f:
-        return "v31 =" in f.read()
 
 
 def counts(w, v5, v311, v31):
@@ -54,15 +46,17 @@ def test_clients_counted_by_protocol_version(broker_factory):
     counts(w, 0, 1, 0)
 
 
-@pytest.mark.xfail(not _has_v31_mark(), strict=True,
-                   reason="needs Conn.v31, set by protocol.py for level 3 (not this change's file)")
 def test_mqtt31_client_counted_apart(broker_factory):
-    """A 3.1 client (protocol name MQIsdp, level 3) counts under v31, not v311."""
+    """A 3.1 client (protocol name MQIsdp, level 3) counts under v31, not v311, and leaves
+    the figure when it disconnects."""
     b = broker_factory(config=SYS)
     w = Watcher(b)
     c3 = b.raw()
     assert c3.connect("three", proto=b"MQIsdp", level=3)[1] == 0
     counts(w, 0, 1, 1)
+    c3.send(m.DISCONNECT)
+    c3.close()
+    counts(w, 0, 1, 0)
 
 
 def test_monitor_shows_protocols(broker_factory):
