@@ -506,7 +506,7 @@ class Broker:
             s = None
         present = s is not None
         if present and s.timer is not None:
-            s.timer = None  # its client is back: no expiry, and a waiting will is discarded
+            self.v5.back(s)  # type: ignore[attr-defined]  # its client is back (v5_session.py)
         if s is None:
             if len(self.sessions) >= self.cfg["max_sessions"]:
                 self.stats.hit("sessions")

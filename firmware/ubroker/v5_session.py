@@ -6,8 +6,8 @@ takes the session back first, and goes at once when the session ends first, MQTT
 
 A session with something waiting carries Session.timer, a list [expiry deadline, will
 deadline, will, will props] (deadlines in ms on this module's clock, -1 for none; the will
-is the 3.1.1 tuple, its props v5_route's). Broker.session clears it when a client takes the
-session back; Broker.drop_session hands a will still waiting to ended(). The first timer puts
+is the 3.1.1 tuple, its props v5_route's). Broker.session has back() clear it when a client
+takes the session back; Broker.drop_session hands a will still waiting to ended(). The first timer puts
 tick() in the place of Broker.tick (an attribute of the broker instance, so a broker without
 v5 clients pays nothing); it counts `due`, the whole seconds to the earliest deadline, down to
 0 before it looks at the sessions: one test a second while nothing is due."""
@@ -90,6 +90,17 @@ class Timers(Router):
         # Server.tick calls it once a second from now on, in Broker.tick's place
         self.b.tick = self.tick  # type: ignore[method-assign]
         self.plan()
+
+    def back(self, s):
+        """A client takes session s back (Broker.session): no expiry, and a waiting will is
+        discarded; on flash too, or a restart would bring them back (a v5 client's CONNECT
+        then writes its own interval)."""
+        s.timer = None
+        per = self.b.persist
+        if per is not None and not s.clean:
+            from .store_v5 import timer
+
+            timer(per, s, 0xFFFFFFFF)
 
     def ended(self, s):
         """Session s ends (expired, or cleaned by a new connection) with a timer: a will that

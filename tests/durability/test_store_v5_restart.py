@@ -265,3 +265,22 @@ def test_delayed_will_discarded_when_its_client_returns_after_a_restart(brokers,
     w, _ = persistent(b2, "watch")
     time.sleep(3)  # past the delay
     nothing_more(w)
+
+
+def test_will_discarded_by_a_3_1_1_client_stays_discarded_after_a_restart(brokers, tmp_path):
+    """A 3.1.1 client takes back the session whose v5 will waits: the will is discarded (MQTT 5.0
+    section 3.1.3.2.2), and the broker killed after that does not publish it after its
+    restart."""
+    data = tmp_path / "data"
+    b = brokers(data)
+    w = watcher(b)
+    will_client(b, "mix", 2)
+    r = b.raw()
+    assert r.connect("mix", clean=False) == (1, 0)
+    r.send(m.PINGREQ)
+    r.expect(13)  # its CONNECT's pass is over, and what it wrote is on flash
+    kill9(b)
+    b2 = brokers(data)
+    w, _ = persistent(b2, "watch")
+    time.sleep(3)  # past the delay
+    nothing_more(w)
