@@ -284,3 +284,29 @@ def test_will_discarded_by_a_3_1_1_client_stays_discarded_after_a_restart(broker
     w, _ = persistent(b2, "watch")
     time.sleep(3)  # past the delay
     nothing_more(w)
+
+
+def test_timers_survive_the_compaction_at_start_and_a_second_restart(brokers, tmp_path):
+    """Every start compacts the store, writing the timers it restored again (with the time
+    left): after a second SIGKILL and restart the session with 1 s of Session Expiry is gone
+    and the waiting will (Will Delay 4 s) is published with its properties (MQTT-3.1.2-23,
+    MQTT-3.1.3-9)."""
+    data = tmp_path / "data"
+    b = brokers(data)
+    w = watcher(b)
+    w.close()
+    c, _ = persistent(b, "short", 1)
+    c.send(m5.disconnect(0))
+    c.close()
+    will_client(b, "w3", 4)
+    kill9(b)
+    b2 = brokers(data)
+    kill9(b2)
+    b3 = brokers(data)
+    w, _ = persistent(b3, "watch")
+    p = w.next(m5.PUBLISH, timeout=15)
+    assert p.topic == b"w/w3" and p.payload == b"gone"
+    assert [v for k, v in p.props if k == m5.USER_PROPERTY] == [(b"k", b"v1")], p.props
+    w.send(m5.ack(m5.PUBACK, p.pid))
+    _, ack = persistent(b3, "short")
+    assert ack.present == 0
