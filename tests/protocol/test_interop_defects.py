@@ -203,3 +203,59 @@ def test_mqtt311_connack_says_session_present(broker):
     assert c.closed()
     c, connack = raw_connack(broker, b"MQTT", 4, "new311")
     assert connack == b"\x20\x02\x01\x00"
+
+
+# ------------------------------------------------------------------ short acknowledgements
+
+
+def raw_next(c, ptype):
+    """The next packet's whole bytes (fixed header included); it must be of ptype."""
+    p = c.expect(ptype)
+    assert len(p.body) < 128
+    return bytes((p.b0, len(p.body))) + p.body
+
+
+def short_ack_exchange(b):
+    """A v5 subscriber and a v5 publisher through QoS 1 and 2: every PUBACK, PUBREC, PUBREL
+    and PUBCOMP the server sends, as bytes."""
+    s = v5(b, "short-sub")
+    s.send(m.subscribe(1, ("sa/#", 2)))
+    assert s.next(m.SUBACK).codes == [2]
+    p = v5(b, "short-pub")
+    got = {}
+    p.send(m.publish("sa/1", b"one", qos=1, pid=1))
+    got["PUBACK"] = raw_next(p, m.PUBACK)
+    g = s.next(m.PUBLISH)
+    s.send(m.ack(m.PUBACK, g.pid))
+    p.send(m.publish("sa/2", b"two", qos=2, pid=2))
+    got["PUBREC"] = raw_next(p, m.PUBREC)
+    p.send(m.publish("sa/2", b"two", qos=2, pid=2, dup=True))  # resent before its PUBREL
+    got["PUBREC again"] = raw_next(p, m.PUBREC)
+    p.send(m.ack(m.PUBREL, 2))
+    got["PUBCOMP"] = raw_next(p, m.PUBCOMP)
+    g = s.next(m.PUBLISH)
+    s.send(m.ack(m.PUBREC, g.pid))
+    got["PUBREL"] = raw_next(s, m.PUBREL)
+    s.send(m.ack(m.PUBCOMP, g.pid))
+    assert ping(s) == [] and ping(p) == []
+    return got, g.pid
+
+
+SHORT = {"PUBACK": b"\x40\x02\x00\x01", "PUBREC": b"\x50\x02\x00\x02", "PUBREC again": b"\x50\x02\x00\x02",
+         "PUBCOMP": b"\x70\x02\x00\x02"}
+
+
+def test_v5_acknowledgements_with_reason_code_0_are_short(broker):
+    """MQTT 5.0 sections 3.4.2.1, 3.5.2.1, 3.6.2.1, 3.7.2.1: the reason code 0x00 (Success)
+    with no properties is left out (remaining length 2), as Mosquitto sends them and
+    Mosquitto's tests compare them: PUBACK, PUBREC (also for a resent QoS 2 PUBLISH), PUBCOMP
+    to a publisher, PUBREL to a subscriber."""
+    got, pid = short_ack_exchange(broker)
+    assert got == dict(SHORT, PUBREL=b"\x62\x02" + bytes((pid >> 8, pid & 0xFF)))
+
+
+def test_v5_acknowledgements_with_reason_code_0_are_short_with_the_store(broker_factory, tmp_path):
+    """The same with the durable store on (acknowledgements wait for it, store_persist.py)."""
+    b = broker_factory(data=tmp_path / "data", heap="160k")
+    got, pid = short_ack_exchange(b)
+    assert got == dict(SHORT, PUBREL=b"\x62\x02" + bytes((pid >> 8, pid & 0xFF)))
