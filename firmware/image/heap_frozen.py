@@ -6,12 +6,15 @@ twice from a MicroPython source tree, once with the feature groups frozen by the
 (firmware/image/manifest_GROUP.py) and once without; the .mpy files are served to the
 second from a filesystem in RAM. In both, each module is imported in turn and the heap in
 use after a collection is read (gc.mem_alloc): the difference is the module's bytecode,
-constants and names, which a frozen module keeps in flash.
+constants and names, which a frozen module keeps in flash. A module is imported after the
+siblings its top level imports, so each figure is the module's own.
 
     .venv/bin/python firmware/image/heap_frozen.py --micropython ~/src/micropython
     .venv/bin/python firmware/image/heap_frozen.py --micropython ~/src/micropython --write
 
---write keeps the figures in firmware/image/frozen_heap.json. Needs arm-none-eabi-gcc and
+--write keeps the figures in firmware/image/frozen_heap.json. UBROKER_FIRMWARE=DIR measures
+another firmware tree (a `git archive HEAD firmware` export: committed code only), with its
+manifests; the figures are still written here. Needs arm-none-eabi-gcc and
 qemu-system-arm (Debian: gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm). The
 ports' own modules the broker imports but qemu lacks (socket, ssl, network) are stand-ins,
 the same in both runs; firmware/main.py is not measured (importing it starts the broker)."""
@@ -79,13 +82,33 @@ gc.collect()
 
 
 def modules_in_order():
-    """(group, module name) for every module of the package, core first in ORDER."""
-    out = []
+    """(group, module name) for every module of the package, core first in ORDER, each after
+    the siblings its top level imports (firmware.top_imports): a module imported by one of
+    another group (bridge_v5 imports v5_protocol) is counted in its own group, not in the
+    importer's."""
+    group_of, wanted = {}, []
     for g in firmware.groups():
         names = sorted(p.split("/")[1][:-3] for p in firmware.group_files(g) if p.startswith("ubroker/"))
         if g == "core":
             names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
-        out += [(g, n) for n in names]
+        for n in names:
+            group_of[n] = g
+        wanted += names
+    sources = firmware.package_modules()
+    out, placed = [], set()
+
+    def place(name, seen):
+        if name in placed or name in seen or name not in group_of:
+            return
+        seen = seen | {name}
+        with open(sources["ubroker/%s.py" % name]) as f:
+            for dep in firmware.top_imports(f.read()):
+                place(dep, seen)
+        placed.add(name)
+        out.append((group_of[name], name))
+
+    for n in wanted:
+        place(n, frozenset())
     return out
 
 
@@ -173,7 +196,7 @@ def measure(tree, work):
     frozen_manifest = os.path.join(work, "manifest_frozen.py")
     with open(frozen_manifest, "w") as f:
         for g in firmware.groups():
-            f.write("include(%r, opt=%d)\n" % (os.path.join(HERE, "manifest_%s.py" % g), OPT))
+            f.write("include(%r, opt=%d)\n" % (os.path.join(firmware.IMAGE_DIR, "manifest_%s.py" % g), OPT))
     empty_manifest = os.path.join(work, "manifest_none.py")
     with open(empty_manifest, "w") as f:
         f.write("# nothing of the broker frozen: its modules come from .mpy files\n")
