@@ -208,8 +208,14 @@ def board_settings(board):
 
 HEAP_FIGURES = os.path.join(IMAGE_DIR, "frozen_heap.json")  # firmware/image/heap_frozen.py --write
 # Modules the broker drops from the heap once it has started (ubroker.forget): what freezing
-# them saves is not held at start.
-FORGOTTEN_AT_START = ("ubroker/config.py",)
+# them saves is not held at start. config.py once the settings are read (config.py), listen.py
+# once the listeners are open (server.py).
+FORGOTTEN_AT_START = ("ubroker/config.py", "ubroker/listen.py")
+# The store's module a broker with its store on loads at start (server.py); with what its top
+# level imports, that is what of the store group is held then. The rest load later and only
+# when needed: store_replay.py while the log is replayed (forgotten after), store_v5.py when
+# there is MQTT 5 state to keep.
+STORE_AT_START = "store_persist"
 
 
 def heap_figures():
@@ -219,17 +225,35 @@ def heap_figures():
 
 def frozen_saving(cfg, store_on=None):
     """Heap (bytes, 32-bit) a board's broker does not hold at start because its image freezes
-    the modules it has loaded by then: the core's, and the store's when the store is on (as
-    cfg runs it, unless store_on says) (measured per module in the qemu port,
-    firmware/image/frozen_heap.json). The other groups load only when configured. 0 for a
-    stock board."""
+    the modules it holds by then: the core's less those start-up forgets, and when the store
+    is on (as cfg runs it, unless store_on says) store_persist.py with what it imports at once
+    (measured per module in the qemu port, firmware/image/frozen_heap.json). The other groups,
+    and the store's other modules, load only when configured or needed. 0 for a stock board."""
     group_names = frozen_groups(cfg)
+    if not group_names:
+        return 0
     if store_on is None:
         store_on = cfg.get("flash_store") or (cfg.get("persistence") and cfg.get("persistence_location"))
-    loaded = [g for g in group_names if g == "core" or g == "store" and store_on]
+    frozen = frozen_files(group_names)
+    held = set(group_files("core"))
+    if store_on:
+        held |= set(imported_at_once(STORE_AT_START))
     mods = heap_figures()["modules"]
-    return sum(mods[p]["mpy"] - mods[p]["frozen"] for p in frozen_files(loaded)
+    return sum(mods[p]["mpy"] - mods[p]["frozen"] for p in held & frozen
                if p in mods and p not in FORGOTTEN_AT_START)
+
+
+def imported_at_once(name):
+    """Board paths of module name and the siblings its top level imports, and theirs."""
+    sources = package_modules()
+    seen, todo = {name}, [name]
+    while todo:
+        with open(sources["ubroker/%s.py" % todo.pop()]) as f:
+            for m in top_imports(f.read()):
+                if m not in seen and "ubroker/%s.py" % m in sources:
+                    seen.add(m)
+                    todo.append(m)
+    return sorted("ubroker/%s.py" % m for m in seen)
 
 
 # ------------------------------------------------------------------ what an image adds

@@ -125,6 +125,26 @@ def test_an_image_board_is_priced_as_its_stock_board_less_what_freezing_frees(im
     assert budget.code_and_server(unfrozen, 32) == budget.code_and_server(stock, 32)
 
 
+def test_frozen_saving_counts_what_the_broker_holds_at_start():
+    """firmware/image/frozen_heap.json has a figure for every module of the package (one added
+    without a measurement would be priced as saving nothing), and frozen_saving counts the
+    modules a started broker holds: the core less those start-up forgets (each of them does
+    call ubroker.forget), and with the store on store_persist.py and what it imports at once,
+    not store_replay.py (forgotten after the replay) nor store_v5.py (MQTT 5 state only)."""
+    mods = firmware.heap_figures()["modules"]
+    assert sorted(set(firmware.package_modules()) - set(mods)) == []
+    sources = firmware.package_modules()
+    text = "".join(open(src).read() for src in sources.values())
+    for path in firmware.FORGOTTEN_AT_START:
+        assert 'forget("%s")' % path.split("/")[1][:-3] in text
+    freed = {p: m["mpy"] - m["frozen"] for p, m in mods.items()}
+    core = sum(freed[p] for p in firmware.group_files("core") if p in freed)
+    cfg = profiles.fwconfig().resolve(profiles.load_board("rp2-pico-w-image"))
+    off = core - freed["ubroker/config.py"] - freed["ubroker/listen.py"]
+    assert firmware.frozen_saving(cfg, False) == off
+    assert firmware.frozen_saving(cfg, True) == off + freed["ubroker/store_log.py"] + freed["ubroker/store_persist.py"]
+
+
 def test_entry_cost_is_the_firmwares():
     """budget.ENTRY_COST is what the broker's max_queued_bytes counts per message on each
     word width (firmware/ubroker/session.py): the model bounds the held messages' heap by it."""
