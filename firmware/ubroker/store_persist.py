@@ -16,9 +16,8 @@ messages, inbound QoS 2 ids and retained messages, and MQTT 5's state (store_v5.
 Versions: a record's type says its form, and a form once written is never changed; what MQTT
 5 added has types of its own (_SUB5, _MSG5), written only for v5 sessions and messages with
 properties, so a store written before them reads as it always did, and a type this code does
-not know is skipped. One form grew at its end: _ENQ with a byte after the client id is a
-delivery written before it was first sent (DUP 0 when it goes out after a restart); a reader
-before it takes the client id and ignores the byte."""
+not know is skipped. So is a delivery written before it was first sent (DUP 0 when it goes
+out after a restart): _QUEUED, _ENQ's body under a type of its own."""
 
 import struct
 import time
@@ -52,13 +51,14 @@ _RET_DEL = const(12)
 # their bodies, loaded only for them)
 _SUB5 = const(13)
 _MSG5 = const(14)
-# Then: a retained message's v5 properties (after its _RET); a delivery written as not sent
-# yet (_ENQ's form with one byte more after the client id, which a reader before it ignores)
-# that has now gone out; a v5 session's Session Expiry and waiting will (store_v5.py)
+# Then: a retained message's v5 properties (after its _RET); a v5 session's Session Expiry
+# and waiting will (store_v5.py); a delivery written as not sent yet (_ENQ's body), and its
+# first sending since (lazy: lost, it costs DUP 0 on a resend after a restart)
 _RETP = const(15)
-_SENT = const(16)
-_TIMER = const(17)
-_LAST = const(17)
+_TIMER = const(16)
+_SENT = const(17)
+_QUEUED = const(18)
+_LAST = const(18)
 
 # entry fields beyond session.py's, on deliveries to persistent sessions only: the hold
 # waiting on it, whether it is on flash, and its session (this module owns them)
@@ -367,7 +367,7 @@ class Persist:
                     k = _IS_STORED
                     break
             e[_STORED] = k
-        st.append(_ENQ, struct.pack(">IBH", mid, e[_QOS], e[_PID]) + _s(s.cid) + (b"\1" if k == _UNSENT else b""))
+        st.append(_QUEUED if k == _UNSENT else _ENQ, struct.pack(">IBH", mid, e[_QOS], e[_PID]) + _s(s.cid))
         if e[_STAGE] == _AWAIT_COMP:
             st.append(_REL, struct.pack(">I", mid) + _s(s.cid))
 

@@ -4,8 +4,7 @@ tests/unit/test_store_record_types.py). Start-up code: it leaves the heap once t
 (ubroker.forget), like the config parser.
 
 Sessions, subscriptions, queued and in-flight messages (a delivery written before it was sent,
-_ENQ with a byte after the client id, goes out with DUP 0, one noted as sent since by _SENT
-with DUP 1), inbound QoS 2 ids and retained messages; MQTT 5's records go to store_v5.py,
+_QUEUED, goes out with DUP 0, one noted as sent since by _SENT with DUP 1), inbound QoS 2 ids and retained messages; MQTT 5's records go to store_v5.py,
 and what needs the v5 handlers (a v5 subscription routes through them, a retained message's
 properties and a session's timers live there) is applied at the end with them loaded."""
 
@@ -30,8 +29,9 @@ _Q2_DEL = const(10)
 _RET = const(11)
 _RET_DEL = const(12)
 _SUB5 = const(13)
-_SENT = const(16)
-_LAST = const(17)
+_TIMER = const(16)
+_SENT = const(17)
+_QUEUED = const(18)
 _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_COMP = const(1)
@@ -53,8 +53,8 @@ def replay(p, proto):
     pend = {}  # v5 state for the v5 handlers, once the store is read (store_v5.py)
     sessions = b.sessions
     for rtype, body in p.store.recover():
-        if rtype >= _SUB5 and rtype != _SENT:  # MQTT 5's, or a newer version's (skipped)
-            if rtype <= _LAST:
+        if rtype >= _SUB5 and rtype != _SENT and rtype != _QUEUED:  # MQTT 5's, or a newer version's
+            if rtype <= _TIMER:
                 from .store_v5 import replay as replay5
 
                 replay5(p, rtype, body, msgs, pend)
@@ -78,22 +78,21 @@ def replay(p, proto):
             if mid >= p.next_mid:
                 p.next_mid = mid + 1
             continue
-        if rtype in (_ENQ, _REL, _DONE, _SENT):
+        if rtype in (_ENQ, _REL, _DONE, _SENT, _QUEUED):
             mid = struct.unpack_from(">I", body, 0)[0]
-            extra = 7 if rtype == _ENQ else 4
-            cid, end = _take(body, extra)
+            extra = 7 if rtype == _ENQ or rtype == _QUEUED else 4
+            cid, _ = _take(body, extra)
             s = sessions.get(cid)
             if s is None:
                 continue
-            if rtype == _ENQ:
+            if extra == 7:
                 msg = msgs.get(mid)
                 if msg is None:
                     continue
                 pid = (body[5] << 8) | body[6]
                 if s.queue is None:
                     s.queue = []
-                # a byte after the client id: written before it was sent
-                s.queue.append([pid, body[4], msg, 0, None, _UNSENT if len(body) > end else _RECOVERED, s])
+                s.queue.append([pid, body[4], msg, 0, None, _UNSENT if rtype == _QUEUED else _RECOVERED, s])
                 s.pid = pid
                 b.held_bytes += cost(msg)
             else:

@@ -38,7 +38,7 @@ from .codec import field
 _SUB5 = const(13)
 _MSG5 = const(14)
 _RETP = const(15)
-_TIMER = const(17)
+_TIMER = const(16)
 _NEVER = const(0xFFFFFFFF)
 _MARK = const(4)  # the v5 mark on a subscription's QoS in the index (v5_protocol.py)
 # A wall clock that reads a year before this was never set (a board starts at its epoch)

@@ -11,7 +11,7 @@ from test_layouts import module_ints
 
 FIRMWARE = os.path.join(ROOT, "firmware", "ubroker")
 NAMES = ("_S_ADD", "_S_DEL", "_SUB", "_UNSUB", "_MSG_REC", "_ENQ", "_REL", "_DONE", "_Q2_ADD", "_Q2_DEL", "_RET",
-         "_RET_DEL", "_SUB5", "_MSG5", "_RETP", "_SENT", "_TIMER", "_LAST", "_UNSENT", "_RECOVERED", "_STORED")
+         "_RET_DEL", "_SUB5", "_MSG5", "_RETP", "_SENT", "_TIMER", "_QUEUED", "_LAST", "_UNSENT", "_RECOVERED", "_STORED")
 COPIES = ("store_replay", "store_v5", "broker")
 
 
