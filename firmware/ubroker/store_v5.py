@@ -1,8 +1,10 @@
-"""The durable store's MQTT 5 records, their bodies written and read (store_persist.py owns
-the record types and appends them): a v5 session's subscription with its options and
-Subscription Identifier (_SUB5), and a message with its properties (_MSG5). Imported only when
-a v5 session subscribes or a message with properties is written, or a store holding them is
-read: a broker without v5 clients carries none of this.
+"""The durable store's MQTT 5 records, their bodies written (store_persist.py owns the record
+types and appends them; store_replay.py, start-up code, reads them): a v5 session's
+subscription with its options and Subscription Identifier (_SUB5), a message with its
+properties (_MSG5), a retained message's properties (_RETP), a v5 session's Session Expiry
+and waiting will (_TIMER). Imported only when a v5 session subscribes or a message with
+properties is written, or a store holding them is read: a broker without v5 clients carries
+none of this.
 
 _SUB5: QoS with the v5 mark (u8), the options kept, No Local and Retain As Published (u8),
 the Subscription Identifier (u32, 0 for none), client id, filter.
@@ -32,11 +34,8 @@ import time
 
 from micropython import const
 
-from .codec import field
 
 # record types (store_persist.py's)
-_SUB5 = const(13)
-_MSG5 = const(14)
 _RETP = const(15)
 _TIMER = const(16)
 _NEVER = const(0xFFFFFFFF)
@@ -47,11 +46,6 @@ _CLOCK_SET = const(2025)
 
 def _s(b):
     return struct.pack(">H", len(b)) + b
-
-
-def _take(body, pos):
-    a, b = field(body, pos, len(body))
-    return bytes(body[a:b]), b
 
 
 def _wall():
@@ -81,27 +75,6 @@ def _until(expiry, t0):
     return left, deadline
 
 
-def _since(left, deadline):
-    """What _until wrote, read after a restart: (expiry in s, arrival in ticks)."""
-    now = time.ticks_ms()
-    if left:
-        w = _wall()
-        if deadline and w:
-            left = deadline - w
-        if left < 1:
-            left = 1
-            now = time.ticks_add(now, -2000)  # run out: Router.expire drops it
-    return left, now
-
-
-def _wait(left, deadline):
-    """Seconds still to wait of a timer written with left s to go and a deadline."""
-    w = _wall()
-    if deadline and w:
-        left = deadline - w
-    return left if left > 0 else 0
-
-
 def msg5(msg, mid):
     """The body of a message with v5 properties (msg[3], v5_route.py's (properties, expiry,
     arrival, subscription ids, retain flag))."""
@@ -109,16 +82,6 @@ def msg5(msg, mid):
     left, deadline = _until(expiry, t0)
     return struct.pack(">IBII", mid, 1 if rflag else 0, left, deadline) + _s(msg[0]) + _s(fwd) + \
         _s(sids) + msg[1]
-
-
-def message(body):
-    """The message of a _MSG5 body, its expiry counted from now."""
-    mid, flags, left, deadline = struct.unpack_from(">IBII", body, 0)
-    topic, pos = _take(body, 13)
-    fwd, pos = _take(body, pos)
-    sids, pos = _take(body, pos)
-    left, now = _since(left, deadline)
-    return [topic, body[pos:], mid, (fwd, left, now, sids, bool(flags & 1))]
 
 
 def kept(per, topic, props):
@@ -174,81 +137,3 @@ def snapshot(p, v):
             timer(p, s, s.conn.v5.expiry)  # connected: from when its connection ends
         if len(st.buf) > 4096:
             st.snapshot_flush()
-
-
-def restore(p, v, pend):
-    """At the end of the store's reading, with the v5 handlers v loaded (v5 subscriptions
-    route through them): the retained messages' properties and the sessions' timers put
-    back."""
-    b = p.b
-    now = -1
-    for k in pend:
-        x = pend[k]
-        if k is None:
-            continue
-        if type(k) is bytes:  # a retained message's properties, if it is still the one
-            if b.retained.get(k) is x[0]:
-                if v.rprops is None:
-                    v.rprops = {}
-                v.rprops[k] = x
-            continue
-        if b.sessions.get(k.cid) is not k or k.clean:
-            continue  # ended since
-        exp, dl, wait, wd, flags = struct.unpack_from(">IIIIB", x, 0)
-        _, pos = _take(x, 17)
-        if now < 0:
-            now = v.clock(v.server.now)
-        t = [-1, -1, None, None]  # type: list
-        if exp != _NEVER:
-            t[0] = now + _wait(exp, dl) * 1000
-        if flags & 1:
-            topic, pos = _take(x, pos)
-            fwd, pos = _take(x, pos)
-            t[1] = now + _wait(wait, wd) * 1000
-            t[2] = (topic, bytes(x[pos + 4:]), (flags >> 2) & 3, bool(flags & 2))
-            t[3] = (fwd, struct.unpack_from(">I", x, pos)[0], -1) if fwd else None
-        if t[0] >= 0 or t[1] >= 0:
-            v.arm(k, t)
-
-
-def replay(p, rtype, body, msgs, pend):
-    """One _MSG5, _SUB5, _RETP or _TIMER record read at start into Persist p's broker; what
-    needs the v5 handlers waits in pend for restore()."""
-    if rtype == _MSG5:
-        m = message(body)
-        msgs[m[2]] = m
-        if m[2] >= p.next_mid:
-            p.next_mid = m[2] + 1
-        return
-    b = p.b
-    pend[None] = None  # also for _SUB5: a v5 subscription routes through the v5 handlers
-    if rtype == _RETP:
-        left, deadline = struct.unpack_from(">II", body, 0)
-        topic, pos = _take(body, 8)
-        e = b.retained.get(topic)
-        if e is not None:
-            left, t0 = _since(left, deadline)
-            pend[topic] = (e, (bytes(body[pos:]), left, t0))
-        return
-    if rtype == _TIMER:
-        s = b.sessions.get(_take(body, 17)[0])
-        if s is not None:
-            pend[s] = body
-        return
-    if rtype != _SUB5:
-        return
-    cid, pos = _take(body, 6)
-    flt, _ = _take(body, pos)
-    s = b.sessions.get(cid)
-    if s is None:
-        return
-    s.add_filter(flt)
-    b.index.add(flt, s, body[0])
-    opts = getattr(s, "v5", None)
-    if opts is None:
-        s.v5 = opts = {}  # v5 sessions only
-    keep, sid = struct.unpack_from(">BI", body, 1)
-    if keep or sid:
-        opts[flt] = (keep, sid)
-    elif flt in opts:
-        del opts[flt]

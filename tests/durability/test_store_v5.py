@@ -129,6 +129,7 @@ def test_message_expiry_runs_on_while_the_broker_is_off(brokers, tmp_path):
 
 EXPIRY_SCRIPT = r"""
 import time
+from ubroker import store_replay as sr
 from ubroker import store_v5 as sp
 
 class Clock:
@@ -150,11 +151,12 @@ class Clock:
 for wall in (1800000000, 5000):
     clk = Clock(wall)
     sp.time = clk
+    sr.time = clk
     msg = [b"t", b"p", 0, (b"\x02\x00\x00\x00\x00", 100, clk.ms - 30000, b"", False)]
     body = sp.msg5(msg, 9)
     clk.ms = 7  # a restart: ticks start again
     clk.wall += 50  # off for 50 s, which only a set clock knows
-    m = sp.message(body)
+    m = sr.message(body, sp._wall())
     print(m[3][1], m[3][2])
 """
 
