@@ -9,39 +9,14 @@ import time
 
 import mqttraw as m
 import mqttraw5 as m5
-import pytest
-from conftest import start_broker, wait_for
+from conftest import wait_for
 from durable_util import kill9
+import test_store_v5
+from test_store_v5 import v5
+
+brokers = test_store_v5.brokers  # the fixture: brokers on data folders, checked at the end
 
 USER = [(m5.USER_PROPERTY, ("k", "v1")), (m5.USER_PROPERTY, ("k", "v2"))]
-
-
-@pytest.fixture
-def brokers(tmp_path):
-    started = []
-
-    def start(data, **kw):
-        b = start_broker(tmp_path, board="unix", data=data, **kw)
-        started.append(b)
-        return b
-
-    yield start
-    problems = []
-    for b in started:
-        if not b.alive() and not getattr(b, "killed", False):
-            problems.append("broker on port %d died:\n%s" % (b.port, b.log()))
-        elif "Traceback" in b.log():
-            problems.append(b.log())
-        b.stop()
-    assert not problems, "\n".join(problems)
-
-
-def v5(b, cid, **kw):
-    c = m5.Client5(b.port)
-    b._clients.append(c)
-    ack = c.connect5(cid, **kw)
-    assert ack.code == 0, "CONNACK 0x%02x" % ack.code
-    return c, ack
 
 
 def persistent(b, cid, expiry=3600, **kw):
