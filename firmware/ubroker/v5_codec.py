@@ -26,14 +26,15 @@ _WILL_DELAY = const(0x18)
 _USER = const(0x26)
 
 # Where a property may appear, as bits of the packet kinds a client sends (the `where` of
-# props(); v5_protocol.py keeps private copies)
-IN_CONNECT = const(1)
-IN_WILL = const(2)
-IN_PUBLISH = const(4)
-IN_ACK = const(8)  # PUBACK, PUBREC, PUBREL, PUBCOMP
-IN_SUBSCRIBE = const(16)
-IN_UNSUBSCRIBE = const(32)
-IN_DISCONNECT = const(64)
+# props(); v5_protocol.py keeps private copies). Private: a public const() is also a global
+# of the module (a slot of its dict on the heap), and nothing imports them.
+_IN_CONNECT = const(1)
+_IN_WILL = const(2)
+_IN_PUBLISH = const(4)
+_IN_ACK = const(8)  # PUBACK, PUBREC, PUBREL, PUBCOMP
+_IN_SUBSCRIBE = const(16)
+_IN_UNSUBSCRIBE = const(32)
+_IN_DISCONNECT = const(64)
 
 # Value types
 _BYTE = const(1)
@@ -46,7 +47,7 @@ _PAIR = const(7)
 
 # By property id (0x00-0x27): its type (0: not one a client may send; Assigned Client
 # Identifier, Server Keep Alive, Maximum QoS and the other CONNACK ones only a server sends)
-# and the packets a client may put it in (IN_* bits). Two bytes objects: constants in the
+# and the packets a client may put it in (_IN_* bits). Two bytes objects: constants in the
 # bytecode, where a dict of tuples was 1.5 kB of heap.
 _TYPE = (
     b"\x00\x01\x03\x05\x00\x00\x00\x00\x05\x06\x00\x04\x00\x00\x00\x00"
