@@ -233,22 +233,27 @@ class Server:
     # ------------------------------------------------------------------ input
 
     def read(self, c):
-        buf = self.rbuf
         have = 0
         rx = c.rx
         if rx is not None:
             have = len(rx)
-            buf[:have] = rx
+            self.rbuf[:have] = rx
         keep = None
         if c.paused:
             # What a paused publisher sends is kept, not handled (_acks_only): its buffer is
             # made before the bytes leave the socket, so a heap too fragmented for it delays
-            # the read instead of costing the connection (seen on the esp32 profile).
+            # the read instead of costing the connection (seen on the esp32 profile). Not
+            # for good: a heap that stayed too full for longer than the client's keepalive
+            # lets it be silent (+ 2 s; 2 s without keepalive) closes it, the reason logged
+            # (before, it waited for as long as the heap stayed full: a stall with no end).
+            # The failed allocation has already collected the garbage (the allocator does,
+            # once, before it raises).
             try:
                 keep = bytearray(have + self.chunk)
             except MemoryError:
                 self.broker.stats.hit("memory")
-                gc.collect()
+                if time.ticks_diff(self.now, c.last) > c.ka + _SILENT_MS:
+                    self.close(c, "out of memory")
                 return
             keep[:] = b""  # empty, its room kept
         try:
@@ -268,7 +273,7 @@ class Server:
         if c.sess is not None:  # before CONNECT, the accept time stays: a byte a second
             c.last = self.now  # must not keep a slowloris past connect_timeout
         self.consume(c, have + n, keep)
-        if c.out and c.sock is not None:
+        if c.out:  # (none once consume closed it: close() gives c.out back)
             # Its answers (PUBACK, PUBREC, ...) now, not after the other sockets of this pass
             # are read: the client sends its next messages while the broker works on the
             # rest (the same one write per pass; fan-in QoS 1 +30 %, side by side).

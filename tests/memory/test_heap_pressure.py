@@ -101,6 +101,38 @@ print("client_topic_kept", int(b"g/x" in b.index.cache))
 print("done")
 '''
 
+PAUSED_STARVED = PRELUDE + r'''
+# A subscriber that never reads nor acknowledges, and a publisher (keepalive 1 s) that sends
+# QoS 1 messages until the broker stops reading it (backpressure): it is paused.
+sub = client(b"slow", subscribe(b"t", 1))
+assert run(lambda: b.index.count == 1, 5)
+pub = client(b"pub", keepalive=1)
+pub.send(b"".join(publish(b"t", b"x" * 100, 1, i + 1) for i in range(80)))
+assert run(lambda: srv.paused, 10), "the publisher was never paused"
+c = srv.paused[0]
+# The heap filled, in blocks the size of a read (the paused connection's buffer for what it
+# sends needs a block larger than one), and kept full.
+gc.collect()
+ballast = [None] * 2000
+i = 0
+while i < len(ballast):
+    try:
+        ballast[i] = bytearray(512)
+    except MemoryError:
+        break
+    i += 1
+pub.send(b"\xc0\x00")  # PINGREQ: the paused connection has input the broker cannot take
+closed = run(lambda: c.sock is None, 10)
+ballast = None
+gc.collect()
+print("closed", int(closed))
+print("paused_left", len(srv.paused))
+for line in lines:
+    print("log", line)
+print("done")
+'''
+
+
 def run_script(tmp_path, text, heap="100k"):
     script = tmp_path / "pressure.py"
     script.write_text(text)
@@ -130,3 +162,15 @@ def test_a_sys_report_leaves_the_route_cache_to_the_clients(tmp_path):
     out, _, text = run_script(tmp_path, SYS_REPORT, heap="512k")
     assert out["sys_in_cache"] == 0, text
     assert out["client_topic_kept"] == 1, text
+
+
+def test_a_paused_publisher_starved_of_heap_is_closed_with_the_reason(tmp_path):
+    """MQTT-3.1.2-24 gives a server 1.5 x Keep Alive to hear from a client; a publisher the
+    broker stopped reading (backpressure) whose input then finds no heap to be kept in is
+    closed once that window (+ 2 s) has passed with the heap still full, the reason logged
+    ("out of memory"), instead of staying paused for as long as the heap stays full (before:
+    it stayed paused, unread, with no end)."""
+    out, logs, text = run_script(tmp_path, PAUSED_STARVED, heap="512k")
+    assert out["closed"] == 1, text
+    assert out["paused_left"] == 0, text
+    assert any(line == "client pub out of memory" for line in logs), text
