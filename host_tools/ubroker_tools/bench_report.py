@@ -24,6 +24,10 @@ ROWS = [
     ("fanin1ws", "fan-in QoS 1 over WebSockets (8 -> 1)", "msg/s", "fanin1ws", lambda r: r.get("rate"), False),
     ("fanin1p", "fan-in QoS 1, persistent sub", "msg/s", "fanin1p", lambda r: r.get("rate"), False),
     ("fanin1v5", "fan-in QoS 1 at MQTT 5 (8 -> 1)", "msg/s", "fanin1v5", lambda r: r.get("rate"), False),
+    ("fanin1v5alias", "fan-in QoS 1 at MQTT 5, topic alias (8 -> 1)", "msg/s", "fanin1v5alias",
+     lambda r: r.get("rate"), False),
+    ("fanin1shared", "fan-in QoS 1 at MQTT 5, shared subscription (8 -> group of 2)", "msg/s", "fanin1shared",
+     lambda r: r.get("rate"), False),
     ("fanout0", "fan-out QoS 0 (1 -> 16)", "deliveries/s", "fanout0", lambda r: r.get("rate"), False),
     ("lat50", "round trip p50", "us", "latency", lambda r: r.get("p50_us"), True),
     ("lat99", "round trip p99", "us", "latency", lambda r: r.get("p99_us"), True),
@@ -180,12 +184,16 @@ def render(report):
                "and the load generator is not, the broker is what is measured. For connects on loopback the kernel's "
                "TCP set-up is charged to the client side, so there both are near a core each: the 2 cores are the "
                "limit, for every broker alike.")
+    if any(s in report["scenarios"] for s, _ in V5_TARGETS):
+        out.append("In the MQTT 5 fan-ins (%s) the load generator is bench_v5.py's CPython loop, in the bench's "
+                   "own process: near 100%% there, the client is the limit." %
+                   ", ".join(s for s, _ in V5_TARGETS if s in report["scenarios"]))
     out.append("")
     out.extend(cpu)
     tg = targets(report)
     if tg:
         out.append("")
-        out.append("ubroker against the targets of issue 2:")
+        out.append("ubroker against the targets of issue 2 (and of the issues named):")
         out.append("")
         out.extend("- " + t for t in tg)
     out.append("")
@@ -221,6 +229,7 @@ def targets(report):
                                                                   mark(uv / mv >= thr and not (scen == "fanin1" and
                                                                        verification(u[scen]) != "ok"))))
     out += ws_targets(u, m, val, mark)
+    out += v5_targets(u, m, val, mark)
     if u.get("fanin2"):
         v = verification(u["fanin2"])
         out.append("fan-in QoS 2 lossless: %s -> %s" % (v, mark(v == "ok")))
@@ -281,6 +290,27 @@ def ws_targets(u, m, val, mark):
     if cost:
         peer = "; Mosquitto over WebSockets: %.2f x its TCP" % (mw / mt) if mw and mt else ""
         out.append("ubroker's fan-in QoS 1 over WebSockets: " + ", ".join(cost) + peer)
+    return out
+
+
+# Issue 15: the MQTT 5 fan-ins (bench_v5.py), each at least Mosquitto's rate, lossless
+V5_TARGETS = (("fanin1v5", "fan-in QoS 1 at MQTT 5"), ("fanin1v5alias", "with a topic alias"),
+              ("fanin1shared", "to a shared subscription"))
+
+
+def v5_targets(u, m, val, mark):
+    out = []
+    for scen, name in V5_TARGETS:
+        if not u.get(scen):
+            continue
+        uv, mv = val(u, scen, lambda r: r.get("rate")), val(m, scen, lambda r: r.get("rate"))
+        v = verification(u[scen])
+        if uv is not None and mv:
+            out.append("issue 15: %s >= Mosquitto, lossless: %.2f x, verification %s -> %s" % (
+                name, uv / mv, v, mark(uv >= mv and v == "ok")))
+        else:
+            out.append("issue 15: %s >= Mosquitto, lossless: not checkable (ubroker: %s; Mosquitto: %s)" % (
+                name, v, verification(m.get(scen)) or "not run"))
     return out
 
 

@@ -9,13 +9,16 @@ import shutil
 import subprocess
 import time
 
-from .bench_proc import BENCH, cpu_seconds, free_port, rss_bytes
+from .bench_proc import BENCH, cpu_seconds, free_port, own_cpu_seconds, rss_bytes
 from .bench_storm import storm
 from .bench_tls import tls_certs, tls_connects
 from .bench_ws import WS_PATH, handshake_problem
-from .bench_v5 import fanin_v5
+from .bench_v5 import MEMBERS, fanin_v5
 
 LOADGEN_SRC = os.path.join(BENCH, "loadgen.c")
+
+# The scenarios of bench_v5.py (MQTT 5 raw packets from CPython): key -> fanin_v5's options
+V5 = {"fanin1v5": {}, "fanin1v5alias": {"alias": True}, "fanin1shared": {"members": MEMBERS}}
 
 # key: (title, loadgen arguments)
 SCENARIOS = {
@@ -30,6 +33,10 @@ SCENARIOS = {
                 ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1", "--persistent"]),
     # Not the load generator (3.1.1 only): raw MQTT 5 packets from one CPython loop (bench_v5).
     "fanin1v5": ("fan-in QoS 1 at MQTT 5, 8 pub -> 1 sub", None),
+    # The same, each publisher's topic by Topic Alias after its first PUBLISH (issue 15).
+    "fanin1v5alias": ("fan-in QoS 1 at MQTT 5 with a topic alias, 8 pub -> 1 sub", None),
+    # The same to a shared subscription of MEMBERS subscribers (issue 15).
+    "fanin1shared": ("fan-in QoS 1 at MQTT 5, 8 pub -> $share group of %d sub" % MEMBERS, None),
     "fanout0": ("fan-out QoS 0, 1 pub -> 16 sub", ["fanout", "--qos", "0", "--pubs", "1", "--subs", "16"]),
     "latency": ("round trip QoS 0, 1 client", ["latency"]),
     "connect": ("connects", ["connect", "--conc", "16"]),
@@ -84,7 +91,7 @@ def run_scenario(broker, key, exe, opts):
         except (OSError, subprocess.CalledProcessError) as e:
             res["error"] = "cannot make test certificates with openssl: %s" % e
             return res
-    if key == "fanin1v5" and broker.name not in ("ubroker", "mosquitto"):
+    if key in V5 and broker.name not in ("ubroker", "mosquitto"):
         res["untested"] = "%s does not speak MQTT 5" % broker.name
         return res
     ws = lg is not None and "--ws" in lg
@@ -107,12 +114,17 @@ def run_scenario(broker, key, exe, opts):
             if cpu0 is not None and cpu1 is not None:
                 res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / (time.time() - t0), 1)
             res["broker_rss_after"] = rss_bytes(pid)
-        elif key == "fanin1v5":
-            cpu0, t0 = cpu_seconds(pid), time.time()
-            res.update(fanin_v5(port, opts["duration"], opts["drain"]))
-            cpu1 = cpu_seconds(pid)
+        elif key in V5:
+            # The client is this process: its CPU in the load generator's column
+            cpu0, own0, t0 = cpu_seconds(pid), own_cpu_seconds(), time.time()
+            try:
+                res.update(fanin_v5(port, opts["duration"], opts["drain"], **V5[key]))
+            except OSError as e:  # refused: a CONNACK, a SUBACK, no topic alias, a closed connection
+                res["fatal"] = str(e)
+            cpu1, span = cpu_seconds(pid), time.time() - t0
             if cpu0 is not None and cpu1 is not None:
-                res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / (time.time() - t0), 1)
+                res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / span, 1)
+            res["loadgen_cpu_pct"] = round(100.0 * (own_cpu_seconds() - own0) / span, 1)
             res["broker_rss_after"] = rss_bytes(pid)
         elif key == "idle":
             res.update(run_idle(exe, port, pid, opts))
