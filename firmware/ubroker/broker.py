@@ -241,6 +241,8 @@ class Broker:
 
     def slot(self, s, size):
         """Has session s a place (window or queue, and store room if persistent)?"""
+        if type(s) is not Session:  # a shared subscription's group (v5_shared.py)
+            return s.room(self, size)
         if self.persist is not None and not s.clean and not self.persist.room(size):
             self.stats.hit("store_full")
             return False

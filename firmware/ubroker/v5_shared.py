@@ -56,7 +56,7 @@ class Group:
         t = self.turn
         j = t % n
         k = 0
-        while k < n:  # the next online member with room, else the next in turn
+        while k < n:  # the next online member with room, else the next in turn with a place
             i = (t + k) % n
             s = m[2 * i]
             c = s.conn
@@ -65,8 +65,33 @@ class Group:
                 j = i
                 break
             k += 1
+        else:
+            k = 0
+            while k < n:
+                i = (t + k) % n
+                if self._place(b, m[2 * i], size):
+                    j = i
+                    break
+                k += 1
         self.turn = j + 1
         self.give(b, m[2 * j], m[2 * j + 1], topic, payload, qos, props, size)
+
+    @staticmethod
+    def _place(b, s, size):
+        """Broker.slot's answer for member s, without counting a refusal."""
+        if b.persist is not None and not s.clean and not b.persist.room(size):
+            return False
+        return b.sendable(s) or not s.queue or len(s.queue) < (s.qmax or b.max_queued)
+
+    def room(self, b, size):
+        """Broker.slot for the group: one member at least has a place, which route() finds
+        (a QoS 1/2 message is acknowledged only then: section 4.3.2, never dropped after)."""
+        m = self.members
+        for i in range(0, len(m), 2):
+            if self._place(b, m[i], size):
+                return True
+        b.stats.hit("queued_messages")
+        return False
 
     def give(self, b, s, q, topic, payload, qos, props, size):
         if q & _V5:
