@@ -91,8 +91,10 @@ def props(buf, pos, end, where):
         t = _TYPE[pid] if pid < 0x28 else 0
         if not t:
             raise Malformed("unknown property 0x%02x" % pid)
-        if not _WHERE[pid] & where:  # e.g. a Subscription Identifier in a client's PUBLISH
-            raise Malformed("property 0x%02x not allowed here" % pid, _PROTOCOL_ERROR)
+        if not _WHERE[pid] & where:
+            # Section 2.2.2.2: an identifier not valid for the packet type is malformed; a
+            # Subscription Identifier is valid in PUBLISH, but from a client a protocol error
+            raise Malformed("property 0x%02x not allowed here" % pid, _PROTOCOL_ERROR if pid == 0x0B else 0x81)
         if t == _BYTE:
             if pos >= stop:
                 raise Malformed("truncated property")

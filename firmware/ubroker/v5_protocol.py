@@ -552,8 +552,8 @@ class V5(Timers):
                 if b_.persist is not None:
                     b_.persist.unsubscribed(s, flt)
                 codes.append(0)
-            else:
-                codes.append(0x11)  # No subscription existed
+            else:  # No subscription existed, or Topic Filter invalid (none can exist then)
+                codes.append(0x11 if valid_filter(flt) else 0x8F)
         b_.send(c, codes_packet(0xB0, pid, codes))  # MQTT-3.11.3-1
         return True
 

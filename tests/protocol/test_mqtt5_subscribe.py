@@ -129,13 +129,25 @@ def test_unsuback_reason_codes(broker):
     assert [p.topic for p in until_mark(c)] == [b"u/2"]
 
 
+def test_unsuback_says_topic_filter_invalid(broker):
+    """Section 3.11.3: a filter that breaks the wildcard rules (MQTT-4.7.1-2/3) in an
+    UNSUBSCRIBE gets 0x8F (Topic Filter invalid), the others their own codes, in order; the
+    connection stays."""
+    c = v5(broker, "ui")
+    assert subscribe(c, ("ui/1", 0)) == [0]
+    c.send(m.unsubscribe(6, "#/a", "ui/1", "a+/b", "ui/none"))
+    a = c.next(m.UNSUBACK)
+    assert (a.pid, a.codes) == (6, [0x8F, 0x00, 0x8F, 0x11])
+    assert subscribe(c, ("ui/2", 0)) == [0]
+
+
 @pytest.mark.parametrize("pkt,code", [
     (m.subscribe(1, ("t", 0x40)), 0x81),
     (m.subscribe(1, ("t", 3)), 0x81),
     (m.subscribe(1, ("t", 0x30)), 0x81),
     (m.subscribe(1, ("t", 0), properties=[(m.SUBSCRIPTION_ID, 0)]), 0x82),
     (m.subscribe(1), 0x82),
-    (m.subscribe(1, ("t", 0), properties=[(m.TOPIC_ALIAS, 1)]), 0x82),
+    (m.subscribe(1, ("t", 0), properties=[(m.TOPIC_ALIAS, 1)]), 0x81),
 ], ids=["reserved option bit", "qos 3", "retain handling 3", "subscription id 0", "no filter",
         "property of another packet"])
 def test_bad_subscribe_gets_disconnect(broker, pkt, code):
