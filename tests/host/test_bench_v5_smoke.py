@@ -79,9 +79,6 @@ def test_v5_fanin_to_a_shared_subscription_mosquitto(more_run):
 
 
 @pytest.mark.skipif(not mosquitto_exe(), reason="mosquitto not installed (make test installs it)")
-@pytest.mark.xfail(strict=True, reason="ubroker PUBACKs QoS 1 messages for a shared subscription whose member's "
-                                       "queue is full and drops them (tests/protocol/"
-                                       "test_mqtt5_shared_backpressure.py)")
 def test_v5_fanin_to_a_shared_subscription_ubroker(more_run):
     """fanin1shared against ubroker, as for Mosquitto; and `ubroker bench` exits 0 only then."""
     code, log, results, _ = more_run
