@@ -593,7 +593,7 @@ class Server:
             try:
                 if c.out:
                     s.write(c.out)
-            except OSError:
+            except Exception:  # also MemoryError: a WebSocket's write may need the heap
                 pass
             try:
                 s.close()

@@ -203,7 +203,7 @@ class WsSock:
             return
         try:
             self.s.write(bytes((b0, len(payload))) + payload)
-        except OSError:
+        except Exception:  # OSError, or MemoryError when stopping with the heap locked
             pass
 
     def fail(self, code):

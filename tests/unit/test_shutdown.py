@@ -4,9 +4,10 @@ then never released: Server.shutdown runs after that and must not allocate (CI o
 `MemoryError: memory allocation failed, heap is locked` from shutdown when `ubroker run`
 was stopped with SIGINT; it iterated conns.values(), a view object on the heap).
 
-The real Server in one MicroPython process (tests/support/broker_sim.py), two connected
+The real Server in one MicroPython process (tests/support/broker_sim.py), three connected
 clients with output waiting, on sockets whose write and close allocate nothing, as the
-port's own do."""
+port's own do; the third over a WebSocket (ws_frame.WsSock), whose framing needs the heap:
+what cannot be framed goes unsent, and the socket still closes."""
 
 import os
 import subprocess
@@ -20,6 +21,7 @@ SCENARIO = r'''
 import sys
 import micropython
 from broker_sim import Sim, Client, config
+from ubroker.ws_frame import Ws, WsSock
 
 
 class Sock:
@@ -36,12 +38,18 @@ class Sock:
 
 
 sim = Sim(config(sys.argv[1], persistence=False))
+Ws(sim.sv)
 socks = []
-for cid in (b"a", b"b"):
+for cid in (b"a", b"b", b"w"):
     c = Client(sim, cid)
-    c.conn.sock = Sock()
+    raw = Sock()
+    if cid == b"w":  # a WebSocket: its write frames the bytes, its close sends a close frame
+        c.conn.sock = WsSock(raw)
+        c.conn.sock.h[16] |= 1  # upgraded (ws_frame._FL, _OPEN)
+    else:
+        c.conn.sock = raw
     c.conn.out = bytearray(b"\xd0\x00")  # a PINGRESP not written yet
-    socks.append(c.conn.sock)
+    socks.append(raw)
 r = None  # bound before the lock: a new global can grow the module's dict
 micropython.heap_lock()
 try:
@@ -62,4 +70,6 @@ def test_shutdown_with_the_heap_locked_sends_what_waits_and_closes(tmp_path):
     r = subprocess.run([MICROPYTHON, str(script), str(tmp_path / "store")], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.splitlines()[-1] == "stopped [(2, True), (2, True)] 0"
+    # a and b: the PINGRESP; w: its frame header only (the payload's slice and the close frame
+    # need the heap), and closed all the same
+    assert r.stdout.splitlines()[-1] == "stopped [(2, True), (2, True), (2, True)] 0"
