@@ -70,6 +70,7 @@ class SysInfo:
             yield "ubroker/store/bytes_written", store.bytes_written
             yield "ubroker/store/compactions", store.compactions
             yield "ubroker/store/torn", store.torn
+            yield "ubroker/store/erases", store.wear // 10  # an estimate (store_log.Store.wear)
         for br in sv.bridges:
             yield from br.figures()
         for name in st.limits:

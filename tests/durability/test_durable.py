@@ -216,10 +216,13 @@ def test_store_figures_in_sys(tmp_path):
         w = b.client()
         w.subscribe("$SYS/broker/ubroker/#", 0)
         want = {"$SYS/broker/ubroker/store/commits", "$SYS/broker/ubroker/store/bytes",
-                "$SYS/broker/ubroker/store/torn", "$SYS/broker/ubroker/heap/free"}
+                "$SYS/broker/ubroker/store/torn", "$SYS/broker/ubroker/store/erases",
+                "$SYS/broker/ubroker/heap/free"}
         assert wait_for(lambda: want <= {m.topic for m in w.messages}, 5), [m.topic for m in w.messages]
         commits = [int(m.payload) for m in w.messages if m.topic.endswith("store/commits")]
         assert commits[-1] >= 1
+        # the commits and the start's compaction cost blocks: at least one whole erase
+        assert int([m.payload for m in w.messages if m.topic.endswith("store/erases")][-1]) >= 1
 
         def reports():
             n = {}

@@ -99,6 +99,7 @@ def wear():
                 for c in clients:
                     c.packets()
             out[name] = dev.stats()
+            out[name]["estimated"] = sim.sv.persist.store.wear / 10  # what $SYS reports
         return run
 
     def online(fs):
