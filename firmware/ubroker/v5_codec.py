@@ -23,7 +23,6 @@ _PROTOCOL_ERROR = const(0x82)
 _EXPIRY = const(0x02)
 _ALIAS = const(0x23)
 _WILL_DELAY = const(0x18)
-_USER = const(0x26)
 
 # Where a property may appear, as bits of the packet kinds a client sends (the `where` of
 # props(); v5_protocol.py keeps private copies). Private: a public const() is also a global
@@ -71,12 +70,16 @@ def vbi(buf, pos, end):
 
 def props(buf, pos, end, where):
     """The properties at buf[pos:end] of a packet of kind `where`: (found, next pos), found
-    a dict id -> value (user properties under 0x26 as a list of (name, value), in order;
-    under 0 the block's (start, stop); under id | 0x100 where Message Expiry, Topic Alias and
-    Will Delay Interval start), or None when there are none. Every id, type, count and value
-    is checked: unknown or misplaced ids are malformed (MQTT 5.0 section 2.2.2.2), a second
-    copy of a single one and a value the spec forbids are protocol errors."""
-    n, pos = vbi(buf, pos, end)
+    a dict id -> value (user properties checked, not kept: what forwards them copies the
+    block's bytes; under 0 the block's (start, stop); under id | 0x100 where Message Expiry,
+    Topic Alias and Will Delay Interval start), or None when there are none. Every id, type,
+    count and value is checked: unknown or misplaced ids are malformed (MQTT 5.0 section
+    2.2.2.2), a second copy of a single one and a value the spec forbids are protocol errors."""
+    n = buf[pos] if pos < end else 128
+    if n < 128:  # a one-byte length, the usual one: no tuples from vbi()
+        pos += 1
+    else:
+        n, pos = vbi(buf, pos, end)
     stop = pos + n
     if stop > end:
         raise Malformed("property length beyond the packet")
@@ -113,15 +116,12 @@ def props(buf, pos, end, where):
             pos += k
         elif t == _VBI:
             v, pos = vbi(buf, pos, stop)
+        elif t == _PAIR:  # a User Property (may repeat, MQTT-3.3.2-17): checked, not kept
+            pos = _field(buf, _field(buf, pos, stop, True), stop, True)
+            continue
         else:
-            v, pos = _field(buf, pos, stop, t != _BIN)
-            if t == _PAIR:
-                w, pos = _field(buf, pos, stop, True)
-                u = found.get(_USER)
-                if u is None:
-                    found[_USER] = u = []  # type: ignore[assignment]
-                u.append((v, w))
-                continue
+            v = _field(buf, pos, stop, t != _BIN)
+            v, pos = bytes(buf[pos + 2 : v]), v
         if pid in found:
             raise Malformed("property 0x%02x twice" % pid, _PROTOCOL_ERROR)
         found[pid] = v
@@ -131,15 +131,19 @@ def props(buf, pos, end, where):
 
 
 def _field(buf, pos, end, text):
+    """The end of the string or binary data field at buf[pos:end], its UTF-8 checked when
+    text: an ASCII one without NUL is found good in two C loops, with no call of
+    check_utf8 (whose frame is a heap block on MicroPython)."""
     if pos + 2 > end:
         raise Malformed("truncated property")
     b = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
     if b > end:
         raise Malformed("truncated property")
-    v = bytes(buf[pos + 2 : b])
     if text:
-        check_utf8(v)
-    return v, b
+        v = buf[pos + 2 : b]
+        if v and (min(v) == 0 or max(v) > 0x7F):  # ASCII without U+0000 needs no more
+            check_utf8(v)
+    return b
 
 
 def skip(buf, pos, end):
