@@ -131,7 +131,7 @@ class V5(Timers):
             if not valid_topic(topic):
                 raise Malformed("will topic", 0x90)
             payload = bytes(buf[a:pos])
-            if wp is not None and _check_message(wp, payload):
+            if wp is not None and _check_message(wp, buf, a, pos):
                 raise Malformed("will payload is not UTF-8", 0x99)
             will = (topic, payload, will_qos, bool(will_retain))
         user = pw = None
@@ -276,8 +276,31 @@ class V5(Timers):
     # ------------------------------------------------------------------ after CONNECT
 
     def handle(self, c, b0, buf, pos, end):
+        # One function, the try around the dispatch: a call less per packet (a frame of this
+        # size is a heap block on MicroPython)
         try:
-            return self._handle(c, b0, buf, pos, end)
+            ptype = b0 >> 4
+            if ptype == 3:
+                return self._publish(c, b0, buf, pos, end)
+            flags = _FLAGS[ptype]
+            if flags == 0xFF:
+                raise Malformed("packet type %d from a client after CONNECT" % ptype, 0x82)  # MQTT-3.1.0-2
+            if b0 & 0x0F != flags:
+                raise Malformed("reserved flags of packet type %d" % ptype)
+            if ptype <= 7:
+                return self.ack_in(c, ptype, buf, pos, end)
+            if ptype == 8:
+                return self.subscribe(c, buf, pos, end)
+            if ptype == 10:
+                return self.unsubscribe(c, buf, pos, end)
+            if ptype == 12:
+                if end != pos:
+                    raise Malformed("remaining length must be 0")
+                self.b.send(c, PINGRESP_PKT)
+                return True
+            if ptype == 14:
+                return self.disconnect(c, buf, pos, end)
+            raise Malformed("AUTH without an authentication method", 0x82)  # section 4.12
         except Malformed as e:
             self.drop(c, e.args[1] if len(e.args) > 1 else 0x81, "protocol error: " + e.args[0])
             return True
@@ -285,30 +308,6 @@ class V5(Timers):
     # A PUBLISH from protocol.publish (the server's path for PUBLISH): handle() takes it
     # first (one function less in the heap than a wrapper of its own)
     publish = handle
-
-    def _handle(self, c, b0, buf, pos, end):
-        ptype = b0 >> 4
-        if ptype == 3:
-            return self._publish(c, b0, buf, pos, end)
-        flags = _FLAGS[ptype]
-        if flags == 0xFF:
-            raise Malformed("packet type %d from a client after CONNECT" % ptype, 0x82)  # MQTT-3.1.0-2
-        if b0 & 0x0F != flags:
-            raise Malformed("reserved flags of packet type %d" % ptype)
-        if ptype <= 7:
-            return self.ack_in(c, ptype, buf, pos, end)
-        if ptype == 8:
-            return self.subscribe(c, buf, pos, end)
-        if ptype == 10:
-            return self.unsubscribe(c, buf, pos, end)
-        if ptype == 12:
-            if end != pos:
-                raise Malformed("remaining length must be 0")
-            self.b.send(c, PINGRESP_PKT)
-            return True
-        if ptype == 14:
-            return self.disconnect(c, buf, pos, end)
-        raise Malformed("AUTH without an authentication method", 0x82)  # section 4.12
 
     def ack_in(self, c, ptype, buf, pos, end):
         """PUBACK, PUBREC, PUBREL, PUBCOMP, with their reason code and properties."""
@@ -360,7 +359,8 @@ class V5(Timers):
         if qos == 3:
             raise Malformed("PUBLISH QoS 3")  # MQTT-3.3.1-4
         a, p = field(buf, pos, end)
-        topic = bytes(buf[a:p])
+        mv = self.server.rmv  # buf's memoryview: slices of it copy nothing
+        topic = bytes(mv[a:p])
         pid = 0
         if qos:
             pid = u16(buf, p, end)
@@ -385,10 +385,15 @@ class V5(Timers):
         if not topic or len(topic) > self.p.max_topic:
             self.b.stats.hit("topic_length")
             raise Malformed("topic name empty or too long", 0x90)  # MQTT-3.3.2-1
-        check_utf8(topic)
-        if not valid_topic(topic):
-            raise Malformed("topic name with a wildcard", 0x90)  # MQTT-3.3.2-2
         b_ = self.b
+        idx = b_.index
+        r = idx.cache.get(topic)
+        # A topic routed before, or equal to a filter without wildcards, was checked then
+        # (as protocol.py does for 3.1.1)
+        if r is None and topic not in idx.exact:
+            check_utf8(topic)
+            if not valid_topic(topic):
+                raise Malformed("topic name with a wildcard", 0x90)  # MQTT-3.3.2-2
         if qos > b_.max_qos:
             raise Malformed("QoS above Maximum QoS", 0x9B)  # MQTT-3.2.2-11
         retain = b0 & 1
@@ -401,17 +406,20 @@ class V5(Timers):
                 return True
             if len(s.qos2in) >= self.receive_max:
                 raise Malformed("Receive Maximum exceeded", 0x93)  # MQTT-3.3.4-7
-        mv = self.server.rmv
         fwd = None
         if found is not None:
             if _P_RESPONSE_TOPIC in found and not valid_topic(found[_P_RESPONSE_TOPIC]):
                 raise Malformed("response topic", 0x82)  # MQTT-3.3.2-14
-            if _check_message(found, mv[p:end]):
+            if found.get(1) == 1 and _check_message(found, mv, p, end):  # no call without the indicator
                 if not qos:
                     raise Malformed("payload is not UTF-8", 0x99)
                 b_.send(c, ack(0x40 if qos == 1 else 0x50, pid, 0x99))
                 return True
-            fwd = forward(buf, found, self.server.now)
+            if 0x102 in found or 0x123 in found or 0x118 in found:
+                fwd = forward(buf, found, self.server.now)
+            else:  # nothing to cut (nor a Message Expiry): forward()'s result, without its call
+                a, k = found[0]
+                fwd = (bytes(mv[a:k]), 0, self.server.now)
         code = 0
         per = b_.persist
         acked = None
@@ -420,8 +428,6 @@ class V5(Timers):
             b_.stats.hit("publish_to_dollar_topic" if topic[0] == 36 else "acl_denied_publish")
             code = 0x87
         else:
-            idx = b_.index
-            r = idx.cache.get(topic)
             if r is None:
                 r = idx.route(topic)
             if not r:
@@ -590,12 +596,12 @@ def _head(buf, pos, end, where):
     return pid, found, pos
 
 
-def _check_message(found, payload):
-    """True when a Payload Format Indicator of 1 comes with a payload that is not UTF-8
-    (reason code 0x99, section 3.3.2.3.2)."""
+def _check_message(found, buf, a, b):
+    """True when a Payload Format Indicator of 1 comes with a payload (buf[a:b]) that is not
+    UTF-8 (reason code 0x99, section 3.3.2.3.2)."""
     if found.get(1) == 1:
         try:
-            check_utf8(bytes(payload))
+            check_utf8(bytes(buf[a:b]))
         except Malformed:
             return True
     return False

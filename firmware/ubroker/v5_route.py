@@ -214,9 +214,8 @@ class Router:
                 b.stats.dropped += 1
                 b.stats.hit("out_buffer")
             return
-        msg = [topic, bytes(payload), 0]
-        if extra is not None:
-            msg.append(extra)
+        # The extra field in the list as made: an append would grow it (a second block)
+        msg = [topic, bytes(payload), 0] if extra is None else [topic, bytes(payload), 0, extra]
         if group is not None:  # the group that gave it, should s's session end first
             if extra is None:
                 msg.append((b"", 0, 0, b"", False))
