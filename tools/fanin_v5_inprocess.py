@@ -1,0 +1,131 @@
+"""The broker's own work per message in the MQTT 5 fan-in (ubroker bench's fanin1v5: 8
+publishers at QoS 1 with a User Property on every PUBLISH -> 1 subscriber of bench/v5/#),
+with the real Server and real sockets in ONE MicroPython process, so that a profiler sees
+the broker and a client that costs the same before and after a change. V5=0 runs the same
+fan-in at 3.1.1 (no property) for comparison.
+
+    MICROPYPATH=firmware .venv/bin/micropython -X heapsize=8M tools/fanin_v5_inprocess.py
+
+Wall-clock figures move with the machine's load; instruction counts do not. Two runs under
+callgrind give the instructions per message (client included) as the difference over the
+extra messages:
+
+    for n in 800 2400; do V5=1 N=$n MICROPYPATH=firmware valgrind --tool=callgrind \\
+        --callgrind-out-file=/dev/null .venv/bin/micropython -X heapsize=8M \\
+        tools/fanin_v5_inprocess.py 2>&1 | grep Collected; done
+
+(v5: 399k per message at 7cd94fb, 309k at e6a8291; 3.1.1: 217k; `callgrind_annotate` on one output
+shows where: gc_alloc, and the frames fun_bc_call takes from the heap for functions with
+more than 11 words of state).
+"""
+import os
+import socket
+import struct
+import time
+
+from ubroker import codec
+from ubroker.config import load, resolve
+
+V5 = int(os.getenv("V5", "1"))
+PORT = int(os.getenv("PORT", "21997"))
+N = int(os.getenv("N", "20000"))
+PUBS = 8
+WINDOW = 20  # as bench_v5.py: messages each publisher sends before it reads its PUBACKs
+
+cfg = resolve(load(os.getcwd() + "/boards/unix.conf"), {"listener": [(PORT, "127.0.0.1")]})
+cfg["verbose"] = False
+cfg["sys_interval"] = 0
+from ubroker.server import Server  # noqa: E402
+
+sv = Server(cfg, lambda m: None)
+sv.listen()
+sv.running = True
+sv.next_tick = time.ticks_add(time.ticks_ms(), 1000)
+
+
+def s_(x):
+    return struct.pack(">H", len(x)) + x
+
+
+def packet(b0, body):
+    o = bytearray((b0,))
+    codec.put_length(o, len(body))
+    return bytes(o) + body
+
+
+def pump(n=3):
+    for _ in range(n):
+        sv.one_pass()
+
+
+def client(cid):
+    c = socket.socket()
+    c.connect(socket.getaddrinfo("127.0.0.1", PORT)[0][-1])
+    c.setsockopt(6, 1, 1)
+    level = b"\x05\x02\x00\x3c\x00" if V5 else b"\x04\x02\x00\x3c"
+    c.write(packet(0x10, s_(b"MQTT") + level + s_(cid)))
+    pump()
+    c.recv(200)
+    return c
+
+
+sub = client(b"sub")
+sub.write(packet(0x82, b"\x00\x01" + (b"\x00" if V5 else b"") + s_(b"bench/v5/#") + b"\x01"))
+pump()
+sub.recv(100)
+pubs = [client(b"pub%d" % i) for i in range(PUBS)]
+USER = b"\x26" + s_(b"bench") + s_(b"v5")
+PROPS = bytes((len(USER),)) + USER if V5 else b""
+
+
+def batch(i, seq):
+    out = bytearray()
+    for j in range(WINDOW):
+        pid = (seq + j) % 65535 + 1
+        body = s_(b"bench/v5/%d" % i) + struct.pack(">H", pid) + PROPS + struct.pack(">BI", i, seq + j) + b"." * 11
+        out += packet(0x32, body)
+    return bytes(out)
+
+
+for p in pubs:
+    p.setblocking(False)
+sub.setblocking(False)
+rx = bytearray()
+got = sent = seq = 0
+in_broker = 0
+t0 = time.ticks_us()
+while got < N:
+    for i, p in enumerate(pubs):
+        p.write(batch(i, seq))
+    seq += WINDOW
+    sent += PUBS * WINDOW
+    while got < sent:
+        a = time.ticks_us()
+        sv.one_pass()
+        in_broker += time.ticks_diff(time.ticks_us(), a)
+        d = sub.read(65536)
+        if d:
+            rx += d
+            acks = bytearray()
+            pos = 0
+            while len(rx) - pos >= 2:
+                rl, q = codec.decode_length(rx, pos + 1, len(rx))
+                if rl < 0 or q + rl > len(rx):
+                    break
+                if rx[pos] >> 4 == 3:
+                    tl = (rx[q] << 8) | rx[q + 1]
+                    acks += b"\x40\x02" + rx[q + 2 + tl : q + 4 + tl]
+                    got += 1
+                pos = q + rl
+            rx = rx[pos:]
+            sub.write(acks)
+        for p in pubs:
+            p.read(65536)
+    a = time.ticks_us()
+    sv.one_pass()  # the last PUBACKs to the publishers
+    in_broker += time.ticks_diff(time.ticks_us(), a)
+    for p in pubs:
+        p.read(65536)
+dt = time.ticks_diff(time.ticks_us(), t0)
+print("MQTT %s: %d messages, %.2f us per message, %.2f us of it in the broker"
+      % ("5" if V5 else "3.1.1", got, dt / got, in_broker / got))
