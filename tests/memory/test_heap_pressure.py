@@ -13,11 +13,9 @@ Each test runs a script that imports firmware/ubroker, starts a real Server on a
 connects real sockets to it and runs the server's own loop (Server.one_pass), as
 tests/memory/test_memory.py does."""
 
-import os
-import subprocess
-import sys
 
-from conftest import ROOT, free_port
+from conftest import free_port
+from mpscript import board_conf, figures, run_done
 
 PRELUDE = r'''
 import gc, socket, sys, time
@@ -134,24 +132,9 @@ print("done")
 
 
 def run_script(tmp_path, text, heap="100k"):
-    script = tmp_path / "pressure.py"
-    script.write_text(text)
-    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
-    env = dict(os.environ)
-    env["MICROPYPATH"] = os.path.join(ROOT, "firmware")
-    r = subprocess.run([mp, "-X", "heapsize=" + heap, str(script), str(free_port()),
-                        os.path.join(ROOT, "boards", "esp32.conf")],
-                       capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
-    out = {}
-    logs = []
-    for line in r.stdout.splitlines():
-        k, _, v = line.partition(" ")
-        if k == "log":
-            logs.append(v)
-        elif v:
-            out[k] = int(v)
-    return out, logs, r.stdout
+    text = run_done(tmp_path, text, str(free_port()), board_conf("esp32"), heap=heap, name="pressure.py")
+    logs = [line[4:] for line in text.splitlines() if line.startswith("log ")]
+    return figures(text), logs, text
 
 
 def test_a_sys_report_leaves_the_route_cache_to_the_clients(tmp_path):
