@@ -175,6 +175,25 @@ def test_session_expires_after_its_interval_across_a_restart(brokers, tmp_path):
     assert ack.present == 1
 
 
+def test_session_of_a_client_connected_longer_than_its_interval_survives_a_restart(brokers, tmp_path):
+    """MQTT-3.1.2-23: the Session Expiry Interval runs from when the connection ends. A client
+    connected for longer than its interval (3 s) when the broker is killed finds its session
+    right after the restart (before: the interval was written to flash as a deadline counted
+    from CONNECT on the wall clock, already past at the restart, and the session was
+    deleted at once: Session Present 0)."""
+    data = tmp_path / "data"
+    b = brokers(data)
+    c, _ = persistent(b, "long-here", 3)
+    c.send(m5.subscribe(1, ("x/#", 1)))
+    c.next(m5.SUBACK)
+    time.sleep(4)
+    kill9(b)
+    b2 = brokers(data)
+    time.sleep(1.5)  # past a once-a-second expiry check, within 3 s of the restart
+    _, ack = persistent(b2, "long-here", 3)
+    assert ack.present == 1, "the session expired at the restart: " + b2.log()[-400:]
+
+
 def test_session_of_a_client_connected_at_the_crash_expires_after_the_restart(brokers, tmp_path):
     """The broker is killed while the client is connected: its connection ended then, so its
     session (Session Expiry Interval 1 s) is deleted that long after the restart at the
