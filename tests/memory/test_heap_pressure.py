@@ -100,14 +100,22 @@ print("done")
 '''
 
 PAUSED_STARVED = PRELUDE + r'''
-# A subscriber that never reads nor acknowledges, and a publisher (keepalive 1 s) that sends
-# QoS 1 messages until the broker stops reading it (backpressure): it is paused.
+KEEPALIVE = int(sys.argv[3])
+SILENT_FIRST = int(sys.argv[4])  # seconds the paused publisher waits, silent, before the heap fills
+# A subscriber that never reads nor acknowledges, and a publisher (keepalive KEEPALIVE s) that sends
+# QoS 1 messages until the broker stops handling what it sends (backpressure): it is paused.
 sub = client(b"slow", subscribe(b"t", 1))
 assert run(lambda: b.index.count == 1, 5)
-pub = client(b"pub", keepalive=1)
-pub.send(b"".join(publish(b"t", b"x" * 100, 1, i + 1) for i in range(80)))
-assert run(lambda: srv.paused, 10), "the publisher was never paused"
+pub = client(b"pub", keepalive=KEEPALIVE)
+for i in range(200):  # one at a time: what it sent before the pause stays small
+    pub.send(publish(b"t", b"x" * 100, 1, i + 1))
+    if run(lambda: srv.paused, 0.2):
+        break
+assert srv.paused, "the publisher was never paused"
 c = srv.paused[0]
+run(lambda: False, SILENT_FIRST)
+is_closed = lambda: c.sock is None  # noqa: E731 (made while the heap has room)
+t0 = 0
 # The heap filled, in blocks the size of a read (the paused connection's buffer for what it
 # sends needs a block larger than one), and kept full.
 gc.collect()
@@ -120,7 +128,9 @@ while i < len(ballast):
         break
     i += 1
 pub.send(b"\xc0\x00")  # PINGREQ: the paused connection has input the broker cannot take
-closed = run(lambda: c.sock is None, 10)
+t0 = time.ticks_ms()
+closed = run(is_closed, 10)
+print("ms_to_close", time.ticks_diff(time.ticks_ms(), t0))
 ballast = None
 gc.collect()
 print("closed", int(closed))
@@ -131,8 +141,8 @@ print("done")
 '''
 
 
-def run_script(tmp_path, text, heap="100k"):
-    text = run_done(tmp_path, text, str(free_port()), board_conf("esp32"), heap=heap, name="pressure.py")
+def run_script(tmp_path, text, *args, heap="100k"):
+    text = run_done(tmp_path, text, str(free_port()), board_conf("esp32"), *args, heap=heap, name="pressure.py")
     logs = [line[4:] for line in text.splitlines() if line.startswith("log ")]
     return figures(text), logs, text
 
@@ -153,7 +163,19 @@ def test_a_paused_publisher_starved_of_heap_is_closed_with_the_reason(tmp_path):
     closed once that window (+ 2 s) has passed with the heap still full, the reason logged
     ("out of memory"), instead of staying paused for as long as the heap stays full (before:
     it stayed paused, unread, with no end)."""
-    out, logs, text = run_script(tmp_path, PAUSED_STARVED, heap="512k")
+    out, logs, text = run_script(tmp_path, PAUSED_STARVED, "1", "0", heap="512k")
     assert out["closed"] == 1, text
     assert out["paused_left"] == 0, text
+
+
+def test_a_paused_publisher_is_given_its_window_from_when_the_heap_filled(tmp_path):
+    """The window runs from the first read that found no heap, not from the client's last
+    packet: a paused publisher without keepalive, silent for 3 s while it waits for its
+    PUBACK (as it may), then starved, stays connected for the 2 s that gives it (before: it
+    was closed at the first failed read, its silence counted as starvation)."""
+    out, logs, text = run_script(tmp_path, PAUSED_STARVED, "0", "3", heap="512k")
+    assert out["closed"] == 1, text
+    # 2 s on the server's loop clock (Server.now, updated once a pass), counted here from a
+    # moment a little after the first failed read; before the fix: 0 ms
+    assert out["ms_to_close"] >= 1500, text
     assert any(line == "client pub out of memory" for line in logs), text
