@@ -283,12 +283,6 @@ class Broker:
         r = idx.cache.get(topic)
         if r is None:
             r = idx.route(topic)
-            if topic[0] == 36:
-                # $SYS: a report's 30 topics every sys_interval, more than a board's cache
-                # holds, would each be a miss anyway; kept, they pushed the clients' topics
-                # out and held 2 kB of the esp32 profile's heap (a v5 client's PUBLISH then
-                # found none: tests/memory/test_heap_pressure.py)
-                idx.cache.pop(topic, None)
         n = _len(r)
         size = _len(topic) + _len(payload) + ENTRY_COST
         if qos and not force:
