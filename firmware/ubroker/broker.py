@@ -568,11 +568,20 @@ class Broker:
         if s is not None and s.conn is conn:
             s.conn = None
             if conn.v5 is not None:  # the will may wait, the session expire (v5_session.py)
-                self.v5.left(conn, s, will, abnormal)  # type: ignore[attr-defined]
+                try:
+                    self.v5.left(conn, s, will, abnormal)  # type: ignore[attr-defined]
+                except MemoryError:
+                    # A connection closed for want of heap may leave none for its timer
+                    # or will; what follows must happen all the same
+                    self.stats.hit("memory")
                 will = None
             if self.persist is not None and not s.clean:
                 self.persist.session_offline(s)
             if s.clean:
                 self.drop_session(s)
         if will is not None and abnormal:
-            self.publish(will[0], will[1], will[2], will[3], True)
+            try:
+                self.publish(will[0], will[1], will[2], will[3], True)
+            except MemoryError:
+                self.stats.hit("memory")
+                self.stats.dropped += 1
