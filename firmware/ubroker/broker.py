@@ -485,10 +485,14 @@ class Broker:
                 if match_levels(levels, topic):
                     self._write_publish(c, topic, payload, 0, True, False, 0)
         table = self.retained
+        v5 = getattr(self, "v5", None)  # loaded: retained messages may carry an expiry
         for topic in table:
             if not match_levels(levels, topic):
                 continue
-            payload, q = table[topic]
+            e = table[topic]
+            if v5 is not None and v5.rprops and v5.expired(topic, e):
+                continue  # MQTT-3.3.2-5, for a 3.1.1 subscriber too
+            payload, q = e
             q = q if q < granted else granted
             if q == 0:
                 self._write_publish(c, topic, payload, 0, True, False, 0)

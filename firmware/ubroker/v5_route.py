@@ -114,6 +114,13 @@ class Router:
 
             kept(self.b.persist, topic, props)
 
+    def expired(self, topic, e):
+        """Has the retained entry e on topic a Message Expiry Interval that has passed?"""
+        r = self.rprops.get(topic)
+        if r is None or r[0] is not e or not r[1][1]:
+            return False
+        return time.ticks_diff(self.server.now, r[1][2]) >= r[1][1] * 1000
+
     def send_retained(self, s, flt, granted, sid):
         """Broker.send_retained for a v5 subscription: each retained message with its
         properties (one whose Message Expiry has passed is not sent, MQTT-3.3.2-5), the

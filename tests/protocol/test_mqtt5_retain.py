@@ -56,6 +56,23 @@ def test_expired_retained_message_is_not_sent(broker):
     assert s.recv_packet(2.0).type == m.PINGRESP  # and no "old" before it
 
 
+def test_expired_retained_message_is_not_sent_to_a_311_subscriber(broker):
+    """MQTT-3.3.2-5 holds for every matching subscriber: a 3.1.1 subscription does not get a
+    v5 client's retained message whose Message Expiry Interval has passed (one with time left
+    it gets, without properties)."""
+    retain(broker, "r3x/old", b"old", [(m.MESSAGE_EXPIRY, 1)])
+    retain(broker, "r3x/new", b"new", [(m.MESSAGE_EXPIRY, 100)])
+    time.sleep(2.2)
+    c = broker.raw()
+    assert c.connect("old311") == (0, 0)
+    c.send(mqttraw.subscribe(1, ("r3x/#", 0)))
+    c.expect(9)
+    p = c.expect(3)
+    assert (p.payload, p.retain) == (b"new", True)
+    c.send(mqttraw.PINGREQ)
+    c.expect(13)  # and no "old" before it
+
+
 def test_retained_delivery_carries_the_subscription_identifier(broker):
     """MQTT-3.3.4-3: the Subscription Identifier of the subscription that brings a retained
     message comes with it."""
