@@ -344,8 +344,11 @@ class Broker:
                 if s.fwd is not None:  # QoS 0 is not kept for an upstream unreachable or backed up
                     s.fwd.dropped += 1
                 continue
-            if msg is None:
-                msg = [topic, _bytes(payload), 0]  # MSG layout (session.py): topic, payload, mid
+            if msg is None:  # MSG layout (session.py): topic, payload, mid
+                if props is None or not props[1]:
+                    msg = [topic, _bytes(payload), 0]
+                else:  # a Message Expiry Interval holds for a 3.1.1 subscriber too (v5_route.py)
+                    msg = [topic, _bytes(payload), 0, self.v5.plain(props)]  # type: ignore[attr-defined]
             self.deliver(s, msg, q, False, size)
         if force and self.persist is not None:
             self.persist.forget_fresh()
