@@ -36,6 +36,9 @@ _P_WILL_DELAY = const(0x18)
 _P_ASSIGNED_ID = const(0x12)
 _P_SERVER_KEEPALIVE = const(0x13)
 _P_AUTH_METHOD = const(0x15)
+_P_REQUEST_PROBLEM = const(0x17)
+_P_REQUEST_RESPONSE = const(0x19)
+_P_RESPONSE_INFO = const(0x1A)
 _P_RECEIVE_MAX = const(0x21)
 _P_ALIAS_MAX = const(0x22)
 _P_ALIAS = const(0x23)
@@ -48,6 +51,9 @@ _P_SHARED_AVAILABLE = const(0x2A)
 # Topic aliases a client may set on one connection (CONNACK Topic Alias Maximum): each is a
 # dict slot and a topic kept for the connection's life.
 _ALIASES = const(8)
+# Topic aliases the server may set towards one client (max_topic_alias_out's default): each
+# is a slot of that connection's alias dict, and keeps its topic alive while it lasts
+_ALIASES_OUT = const(4)
 # session.py's entry layout
 _QOS = const(1)
 _STAGE = const(3)
@@ -74,6 +80,9 @@ class V5Conn:
     expiry = 0  # Session Expiry Interval from CONNECT, or from DISCONNECT
     wdelay = 0  # the will's Will Delay Interval
     wprops = None  # the will's properties, as v5_route.forward gives them
+    quiet = False  # Request Problem Information 0: no Reason String on acknowledgements
+    amax = 0  # Topic Aliases the server may set: the client's maximum within the server's
+    aout = None  # topic -> Topic Alias the server set on this connection (v5_route.alias)
 
 
 def load(proto):
@@ -86,6 +95,10 @@ def load(proto):
 
 
 class V5(Timers):
+    # The Maximum Packet Size of the CONNECT being handled, for the Reason String of a refusal:
+    # 0 none, -1 not known (its properties not read, or a value of 0)
+    lim = -1
+
     def __init__(self, proto):
         Timers.__init__(self, proto.b, proto.server)
         self.p = proto
@@ -98,6 +111,7 @@ class V5(Timers):
 
     def connect(self, c, buf, pos, end, flags, keepalive):
         """CONNECT from the protocol level on (pos is after Keep Alive)."""
+        self.lim = -1
         try:
             return self._connect(c, buf, pos, end, flags, keepalive)
         except Malformed as e:
@@ -105,8 +119,11 @@ class V5(Timers):
             return True
 
     def refuse(self, c, code, why):
-        """CONNACK with a reason code of 0x80 or more, then close (MQTT-3.2.2-5)."""
-        self.b.send(c, bytes((0x20, 3, 0, code, 0)))
+        """CONNACK with a reason code of 0x80 or more, then close (MQTT-3.2.2-5); `why` goes
+        with it as its Reason String when the client's Maximum Packet Size is known and room
+        is left (MQTT-3.2.2-19). Request Problem Information 0 allows it on CONNACK
+        (MQTT-3.1.2-29)."""
+        self.b.send(c, self.told(c, 0x20, 0, code, None, why) or bytes((0x20, 3, 0, code, 0)))
         self.server.close(c, why, False, True)
 
     def _connect(self, c, buf, pos, end, flags, keepalive):
@@ -122,6 +139,7 @@ class V5(Timers):
         found, pos = props(buf, pos, end, _IN_CONNECT)
         if found is None:
             found = {}
+        self.lim = found.get(_P_MAX_PACKET, 0) or (-1 if _P_MAX_PACKET in found else 0)
         cid, pos = utf8(buf, pos, end)  # MQTT-3.1.3-4
         will = wp = None
         if will_flag:
@@ -157,7 +175,7 @@ class V5(Timers):
             if code is None:
                 return False  # its password is being checked: offered again when done
             if code:
-                self.refuse(c, 0x86 if code == 4 else 0x87, "refused: reason code %d" % code)
+                self.refuse(c, 0x86 if code == 4 else 0x87, "bad user name or password" if code == 4 else "not authorized")
                 return True
         assigned = None
         if not cid:
@@ -204,6 +222,19 @@ class V5(Timers):
                 v.wdelay = wp[_P_WILL_DELAY]
         if _P_MAX_PACKET in found:
             v.max_out = found[_P_MAX_PACKET]
+        if found.get(_P_REQUEST_PROBLEM) == 0:
+            v.quiet = True  # MQTT-3.1.2-29
+        am = found.get(_P_ALIAS_MAX, 0)  # none or 0: no alias to this client (MQTT-3.1.2-27)
+        if am:
+            cap = self.cfg.get("max_topic_alias_out", _ALIASES_OUT)
+            if cap:
+                try:
+                    from .v5_alias import alias  # loaded at the first client that allows aliases
+
+                    self.alias = alias  # Router.write's, as a plain function
+                    v.amax = am if am < cap else cap  # MQTT-3.1.2-26
+                except MemoryError:
+                    pass  # no aliases for it: they only save bytes
         rm = found.get(_P_RECEIVE_MAX, 65535)
         if rm < b_.max_inflight:
             c.wmax = rm  # MQTT-3.3.4-9
@@ -227,16 +258,23 @@ class V5(Timers):
         st.connected += 1
         if st.connected > st.max_connected:
             st.max_connected = st.connected
-        b_.send(c, self.connack(present, assigned, told))
+        info = None
+        if found.get(_P_REQUEST_RESPONSE) == 1:  # only when asked (MQTT-3.1.2-28)
+            info = self.cfg.get("response_topic_prefix", "response").encode() + b"/" + cid
+            if len(info) > self.p.max_topic or not valid_topic(info):
+                info = None  # not a topic a client could use (a wildcard in the id, say)
+        b_.send(c, self.connack(present, assigned, told, info))
         self.server.log_event(c, "connected (MQTT 5)")
         if present:
             self.expire(s)
             b_.resend(s)
         return True
 
-    def connack(self, present, assigned, keepalive):
+    def connack(self, present, assigned, keepalive, info=None):
         """CONNACK 0 with what the server supports (MQTT 5.0 section 3.2.2.3). No Session
-        Expiry Interval: the client's is the one used (section 3.2.2.3.2)."""
+        Expiry Interval: the client's is the one used (section 3.2.2.3.2). Response
+        Information `info` (section 3.2.2.3.15) when given and within the client's Maximum
+        Packet Size."""
         pr = bytearray()
         put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
         mq = self.b.max_qos
@@ -254,6 +292,10 @@ class V5(Timers):
         put_u(pr, _P_SHARED_AVAILABLE, 1, 1)
         if keepalive:
             put_u(pr, _P_SERVER_KEEPALIVE, keepalive, 2)
+        if info is not None:
+            n = len(pr) + 3 + len(info)
+            if not self.lim or 3 + vbi_len(n) + n + vbi_len(2 + vbi_len(n) + n) <= self.lim:
+                put_str(pr, _P_RESPONSE_INFO, info)
         return packet(0x20, bytes((1 if present else 0, 0)), pr)
 
     def mark(self, s):
@@ -268,9 +310,11 @@ class V5(Timers):
             s.v5 = {}
 
     def drop(self, c, code, why):
-        """DISCONNECT with a reason code, then close (MQTT-3.14.4-1/2)."""
-        if c.v5 is not None:
-            self.b.send(c, disconnect(code))
+        """DISCONNECT with a reason code and `why` as its Reason String (left out if it would
+        exceed the client's Maximum Packet Size, MQTT-3.14.2-3), then close (MQTT-3.14.4-1/2)."""
+        v = c.v5
+        if v is not None:
+            self.b.send(c, self.told(c, 0xE0, 0, code, None, why) or disconnect(code))
         self.server.close(c, why, True, True)
 
     # ------------------------------------------------------------------ after CONNECT
@@ -325,7 +369,7 @@ class V5(Timers):
         if ptype == 6:  # PUBREL
             q2 = s.qos2in
             if not q2 or pid not in q2:
-                b_.send(c, ack(0x70, pid, 0x92))  # PUBCOMP: Packet Identifier not found
+                b_.send(c, self.told(c, 0x70, pid, 0x92) or ack(0x70, pid, 0x92))  # PUBCOMP: Packet Identifier not found
                 return True
             q2.remove(pid)
             b_.freed = True  # a publisher held back by that bound may go on
@@ -413,7 +457,8 @@ class V5(Timers):
             if found.get(1) == 1 and _check_message(found, mv, p, end):  # no call without the indicator
                 if not qos:
                     raise Malformed("payload is not UTF-8", 0x99)
-                b_.send(c, ack(0x40 if qos == 1 else 0x50, pid, 0x99))
+                b0 = 0x40 if qos == 1 else 0x50
+                b_.send(c, self.told(c, b0, pid, 0x99) or ack(b0, pid, 0x99))
                 return True
             if 0x102 in found or 0x123 in found or 0x118 in found:
                 fwd = forward(buf, found, self.server.now)
@@ -456,7 +501,8 @@ class V5(Timers):
             durable = True
         if acked is not None:
             return True
-        pkt = ack(0x40 if qos == 1 else 0x50, pid, code)
+        b0 = 0x40 if qos == 1 else 0x50
+        pkt = ack(b0, pid, code) if code < 0x80 else self.told(c, b0, pid, code) or ack(b0, pid, code)
         if per is not None and (durable or per.fresh or c.acks):
             per.acknowledge(c, pkt, durable)
         else:
@@ -533,7 +579,7 @@ class V5(Timers):
                 continue  # no retained messages for a shared subscription (section 4.8.2)
             if rh == 0 or (rh == 0x10 and fresh):  # MQTT-3.3.1-9/10/11
                 retained.append((flt, q))
-        b_.send(c, codes_packet(0x90, pid, codes))  # MQTT-3.8.4-1, 3.8.4-6
+        b_.send(c, self.told(c, 0x90, pid, max(codes), codes) or codes_packet(0x90, pid, codes))  # MQTT-3.8.4-1, 3.8.4-6
         for flt, q in retained:
             self.send_retained(s, flt, q, sid)
         return True
@@ -560,8 +606,20 @@ class V5(Timers):
                 codes.append(0)
             else:  # No subscription existed, or Topic Filter invalid (none can exist then)
                 codes.append(0x11 if valid_filter(flt) else 0x8F)
-        b_.send(c, codes_packet(0xB0, pid, codes))  # MQTT-3.11.3-1
+        b_.send(c, self.told(c, 0xB0, pid, max(codes), codes) or codes_packet(0xB0, pid, codes))  # MQTT-3.11.3-1
         return True
+
+    def told(self, c, b0, pid, code, codes=None, text=None):
+        """The packet b0 (CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK, DISCONNECT)
+        with reason code `code` and a Reason String (v5_reason.told, the module loaded at the
+        first); None when it goes without one, also when the heap has no room for that
+        module: the refusal matters more than its words."""
+        try:
+            from .v5_reason import told
+
+            return told(self, c, b0, pid, code, codes, text)
+        except MemoryError:
+            return None
 
     # ------------------------------------------------------------------ DISCONNECT
 
