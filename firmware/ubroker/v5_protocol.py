@@ -614,6 +614,8 @@ class V5(Timers):
         with reason code `code` and a Reason String (v5_reason.told, the module loaded at the
         first); None when it goes without one, also when the heap has no room for that
         module: the refusal matters more than its words."""
+        if code < 0x80:
+            return None  # success says nothing, and loads nothing (a SUBACK granting all)
         try:
             from .v5_reason import told
 

@@ -17,8 +17,8 @@ _WHY = b"\x87not authorized\x8ftopic filter invalid\x92packet id not found\x97li
 def told(v5, c, b0, pid, code, codes, text):
     """Packet b0 to connection c with reason code `code` (for SUBACK/UNSUBACK, `codes` given,
     the highest of them) and a Reason String: `text` for CONNACK and DISCONNECT, the words
-    for `code` in _WHY for the acknowledgements, which get one only when they refuse or fail
-    (0x80 or more) and the client did not ask for none (Request Problem Information 0,
+    for `code` (0x80 or more: V5.told asks for no other) in _WHY for the acknowledgements,
+    which get one only when the client did not ask for none (Request Problem Information 0,
     MQTT-3.1.2-29). None when it goes without: no words for it, or over the client's Maximum
     Packet Size (MQTT-3.2.2-19, 3.4.2-2, 3.5.2-2, 3.7.2-2, 3.9.2-1, 3.11.2-1, 3.14.2-3); for a
     CONNACK that size is V5.lim, -1 while it is not known."""
@@ -32,7 +32,7 @@ def told(v5, c, b0, pid, code, codes, text):
         limit = v.max_out
         if b0 == 0xE0:
             head = bytes((code,))
-        elif code < 0x80 or v.quiet:
+        elif v.quiet:
             return None
         else:
             head = bytes((pid >> 8, pid & 0xFF)) if codes else bytes((pid >> 8, pid & 0xFF, code))
