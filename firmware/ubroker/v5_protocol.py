@@ -38,7 +38,6 @@ _P_SERVER_KEEPALIVE = const(0x13)
 _P_AUTH_METHOD = const(0x15)
 _P_REQUEST_PROBLEM = const(0x17)
 _P_REQUEST_RESPONSE = const(0x19)
-_P_RESPONSE_INFO = const(0x1A)
 _P_RECEIVE_MAX = const(0x21)
 _P_ALIAS_MAX = const(0x22)
 _P_ALIAS = const(0x23)
@@ -51,9 +50,6 @@ _P_SHARED_AVAILABLE = const(0x2A)
 # Topic aliases a client may set on one connection (CONNACK Topic Alias Maximum): each is a
 # dict slot and a topic kept for the connection's life.
 _ALIASES = const(8)
-# Topic aliases the server may set towards one client (max_topic_alias_out's default): each
-# is a slot of that connection's alias dict, and keeps its topic alive while it lasts
-_ALIASES_OUT = const(4)
 # session.py's entry layout
 _QOS = const(1)
 _STAGE = const(3)
@@ -80,9 +76,9 @@ class V5Conn:
     expiry = 0  # Session Expiry Interval from CONNECT, or from DISCONNECT
     wdelay = 0  # the will's Will Delay Interval
     wprops = None  # the will's properties, as v5_route.forward gives them
-    quiet = False  # Request Problem Information 0: no Reason String on acknowledgements
-    amax = 0  # Topic Aliases the server may set: the client's maximum within the server's
-    aout = None  # topic -> Topic Alias the server set on this connection (v5_route.alias)
+    # Topic Aliases the server may set: the client's maximum within the server's; with it
+    # (v5_asked.py) aout, topic -> the alias set; quiet: Request Problem Information 0
+    amax = 0
 
 
 def load(proto):
@@ -123,7 +119,7 @@ class V5(Timers):
         with it as its Reason String when the client's Maximum Packet Size is known and room
         is left (MQTT-3.2.2-19). Request Problem Information 0 allows it on CONNACK
         (MQTT-3.1.2-29)."""
-        self.b.send(c, self.told(c, 0x20, 0, code, None, why) or bytes((0x20, 3, 0, code, 0)))
+        self.b.send(c, self.told(c, bytes((0x20, 3, 0, code, 0)), why))
         self.server.close(c, why, False, True)
 
     def _connect(self, c, buf, pos, end, flags, keepalive):
@@ -222,19 +218,11 @@ class V5(Timers):
                 v.wdelay = wp[_P_WILL_DELAY]
         if _P_MAX_PACKET in found:
             v.max_out = found[_P_MAX_PACKET]
-        if found.get(_P_REQUEST_PROBLEM) == 0:
-            v.quiet = True  # MQTT-3.1.2-29
-        am = found.get(_P_ALIAS_MAX, 0)  # none or 0: no alias to this client (MQTT-3.1.2-27)
-        if am:
-            cap = self.cfg.get("max_topic_alias_out", _ALIASES_OUT)
-            if cap:
-                try:
-                    from .v5_alias import alias  # loaded at the first client that allows aliases
+        info = None
+        if _P_ALIAS_MAX in found or _P_REQUEST_RESPONSE in found or _P_REQUEST_PROBLEM in found:
+            from .v5_asked import asked  # loaded at the first client asking for one of them
 
-                    self.alias = alias  # Router.write's, as a plain function
-                    v.amax = am if am < cap else cap  # MQTT-3.1.2-26
-                except MemoryError:
-                    pass  # no aliases for it: they only save bytes
+            info = asked(self, v, found, cid)
         rm = found.get(_P_RECEIVE_MAX, 65535)
         if rm < b_.max_inflight:
             c.wmax = rm  # MQTT-3.3.4-9
@@ -258,11 +246,6 @@ class V5(Timers):
         st.connected += 1
         if st.connected > st.max_connected:
             st.max_connected = st.connected
-        info = None
-        if found.get(_P_REQUEST_RESPONSE) == 1:  # only when asked (MQTT-3.1.2-28)
-            info = self.cfg.get("response_topic_prefix", "response").encode() + b"/" + cid
-            if len(info) > self.p.max_topic or not valid_topic(info):
-                info = None  # not a topic a client could use (a wildcard in the id, say)
         b_.send(c, self.connack(present, assigned, told, info))
         self.server.log_event(c, "connected (MQTT 5)")
         if present:
@@ -272,9 +255,9 @@ class V5(Timers):
 
     def connack(self, present, assigned, keepalive, info=None):
         """CONNACK 0 with what the server supports (MQTT 5.0 section 3.2.2.3). No Session
-        Expiry Interval: the client's is the one used (section 3.2.2.3.2). Response
-        Information `info` (section 3.2.2.3.15) when given and within the client's Maximum
-        Packet Size."""
+        Expiry Interval: the client's is the one used (section 3.2.2.3.2). `info`: the
+        Response Information property (v5_asked.py), left out unless the CONNACK stays
+        within the client's Maximum Packet Size counting its header at the most (11 bytes)."""
         pr = bytearray()
         put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
         mq = self.b.max_qos
@@ -292,10 +275,8 @@ class V5(Timers):
         put_u(pr, _P_SHARED_AVAILABLE, 1, 1)
         if keepalive:
             put_u(pr, _P_SERVER_KEEPALIVE, keepalive, 2)
-        if info is not None:
-            n = len(pr) + 3 + len(info)
-            if not self.lim or 3 + vbi_len(n) + n + vbi_len(2 + vbi_len(n) + n) <= self.lim:
-                put_str(pr, _P_RESPONSE_INFO, info)
+        if info is not None and (not self.lim or len(pr) + len(info) + 11 <= self.lim):
+            pr += info
         return packet(0x20, bytes((1 if present else 0, 0)), pr)
 
     def mark(self, s):
@@ -314,7 +295,7 @@ class V5(Timers):
         exceed the client's Maximum Packet Size, MQTT-3.14.2-3), then close (MQTT-3.14.4-1/2)."""
         v = c.v5
         if v is not None:
-            self.b.send(c, self.told(c, 0xE0, 0, code, None, why) or disconnect(code))
+            self.b.send(c, self.told(c, disconnect(code), why))
         self.server.close(c, why, True, True)
 
     # ------------------------------------------------------------------ after CONNECT
@@ -369,7 +350,7 @@ class V5(Timers):
         if ptype == 6:  # PUBREL
             q2 = s.qos2in
             if not q2 or pid not in q2:
-                b_.send(c, self.told(c, 0x70, pid, 0x92) or ack(0x70, pid, 0x92))  # PUBCOMP: Packet Identifier not found
+                b_.send(c, self.told(c, ack(0x70, pid, 0x92)))  # PUBCOMP: Packet Identifier not found
                 return True
             q2.remove(pid)
             b_.freed = True  # a publisher held back by that bound may go on
@@ -457,8 +438,7 @@ class V5(Timers):
             if found.get(1) == 1 and _check_message(found, mv, p, end):  # no call without the indicator
                 if not qos:
                     raise Malformed("payload is not UTF-8", 0x99)
-                b0 = 0x40 if qos == 1 else 0x50
-                b_.send(c, self.told(c, b0, pid, 0x99) or ack(b0, pid, 0x99))
+                b_.send(c, self.told(c, ack(0x40 if qos == 1 else 0x50, pid, 0x99)))
                 return True
             if 0x102 in found or 0x123 in found or 0x118 in found:
                 fwd = forward(buf, found, self.server.now)
@@ -501,8 +481,9 @@ class V5(Timers):
             durable = True
         if acked is not None:
             return True
-        b0 = 0x40 if qos == 1 else 0x50
-        pkt = ack(b0, pid, code) if code < 0x80 else self.told(c, b0, pid, code) or ack(b0, pid, code)
+        pkt = ack(0x40 if qos == 1 else 0x50, pid, code)
+        if code > 0x7F:
+            pkt = self.told(c, pkt)
         if per is not None and (durable or per.fresh or c.acks):
             per.acknowledge(c, pkt, durable)
         else:
@@ -579,7 +560,7 @@ class V5(Timers):
                 continue  # no retained messages for a shared subscription (section 4.8.2)
             if rh == 0 or (rh == 0x10 and fresh):  # MQTT-3.3.1-9/10/11
                 retained.append((flt, q))
-        b_.send(c, self.told(c, 0x90, pid, max(codes), codes) or codes_packet(0x90, pid, codes))  # MQTT-3.8.4-1, 3.8.4-6
+        b_.send(c, self.told(c, codes_packet(0x90, pid, codes)) if max(codes) > 0x7F else codes_packet(0x90, pid, codes))  # MQTT-3.8.4-1, 3.8.4-6
         for flt, q in retained:
             self.send_retained(s, flt, q, sid)
         return True
@@ -606,22 +587,20 @@ class V5(Timers):
                 codes.append(0)
             else:  # No subscription existed, or Topic Filter invalid (none can exist then)
                 codes.append(0x11 if valid_filter(flt) else 0x8F)
-        b_.send(c, self.told(c, 0xB0, pid, max(codes), codes) or codes_packet(0xB0, pid, codes))  # MQTT-3.11.3-1
+        b_.send(c, self.told(c, codes_packet(0xB0, pid, codes)) if max(codes) > 0x7F else codes_packet(0xB0, pid, codes))  # MQTT-3.11.3-1
         return True
 
-    def told(self, c, b0, pid, code, codes=None, text=None):
-        """The packet b0 (CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK, DISCONNECT)
-        with reason code `code` and a Reason String (v5_reason.told, the module loaded at the
-        first); None when it goes without one, also when the heap has no room for that
-        module: the refusal matters more than its words."""
-        if code < 0x80:
-            return None  # success says nothing, and loads nothing (a SUBACK granting all)
+    def told(self, c, pkt, text=None):
+        """pkt, a CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK or DISCONNECT that
+        refuses or fails something, with a Reason String where it may have one
+        (v5_reason.told, the module loaded at the first); as it is when the heap has no room
+        for that module: the refusal matters more than its words."""
         try:
             from .v5_reason import told
 
-            return told(self, c, b0, pid, code, codes, text)
+            return told(self, c, pkt, text) or pkt
         except MemoryError:
-            return None
+            return pkt
 
     # ------------------------------------------------------------------ DISCONNECT
 

@@ -14,28 +14,38 @@ from .v5_codec import put_str, vbi_len
 _WHY = b"\x87not authorized\x8ftopic filter invalid\x92packet id not found\x97limit reached\x99payload not UTF-8\x80"
 
 
-def told(v5, c, b0, pid, code, codes, text):
-    """Packet b0 to connection c with reason code `code` (for SUBACK/UNSUBACK, `codes` given,
-    the highest of them) and a Reason String: `text` for CONNACK and DISCONNECT, the words
-    for `code` (0x80 or more: V5.told asks for no other) in _WHY for the acknowledgements,
-    which get one only when the client did not ask for none (Request Problem Information 0,
+def told(v5, c, pkt, text):
+    """pkt (as v5_codec or V5.refuse made it: no properties)
+    with a Reason String: `text` for CONNACK and DISCONNECT, the words for its reason code
+    (for SUBACK and UNSUBACK the highest of its codes) in _WHY for the others, which get one
+    only when the client did not ask for none (Request Problem Information 0,
     MQTT-3.1.2-29). None when it goes without: no words for it, or over the client's Maximum
     Packet Size (MQTT-3.2.2-19, 3.4.2-2, 3.5.2-2, 3.7.2-2, 3.9.2-1, 3.11.2-1, 3.14.2-3); for a
     CONNACK that size is V5.lim, -1 while it is not known."""
-    if b0 == 0x20:
-        head = bytes((0, code))
+    b0 = pkt[0]
+    k = 2  # after the remaining length
+    while pkt[k - 1] > 0x7F:
+        k += 1
+    tail = b""
+    if b0 == 0x20:  # CONNACK: flags, code, properties 0
+        head = pkt[k : k + 2]
         limit = v5.lim
         if limit < 0:
             return None
     else:
         v = c.v5
         limit = v.max_out
-        if b0 == 0xE0:
-            head = bytes((code,))
-        elif v.quiet:
+        if b0 == 0xE0:  # DISCONNECT: code
+            head = pkt[k : k + 1]
+        elif getattr(v, "quiet", False):
             return None
-        else:
-            head = bytes((pid >> 8, pid & 0xFF)) if codes else bytes((pid >> 8, pid & 0xFF, code))
+        elif b0 == 0x90 or b0 == 0xB0:  # SUBACK, UNSUBACK: packet id, properties 0, codes
+            head = pkt[k : k + 2]
+            tail = pkt[k + 3 :]
+            code = max(tail)
+        else:  # PUBACK, PUBREC, PUBCOMP: packet id, code
+            head = pkt[k : k + 3]
+            code = pkt[k + 2]
     if text is None:
         i = _WHY.find(bytes((code,)))
         if i < 0:
@@ -46,7 +56,6 @@ def told(v5, c, b0, pid, code, codes, text):
         text = _WHY[i + 1 : j]
     else:
         text = text.encode()
-    tail = codes or b""
     n = 3 + len(text)
     rl = len(head) + vbi_len(n) + n + len(tail)
     if limit and 1 + vbi_len(rl) + rl > limit:

@@ -26,7 +26,7 @@ _PID = const(0)
 _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_ACK = const(0)
-# A topic gets a Topic Alias from the server (v5_alias.py) only from this length on: its
+# A topic gets a Topic Alias from the server (v5_asked.py) only from this length on: its
 # first PUBLISH costs 3 bytes more, each later one saves len(topic) - 3, and a connection
 # has few aliases
 _ALIAS_MIN = const(8)
