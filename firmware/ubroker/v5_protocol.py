@@ -293,8 +293,7 @@ class V5(Timers):
     def drop(self, c, code, why):
         """DISCONNECT with a reason code and `why` as its Reason String (left out if it would
         exceed the client's Maximum Packet Size, MQTT-3.14.2-3), then close (MQTT-3.14.4-1/2)."""
-        v = c.v5
-        if v is not None:
+        if c.v5 is not None:
             self.b.send(c, self.told(c, disconnect(code), why))
         self.server.close(c, why, True, True)
 
