@@ -269,7 +269,7 @@ class Router:
                 self.dropped(c.sess, at)
             return
         if v.amax and len(topic) >= _ALIAS_MIN:  # only to a client that asked (MQTT-3.1.2-27)
-            topic, pr = self.alias(v, topic, payload, qos, pr)
+            topic, pr = self.alias(v, topic, payload, qos, pr)  # type: ignore[attr-defined]
         out = b._out(c)
         tl = len(topic)
         rl = 2 + tl + vbi_len(len(pr)) + len(pr) + len(payload)
