@@ -5,13 +5,15 @@ Maximum above 0 (Topic Aliases from the server, section 3.3.2.3.4). v5_protocol.
 module at the first CONNECT that carries one of these, so a broker whose v5 clients ask for
 none of them carries none of it."""
 
+from micropython import const
+
 from .topics import valid_topic
 from .v5_codec import put_str
 from .v5_route import _size  # the PUBLISH's size as Maximum Packet Size counts it
 
 # Topic aliases the server may set towards one client (max_topic_alias_out's default): each
 # keeps its topic alive in the connection's table for the connection's life
-_ALIASES_OUT = 4
+_ALIASES_OUT = const(4)
 
 
 def asked(v5, v, found, cid):
