@@ -87,6 +87,9 @@ def load(proto):
     v = getattr(b, "v5", None)  # an attribute of the broker only once loaded
     if v is None:
         b.v5 = v = V5(proto)
+        # Messages of v5 publishers may expire in any session, a 3.1.1 client's too
+        # (MQTT-3.3.2-5): a session taken back drops them first (Router.resend)
+        b.resend = v.resend
     return v
 
 
@@ -249,8 +252,7 @@ class V5(Timers):
         b_.send(c, self.connack(present, assigned, told, info))
         self.server.log_event(c, "connected (MQTT 5)")
         if present:
-            self.expire(s)
-            b_.resend(s)
+            b_.resend(s)  # Router.resend: what expired meanwhile is dropped first
         return True
 
     def connack(self, present, assigned, keepalive, info=None):
