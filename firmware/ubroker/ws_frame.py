@@ -21,6 +21,11 @@ import gc
 
 from micropython import const
 
+try:  # the payload loop as machine code where the port makes it (ws_unmask.py)
+    from .ws_unmask import unmask as _unmask
+except Exception:  # ImportError: not built for this board; SyntaxError: no native emitter
+    _unmask = None  # type: ignore[assignment]
+
 # h: the frame header being read (its mask key stays there while the payload comes), then
 _HN = const(14)  # how many header bytes are in
 _MP = const(15)  # where in the mask key the next payload byte is
@@ -153,6 +158,9 @@ class WsSock:
             if h[0] & 8:  # a control frame's payload, collected
                 for j in range(k):
                     self.ctl.append(buf[i + j] ^ h[hk + ((mp + j) & 3)])
+            elif _unmask is not None:
+                _unmask(buf, o, i, k, h, hk, mp)
+                o += k
             else:
                 for j in range(k):
                     buf[o + j] = buf[i + j] ^ h[hk + ((mp + j) & 3)]
