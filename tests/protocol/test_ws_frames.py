@@ -189,6 +189,8 @@ def test_socket_closed_mid_frame(wsb):
 
 
 PARTIAL = r'''
+import sys
+
 from ubroker.ws_frame import WsSock
 
 
@@ -210,6 +212,9 @@ class Tight:
 
 
 WsSock.limit = 1 << 20
+if len(sys.argv) > 1:  # as Ws sets it: header and payload copied into one write where they fit
+    WsSock.sc = bytearray(int(sys.argv[1]))
+    WsSock.sn = int(sys.argv[1]) - 4
 w = WsSock(Tight())
 w.h[16] = 1  # open (ws_frame._FL, _OPEN)
 # What the server does: write what is waiting; keep what was not taken; add more behind it.
@@ -226,16 +231,19 @@ print(bytes(w.s.sent).hex())
 '''
 
 
-def test_partial_writes_continue_the_same_frame(tmp_path):
+@pytest.mark.parametrize("scratch", [None, 1024], ids=["two_writes", "one_write"])
+def test_partial_writes_continue_the_same_frame(tmp_path, scratch):
     """A socket that takes a few bytes at a time (and sometimes none) cuts frame headers and
     payloads: the next write continues the same frame, and what arrives is whole binary frames,
     FIN set, carrying exactly the bytes given, the longest cut at 65,535 (RFC 6455 section
-    5.2). Run in the MicroPython unix port on ws_frame.WsSock."""
+    5.2). Run in the MicroPython unix port on ws_frame.WsSock, with the header written on its
+    own and (one_write) copied with the payload into a scratch buffer where that fits."""
     script = tmp_path / "partial.py"
     script.write_text(PARTIAL)
     env = dict(os.environ)
     env["MICROPYPATH"] = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
-    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "micropython"), str(script)],
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "micropython"), str(script)]
+                       + ([str(scratch)] if scratch else []),
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     wire = bytes.fromhex(r.stdout.strip())
