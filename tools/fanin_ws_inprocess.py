@@ -30,6 +30,9 @@ PORT = int(os.getenv("PORT", "21995"))
 N = int(os.getenv("N", "20000"))
 PUBS = 8
 WINDOW = 20  # as loadgen's default: messages each publisher sends before it reads its PUBACKs
+# Messages per frame a publisher sends (loadgen: what it has queued when it writes, one to
+# WINDOW); WS_FRAME=1 for the per-frame cost.
+PER_FRAME = int(os.getenv("WS_FRAME", str(WINDOW)))
 
 listeners = [(PORT, "127.0.0.1"), (PORT + 1, "127.0.0.1")]
 cfg = resolve(load(os.getcwd() + "/boards/unix.conf"), {"listener": listeners})
@@ -63,6 +66,11 @@ def pump(n=3):
         sv.one_pass()
 
 
+def frame(b):
+    n = len(b)
+    return (bytes((0x82, 0x80 | n)) if n < 126 else bytes((0x82, 0xFE, n >> 8, n & 255))) + b"\0\0\0\0" + b
+
+
 class Client:
     """A socket that frames what it writes (masked, key 0) and de-frames what it reads when
     WS is on; plain otherwise."""
@@ -84,10 +92,10 @@ class Client:
         self.read_all(True)
 
     def write(self, b):
-        if WS:
-            n = len(b)
-            b = (bytes((0x82, 0x80 | n)) if n < 126 else bytes((0x82, 0xFE, n >> 8, n & 255))) + b"\0\0\0\0" + b
-        self.c.write(b)
+        """b: bytes, or a list of pieces, each its own frame (WS); all in one write."""
+        if type(b) is not list:
+            b = [b]
+        self.c.write(b"".join([frame(x) for x in b] if WS else b))
 
     def read_all(self, block=False):
         d = self.c.recv(200) if block else self.c.read(65536)
@@ -121,12 +129,12 @@ pubs = [Client(b"pub%d" % i) for i in range(PUBS)]
 
 
 def batch(i, seq):
-    out = bytearray()
+    out = []
     for j in range(WINDOW):
         pid = (seq + j) % 65535 + 1
         body = s_(b"bench/ws/%d" % i) + struct.pack(">H", pid) + struct.pack(">BI", i, seq + j) + b"." * 11
-        out += packet(0x32, body)
-    return bytes(out)
+        out.append(packet(0x32, body))
+    return [b"".join(out[k : k + PER_FRAME]) for k in range(0, WINDOW, PER_FRAME)]
 
 
 for p in pubs:

@@ -129,20 +129,39 @@ class WsSock:
         rem = self.rem
         i = o = 0
         while i < n:
-            if rem == 0:  # a header, byte by byte: it may arrive split over reads
-                hn = h[_HN]
-                h[hn] = buf[i]
-                i += 1
-                hn += 1
-                h[_HN] = hn
-                if hn == 2:
-                    self._check(h)
-                if hn < 6:
-                    continue
-                ln = h[1] & 127
-                if hn < (6 if ln < 126 else 8 if ln == 126 else 14):
-                    continue
-                h[_HN] = h[_MP] = 0
+            if rem == 0:
+                ln = buf[i + 1] & 127 if n - i >= 8 and h[_HN] == 0 else 127
+                if ln < 127:
+                    # The usual header, whole in buf: taken at once, not a byte a turn
+                    # (6.5k instructions a frame less: fanin_ws_inprocess.py WS_FRAME=1, callgrind)
+                    b0 = h[0] = buf[i]
+                    b1 = h[1] = buf[i + 1]
+                    h[2] = buf[i + 2]
+                    h[3] = buf[i + 3]
+                    h[4] = buf[i + 4]
+                    h[5] = buf[i + 5]
+                    i += 6
+                    if ln == 126:
+                        h[6] = buf[i]
+                        h[7] = buf[i + 1]
+                        i += 2
+                    if b0 != 0x82 or not b1 & 0x80 or h[_FL] & _FRAG:  # not FIN binary masked
+                        self._check(h)
+                    h[_MP] = 0
+                else:  # byte by byte: it may arrive split over reads
+                    hn = h[_HN]
+                    h[hn] = buf[i]
+                    i += 1
+                    hn += 1
+                    h[_HN] = hn
+                    if hn == 2:
+                        self._check(h)
+                    if hn < 6:
+                        continue
+                    ln = h[1] & 127
+                    if hn < (6 if ln < 126 else 8 if ln == 126 else 14):
+                        continue
+                    h[_HN] = h[_MP] = 0
                 if ln == 126:
                     ln = h[2] << 8 | h[3]
                 elif ln == 127:
