@@ -65,7 +65,7 @@ def mpy_cross_cmd():
 
 # A module written in viper (firmware/ubroker/ws_unmask.py) is machine code or nothing.
 _MACHINE_CODE_ONLY = "@micropython.viper"
-_NO_MACHINE_CODE = "raise ImportError('%s: machine code, not built without an arch')\n"
+_NO_MACHINE_CODE = "raise ImportError\n"  # no message: its words would be interned for good
 
 
 def compile_one(src, dst, arch, source_name, native=False, opt=0):
@@ -77,7 +77,7 @@ def compile_one(src, dst, arch, source_name, native=False, opt=0):
     if stub:
         src = dst + ".py"
         with open(src, "w") as f:
-            f.write(_NO_MACHINE_CODE % source_name)
+            f.write(_NO_MACHINE_CODE)
     try:
         _mpy_cross(src, dst, arch, source_name, native, opt)
     finally:
