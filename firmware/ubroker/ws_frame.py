@@ -2,9 +2,12 @@
 Conn (conn.sock) and gives the server readinto(), write() and close(). readinto() reads the
 socket into the buffer it is given and de-frames there, in place: headers are taken out,
 payloads unmasked and moved down, so the MQTT parser sees the same bytes as on TCP (MQTT
-packets and frame boundaries need not line up, MQTT-6.0.0-2). write() sends a 2- or 4-byte
-binary frame header and then the caller's bytes, never a copy of them; a partial write
-continues the same frame on the next call. Ping, pong and close are answered here.
+packets and frame boundaries need not line up, MQTT-6.0.0-2); payloads are unmasked by
+ws_unmask.py's machine code where the port has it. write() sends a 2- or 4-byte binary frame
+header and the caller's bytes in one write, copied behind the header into the broker's
+scratch buffer where they fit (a copy costs less than a write of its own), else header and
+bytes apart; a partial write continues the same frame on the next call. Ping, pong and close
+are answered here.
 
 Why the poll registers the socket under the wrapper and not the wrapper: MicroPython's
 select.poll takes any object with a stream ioctl, and on the unix port it would poll a
@@ -252,10 +255,10 @@ class WsSock:
         s = self.s
         n = len(data)
         sc = self.sc
-        if n <= self.sn and self.ol == 0 and self.oh is None and data is not sc:
+        if 0 < n <= self.sn and self.ol == 0 and self.oh is None and data is not sc:
             # One write, not two: the header alone was a write and a TCP segment of its own
-            # (2 of the 4 writes per pass of each fan-in publisher; its reader woke for
-            # it). Copying a payload of up to out_buffer_size costs far less than a write.
+            # (half the broker's writes in the fan-in over WebSockets, strace), which woke
+            # the reader for 2 bytes. Copying up to out_buffer_size costs less than a write.
             # The scratch is free here: Broker._out fills it only to write it at once, and
             # that write (data is sc) takes the two writes below.
             if n < 126:
