@@ -207,7 +207,9 @@ def measure(tree, work):
     for path, src in firmware.package_modules().items():
         dst = os.path.join(work, "mpy-files", path[:-3] + ".mpy")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        subprocess.run([mpy_cross, "-O%d" % OPT, "-s", os.path.basename(path), "-o", dst, src], check=True)
+        with open(src) as f:  # viper (ws_unmask.py) needs the arch: the qemu board's Cortex-M3
+            arch = ["-march=armv7m"] if "@micropython.viper" in f.read() else []
+        subprocess.run([mpy_cross, "-O%d" % OPT, "-s", os.path.basename(path), "-o", dst, src] + arch, check=True)
         with open(dst, "rb") as f:
             files[path[:-3] + ".mpy"] = f.read()
     from_mpy = run(plain_elf, files, order)

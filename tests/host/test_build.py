@@ -295,3 +295,31 @@ def test_run_heap_at_start_is_the_same_wherever_the_project_is_cloned(tmp_path):
     with open(str(deep / "build" / "run-O3" / "ubroker" / "broker.mpy"), "rb") as f:
         code = f.read()
     assert b"ubroker/broker.py" in code and str(deep).encode() not in code
+
+
+def test_a_viper_module_without_an_arch_is_built_as_an_import_error(tmp_path):
+    """mpy-cross refuses viper code without -march; the build's compile step turns such a
+    module (ws_unmask.py) into one whose import raises ImportError, which ws_frame.py takes
+    as "unmask in bytecode". With this micropython's own arch it is the machine code."""
+    src = os.path.join(paths.FIRMWARE, "ubroker", "ws_unmask.py")
+    probe = ("try:\n    from ws_unmask import unmask\nexcept ImportError:\n    print('fallback')\nelse:\n"
+             "    b = bytearray(b'..abcde')\n    unmask(b, 0, 2, 5, b'\\x01\\x02\\x03\\x04', 0, 0)\n"
+             "    print(bytes(b[:5]))\n")
+    out = {}
+    for arch in ("none", run_native_arch()):
+        lib = tmp_path / arch
+        lib.mkdir()
+        build.compile_one(src, str(lib / "ws_unmask.mpy"), arch, "ubroker/ws_unmask.py")
+        r = subprocess.run([paths.micropython(), "-c", probe], capture_output=True, text=True,
+                           env=dict(os.environ, MICROPYPATH=str(lib)), timeout=30)
+        out[arch] = r.stdout.strip() or r.stderr
+    assert out == {"none": "fallback", run_native_arch(): "b'````d'"}, out  # abcde ^ 01020304
+
+
+def run_native_arch():
+    from ubroker_tools import run
+
+    arch = run.native_arch(paths.micropython())
+    if arch is None:
+        pytest.fail("this micropython has no native emitter: the machine-code half cannot be checked")
+    return arch

@@ -189,6 +189,8 @@ def test_socket_closed_mid_frame(wsb):
 
 
 PARTIAL = r'''
+import sys
+
 from ubroker.ws_frame import WsSock
 
 
@@ -210,6 +212,9 @@ class Tight:
 
 
 WsSock.limit = 1 << 20
+if len(sys.argv) > 1:  # as Ws sets it: header and payload copied into one write where they fit
+    WsSock.sc = bytearray(int(sys.argv[1]))
+    WsSock.sn = int(sys.argv[1]) - 4
 w = WsSock(Tight())
 w.h[16] = 1  # open (ws_frame._FL, _OPEN)
 # What the server does: write what is waiting; keep what was not taken; add more behind it.
@@ -226,16 +231,19 @@ print(bytes(w.s.sent).hex())
 '''
 
 
-def test_partial_writes_continue_the_same_frame(tmp_path):
+@pytest.mark.parametrize("scratch", [None, 1024], ids=["two_writes", "one_write"])
+def test_partial_writes_continue_the_same_frame(tmp_path, scratch):
     """A socket that takes a few bytes at a time (and sometimes none) cuts frame headers and
     payloads: the next write continues the same frame, and what arrives is whole binary frames,
     FIN set, carrying exactly the bytes given, the longest cut at 65,535 (RFC 6455 section
-    5.2). Run in the MicroPython unix port on ws_frame.WsSock."""
+    5.2). Run in the MicroPython unix port on ws_frame.WsSock, with the header written on its
+    own and (one_write) copied with the payload into a scratch buffer where that fits."""
     script = tmp_path / "partial.py"
     script.write_text(PARTIAL)
     env = dict(os.environ)
     env["MICROPYPATH"] = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
-    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "micropython"), str(script)],
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "micropython"), str(script)]
+                       + ([str(scratch)] if scratch else []),
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     wire = bytes.fromhex(r.stdout.strip())
@@ -251,3 +259,64 @@ def test_partial_writes_continue_the_same_frame(tmp_path):
         wire = wire[at + n:]
     assert payload == b"a" * 100 + b"b" * 300 + b"c" * 5 + b"d" * 70000
     assert max(lengths) == 65535
+
+
+UNMASK = r'''
+import random
+
+import ubroker.ws_frame as wf
+from ubroker.ws_frame import WsSock
+
+random.seed(16)
+
+
+class Pieces:
+    """A socket that hands out the wire in pieces of random length."""
+
+    def __init__(self, wire):
+        self.wire = wire
+        self.at = 0
+
+    def readinto(self, buf):
+        k = min(len(self.wire) - self.at, random.randint(1, 300), len(buf))
+        buf[:k] = self.wire[self.at : self.at + k]
+        self.at += k
+        return k
+
+
+def masked(payload):
+    key = bytes(random.getrandbits(8) for _ in range(4))
+    n = len(payload)
+    head = bytes([0x82]) + (bytes([0x80 | n]) if n < 126 else bytes([0xFE, n >> 8, n & 255]))
+    return head + key + bytes(x ^ key[i & 3] for i, x in enumerate(payload))
+
+
+payloads = [bytes(random.getrandbits(8) for _ in range(random.randint(1, 700))) for _ in range(60)]
+wire = b"".join(masked(p) for p in payloads)
+WsSock.limit = 4096
+for name, fn in (("machine", wf._unmask), ("bytecode", None)):
+    wf._unmask = fn
+    w = WsSock(Pieces(wire))
+    w.h[16] = 1  # open (ws_frame._FL, _OPEN)
+    buf = bytearray(512)
+    got = bytearray()
+    while w.s.at < len(wire):
+        n = w.readinto(buf) or 0
+        got.extend(buf[:n])
+    print(name, fn is not None, int(bytes(got) == b"".join(payloads)))
+'''
+
+
+def test_unmask_in_machine_code_and_in_bytecode_agree(tmp_path):
+    """The payloads of 60 frames (1 to 700 bytes, random keys, read in random pieces that cut
+    headers, keys and payloads) come out right both through ws_unmask.py's viper code (which
+    this unix port compiles) and through ws_frame.py's bytecode loop, the fallback of a port
+    without a native emitter. Run in the MicroPython unix port."""
+    script = tmp_path / "unmask.py"
+    script.write_text(UNMASK)
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "micropython"), str(script)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["machine", "True", "1", "bytecode", "False", "1"], r.stdout

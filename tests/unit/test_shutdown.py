@@ -6,7 +6,7 @@ was stopped with SIGINT; it iterated conns.values(), a view object on the heap).
 
 The real Server in one MicroPython process (tests/support/broker_sim.py), three connected
 clients with output waiting, on sockets whose write and close allocate nothing, as the
-port's own do; the third over a WebSocket (ws_frame.WsSock), whose framing needs the heap:
+port's own do; the third over a WebSocket (ws_frame.WsSock), whose close frame needs the heap:
 what cannot be framed goes unsent, and the socket still closes."""
 
 import os
@@ -70,6 +70,6 @@ def test_shutdown_with_the_heap_locked_sends_what_waits_and_closes(tmp_path):
     r = subprocess.run([MICROPYTHON, str(script), str(tmp_path / "store")], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    # a and b: the PINGRESP; w: its frame header only (the payload's slice and the close frame
-    # need the heap), and closed all the same
-    assert r.stdout.splitlines()[-1] == "stopped [(2, True), (2, True), (2, True)] 0"
+    # a and b: the PINGRESP; w: its frame, header and payload in one write through the broker's
+    # scratch buffer (the close frame after it needs the heap), and closed all the same
+    assert r.stdout.splitlines()[-1] == "stopped [(2, True), (2, True), (4, True)] 0"
