@@ -37,6 +37,12 @@ _UNSENT = const(3)  # on flash as not sent yet
 _MOVED = ("msgs_in", "msgs_out", "pub_in", "pub_out", "bytes_in", "bytes_out")
 _LOW = const(1 << 29)
 
+# The message of an in-flight entry whose PUBLISH was written at once to a 3.1.1 clean
+# session's connection (Broker.publish): no copy is kept, as none is ever sent again: the
+# session ends with its connection (MQTT-3.1.2-6) and 3.1.1 resends only on reconnection
+# (MQTT-4.4.0-1). Its cost() is ENTRY_COST, the entry's own, for held_bytes.
+_WRITTEN = (b"", b"", 0)
+
 
 class Stats:
     """Counters reported under $SYS. msgs_in counts every packet taken, msgs_out every packet
@@ -126,6 +132,11 @@ class Broker:
         # fills it, publish() and send() copy it into the output (no packet object).
         self.pkt = bytearray(b"\x40\x02\x00\x00")
         self.freed = False  # a window or queue made room: paused publishers may resume
+        # In-flight entries of _WRITTEN messages given back by release(), reused by publish():
+        # a QoS 1/2 delivery then allocates nothing (tools/heap32). spare[:nspare], in a list
+        # of fixed length: one that grew and shrank would be reallocated as it did.
+        self.spare = [None] * self.max_inflight  # type: list
+        self.nspare = 0
         self.stats = Stats()
 
     # ---------------------------------------------------------------- output
@@ -186,23 +197,7 @@ class Broker:
         if conn.bridge is not None:
             topic = conn.bridge.remote_topic(topic)
         out = self._out(conn)
-        # The PUBLISH encoded here, inline: this runs for every message delivered
-        tl = _len(topic)
-        rl = 2 + tl + _len(payload)
-        if qos:
-            rl += 2
-        out.append(0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0))
-        if rl < 128:
-            out.append(rl)
-        else:
-            put_length(out, rl)
-        out.append(tl >> 8)
-        out.append(tl & 0xFF)
-        out += topic
-        if qos:
-            out.append(pid >> 8)
-            out.append(pid & 0xFF)
-        out += payload
+        _put_publish(out, 0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0), topic, payload, pid)
         self.stats.pub_out += 1
         self._done(conn, out)
 
@@ -350,6 +345,41 @@ class Broker:
                 if s.fwd is not None:  # QoS 0 is not kept for an upstream unreachable or backed up
                     s.fwd.dropped += 1
                 continue
+            c = s.conn
+            # deliver()'s usual case for a 3.1.1 clean session (sendable(), inline): written
+            # now, with no copy kept (_WRITTEN)
+            w = s.inflight
+            if s.clean and c is not None and c.v5 is None and c.bridge is None and not s.queue and \
+                    (not w or _len(w) < (c.wmax or self.max_inflight)) and \
+                    (c.out is None or _len(c.out) < self.out_limit):
+                # Inline, not a call: a frame of that many words is a heap block per call
+                # (MicroPython's fun_bc_call; more than 11 words of state)
+                pid = s.pid + 1  # next_pid()'s usual case, as in deliver()
+                if pid > 65535:
+                    pid = 1
+                if s.safe:
+                    s.pid = pid
+                    s.safe -= 1
+                else:
+                    pid = s.next_pid()
+                e = self.nspare
+                if e:  # a spare entry (release)
+                    self.nspare = e = e - 1
+                    e = self.spare[e]
+                    e[_PID] = pid
+                    e[_QOS] = q
+                    e[_STAGE] = _AWAIT_ACK
+                else:
+                    e = [pid, q, _WRITTEN, _AWAIT_ACK]
+                if w is None:
+                    s.inflight = w = []
+                w.append(e)
+                self.held_bytes += ENTRY_COST
+                out = self._out(c)  # _write_publish()'s work without its frame (heap, as above)
+                _put_publish(out, 0x30 | q << 1, topic, payload, pid)
+                self.stats.pub_out += 1
+                self._done(c, out)
+                continue
             if msg is None:
                 msg = [topic, _bytes(payload), 0]  # MSG layout (session.py): topic, payload, mid
             self.deliver(s, msg, q, False, size)
@@ -429,7 +459,12 @@ class Broker:
         e = s.inflight.pop(i)
         m = e[_MSG]
         self.held_bytes -= _len(m[0]) + _len(m[1]) + ENTRY_COST  # cost(m)
-        if _len(e) > 4 and self.persist is not None:  # only entries with the store's fields
+        if m is _WRITTEN:
+            i = self.nspare  # (i reused: a local more would put the frame on the heap)
+            if i < _len(self.spare):  # referenced nowhere else: reused
+                self.spare[i] = e
+                self.nspare = i + 1
+        elif _len(e) > 4 and self.persist is not None:  # only entries with the store's fields
             self.persist.entry_done(s, e)
         self.freed = True
         if s.queue:
@@ -582,3 +617,25 @@ class Broker:
                 self.drop_session(s)
         if will is not None and abnormal:
             self.publish(will[0], will[1], will[2], will[3], True)
+
+
+def _put_publish(out, b0, topic, payload, pid):
+    """A PUBLISH appended to out: first byte b0, then for QoS 1/2 (b0 & 6) the packet id pid.
+    Runs for every message delivered; a function of few words of state, whose frame fits the
+    C stack, where a method of Broker with its arguments would take a heap block per call."""
+    tl = _len(topic)
+    rl = 2 + tl + _len(payload)
+    if b0 & 6:
+        rl += 2
+    out.append(b0)
+    if rl < 128:
+        out.append(rl)
+    else:
+        put_length(out, rl)
+    out.append(tl >> 8)
+    out.append(tl & 0xFF)
+    out += topic
+    if b0 & 6:
+        out.append(pid >> 8)
+        out.append(pid & 0xFF)
+    out += payload
