@@ -30,7 +30,7 @@ _STAGE = const(3)
 _AWAIT_COMP = const(1)
 # Read-buffer views kept for reuse (Protocol.view), at most
 _VIEWS = const(8)
-_SMALL_MAX = const((1 << 30) - 1)  # the largest small int on 32 bits
+_VEND = const(1 << 14)  # view()'s keys, end << 16 | start, stay small ints on 32 bits below it
 
 # Fixed-header flag bits each type must carry (MQTT-2.2.2-1/2); PUBLISH is checked apart.
 _FLAGS = (None, 0, None, None, 0, 0, 2, 0, 2, None, 2, None, 0, None, 0, None)
@@ -51,14 +51,9 @@ class Protocol:
         self.max_topic = cfg["max_topic_length"]
         self.pkt = broker.pkt  # acknowledgements written in place (answer(), publish)
         # The steady state allocates nothing (tools/heap32: a small board's heap is not churned
-        # per message): topic names published before, kept by fingerprint (publish), and
-        # views of the read buffer, by where they start and end (view); both reused.
-        self.names = {}
+        # per message): views of the read buffer are kept by where they start and end (view)
+        # and reused, as topic names are (Index.names)
         self.views = {}
-        # view()'s key, end * vspan + start, where start (a packet's at most 5 bytes in, its
-        # topic and packet id) < vspan; 0 where the keys would pass the small ints
-        n = self.max_topic + 12
-        self.vspan = n if n * (len(server.rbuf) + 1) <= _SMALL_MAX else 0
         # Passwords and access rules (sec_auth.py, sec_acl.py) are loaded only when configured: a
         # broker without them pays neither their code nor a check per packet.
         # guard: auth.Guard, acl: acl.Acl, sec: the one that checks a CONNECT (secfiles.load)
@@ -309,7 +304,7 @@ class Protocol:
         rmv = self.rmv
         # A name published before is found without a copy: by a fingerprint of its length and
         # a few of its bytes, then compared whole. Those names were checked when first seen.
-        names = self.names
+        names = self.index.names
         topic = None
         fp = 0
         if p > a:
@@ -372,9 +367,8 @@ class Protocol:
                 pkt[2] = pid >> 8
                 pkt[3] = pid & 0xFF
             # Views kept only for a packet at the start of the read buffer (pos < 6: the
-            # usual one packet per read; p - pos <= max_topic + 4), not for a burst's
-            # packets, whose offsets vary.
-            if pos < 6 and self.vspan:
+            # usual one packet per read), not for a burst's packets, whose offsets vary.
+            if pos < 6 and end < _VEND:
                 payload = self.view(p, end)
                 raw = self.view(pos, end) if qos == 0 else None
             else:
@@ -404,7 +398,7 @@ class Protocol:
         message, and a slice of rmv per packet was a heap block (16 B on 32 bits). The bytes
         seen through it are the buffer's at the time of use, as with a fresh slice."""
         views = self.views
-        k = b * self.vspan + a
+        k = b << 16 | a
         v = views.get(k)
         if v is None:
             v = self.rmv[a:b]

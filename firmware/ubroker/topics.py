@@ -75,6 +75,10 @@ class Index:
         self.cache = {}  # topic -> [client, qos, ...] merged over all matching filters
         self.cache_size = cache_size
         self._seq = 0
+        # Topic names published before, by a fingerprint of a few of their bytes: the 3.1.1
+        # parser finds the bytes object of a name without a copy (protocol.py, publish), and
+        # the cache and the index are then asked with it. Up to cache_size of them.
+        self.names = {}
 
     def route(self, topic):
         """The clients a message on topic goes to, each once with the highest QoS of its
