@@ -1,4 +1,4 @@
-/* loadgen: the MQTT 3.1.1 load generator of `ubroker bench`.
+/* loadgen: the MQTT 3.1.1 and 5.0 load generator of `ubroker bench`.
  *
  * One single-threaded poll() loop drives every connection with pre-encoded packets written in
  * large batches, so that on a 2-core machine it needs a fraction of one core while the broker
@@ -17,6 +17,12 @@
  *                                            them until stdin closes, then disconnects
  * --ws PATH puts every connection of fanin, fanout, latency or idle over WebSockets (RFC 6455): the
  * Upgrade on PATH, then masked binary frames; the verification is the same as over TCP.
+ * --v5 (fanin, fanout) speaks MQTT 5.0: every PUBLISH carries one User Property, which must come
+ * back unaltered (MQTT-3.3.2-17/18), each delivery must be on its publisher's topic, and an
+ * acknowledgement with a reason code of 0x80 or more counts as an error. --alias sends each
+ * publisher's topic once with Topic Alias 1 and then the alias alone; --shared GROUP has the
+ * subscribers share $share/GROUP/<filter>, so each message must reach exactly one of them (MQTT 5.0
+ * section 4.8.2), in order per member; the result gives each member's count.
  *
  * Build: gcc -O2 -o bench/bin/loadgen bench/loadgen.c
  */
@@ -60,6 +66,9 @@ static int o_clients = 100;          /* idle: clients to hold */
 static long o_samples = 20000;       /* latency: round trips at most */
 static const char *o_tag = NULL;     /* unique part of topics and client ids */
 static int o_watch = 0;              /* pid of the broker, for its CPU use */
+static int o_v5 = 0;                 /* protocol level 5 instead of 4 (3.1.1) */
+static int o_alias = 0;              /* v5: publishers' topics by Topic Alias after the first PUBLISH */
+static const char *o_shared = NULL;  /* subscribers share $share/<this>/<filter> */
 
 static double t0_process;
 
@@ -116,10 +125,18 @@ static size_t enc_connect(uint8_t *out, const char *cid, int keepalive, int clea
     uint8_t body[300];
     size_t n = 0;
     n += put_str(body + n, "MQTT", 4);
-    body[n++] = 4;    /* protocol level 3.1.1 */
+    body[n++] = o_v5 ? 5 : 4;    /* protocol level 5.0 or 3.1.1 */
     body[n++] = clean ? 0x02 : 0x00; /* clean session, or a persistent one */
     body[n++] = keepalive >> 8;
     body[n++] = keepalive & 0xff;
+    if (o_v5 && clean) body[n++] = 0;
+    if (o_v5 && !clean) {
+        /* At level 5 a session outlives the connection only with a Session Expiry Interval
+         * (MQTT-3.1.2-23); 0xFFFFFFFF: it never expires. */
+        static const uint8_t expiry[6] = {5, 0x11, 0xff, 0xff, 0xff, 0xff};
+        memcpy(body + n, expiry, sizeof expiry);
+        n += sizeof expiry;
+    }
     n += put_str(body + n, cid, strlen(cid));
     size_t h = 0;
     out[h++] = 0x10;
@@ -129,11 +146,12 @@ static size_t enc_connect(uint8_t *out, const char *cid, int keepalive, int clea
 }
 
 static size_t enc_subscribe(uint8_t *out, uint16_t pid, const char *filter, int qos) {
-    size_t fl = strlen(filter), rl = 2 + 2 + fl + 1, h = 0;
+    size_t fl = strlen(filter), rl = 2 + o_v5 + 2 + fl + 1, h = 0;
     out[h++] = 0x82;
     h += put_rl(out + h, rl);
     out[h++] = pid >> 8;
     out[h++] = pid & 0xff;
+    if (o_v5) out[h++] = 0; /* no properties */
     h += put_str(out + h, filter, fl);
     out[h++] = qos;
     return h;
@@ -147,9 +165,10 @@ typedef struct {
     size_t pay_off;
 } tmpl_t;
 
-static void make_tmpl(tmpl_t *t, const char *topic, int qos, int payload) {
+/* props: a v5 properties section, its length first (NULL at 3.1.1: none). */
+static void make_tmpl(tmpl_t *t, const char *topic, int qos, int payload, const uint8_t *props, size_t plen) {
     size_t tl = strlen(topic);
-    size_t rl = 2 + tl + (qos ? 2 : 0) + payload;
+    size_t rl = 2 + tl + (qos ? 2 : 0) + plen + payload;
     size_t h = 0;
     if (rl + 8 > sizeof t->pkt) die("payload too large");
     t->pkt[h++] = 0x30 | (qos << 1);
@@ -159,6 +178,10 @@ static void make_tmpl(tmpl_t *t, const char *topic, int qos, int payload) {
     if (qos) {
         t->pid_off = h;
         h += 2;
+    }
+    if (props) {
+        memcpy(t->pkt + h, props, plen);
+        h += plen;
     }
     t->pay_off = h;
     memset(t->pkt + h, 'x', payload);
@@ -197,6 +220,66 @@ static long parse_pkt(const uint8_t *p, size_t n, uint8_t *hdr, const uint8_t **
     *body = p + i;
     *blen = rl;
     return (long)(i + rl);
+}
+
+/* A Variable Byte Integer at p[*pos..n) (MQTT 5.0 section 1.5.5); -1 if malformed or cut. */
+static long get_vbi(const uint8_t *p, size_t n, size_t *pos) {
+    long v = 0, mul = 1;
+    for (int i = 0; i < 4; i++) {
+        if (*pos >= n) return -1;
+        uint8_t b = p[(*pos)++];
+        v += (b & 0x7f) * mul;
+        mul *= 128;
+        if (!(b & 0x80)) return v;
+    }
+    return -1;
+}
+
+/* The v5 property at p[*pos..end) (MQTT 5.0 section 2.2.2.2): its id, its value as a number
+ * (fixed-size integers, VBI) or as val/vlen (strings, binary data; a User Property's name, its
+ * value at val2/vlen2). Returns 1, 0 at the end, -1 if malformed or of an id not known. */
+typedef struct {
+    int id;
+    uint32_t num;
+    const uint8_t *val, *val2;
+    size_t vlen, vlen2;
+} prop_t;
+
+static int prop_next(const uint8_t *p, size_t end, size_t *pos, prop_t *pr) {
+    if (*pos >= end) return 0;
+    int id = p[(*pos)++], size;
+    switch (id) {
+    case 0x01: case 0x17: case 0x19: case 0x24: case 0x25: case 0x28: case 0x29: case 0x2A: size = 1; break;
+    case 0x13: case 0x21: case 0x22: case 0x23: size = 2; break;
+    case 0x02: case 0x11: case 0x18: case 0x27: size = 4; break;
+    case 0x0B: size = -1; break;                                     /* Variable Byte Integer */
+    case 0x26: size = -3; break;                                     /* string pair */
+    case 0x03: case 0x08: case 0x09: case 0x12: case 0x15: case 0x16:
+    case 0x1A: case 0x1C: case 0x1F: size = -2; break;               /* string, binary data */
+    default: return -1;
+    }
+    pr->id = id;
+    pr->num = 0;
+    if (size > 0) {
+        if (*pos + size > end) return -1;
+        for (int i = 0; i < size; i++) pr->num = pr->num << 8 | p[(*pos)++];
+        return 1;
+    }
+    if (size == -1) {
+        long v = get_vbi(p, end, pos);
+        if (v < 0) return -1;
+        pr->num = (uint32_t)v;
+        return 1;
+    }
+    for (int k = 0; k < (size == -3 ? 2 : 1); k++) {
+        if (*pos + 2 > end) return -1;
+        size_t l = p[*pos] << 8 | p[*pos + 1];
+        if (*pos + 2 + l > end) return -1;
+        if (k) { pr->val2 = p + *pos + 2; pr->vlen2 = l; }
+        else { pr->val = p + *pos + 2; pr->vlen = l; }
+        *pos += 2 + l;
+    }
+    return 1;
 }
 
 /* ------------------------------------------------------------------ sockets */
@@ -529,8 +612,32 @@ static void consume(uint8_t *buf, size_t *have, long n) {
     *have -= n;
 }
 
-/* CONNECT (and SUBSCRIBE) on a blocking socket; dies with a clear message on failure. */
-static int mqtt_open(const char *cid, const char *filter, int qos, int keepalive) {
+/* What a v5 CONNACK allows (MQTT 5.0 section 3.2.2.3), each absent property at its default. */
+typedef struct {
+    long receive_max, alias_max, max_packet, max_qos;
+} srv_t;
+
+static void v5_connack(const char *cid, const uint8_t *b, size_t blen, srv_t *sv) {
+    srv_t d = {65535, 0, 0, 2};
+    size_t pos = 2;
+    long pl = get_vbi(b, blen, &pos);
+    if (pl < 0 || pos + pl != blen) die("client %s: malformed CONNACK properties", cid);
+    prop_t pr;
+    int rc;
+    while ((rc = prop_next(b, blen, &pos, &pr)) > 0) {
+        if (pr.id == 0x21) d.receive_max = pr.num;
+        else if (pr.id == 0x22) d.alias_max = pr.num;
+        else if (pr.id == 0x27) d.max_packet = pr.num;
+        else if (pr.id == 0x24) d.max_qos = pr.num;
+    }
+    if (rc < 0) die("client %s: malformed or unknown CONNACK property", cid);
+    if (!d.receive_max) die("client %s: CONNACK with Receive Maximum 0 (a protocol error)", cid);
+    if (sv) *sv = d;
+}
+
+/* CONNECT (and SUBSCRIBE) on a blocking socket; dies with a clear message on failure. At level 5
+ * the CONNACK's limits go to *sv (if not NULL). */
+static int mqtt_open(const char *cid, const char *filter, int qos, int keepalive, srv_t *sv) {
     int fd = tcp_connect(0);
     if (fd < 0) die("connect to %s:%d: %s", o_host, o_port, strerror(errno));
     if (o_ws) {
@@ -547,7 +654,11 @@ static int mqtt_open(const char *cid, const char *filter, int qos, int keepalive
     long plen;
     int rc = read_pkt(fd, buf, sizeof buf, &have, 10.0, &hdr, &body, &blen, &plen);
     if (rc) die("client %s: no CONNACK (%d)", cid, rc);
-    if (hdr != 0x20 || blen != 2 || body[1] != 0) die("client %s: CONNACK refused (code %d)", cid, blen == 2 ? body[1] : -1);
+    if (o_v5) {
+        if (hdr != 0x20 || blen < 3) die("client %s: no v5 CONNACK", cid);
+        if (body[1]) die("client %s: CONNACK refused (reason code 0x%02x)", cid, body[1]);
+        v5_connack(cid, body, blen, sv);
+    } else if (hdr != 0x20 || blen != 2 || body[1] != 0) die("client %s: CONNACK refused (code %d)", cid, blen == 2 ? body[1] : -1);
     consume(buf, &have, plen);
     if (filter) {
         n = enc_subscribe(buf + have, 1, filter, qos);
@@ -558,7 +669,14 @@ static int mqtt_open(const char *cid, const char *filter, int qos, int keepalive
             if ((hdr & 0xf0) == 0x90) break;
             consume(buf, &have, plen); /* e.g. retained messages: not ours */
         }
-        if (blen != 3 || body[2] != qos) die("client %s: SUBACK granted %d, asked %d", cid, blen == 3 ? body[2] : -1, qos);
+        if (o_v5) {
+            /* packet id, properties, one reason code: the granted QoS, or an error >= 0x80 */
+            size_t pos = 2;
+            long pl = get_vbi(body, blen, &pos);
+            if (pl < 0 || pos + pl + 1 != blen) die("client %s: malformed v5 SUBACK", cid);
+            if (body[blen - 1] != qos)
+                die("client %s: SUBACK reason code 0x%02x to %s, asked QoS %d", cid, body[blen - 1], filter, qos);
+        } else if (blen != 3 || body[2] != qos) die("client %s: SUBACK granted %d, asked %d", cid, blen == 3 ? body[2] : -1, qos);
         consume(buf, &have, plen);
     }
     if (have) die("client %s: unexpected data after set-up", cid);
@@ -581,6 +699,7 @@ typedef struct {
     size_t flen, foff, fcap;
     /* publisher */
     tmpl_t t;
+    tmpl_t t_first;      /* --alias: the first PUBLISH, naming the topic the alias stands for */
     uint32_t next_seq;
     int inflight;
     uint16_t next_pid;
@@ -588,11 +707,14 @@ typedef struct {
     uint8_t *pid_state;  /* [65536] 0 free, 1 awaiting PUBACK/PUBREC, 2 awaiting PUBCOMP */
     uint8_t *acked;      /* bitmap over seq: PUBACK (QoS 1) or PUBREC (QoS 2) received */
     uint64_t n_acked, n_comp, n_proto;
+    uint64_t n_refused;  /* v5: PUBACK or PUBREC with a reason code >= 0x80 (not acknowledged) */
+    uint64_t n_comp_err; /* v5: PUBCOMP with a reason code >= 0x80 (acknowledged by its PUBREC) */
     /* subscriber */
     uint8_t **seen;      /* [pubs] bitmap over seq */
     int64_t *maxseq;     /* [pubs] highest seq received, -1 none */
     uint8_t *q2wait;     /* [65536] QoS 2 packet ids awaiting PUBREL */
     uint64_t n_recv, n_unique, n_dup, n_ooo, n_bad, n_redeliv, n_qos_mismatch;
+    uint64_t n_noprop;   /* v5: delivered without the publisher's User Property */
 } conn_t;
 
 static int bit_get(const uint8_t *b, uint32_t i) { return b[i >> 3] >> (i & 7) & 1; }
@@ -677,6 +799,14 @@ static conn_t *g_conns;
  * busy but never buries the run under an unbounded backlog. */
 static int64_t sub_progress(int p) {
     int64_t m = INT64_MAX;
+    if (o_shared) {
+        /* Each message goes to one member: the furthest member is where the publisher's
+         * messages have got to (a member may never see some publisher at all). */
+        m = 0;
+        for (int s = 0; s < g_subs_n; s++)
+            if (!g_conns[s].dead && g_conns[s].maxseq[p] + 1 > m) m = g_conns[s].maxseq[p] + 1;
+        return m;
+    }
     for (int s = 0; s < g_subs_n; s++)
         if (!g_conns[s].dead && g_conns[s].maxseq[p] + 1 < m) m = g_conns[s].maxseq[p] + 1;
     return m == INT64_MAX ? 0 : m;
@@ -700,8 +830,8 @@ static int pub_want_send(conn_t *c, long count) {
 /* Encode as many messages as fit the window and about 64 KB, then write. */
 static void pub_fill(conn_t *c, long count) {
     while (c->wlen - c->woff < 65536 && pub_can_send(c, count)) {
-        tmpl_t *t = &c->t;
         uint32_t seq = c->next_seq++;
+        tmpl_t *t = o_alias && seq == 0 ? &c->t_first : &c->t;
         put32(t->pkt + t->pay_off, c->idx);
         put32(t->pkt + t->pay_off + 4, seq);
         if (o_qos) {
@@ -722,9 +852,19 @@ static void pub_fill(conn_t *c, long count) {
 
 static void on_packet_pub(conn_t *c, uint8_t hdr, const uint8_t *b, size_t blen) {
     uint8_t type = hdr >> 4;
-    if ((type == 4 || type == 5 || type == 7) && blen == 2) {
+    /* At level 5 a reason code (and properties) may follow the packet id; none means 0x00. */
+    if ((type == 4 || type == 5 || type == 7) && (blen == 2 || (o_v5 && blen > 2))) {
         uint16_t pid = b[0] << 8 | b[1];
         uint8_t st = c->pid_state[pid];
+        if (blen > 2 && b[2] >= 0x80 && st) {
+            /* Refused: the exchange ends and the packet id is free again (MQTT 5.0 sections
+             * 4.3.2 and 4.3.3); the message is not acknowledged, so not expected anywhere. */
+            if (type == 7) c->n_comp_err++;
+            else c->n_refused++;
+            c->pid_state[pid] = 0;
+            c->inflight--;
+            return;
+        }
         if (type == 4 && o_qos == 1 && st == 1) {          /* PUBACK */
             bit_set(c->acked, c->pid_seq[pid]);
             c->n_acked++;
@@ -753,11 +893,39 @@ static void on_packet_pub(conn_t *c, uint8_t hdr, const uint8_t *b, size_t blen)
         }
     }
     if (type == 13) return; /* PINGRESP */
+    if (type == 14 && o_v5) {
+        conn_dead(c, "DISCONNECT from the broker, reason code 0x%02x", blen ? b[0] : 0);
+        return;
+    }
     c->n_proto++;
 }
 
 static int g_pubs;
 static long g_count;
+static char **g_topic;  /* --v5, --shared: each publisher's topic, checked on every delivery */
+
+/* The User Property every v5 PUBLISH carries. */
+#define UP_NAME "bench"
+#define UP_VALUE "v5"
+
+/* A v5 PUBLISH's properties at b[*pos..blen): 0 if well-formed (with *user set when the one
+ * User Property came back unaltered, MQTT-3.3.2-17/18), -1 if malformed or if it has a Topic
+ * Alias: we allow none (no Topic Alias Maximum in our CONNECT), MQTT-3.3.2-11. */
+static int v5_publish_props(const uint8_t *b, size_t blen, size_t *pos, int *user) {
+    long pl = get_vbi(b, blen, pos);
+    if (pl < 0 || *pos + pl > blen) return -1;
+    size_t end = *pos + pl;
+    prop_t pr;
+    int rc, same = 0;
+    while ((rc = prop_next(b, end, pos, &pr)) > 0) {
+        if (pr.id == 0x23) return -1;
+        if (pr.id == 0x26 && pr.vlen == strlen(UP_NAME) && !memcmp(pr.val, UP_NAME, pr.vlen) &&
+            pr.vlen2 == strlen(UP_VALUE) && !memcmp(pr.val2, UP_VALUE, pr.vlen2))
+            same++;
+    }
+    *user = same == 1;
+    return rc;
+}
 
 static void on_packet_sub(conn_t *c, uint8_t hdr, const uint8_t *b, size_t blen) {
     uint8_t type = hdr >> 4;
@@ -784,9 +952,14 @@ static void on_packet_sub(conn_t *c, uint8_t hdr, const uint8_t *b, size_t blen)
             queue_bytes(c, a, 4);
         }
         if (redelivery) { c->n_redeliv++; return; }
+        int user = 1;
+        if (o_v5 && v5_publish_props(b, blen, &pos, &user) < 0) { c->n_bad++; return; }
         if (blen - pos < 8) { c->n_bad++; return; }
         uint32_t p = get32(b + pos), seq = get32(b + pos + 4);
         if (p >= (uint32_t)g_pubs || seq >= (uint64_t)g_count) { c->n_bad++; return; }
+        /* on its publisher's topic: with --alias, the alias resolved to the right one */
+        if (g_topic && (tl != strlen(g_topic[p]) || memcmp(b + 2, g_topic[p], tl))) { c->n_bad++; return; }
+        if (!user) c->n_noprop++;
         if (bit_get(c->seen[p], seq)) { c->n_dup++; return; }
         bit_set(c->seen[p], seq);
         c->n_unique++;
@@ -794,7 +967,7 @@ static void on_packet_sub(conn_t *c, uint8_t hdr, const uint8_t *b, size_t blen)
         else c->maxseq[p] = seq;
         return;
     }
-    if (type == 6 && blen == 2) {                          /* PUBREL -> PUBCOMP */
+    if (type == 6 && (blen == 2 || (o_v5 && blen > 2))) { /* PUBREL -> PUBCOMP */
         uint16_t pid = b[0] << 8 | b[1];
         c->q2wait[pid] = 0;
         uint8_t a[4] = {0x70, 2, pid >> 8, pid & 0xff};
@@ -802,6 +975,10 @@ static void on_packet_sub(conn_t *c, uint8_t hdr, const uint8_t *b, size_t blen)
         return;
     }
     if (type == 13) return;
+    if (type == 14 && o_v5) {
+        conn_dead(c, "DISCONNECT from the broker, reason code 0x%02x", blen ? b[0] : 0);
+        return;
+    }
     c->n_bad++;
 }
 
@@ -846,6 +1023,7 @@ static size_t conn_read(conn_t *c, double *t_last) {
             if (c->is_pub) on_packet_pub(c, hdr, body, blen);
             else on_packet_sub(c, hdr, body, blen);
             off += l;
+            if (c->dead) break;
         }
         if (off) {
             memmove(c->rbuf, c->rbuf + off, c->rlen - off);
@@ -916,8 +1094,40 @@ static int run_flow(void) {
     conn_t *cs = xcalloc(n, sizeof *cs);
     g_conns = cs;
     g_subs_n = ns;
-    char cid[128], topic[256], filter[256];
-    snprintf(filter, sizeof filter, "bench/%s/#", o_tag);
+    char cid[128], topic[256], filter[320];
+    if (o_shared) snprintf(filter, sizeof filter, "$share/%s/bench/%s/#", o_shared, o_tag);
+    else snprintf(filter, sizeof filter, "bench/%s/#", o_tag);
+    /* Deliveries each message must make: one per subscriber, or one per shared group, whose
+     * members see the one bitmap per publisher, so a second copy anywhere is a duplicate. */
+    int copies = o_shared ? 1 : ns;
+    uint8_t **shared_seen = NULL;
+    if (o_shared) {
+        shared_seen = xcalloc(np, sizeof(uint8_t *));
+        for (int p = 0; p < np; p++) shared_seen[p] = xcalloc(bm, 1);
+    }
+    if (o_v5 || o_shared) {
+        g_topic = xcalloc(np, sizeof(char *));
+        for (int p = 0; p < np; p++) {
+            g_topic[p] = xcalloc(strlen(o_tag) + 24, 1);
+            sprintf(g_topic[p], "bench/%s/%d", o_tag, p);
+        }
+    }
+    /* v5 publishers: one User Property on every message, and with --alias Topic Alias 1. */
+    uint8_t props[64];
+    size_t plen = 0;
+    if (o_v5) {
+        plen = 1;
+        props[plen++] = 0x26;
+        plen += put_str(props + plen, UP_NAME, strlen(UP_NAME));
+        plen += put_str(props + plen, UP_VALUE, strlen(UP_VALUE));
+        if (o_alias) {
+            props[plen++] = 0x23;
+            props[plen++] = 0;
+            props[plen++] = 1;
+        }
+        props[0] = plen - 1;
+    }
+    long min_receive_max = 65535;
     /* Subscribers first, so nothing published is missed. */
     for (int i = 0; i < n; i++) {
         conn_t *c = &cs[i];
@@ -929,20 +1139,36 @@ static int run_flow(void) {
         c->wbuf = xcalloc(c->wcap, 1);
         if (c->is_pub) {
             snprintf(cid, sizeof cid, "lg-%s-p%d", o_tag, c->idx);
-            c->fd = mqtt_open(cid, NULL, 0, 600);
+            srv_t sv = {0};
+            c->fd = mqtt_open(cid, NULL, 0, 600, &sv);
             snprintf(topic, sizeof topic, "bench/%s/%d", o_tag, c->idx);
-            make_tmpl(&c->t, topic, o_qos, o_payload);
+            if (o_alias) {
+                /* MQTT-3.2.2-17/18: without a Topic Alias Maximum (or with 0) the client must
+                 * send no alias at all: the scenario cannot run, and says so. */
+                if (sv.alias_max < 1)
+                    die("the broker's CONNACK Topic Alias Maximum is %ld: no topic alias allowed", sv.alias_max);
+                make_tmpl(&c->t_first, topic, o_qos, o_payload, props, plen);
+                make_tmpl(&c->t, "", o_qos, o_payload, props, plen);
+            } else {
+                make_tmpl(&c->t, topic, o_qos, o_payload, o_v5 ? props : NULL, plen);
+            }
+            if (o_v5) {
+                if (sv.max_qos < o_qos) die("the broker's CONNACK Maximum QoS is %ld", sv.max_qos);
+                if (sv.max_packet && (c->t.len > (size_t)sv.max_packet || c->t_first.len > (size_t)sv.max_packet))
+                    die("the broker's CONNACK Maximum Packet Size is %ld", sv.max_packet);
+                if (sv.receive_max < min_receive_max) min_receive_max = sv.receive_max;
+            }
             c->next_pid = 1;
             c->pid_seq = xcalloc(65536, sizeof(uint32_t));
             c->pid_state = xcalloc(65536, 1);
             c->acked = xcalloc(bm, 1);
         } else {
             snprintf(cid, sizeof cid, "lg-%s-s%d", o_tag, c->idx);
-            c->fd = mqtt_open(cid, filter, o_qos, 600);
+            c->fd = mqtt_open(cid, filter, o_qos, 600, NULL);
             c->seen = xcalloc(np, sizeof(uint8_t *));
             c->maxseq = xcalloc(np, sizeof(int64_t));
             for (int p = 0; p < np; p++) {
-                c->seen[p] = xcalloc(bm, 1);
+                c->seen[p] = shared_seen ? shared_seen[p] : xcalloc(bm, 1);
                 c->maxseq[p] = -1;
             }
             c->q2wait = xcalloc(65536, 1);
@@ -950,6 +1176,8 @@ static int run_flow(void) {
         c->ws = ws_of(c->fd);
         set_nonblock(c->fd);
     }
+    /* MQTT-3.3.4-7: no more unacknowledged QoS 1/2 messages than the broker's Receive Maximum. */
+    if (o_v5 && o_qos && min_receive_max < o_window) o_window = min_receive_max;
     struct pollfd *pf = xcalloc(n, sizeof *pf);
     meter_start();
     double t_start = now(), t_send_end = t_start + o_duration, t_sent = 0, t_last_recv = t_start;
@@ -974,7 +1202,8 @@ static int run_flow(void) {
         int inflight = 0, alive_subs = 0;
         for (int i = 0; i < n; i++) {
             if (cs[i].is_pub) {
-                sent += cs[i].next_seq;
+                /* a message refused at its PUBACK/PUBREC is expected nowhere */
+                sent += cs[i].next_seq - cs[i].n_refused;
                 if (!cs[i].dead) inflight += cs[i].inflight;
             } else {
                 unique += cs[i].n_unique;
@@ -988,7 +1217,7 @@ static int run_flow(void) {
         }
         if (!sending) {
             if (alive_subs == 0) { end_reason = "subscribers closed"; break; }
-            if (unique >= sent * (uint64_t)ns && inflight == 0) { end_reason = "complete"; break; }
+            if (unique >= sent * (uint64_t)copies && inflight == 0) { end_reason = "complete"; break; }
             if (o_qos == 0) {
                 /* Order is kept, so once every publisher's last message has arrived everywhere,
                  * whatever is missing was dropped (allowed at QoS 0). */
@@ -1033,14 +1262,15 @@ static int run_flow(void) {
     t_end = now();
     /* Verification. */
     uint64_t sent = 0, acked = 0, comp = 0, lost_acked = 0, lost_any = 0, dup = 0, ooo = 0, bad = 0;
-    uint64_t recv = 0, unique = 0, redeliv = 0, proto = 0, qosmm = 0;
+    uint64_t recv = 0, unique = 0, redeliv = 0, proto = 0, qosmm = 0, refused = 0, noprop = 0;
     for (int i = ns; i < n; i++) {
         conn_t *p = &cs[i];
         sent += p->next_seq;
         acked += p->n_acked;
         comp += p->n_comp;
         proto += p->n_proto;
-        for (int s = 0; s < ns; s++) {
+        refused += p->n_refused + p->n_comp_err;
+        for (int s = 0; s < copies; s++) {
             for (uint32_t q = 0; q < p->next_seq; q++) {
                 int got = bit_get(cs[s].seen[p->idx], q);
                 if (!got) {
@@ -1058,22 +1288,33 @@ static int run_flow(void) {
         bad += cs[s].n_bad;
         redeliv += cs[s].n_redeliv;
         qosmm += cs[s].n_qos_mismatch;
+        noprop += cs[s].n_noprop;
     }
     double span = t_last_recv - t_start;
     if (span <= 0) span = 1e-9;
     int violations = 0;
     if (lost_acked) violations++;
-    if (o_qos == 2 && dup) violations++;
+    if ((o_qos == 2 || o_shared) && dup) violations++; /* a shared message reaches one member only */
     if (ooo) violations++;
     if (bad) violations++;
+    if (refused) violations++;
+    if (noprop) violations++;
     printf("{\"mode\":\"%s\",\"qos\":%d,\"pubs\":%d,\"subs\":%d,\"window\":%d,\"payload\":%d,", o_mode, o_qos, np,
            ns, o_window, o_payload);
     printf("\"transport\":\"%s\",", o_ws ? "websockets" : "tcp");
+    if (o_v5)
+        printf("\"protocol\":5,\"topic_alias\":%d,\"puback_errors\":%llu,\"user_property_missing\":%llu,", o_alias,
+               (unsigned long long)refused, (unsigned long long)noprop);
+    if (o_shared) {
+        printf("\"shared\":\"%s\",\"per_member\":[", o_shared);
+        for (int s = 0; s < ns; s++) printf("%s%llu", s ? "," : "", (unsigned long long)cs[s].n_unique);
+        printf("],");
+    }
     printf("\"sent\":%llu,\"acked\":%llu,\"pubcomp\":%llu,\"received\":%llu,\"unique\":%llu,",
            (unsigned long long)sent, (unsigned long long)acked, (unsigned long long)comp, (unsigned long long)recv,
            (unsigned long long)unique);
     printf("\"expected\":%llu,\"lost\":%llu,\"lost_acked\":%llu,\"duplicates\":%llu,\"out_of_order\":%llu,",
-           (unsigned long long)(sent * ns), (unsigned long long)lost_any, (unsigned long long)lost_acked,
+           (unsigned long long)(sent * copies), (unsigned long long)lost_any, (unsigned long long)lost_acked,
            (unsigned long long)dup, (unsigned long long)ooo);
     printf("\"malformed\":%llu,\"qos2_redelivered\":%llu,\"qos_mismatch\":%llu,\"unexpected_acks\":%llu,",
            (unsigned long long)bad, (unsigned long long)redeliv, (unsigned long long)qosmm, (unsigned long long)proto);
@@ -1104,13 +1345,13 @@ static int run_latency(void) {
     char cid[128], topic[256];
     snprintf(topic, sizeof topic, "bench/%s/lat", o_tag);
     snprintf(cid, sizeof cid, "lg-%s-ls", o_tag);
-    int sfd = mqtt_open(cid, topic, 0, 600), pfd = sfd;
+    int sfd = mqtt_open(cid, topic, 0, 600, NULL), pfd = sfd;
     if (o_pair) {
         snprintf(cid, sizeof cid, "lg-%s-lp", o_tag);
-        pfd = mqtt_open(cid, NULL, 0, 600);
+        pfd = mqtt_open(cid, NULL, 0, 600, NULL);
     }
     tmpl_t t;
-    make_tmpl(&t, topic, 0, o_payload);
+    make_tmpl(&t, topic, 0, o_payload, NULL, 0);
     double *rtt = xcalloc(o_samples, sizeof(double));
     static uint8_t buf[65536];
     size_t have = 0;
@@ -1289,7 +1530,7 @@ static int run_idle(void) {
     for (int i = 0; i < N; i++) {
         snprintf(cid, sizeof cid, "lg-%s-i%d", o_tag, i);
         snprintf(filter, sizeof filter, "bench/%s/idle/%d", o_tag, i);
-        fds[i] = mqtt_open(cid, filter, 1, 0);
+        fds[i] = mqtt_open(cid, filter, 1, 0, NULL);
     }
     printf("READY %d %.3f\n", N, now() - t0);
     fflush(stdout);
@@ -1335,7 +1576,14 @@ static void usage(void) {
             "  --ws PATH              over WebSockets: Upgrade on PATH (e.g. /mqtt), frames both ways\n"
             "                         (fanin, fanout, latency, idle)\n"
             "  --ws-frame B           over WebSockets: frames of at most B payload bytes (0: one per write)\n"
-            "example: loadgen fanin --port 1883 --qos 1 --pubs 8 --duration 3\n");
+            "  --v5                   MQTT 5.0 (fanin, fanout): a User Property on every PUBLISH, checked\n"
+            "                         on delivery; a PUBACK/PUBREC/PUBCOMP reason code >= 0x80 is an error\n"
+            "  --alias                with --v5: each publisher's topic once with Topic Alias 1, then the\n"
+            "                         alias only (fails if the CONNACK's Topic Alias Maximum allows none)\n"
+            "  --shared GROUP         subscribers share $share/GROUP/bench/<tag>/#: each message to one\n"
+            "                         member, in order per member; per_member counts in the result\n"
+            "example: loadgen fanin --port 1883 --qos 1 --pubs 8 --duration 3\n"
+            "         loadgen fanin --port 1883 --qos 1 --v5 --subs 2 --shared bench\n");
     exit(2);
 }
 
@@ -1369,6 +1617,9 @@ int main(int argc, char **argv) {
         else if (OPT("--watch")) o_watch = atoi(v);
         else if (OPT("--ws")) o_ws = v;
         else if (OPT("--ws-frame")) o_ws_frame = atol(v);
+        else if (OPT("--shared")) o_shared = v;
+        else if (!strcmp(a, "--v5")) o_v5 = 1;
+        else if (!strcmp(a, "--alias")) o_alias = 1;
         else if (!strcmp(a, "--pair")) o_pair = 1;
         else if (!strcmp(a, "--persistent")) o_persistent = 1;
         else usage();
@@ -1383,6 +1634,11 @@ int main(int argc, char **argv) {
         o_tag = tagbuf;
     }
     if (o_ws && (!strcmp(o_mode, "connect") || o_ws[0] != '/')) usage();
+    /* The v5 client and the shared group are the flow's (fanin, fanout) only. The group name
+     * is a topic level: no wildcard, no '/' (MQTT 5.0 section 4.8.2). */
+    if ((o_v5 || o_shared) && strcmp(o_mode, "fanin") && !fanout) usage();
+    if (o_alias && !o_v5) usage();
+    if (o_shared && (!*o_shared || strpbrk(o_shared, "/+#") || strlen(o_shared) > 64)) usage();
     int rc;
     if (!strcmp(o_mode, "fanin") || fanout) rc = run_flow();
     else if (!strcmp(o_mode, "latency")) rc = run_latency();

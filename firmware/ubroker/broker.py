@@ -296,12 +296,6 @@ class Broker:
         r = idx.cache.get(topic)
         if r is None:
             r = idx.route(topic)
-            if topic[0] == 36:
-                # $SYS: a report's 30 topics every sys_interval, more than a board's cache
-                # holds, would each be a miss anyway; kept, they pushed the clients' topics
-                # out and held 2 kB of the esp32 profile's heap (a v5 client's PUBLISH then
-                # found none: tests/memory/test_heap_pressure.py)
-                idx.cache.pop(topic, None)
         n = _len(r)
         size = _len(topic) + _len(payload) + ENTRY_COST
         if qos and not force:
@@ -395,8 +389,11 @@ class Broker:
                 self.held_bytes += ENTRY_COST
                 self._write_publish(c, topic, payload, q, False, False, pid)
                 continue
-            if msg is None:
-                msg = [topic, _bytes(payload), 0]  # MSG layout (session.py): topic, payload, mid
+            if msg is None:  # MSG layout (session.py): topic, payload, mid
+                if props is None or not props[1]:
+                    msg = [topic, _bytes(payload), 0]
+                else:  # a Message Expiry Interval holds for a 3.1.1 subscriber too (v5_route.py)
+                    msg = [topic, _bytes(payload), 0, self.v5.plain(props)]  # type: ignore[attr-defined]
             self.deliver(s, msg, q, False, size)
         if force and self.persist is not None:
             self.persist.forget_fresh()
@@ -542,10 +539,14 @@ class Broker:
                 if match_levels(levels, topic):
                     self._write_publish(c, topic, payload, 0, True, False, 0)
         table = self.retained
+        v5 = getattr(self, "v5", None)  # loaded: retained messages may carry an expiry
         for topic in table:
             if not match_levels(levels, topic):
                 continue
-            payload, q = table[topic]
+            e = table[topic]
+            if v5 is not None and v5.rprops and v5.expired(topic, e):
+                continue  # MQTT-3.3.2-5, for a 3.1.1 subscriber too
+            payload, q = e
             q = q if q < granted else granted
             if q == 0:
                 self._write_publish(c, topic, payload, 0, True, False, 0)
@@ -625,12 +626,20 @@ class Broker:
         if s is not None and s.conn is conn:
             s.conn = None
             if conn.v5 is not None:  # the will may wait, the session expire (v5_session.py)
-                self.v5.left(conn, s, will, abnormal)  # type: ignore[attr-defined]
+                try:
+                    self.v5.left(conn, s, will, abnormal)  # type: ignore[attr-defined]
+                except MemoryError:
+                    # A connection closed for want of heap may leave none for its timer
+                    # or will; what follows must happen all the same
+                    self.stats.hit("memory")
                 will = None
             if self.persist is not None and not s.clean:
                 self.persist.session_offline(s)
             if s.clean:
                 self.drop_session(s)
         if will is not None and abnormal:
-            self.publish(will[0], will[1], will[2], will[3], True)
-
+            try:
+                self.publish(will[0], will[1], will[2], will[3], True)
+            except MemoryError:
+                self.stats.hit("memory")
+                self.stats.dropped += 1

@@ -246,19 +246,24 @@ class Server:
             # What a paused publisher sends is kept, not handled (_acks_only): its buffer is
             # made before the bytes leave the socket, so a heap too fragmented for it delays
             # the read instead of costing the connection (seen on the esp32 profile). Not
-            # for good: a heap that stayed too full for longer than the client's keepalive
-            # lets it be silent (+ 2 s; 2 s without keepalive) closes it, the reason logged
-            # (before, it waited for as long as the heap stayed full: a stall with no end).
-            # The failed allocation has already collected the garbage (the allocator does,
-            # once, before it raises).
+            # for good: a heap that stayed too full, from the first failed try on, for longer
+            # than the client's keepalive lets it be silent (+ 2 s; 2 s without keepalive)
+            # closes it, the reason logged (before, it waited for as long as the heap stayed
+            # full: a stall with no end). The failed allocation has already collected the
+            # garbage (the allocator does, once, before it raises). When the shortage began
+            # is kept in c.paused (True until then): a new field could not be made now.
             try:
                 keep = bytearray(have + self.chunk)
             except MemoryError:
                 self.broker.stats.hit("memory")
-                if time.ticks_diff(self.now, c.last) > c.ka + _SILENT_MS:
+                since = c.paused
+                if since is True:
+                    c.paused = self.now | 1  # never 0: it stays true
+                elif time.ticks_diff(self.now, since) > c.ka + _SILENT_MS:
                     self.close(c, "out of memory")
                 return
             keep[:] = b""  # empty, its room kept
+            c.paused = True
         try:
             n = c.sock.readinto(self.rmv[have : have + self.chunk] if have else self.rfirst)
         except (OSError, ValueError) as e:  # ValueError: TLS, e.g. a certificate refused

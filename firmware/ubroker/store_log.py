@@ -21,6 +21,7 @@ Record: magic 0xA5, type, body length (u16), seq (u32), crc32 of type..body (u32
 import binascii
 import os
 import struct
+import sys
 
 from micropython import const
 
@@ -41,8 +42,18 @@ _HDR = "<BBHII"
 _HDR_SIZE = const(12)
 _END = const(0)  # record type: the snapshot that starts a generation is complete
 
+# The erase estimate's model, in tenths of an erase (LittleFS, 4 KiB blocks), by the program
+# size the port mounts its filesystem with: (the largest commit kept inline in its directory's
+# metadata, what such a commit costs, what the directory costs beside a larger commit's one
+# per block). Fitted on the emulated chip (tests/durability/test_store_flash.py): MicroPython's
+# default of 32 (the esp32 port), and 256, the rp2 port's.
+WEAR_PROG32 = (128, 1, 0)
+WEAR_PROG256 = (512, 3, 2)
+
 
 class Store:
+    inline, small, meta = WEAR_PROG256 if sys.platform == "rp2" else WEAR_PROG32
+
     def __init__(self, path, budget, log):
         self.path = path
         self.budget = budget
@@ -60,9 +71,9 @@ class Store:
         self.bytes_written = 0
         self.compactions = 0
         self.torn = 0  # torn or corrupt tails found at recovery
-        # Block erases these writes cost, estimated in tenths (LittleFS, 4 kB blocks): a
-        # commit file inline in its directory a tenth, a larger one or a snapshot one per
-        # block. Within 7 % of an emulated chip's count (tests/durability/test_store_flash.py)
+        # Block erases these writes cost, estimated in tenths (the WEAR_ model above; a
+        # snapshot one per block). Within 7 % of an emulated chip's count at program size
+        # 32 and 5 % at 256 (tests/durability/test_store_flash.py)
         self.wear = 0
         self.f = None  # the snapshot being written
         self._hdr = bytearray(_HDR_SIZE)
@@ -98,7 +109,7 @@ class Store:
         self.size += n
         self.bytes_written += n
         self.commits += 1
-        self.wear += 1 if n <= 128 else 10 * ((n + 4095) >> 12)
+        self.wear += self.small if n <= self.inline else 10 * ((n + 4095) >> 12) + self.meta
         self.urgent = False
         buf[:] = b""  # keeps its allocation for the next group
 

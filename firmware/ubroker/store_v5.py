@@ -95,10 +95,12 @@ def _retp(topic, props):
     return struct.pack(">II", *_until(expiry, t0)) + _s(topic) + fwd
 
 
-def timer(per, s, exp, wait=0, will=None, wprops=None):
+def timer(per, s, exp, wait=0, will=None, wprops=None, live=False):
     """Session s's Session Expiry (exp s from now, _NEVER) and will waiting wait s (with its
-    props, v5_route.forward's), to flash: a _TIMER record."""
-    w = _wall()
+    props, v5_route.forward's), to flash: a _TIMER record. live: s's client is connected, so
+    its interval starts when the connection ends (MQTT-3.1.2-23), which a restart is: no
+    deadline on the wall clock."""
+    w = 0 if live else _wall()
     flags = 0
     tail = b""
     if will is not None:
@@ -134,6 +136,6 @@ def snapshot(p, v):
             else:
                 timer(p, s, exp, max(0, (t[1] - now + 999) // 1000), t[2], t[3])
         elif s.conn is not None and s.conn.v5 is not None:
-            timer(p, s, s.conn.v5.expiry)  # connected: from when its connection ends
+            timer(p, s, s.conn.v5.expiry, live=True)
         if len(st.buf) > 4096:
             st.snapshot_flush()

@@ -97,7 +97,8 @@ def props(buf, pos, end, where):
         if not _WHERE[pid] & where:
             # Section 2.2.2.2: an identifier not valid for the packet type is malformed; a
             # Subscription Identifier is valid in PUBLISH, but from a client a protocol error
-            raise Malformed("property 0x%02x not allowed here" % pid, _PROTOCOL_ERROR if pid == 0x0B else 0x81)
+            raise Malformed("property 0x%02x not allowed here" % pid,
+                            _PROTOCOL_ERROR if pid == 0x0B and where == _IN_PUBLISH else 0x81)
         if t == _BYTE:
             if pos >= stop:
                 raise Malformed("truncated property")

@@ -212,7 +212,7 @@ class V5(Timers):
         if b_.persist is not None and not s.clean:
             from .store_v5 import timer  # its interval, should the broker stop: store_v5.py
 
-            timer(b_.persist, s, v.expiry)
+            timer(b_.persist, s, v.expiry, live=True)
         c.sess = s
         if will is not None:
             c.will = will

@@ -66,15 +66,15 @@ class Router:
         self.sender = None  # the publishing session while a v5 client's PUBLISH is routed (No Local)
 
     def expire(self, s):
-        """Before what session s holds goes out to the v5 connection (s.conn) that took it
-        back: drop the in-flight messages too large for its Maximum Packet Size (MQTT-3.1.2-25:
+        """Before what session s holds goes out to the connection (s.conn) that took it back:
+        drop the in-flight messages too large for its Maximum Packet Size (MQTT-3.1.2-25:
         discarded as if sent; left in the window, one would hold its slot for good, and
         Broker.resend, which walks the window, cannot take them out as write() does for the
         others) and the queued messages whose Message Expiry Interval has passed
         (MQTT-3.3.2-5): they never started out (its client was away)."""
         w = s.inflight
         c = s.conn  # None for a bridge's session here (bridge_v5.py sets it after)
-        if w and c is not None and c.v5.max_out:
+        if w and c is not None and c.v5 is not None and c.v5.max_out:
             for i in range(len(w) - 1, -1, -1):
                 m = w[i][_MSG]
                 n = len(m[3][0]) + len(m[3][3]) if len(m) > 3 else 0
@@ -113,6 +113,20 @@ class Router:
             from .store_v5 import kept
 
             kept(self.b.persist, topic, props)
+
+    def plain(self, props):
+        """The extra field (as route() makes it) of a copy for a 3.1.1 subscriber of a message
+        with a Message Expiry Interval: no properties to forward, its expiry kept (MQTT-3.3.2-5
+        holds for every subscriber), on flash as well (store_v5.msg5)."""
+        t0 = props[2]
+        return (b"", props[1], t0 if t0 >= 0 else self.server.now, b"", False)
+
+    def expired(self, topic, e):
+        """Has the retained entry e on topic a Message Expiry Interval that has passed?"""
+        r = self.rprops.get(topic)
+        if r is None or r[0] is not e or not r[1][1]:
+            return False
+        return time.ticks_diff(self.server.now, r[1][2]) >= r[1][1] * 1000
 
     def send_retained(self, s, flt, granted, sid):
         """Broker.send_retained for a v5 subscription: each retained message with its

@@ -12,6 +12,7 @@ the member's session ends, copies it had not acknowledged go to another member."
 from micropython import const
 
 from .codec import Malformed
+from .session import cost
 
 _PREFIX = const(7)  # len(b"$share/")
 _MARK = const(8)  # on the group's entry in the index
@@ -60,7 +61,10 @@ class Group:
             i = (t + k) % n
             s = m[2 * i]
             c = s.conn
-            if c is not None and (c.out is None or len(c.out) < b.out_limit) and \
+            # Broker.sendable's test: a member with a queue has had its window filled by
+            # now and only refill() may send; deliver() would drop the message at a full
+            # queue after its PUBACK
+            if c is not None and not s.queue and (c.out is None or len(c.out) < b.out_limit) and \
                     (not s.inflight or len(s.inflight) < (c.wmax or b.max_inflight)):
                 j = i
                 break
@@ -122,7 +126,7 @@ class Group:
                 if len(msg) > 4 and msg[4] is self and e[_STAGE] == _AWAIT_ACK:
                     x = msg[3]
                     props = (x[0], x[1], x[2]) if x[0] or x[1] else None
-                    self.route(b, msg[0], msg[1], e[_QOS], False, props, len(msg[0]) + len(msg[1]))
+                    self.route(b, msg[0], msg[1], e[_QOS], False, props, cost(msg))
 
 
 def valid(flt):

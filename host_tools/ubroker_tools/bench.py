@@ -35,8 +35,8 @@ latency p50/p99, connects per second, RSS per idle client, and fan-in QoS 1 over
 as against Mosquitto's WebSockets; a broker whose listener does not answer the Upgrade is shown
 as not measured, with the reason), and fan-in QoS 1 at MQTT 5 (fanin1v5, a user property on every
 message; fanin1v5alias, each publisher's topic sent once and then by Topic Alias; fanin1shared, to a
-shared subscription of 2 members), from raw MQTT 5 packets in one CPython loop (bench_v5.py: the
-load generator speaks 3.1.1), ubroker and Mosquitto only. Each broker is started fresh for each
+shared subscription of 2 members), loadgen --v5, ubroker and Mosquitto only (aedes and amqtt do
+not speak MQTT 5 and are shown as not measured). Each broker is started fresh for each
 scenario on a free 127.0.0.1 port. The load generator (bench/loadgen.c, built with cc into
 bench/bin/) verifies every delivery; any lost acknowledged message, QoS 2 duplicate or reordering
 is reported. Peers that are not installed are shown as unavailable (`make bench` installs them).

@@ -1,7 +1,7 @@
 """The per-broker scenarios of `ubroker bench` and how each is run: the broker started fresh on a
-free loopback port, driven by bench/loadgen (C, one poll loop, pre-encoded packets, built here
-with cc) which also verifies what arrives, then stopped. run_scenario() returns one result dict
-per broker and scenario, as results.json holds it."""
+free loopback port, driven by bench/loadgen (C, one poll loop, pre-encoded packets, MQTT 3.1.1 or
+5.0, built here with cc) which also verifies what arrives, then stopped. run_scenario() returns
+one result dict per broker and scenario, as results.json holds it."""
 
 import json
 import os
@@ -9,16 +9,16 @@ import shutil
 import subprocess
 import time
 
-from .bench_proc import BENCH, cpu_seconds, free_port, own_cpu_seconds, rss_bytes
+from .bench_proc import BENCH, cpu_seconds, free_port, rss_bytes
 from .bench_storm import storm
 from .bench_tls import tls_certs, tls_connects
 from .bench_ws import WS_PATH, handshake_problem
-from .bench_v5 import MEMBERS, fanin_v5
 
 LOADGEN_SRC = os.path.join(BENCH, "loadgen.c")
 
-# The scenarios of bench_v5.py (MQTT 5 raw packets from CPython): key -> fanin_v5's options
-V5 = {"fanin1v5": {}, "fanin1v5alias": {"alias": True}, "fanin1shared": {"members": MEMBERS}}
+MEMBERS = 2  # subscribers in fanin1shared's group (bench_report.py's row label says 2)
+# Issue 15's fan-ins at protocol level 5, QoS 1, each PUBLISH with a User Property (loadgen --v5)
+V5_FANIN = ["fanin", "--qos", "1", "--pubs", "8", "--v5"]
 
 # key: (title, loadgen arguments)
 SCENARIOS = {
@@ -31,12 +31,13 @@ SCENARIOS = {
     # The durable store's cost: the same as fanin1, the subscriber with a persistent session.
     "fanin1p": ("fan-in QoS 1, 8 pub -> 1 persistent sub",
                 ["fanin", "--qos", "1", "--pubs", "8", "--subs", "1", "--persistent"]),
-    # Not the load generator (3.1.1 only): raw MQTT 5 packets from one CPython loop (bench_v5).
-    "fanin1v5": ("fan-in QoS 1 at MQTT 5, 8 pub -> 1 sub", None),
+    "fanin1v5": ("fan-in QoS 1 at MQTT 5, 8 pub -> 1 sub", V5_FANIN + ["--subs", "1"]),
     # The same, each publisher's topic by Topic Alias after its first PUBLISH (issue 15).
-    "fanin1v5alias": ("fan-in QoS 1 at MQTT 5 with a topic alias, 8 pub -> 1 sub", None),
+    "fanin1v5alias": ("fan-in QoS 1 at MQTT 5 with a topic alias, 8 pub -> 1 sub",
+                      V5_FANIN + ["--subs", "1", "--alias"]),
     # The same to a shared subscription of MEMBERS subscribers (issue 15).
-    "fanin1shared": ("fan-in QoS 1 at MQTT 5, 8 pub -> $share group of %d sub" % MEMBERS, None),
+    "fanin1shared": ("fan-in QoS 1 at MQTT 5, 8 pub -> $share group of %d sub" % MEMBERS,
+                     V5_FANIN + ["--subs", str(MEMBERS), "--shared", "bench"]),
     "fanout0": ("fan-out QoS 0, 1 pub -> 16 sub", ["fanout", "--qos", "0", "--pubs", "1", "--subs", "16"]),
     "latency": ("round trip QoS 0, 1 client", ["latency"]),
     "connect": ("connects", ["connect", "--conc", "16"]),
@@ -46,6 +47,9 @@ SCENARIOS = {
     # Not the load generator: 1,000 clients reconnecting 100 at a time (bench_storm).
     "storm": ("reconnect storm, 1,000 clients 100 at a time", None),
 }
+
+# The scenarios at MQTT 5: peers that do not speak it are not started for them.
+V5 = tuple(k for k, (_, lg) in SCENARIOS.items() if lg and "--v5" in lg)
 
 
 def build_loadgen(dest_dir=None, cc=None):
@@ -113,18 +117,6 @@ def run_scenario(broker, key, exe, opts):
             cpu1 = cpu_seconds(pid)
             if cpu0 is not None and cpu1 is not None:
                 res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / (time.time() - t0), 1)
-            res["broker_rss_after"] = rss_bytes(pid)
-        elif key in V5:
-            # The client is this process: its CPU in the load generator's column
-            cpu0, own0, t0 = cpu_seconds(pid), own_cpu_seconds(), time.time()
-            try:
-                res.update(fanin_v5(port, opts["duration"], opts["drain"], **V5[key]))
-            except OSError as e:  # refused: a CONNACK, a SUBACK, no topic alias, a closed connection
-                res["fatal"] = str(e)
-            cpu1, span = cpu_seconds(pid), time.time() - t0
-            if cpu0 is not None and cpu1 is not None:
-                res["broker_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / span, 1)
-            res["loadgen_cpu_pct"] = round(100.0 * (own_cpu_seconds() - own0) / span, 1)
             res["broker_rss_after"] = rss_bytes(pid)
         elif key == "idle":
             res.update(run_idle(exe, port, pid, opts))

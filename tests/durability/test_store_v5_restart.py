@@ -23,6 +23,15 @@ def persistent(b, cid, expiry=3600, **kw):
     return v5(b, cid, clean_start=False, properties=[(m5.SESSION_EXPIRY, expiry)], **kw)
 
 
+def offline_subscriber(b, cid, flt, expiry=3600):
+    """A persistent v5 session subscribed to flt at QoS 1, left offline."""
+    c, _ = persistent(b, cid, expiry)
+    c.send(m5.subscribe(1, (flt, 1)))
+    c.next(m5.SUBACK)
+    c.send(m5.disconnect(0))
+    c.close()
+
+
 def publish5(c, topic, payload, pid, properties=(), retain=False):
     c.send(m5.publish(topic, payload, qos=1, pid=pid, retain=retain, properties=properties))
     a = c.next(m5.PUBACK)
@@ -118,11 +127,7 @@ def test_first_sending_after_a_restart_has_dup_0(brokers, tmp_path):
     MQTT-4.4.0-1)."""
     data = tmp_path / "data"
     b = brokers(data)
-    sub, _ = persistent(b, "sub")
-    sub.send(m5.subscribe(1, ("d/#", 1)))
-    sub.next(m5.SUBACK)
-    sub.send(m5.disconnect(0))
-    sub.close()
+    offline_subscriber(b, "sub", "d/#")
     pub, _ = v5(b, "pub")
     publish5(pub, "d/1", b"one", 1)  # acknowledged once on flash: the subscriber is offline
     kill9(b)
@@ -134,11 +139,7 @@ def test_first_sending_after_a_restart_has_dup_0(brokers, tmp_path):
     assert not p.dup, "first sending of a message queued before the restart has DUP 1"
     # Not acknowledged. A second message for another offline session makes the broker commit
     # what it appended since (the note that d/1 went out, lazily written, among it).
-    other, _ = persistent(b2, "other")
-    other.send(m5.subscribe(1, ("d/#", 1)))
-    other.next(m5.SUBACK)
-    other.send(m5.disconnect(0))
-    other.close()
+    offline_subscriber(b2, "other", "d/#")
     pub, _ = v5(b2, "pub")
     publish5(pub, "d/2", b"two", 2)
     assert sub.next(m5.PUBLISH).payload == b"two"  # not acknowledged either
@@ -164,11 +165,7 @@ def test_session_expires_after_its_interval_across_a_restart(brokers, tmp_path):
     data = tmp_path / "data"
     b = brokers(data)
     for cid, expiry in (("short", 1), ("long", 3600)):
-        c, _ = persistent(b, cid, expiry)
-        c.send(m5.subscribe(1, ("x/#", 1)))
-        c.next(m5.SUBACK)
-        c.send(m5.disconnect(0))
-        c.close()
+        offline_subscriber(b, cid, "x/#", expiry)
     kill9(b)
     b2 = brokers(data)
     time.sleep(3)
@@ -176,6 +173,25 @@ def test_session_expires_after_its_interval_across_a_restart(brokers, tmp_path):
     assert ack.present == 0, "the session outlived its Session Expiry Interval across the restart"
     _, ack = persistent(b2, "long")
     assert ack.present == 1
+
+
+def test_session_of_a_client_connected_longer_than_its_interval_survives_a_restart(brokers, tmp_path):
+    """MQTT-3.1.2-23: the Session Expiry Interval runs from when the connection ends. A client
+    connected for longer than its interval (3 s) when the broker is killed finds its session
+    right after the restart (before: the interval was written to flash as a deadline counted
+    from CONNECT on the wall clock, already past at the restart, and the session was
+    deleted at once: Session Present 0)."""
+    data = tmp_path / "data"
+    b = brokers(data)
+    c, _ = persistent(b, "long-here", 3)
+    c.send(m5.subscribe(1, ("x/#", 1)))
+    c.next(m5.SUBACK)
+    time.sleep(4)
+    kill9(b)
+    b2 = brokers(data)
+    time.sleep(1.5)  # past a once-a-second expiry check, within 3 s of the restart
+    _, ack = persistent(b2, "long-here", 3)
+    assert ack.present == 1, "the session expired at the restart: " + b2.log()[-400:]
 
 
 def test_session_of_a_client_connected_at_the_crash_expires_after_the_restart(brokers, tmp_path):

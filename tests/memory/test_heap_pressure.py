@@ -13,11 +13,9 @@ Each test runs a script that imports firmware/ubroker, starts a real Server on a
 connects real sockets to it and runs the server's own loop (Server.one_pass), as
 tests/memory/test_memory.py does."""
 
-import os
-import subprocess
-import sys
 
-from conftest import ROOT, free_port
+from conftest import free_port
+from mpscript import board_conf, figures, run_done
 
 PRELUDE = r'''
 import gc, socket, sys, time
@@ -89,27 +87,38 @@ def client(cid, *packets, keepalive=0):
 SYS_REPORT = PRELUDE + r'''
 # A client with a wildcard subscription (routes are cached only when there is one) and one
 # publishing to a topic it matches: that topic's route is cached.
+# The clients' topics fill the cache to its size: a $SYS topic must not clear it either.
 sub = client(b"sub", subscribe(b"g/#", 0))
 assert run(lambda: b.index.count == 1, 5)
-pub = client(b"pub", publish(b"g/x", b"1", 0))
-assert run(lambda: b"g/x" in b.index.cache, 5)
+full = b.index.cache_size
+pub = client(b"pub", b"".join(publish(b"g/%d" % i, b"1", 0) for i in range(full)))
+assert run(lambda: len(b.index.cache) == full, 5)
 srv.sys.interval = 1  # one report, now
 srv.sys.due = srv.now
 srv.sys.tick(srv.now)
 print("sys_in_cache", len([t for t in b.index.cache if t[0] == 36]))
-print("client_topic_kept", int(b"g/x" in b.index.cache))
+print("client_topics_kept", len([t for t in b.index.cache if t[0] != 36]))
+print("cache_size", full)
 print("done")
 '''
 
 PAUSED_STARVED = PRELUDE + r'''
-# A subscriber that never reads nor acknowledges, and a publisher (keepalive 1 s) that sends
-# QoS 1 messages until the broker stops reading it (backpressure): it is paused.
+KEEPALIVE = int(sys.argv[3])
+SILENT_FIRST = int(sys.argv[4])  # seconds the paused publisher waits, silent, before the heap fills
+# A subscriber that never reads nor acknowledges, and a publisher (keepalive KEEPALIVE s) that sends
+# QoS 1 messages until the broker stops handling what it sends (backpressure): it is paused.
 sub = client(b"slow", subscribe(b"t", 1))
 assert run(lambda: b.index.count == 1, 5)
-pub = client(b"pub", keepalive=1)
-pub.send(b"".join(publish(b"t", b"x" * 100, 1, i + 1) for i in range(80)))
-assert run(lambda: srv.paused, 10), "the publisher was never paused"
+pub = client(b"pub", keepalive=KEEPALIVE)
+for i in range(200):  # one at a time: what it sent before the pause stays small
+    pub.send(publish(b"t", b"x" * 100, 1, i + 1))
+    if run(lambda: srv.paused, 0.2):
+        break
+assert srv.paused, "the publisher was never paused"
 c = srv.paused[0]
+run(lambda: False, SILENT_FIRST)
+is_closed = lambda: c.sock is None  # noqa: E731 (made while the heap has room)
+t0 = 0
 # The heap filled, in blocks the size of a read (the paused connection's buffer for what it
 # sends needs a block larger than one), and kept full.
 gc.collect()
@@ -122,7 +131,9 @@ while i < len(ballast):
         break
     i += 1
 pub.send(b"\xc0\x00")  # PINGREQ: the paused connection has input the broker cannot take
-closed = run(lambda: c.sock is None, 10)
+t0 = time.ticks_ms()
+closed = run(is_closed, 10)
+print("ms_to_close", time.ticks_diff(time.ticks_ms(), t0))
 ballast = None
 gc.collect()
 print("closed", int(closed))
@@ -133,35 +144,21 @@ print("done")
 '''
 
 
-def run_script(tmp_path, text, heap="100k"):
-    script = tmp_path / "pressure.py"
-    script.write_text(text)
-    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
-    env = dict(os.environ)
-    env["MICROPYPATH"] = os.path.join(ROOT, "firmware")
-    r = subprocess.run([mp, "-X", "heapsize=" + heap, str(script), str(free_port()),
-                        os.path.join(ROOT, "boards", "esp32.conf")],
-                       capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
-    out = {}
-    logs = []
-    for line in r.stdout.splitlines():
-        k, _, v = line.partition(" ")
-        if k == "log":
-            logs.append(v)
-        elif v:
-            out[k] = int(v)
-    return out, logs, r.stdout
+def run_script(tmp_path, text, *args, heap="100k"):
+    text = run_done(tmp_path, text, str(free_port()), board_conf("esp32"), *args, heap=heap, name="pressure.py")
+    logs = [line[4:] for line in text.splitlines() if line.startswith("log ")]
+    return figures(text), logs, text
 
 
 def test_a_sys_report_leaves_the_route_cache_to_the_clients(tmp_path):
     """The $SYS report's topics are routed without staying in the route cache: with a
-    wildcard subscription present, after a report the cache holds none of them, and the
-    route of the topic a client published to is still there (before: 16 $SYS topics and
-    their lists, ~2 kB of the esp32 profile's heap, and the clients' topics pushed out)."""
+    wildcard subscription present and the cache full of the clients' topics, after a report
+    the cache holds none of them, and every client topic is still there (before: 16 $SYS
+    topics and their lists, ~2 kB of the esp32 profile's heap, and the clients' topics
+    pushed out; then, the $SYS topics no longer kept, a full cache still cleared for each)."""
     out, _, text = run_script(tmp_path, SYS_REPORT, heap="512k")
     assert out["sys_in_cache"] == 0, text
-    assert out["client_topic_kept"] == 1, text
+    assert out["cache_size"] > 1 and out["client_topics_kept"] == out["cache_size"], text
 
 
 def test_a_paused_publisher_starved_of_heap_is_closed_with_the_reason(tmp_path):
@@ -170,7 +167,19 @@ def test_a_paused_publisher_starved_of_heap_is_closed_with_the_reason(tmp_path):
     closed once that window (+ 2 s) has passed with the heap still full, the reason logged
     ("out of memory"), instead of staying paused for as long as the heap stays full (before:
     it stayed paused, unread, with no end)."""
-    out, logs, text = run_script(tmp_path, PAUSED_STARVED, heap="512k")
+    out, logs, text = run_script(tmp_path, PAUSED_STARVED, "1", "0", heap="512k")
     assert out["closed"] == 1, text
     assert out["paused_left"] == 0, text
+
+
+def test_a_paused_publisher_is_given_its_window_from_when_the_heap_filled(tmp_path):
+    """The window runs from the first read that found no heap, not from the client's last
+    packet: a paused publisher without keepalive, silent for 3 s while it waits for its
+    PUBACK (as it may), then starved, stays connected for the 2 s that gives it (before: it
+    was closed at the first failed read, its silence counted as starvation)."""
+    out, logs, text = run_script(tmp_path, PAUSED_STARVED, "0", "3", heap="512k")
+    assert out["closed"] == 1, text
+    # 2 s on the server's loop clock (Server.now, updated once a pass), counted here from a
+    # moment a little after the first failed read; before the fix: 0 ms
+    assert out["ms_to_close"] >= 1500, text
     assert any(line == "client pub out of memory" for line in logs), text

@@ -9,13 +9,11 @@ the server's own read/flush code, taking gc.mem_alloc() after gc.collect() befor
 (so only live objects count). The figures are for the 64-bit unix port; a 32-bit board needs
 roughly half (pointers and object headers are half the size)."""
 
-import os
 import socket
-import subprocess
-import sys
 
 import mqttraw
-from conftest import ROOT, free_port
+from conftest import free_port
+from mpscript import board_conf, figures, run_done
 
 ESP32_MAX_CONNECTIONS = 64
 
@@ -177,21 +175,8 @@ print("done")
 
 
 def measure(tmp_path, n=32, board="esp32", heap="512k"):
-    script = tmp_path / "measure.py"
-    script.write_text(MEASURE)
-    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
-    env = dict(os.environ)
-    env["MICROPYPATH"] = os.path.join(ROOT, "firmware")
-    r = subprocess.run([mp, "-X", "heapsize=" + heap, str(script), str(free_port()),
-                        os.path.join(ROOT, "boards", board + ".conf"), str(n)],
-                       capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
-    out = {}
-    for line in r.stdout.splitlines():
-        k, _, v = line.partition(" ")
-        if v:
-            out[k] = int(v)
-    return out
+    return figures(run_done(tmp_path, MEASURE, str(free_port()), board_conf(board), str(n), heap=heap,
+                            name="measure.py"))
 
 
 def test_heap_cost_per_client_retained_and_queued_message(tmp_path):

@@ -8,11 +8,9 @@ accept/read/flush code, and takes gc.mem_alloc() after gc.collect() before and a
 clients of each kind connect and subscribe. The handshake's own buffers are gone by then:
 what stays is the wrapper (ws_frame.WsSock) and its 17-byte header and state buffer."""
 
-import os
-import subprocess
-import sys
 
-from conftest import ROOT, free_port
+from conftest import free_port
+from mpscript import board_conf, figures, run_done, run_mp
 
 MEASURE = r'''
 import gc, socket, sys, time, select
@@ -131,28 +129,9 @@ print("done")
 '''
 
 
-def run_mp(tmp_path, text, *args, heap=None):
-    """Run text as a script in the MicroPython unix port (with a heap of heap bytes, or its
-    default), the firmware on its path (or UBROKER_FIRMWARE's tree): the CompletedProcess."""
-    script = tmp_path / "ws_script.py"
-    script.write_text(text)
-    env = dict(os.environ)
-    env["MICROPYPATH"] = os.environ.get("UBROKER_FIRMWARE") or os.path.join(ROOT, "firmware")
-    mp = os.path.join(os.path.dirname(sys.executable), "micropython")
-    return subprocess.run([mp] + (["-X", "heapsize=" + heap] if heap else []) + [str(script)] + list(args),
-                          capture_output=True, text=True, timeout=120, env=env)
-
-
 def measure(tmp_path, n=16, board="esp32", heap="512k"):
-    r = run_mp(tmp_path, MEASURE, str(free_port()), str(free_port()), os.path.join(ROOT, "boards", board + ".conf"),
-               str(n), heap=heap)
-    assert r.returncode == 0 and "done" in r.stdout, r.stdout + r.stderr
-    out = {}
-    for line in r.stdout.splitlines():
-        k, _, v = line.partition(" ")
-        if v:
-            out[k] = int(v)
-    return out
+    return figures(run_done(tmp_path, MEASURE, str(free_port()), str(free_port()), board_conf(board), str(n),
+                            heap=heap, name="ws_script.py"))
 
 
 def test_websocket_connection_costs_under_200_bytes_more_than_tcp(tmp_path):
@@ -175,7 +154,7 @@ def test_no_ws_module_without_a_websockets_listener(tmp_path):
                "cfg = resolve(load(sys.argv[1]))\ncfg['listener'] = [(%d, '127.0.0.1'), (%d, '127.0.0.1')]\n"
                "srv = Server(cfg, lambda m: None)\nsrv.listen()\n"
                "print(sorted(m for m in sys.modules if m.startswith('ubroker.ws')), srv.ws)\n"
-               % (free_port(), free_port()), os.path.join(ROOT, "boards", "esp32.conf"))
+               % (free_port(), free_port()), board_conf("esp32"))
     assert r.stdout.strip() == "[] None", r.stdout + r.stderr
 
 

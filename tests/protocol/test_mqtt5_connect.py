@@ -105,6 +105,9 @@ REFUSED = [
     ("duplicate property", dict(properties=[(m.RECEIVE_MAXIMUM, 5), (m.RECEIVE_MAXIMUM, 5)]), 0x82),
     ("unknown property", dict(properties=[(0x7F, b"\x00")]), 0x81),
     ("property of another packet", dict(properties=[(m.TOPIC_ALIAS, 1)]), 0x81),
+    # Section 2.2.2.2: only in a client's PUBLISH is a Subscription Identifier a protocol
+    # error (MQTT-3.3.4-6); elsewhere it is a property of another packet, malformed
+    ("subscription identifier in CONNECT", dict(properties=[(m.SUBSCRIPTION_ID, 1)]), 0x81),
     ("receive maximum 0", dict(properties=[(m.RECEIVE_MAXIMUM, 0)]), 0x82),
     ("maximum packet size 0", dict(properties=[(m.MAXIMUM_PACKET_SIZE, 0)]), 0x82),
     ("request problem information 2", dict(properties=[(m.REQUEST_PROBLEM, 2)]), 0x82),

@@ -56,6 +56,23 @@ def test_expired_retained_message_is_not_sent(broker):
     assert s.recv_packet(2.0).type == m.PINGRESP  # and no "old" before it
 
 
+def test_expired_retained_message_is_not_sent_to_a_311_subscriber(broker):
+    """MQTT-3.3.2-5 holds for every matching subscriber: a 3.1.1 subscription does not get a
+    v5 client's retained message whose Message Expiry Interval has passed (one with time left
+    it gets, without properties)."""
+    retain(broker, "r3x/old", b"old", [(m.MESSAGE_EXPIRY, 1)])
+    retain(broker, "r3x/new", b"new", [(m.MESSAGE_EXPIRY, 100)])
+    time.sleep(2.2)
+    c = broker.raw()
+    assert c.connect("old311") == (0, 0)
+    c.send(mqttraw.subscribe(1, ("r3x/#", 0)))
+    c.expect(9)
+    p = c.expect(3)
+    assert (p.payload, p.retain) == (b"new", True)
+    c.send(mqttraw.PINGREQ)
+    c.expect(13)  # and no "old" before it
+
+
 def test_retained_delivery_carries_the_subscription_identifier(broker):
     """MQTT-3.3.4-3: the Subscription Identifier of the subscription that brings a retained
     message comes with it."""
@@ -93,6 +110,30 @@ def test_311_subscriber_gets_a_v5_retained_message_plain(broker):
     c.expect(9)
     p = c.expect(3)
     assert (p.payload, p.retain) == (b"plain", True)
+
+
+def test_message_expired_while_a_311_subscriber_was_away_is_not_sent(broker):
+    """MQTT-3.3.2-5 for a 3.1.1 subscriber: a v5 client's QoS 1 message queued for an offline
+    3.1.1 session (clean session 0) whose Message Expiry Interval passes before the client
+    is back is not sent; one with time left is, without properties."""
+    c = broker.raw()
+    assert c.connect("away311", clean=False) == (0, 0)
+    c.send(mqttraw.subscribe(1, ("e3/#", 1)))
+    c.expect(9)
+    c.send(mqttraw.DISCONNECT)
+    c.close()
+    p = v5(broker, "pub-e3")
+    for pid, (topic, expiry) in enumerate((("e3/old", 1), ("e3/new", 100)), 1):
+        p.send(m.publish(topic, topic.encode(), qos=1, pid=pid, properties=[(m.MESSAGE_EXPIRY, expiry)]))
+        p.next(m.PUBACK)
+    time.sleep(2.2)
+    c = broker.raw()
+    assert c.connect("away311", clean=False) == (1, 0)
+    got = c.expect(3)
+    assert got.payload == b"e3/new"
+    c.send(mqttraw.puback(got.pid))
+    c.send(mqttraw.PINGREQ)
+    c.expect(13)  # and no e3/old
 
 
 def test_message_expiring_in_an_online_clients_queue_is_dropped(broker):

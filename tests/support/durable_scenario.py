@@ -65,9 +65,15 @@ def check(fs, n, acked):
     return None
 
 
-def wear():
+def wear(progsize=32):
     """Erases of the flash for 1000 QoS 1 messages queued for an offline subscriber, and
-    writes for 1000 to an online subscriber that acknowledges at once."""
+    writes for 1000 to an online subscriber that acknowledges at once; LittleFS mounted with
+    program (and read) size progsize, the store's erase estimate on the model for it."""
+    from ubroker import store_log
+
+    model = {32: store_log.WEAR_PROG32, 256: store_log.WEAR_PROG256}[progsize]
+    store_log.Store.inline, store_log.Store.small, store_log.Store.meta = model
+    mount = {"progsize": progsize, "readsize": progsize}
     out = {}
 
     def offline(pubs, window, name):
@@ -118,10 +124,10 @@ def wear():
         out["online"] = dev.stats()
         out["online_delivered"] = len(model.st["delivered"])
 
-    powercut.erases_for(offline(4, 20, "offline_4x20"), blocks=128)
-    powercut.erases_for(offline(1, 20, "offline_1x20"), blocks=128)
-    powercut.erases_for(offline(1, 1, "offline_single"), blocks=128)
-    powercut.erases_for(online, blocks=128)
+    powercut.erases_for(offline(4, 20, "offline_4x20"), blocks=128, mount_opts=mount)
+    powercut.erases_for(offline(1, 20, "offline_1x20"), blocks=128, mount_opts=mount)
+    powercut.erases_for(offline(1, 1, "offline_single"), blocks=128, mount_opts=mount)
+    powercut.erases_for(online, blocks=128, mount_opts=mount)
     return out
 
 
@@ -132,4 +138,4 @@ if __name__ == "__main__":
         summary = powercut.sweep(scenario, check, max_points=maxp, blocks=64, torn=torn)
         print(json.dumps({k: summary[k] for k in ("total", "tried", "cut", "failures", "details")}))
     else:
-        print(json.dumps(wear()))
+        print(json.dumps(wear(int(sys.argv[2]) if len(sys.argv) > 2 else 32)))
