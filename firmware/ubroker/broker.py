@@ -391,11 +391,10 @@ class Broker:
                 self.held_bytes += ENTRY_COST
                 self._write_publish(c, topic, payload, q, False, False, pid)
                 continue
-            if msg is None:  # MSG layout (session.py): topic, payload, mid
-                if props is None or not props[1]:
-                    msg = [topic, _bytes(payload), 0]
-                else:  # a Message Expiry Interval holds for a 3.1.1 subscriber too (v5_route.py)
-                    msg = [topic, _bytes(payload), 0, self.v5.plain(props)]  # type: ignore[attr-defined]
+            if msg is None:
+                msg = [topic, _bytes(payload), 0]  # MSG layout (session.py): topic, payload, mid
+                if props is not None and props[1]:  # its Message Expiry holds for 3.1.1 too
+                    msg.append(self.v5.plain(props))  # type: ignore[attr-defined]
             self.deliver(s, msg, q, False, size)
         if force and self.persist is not None:
             self.persist.forget_fresh()
@@ -486,7 +485,8 @@ class Broker:
 
     def resend(self, s):
         """On reconnect, resend what was in flight in its original order, with DUP, and the
-        PUBRELs still unanswered (MQTT-4.4.0-1), then top the window up from the queue."""
+        PUBRELs still unanswered (MQTT-4.4.0-1), then top the window up from the queue. Once
+        the v5 modules are loaded, v5_route.Router.resend stands in on the instance."""
         c = s.conn
         if s.inflight:
             for e in s.inflight:
@@ -531,7 +531,8 @@ class Broker:
 
     def send_retained(self, s, flt, granted):
         """Retained messages matching a new subscription, with RETAIN set (MQTT-3.3.1-6).
-        Nobody's acknowledgement waits on these deliveries."""
+        Nobody's acknowledgement waits on these deliveries. Once retained messages have MQTT 5
+        properties, v5_route.Router.plain_retained stands in on the instance."""
         levels = flt.split(b"/")
         c = s.conn
         if flt.startswith(b"$SYS") and self.sys_report is not None:
@@ -540,14 +541,10 @@ class Broker:
                 if match_levels(levels, topic):
                     self._write_publish(c, topic, payload, 0, True, False, 0)
         table = self.retained
-        v5 = getattr(self, "v5", None)  # loaded: retained messages may carry an expiry
         for topic in table:
             if not match_levels(levels, topic):
                 continue
-            e = table[topic]
-            if v5 is not None and v5.rprops and v5.expired(topic, e):
-                continue  # MQTT-3.3.2-5, for a 3.1.1 subscriber too
-            payload, q = e
+            payload, q = table[topic]
             q = q if q < granted else granted
             if q == 0:
                 self._write_publish(c, topic, payload, 0, True, False, 0)
@@ -627,20 +624,11 @@ class Broker:
         if s is not None and s.conn is conn:
             s.conn = None
             if conn.v5 is not None:  # the will may wait, the session expire (v5_session.py)
-                try:
-                    self.v5.left(conn, s, will, abnormal)  # type: ignore[attr-defined]
-                except MemoryError:
-                    # A connection closed for want of heap may leave none for its timer
-                    # or will; what follows must happen all the same
-                    self.stats.hit("memory")
+                self.v5.left(conn, s, will, abnormal)  # type: ignore[attr-defined]
                 will = None
             if self.persist is not None and not s.clean:
                 self.persist.session_offline(s)
             if s.clean:
                 self.drop_session(s)
         if will is not None and abnormal:
-            try:
-                self.publish(will[0], will[1], will[2], will[3], True)
-            except MemoryError:
-                self.stats.hit("memory")
-                self.stats.dropped += 1
+            self.publish(will[0], will[1], will[2], will[3], True)

@@ -51,6 +51,11 @@ SCHEMA = {
     "gc_threshold": "size",
     "max_connection_rate": "int",
     "max_half_open_connections": "pos",
+    # MQTT 5 (v5_protocol.py reads them with cfg.get; not in DEFAULTS, which every broker
+    # keeps): CONNACK's Response Information is PREFIX/<client id>, default `response`; the
+    # Topic Aliases the server may set per client, default 4, 0 none
+    "response_topic_prefix": "str",
+    "max_topic_alias_out": "int",
     # board profile (boards/*.conf)
     "board": "str",
     "description": "str",

@@ -274,9 +274,6 @@ class Protocol:
         b_.send(c, b"\x20\x02\x01\x00" if present and level == 4 else b"\x20\x02\x00\x00")
         self.server.log_event(c, "connected")
         if present:
-            v5 = getattr(b_, "v5", None)
-            if v5 is not None:  # what v5 publishers sent may have expired meanwhile
-                v5.expire(s)
             b_.resend(s)
         return True
 

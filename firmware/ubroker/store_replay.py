@@ -199,9 +199,7 @@ def restore5(p, v, pend, w):
             continue
         if type(k) is bytes:  # a retained message's properties, if it is still the one
             if b.retained.get(k) is x[0]:
-                if v.rprops is None:
-                    v.rprops = {}
-                v.rprops[k] = x
+                (v.rprops if v.rprops is not None else v.rtable())[k] = x
             continue
         if b.sessions.get(k.cid) is not k or k.clean:
             continue  # ended since

@@ -36,6 +36,8 @@ _P_WILL_DELAY = const(0x18)
 _P_ASSIGNED_ID = const(0x12)
 _P_SERVER_KEEPALIVE = const(0x13)
 _P_AUTH_METHOD = const(0x15)
+_P_REQUEST_PROBLEM = const(0x17)
+_P_REQUEST_RESPONSE = const(0x19)
 _P_RECEIVE_MAX = const(0x21)
 _P_ALIAS_MAX = const(0x22)
 _P_ALIAS = const(0x23)
@@ -74,6 +76,9 @@ class V5Conn:
     expiry = 0  # Session Expiry Interval from CONNECT, or from DISCONNECT
     wdelay = 0  # the will's Will Delay Interval
     wprops = None  # the will's properties, as v5_route.forward gives them
+    # Topic Aliases the server may set: the client's maximum within the server's; with it
+    # (v5_asked.py) aout, topic -> the alias set; quiet: Request Problem Information 0
+    amax = 0
 
 
 def load(proto):
@@ -82,10 +87,17 @@ def load(proto):
     v = getattr(b, "v5", None)  # an attribute of the broker only once loaded
     if v is None:
         b.v5 = v = V5(proto)
+        # Messages of v5 publishers may expire in any session, a 3.1.1 client's too
+        # (MQTT-3.3.2-5): a session taken back drops them first (Router.resend)
+        b.resend = v.resend
     return v
 
 
 class V5(Timers):
+    # The Maximum Packet Size of the CONNECT being handled, for the Reason String of a refusal:
+    # 0 none, -1 not known (its properties not read, or a value of 0)
+    lim = -1
+
     def __init__(self, proto):
         Timers.__init__(self, proto.b, proto.server)
         self.p = proto
@@ -98,6 +110,7 @@ class V5(Timers):
 
     def connect(self, c, buf, pos, end, flags, keepalive):
         """CONNECT from the protocol level on (pos is after Keep Alive)."""
+        self.lim = -1
         try:
             return self._connect(c, buf, pos, end, flags, keepalive)
         except Malformed as e:
@@ -105,8 +118,11 @@ class V5(Timers):
             return True
 
     def refuse(self, c, code, why):
-        """CONNACK with a reason code of 0x80 or more, then close (MQTT-3.2.2-5)."""
-        self.b.send(c, bytes((0x20, 3, 0, code, 0)))
+        """CONNACK with a reason code of 0x80 or more, then close (MQTT-3.2.2-5); `why` goes
+        with it as its Reason String when the client's Maximum Packet Size is known and room
+        is left (MQTT-3.2.2-19). Request Problem Information 0 allows it on CONNACK
+        (MQTT-3.1.2-29)."""
+        self.b.send(c, self.told(c, bytes((0x20, 3, 0, code, 0)), why))
         self.server.close(c, why, False, True)
 
     def _connect(self, c, buf, pos, end, flags, keepalive):
@@ -122,6 +138,7 @@ class V5(Timers):
         found, pos = props(buf, pos, end, _IN_CONNECT)
         if found is None:
             found = {}
+        self.lim = found.get(_P_MAX_PACKET, 0) or (-1 if _P_MAX_PACKET in found else 0)
         cid, pos = utf8(buf, pos, end)  # MQTT-3.1.3-4
         will = wp = None
         if will_flag:
@@ -157,7 +174,7 @@ class V5(Timers):
             if code is None:
                 return False  # its password is being checked: offered again when done
             if code:
-                self.refuse(c, 0x86 if code == 4 else 0x87, "refused: reason code %d" % code)
+                self.refuse(c, 0x86 if code == 4 else 0x87, "bad user name or password" if code == 4 else "not authorized")
                 return True
         assigned = None
         if not cid:
@@ -204,6 +221,11 @@ class V5(Timers):
                 v.wdelay = wp[_P_WILL_DELAY]
         if _P_MAX_PACKET in found:
             v.max_out = found[_P_MAX_PACKET]
+        info = None
+        if _P_ALIAS_MAX in found or _P_REQUEST_RESPONSE in found or _P_REQUEST_PROBLEM in found:
+            from .v5_asked import asked  # loaded at the first client asking for one of them
+
+            info = asked(self, v, found, cid)
         rm = found.get(_P_RECEIVE_MAX, 65535)
         if rm < b_.max_inflight:
             c.wmax = rm  # MQTT-3.3.4-9
@@ -227,16 +249,17 @@ class V5(Timers):
         st.connected += 1
         if st.connected > st.max_connected:
             st.max_connected = st.connected
-        b_.send(c, self.connack(present, assigned, told))
+        b_.send(c, self.connack(present, assigned, told, info))
         self.server.log_event(c, "connected (MQTT 5)")
         if present:
-            self.expire(s)
-            b_.resend(s)
+            b_.resend(s)  # Router.resend: what expired meanwhile is dropped first
         return True
 
-    def connack(self, present, assigned, keepalive):
+    def connack(self, present, assigned, keepalive, info=None):
         """CONNACK 0 with what the server supports (MQTT 5.0 section 3.2.2.3). No Session
-        Expiry Interval: the client's is the one used (section 3.2.2.3.2)."""
+        Expiry Interval: the client's is the one used (section 3.2.2.3.2). `info`: the
+        Response Information property (v5_asked.py), left out unless the CONNACK stays
+        within the client's Maximum Packet Size counting its header at the most (11 bytes)."""
         pr = bytearray()
         put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
         mq = self.b.max_qos
@@ -254,6 +277,8 @@ class V5(Timers):
         put_u(pr, _P_SHARED_AVAILABLE, 1, 1)
         if keepalive:
             put_u(pr, _P_SERVER_KEEPALIVE, keepalive, 2)
+        if info is not None and (not self.lim or len(pr) + len(info) + 11 <= self.lim):
+            pr += info
         return packet(0x20, bytes((1 if present else 0, 0)), pr)
 
     def mark(self, s):
@@ -268,9 +293,10 @@ class V5(Timers):
             s.v5 = {}
 
     def drop(self, c, code, why):
-        """DISCONNECT with a reason code, then close (MQTT-3.14.4-1/2)."""
+        """DISCONNECT with a reason code and `why` as its Reason String (left out if it would
+        exceed the client's Maximum Packet Size, MQTT-3.14.2-3), then close (MQTT-3.14.4-1/2)."""
         if c.v5 is not None:
-            self.b.send(c, disconnect(code))
+            self.b.send(c, self.told(c, disconnect(code), why))
         self.server.close(c, why, True, True)
 
     # ------------------------------------------------------------------ after CONNECT
@@ -325,7 +351,7 @@ class V5(Timers):
         if ptype == 6:  # PUBREL
             q2 = s.qos2in
             if not q2 or pid not in q2:
-                b_.send(c, ack(0x70, pid, 0x92))  # PUBCOMP: Packet Identifier not found
+                b_.send(c, self.told(c, ack(0x70, pid, 0x92)))  # PUBCOMP: Packet Identifier not found
                 return True
             q2.remove(pid)
             b_.freed = True  # a publisher held back by that bound may go on
@@ -413,7 +439,7 @@ class V5(Timers):
             if found.get(1) == 1 and _check_message(found, mv, p, end):  # no call without the indicator
                 if not qos:
                     raise Malformed("payload is not UTF-8", 0x99)
-                b_.send(c, ack(0x40 if qos == 1 else 0x50, pid, 0x99))
+                b_.send(c, self.told(c, ack(0x40 if qos == 1 else 0x50, pid, 0x99)))
                 return True
             if 0x102 in found or 0x123 in found or 0x118 in found:
                 fwd = forward(buf, found, self.server.now)
@@ -457,6 +483,8 @@ class V5(Timers):
         if acked is not None:
             return True
         pkt = ack(0x40 if qos == 1 else 0x50, pid, code)
+        if code > 0x7F:
+            pkt = self.told(c, pkt)
         if per is not None and (durable or per.fresh or c.acks):
             per.acknowledge(c, pkt, durable)
         else:
@@ -533,7 +561,7 @@ class V5(Timers):
                 continue  # no retained messages for a shared subscription (section 4.8.2)
             if rh == 0 or (rh == 0x10 and fresh):  # MQTT-3.3.1-9/10/11
                 retained.append((flt, q))
-        b_.send(c, codes_packet(0x90, pid, codes))  # MQTT-3.8.4-1, 3.8.4-6
+        b_.send(c, self.told(c, codes_packet(0x90, pid, codes)) if max(codes) > 0x7F else codes_packet(0x90, pid, codes))  # MQTT-3.8.4-1, 3.8.4-6
         for flt, q in retained:
             self.send_retained(s, flt, q, sid)
         return True
@@ -560,8 +588,20 @@ class V5(Timers):
                 codes.append(0)
             else:  # No subscription existed, or Topic Filter invalid (none can exist then)
                 codes.append(0x11 if valid_filter(flt) else 0x8F)
-        b_.send(c, codes_packet(0xB0, pid, codes))  # MQTT-3.11.3-1
+        b_.send(c, self.told(c, codes_packet(0xB0, pid, codes)) if max(codes) > 0x7F else codes_packet(0xB0, pid, codes))  # MQTT-3.11.3-1
         return True
+
+    def told(self, c, pkt, text=None):
+        """pkt, a CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK or DISCONNECT that
+        refuses or fails something, with a Reason String where it may have one
+        (v5_reason.told, the module loaded at the first); as it is when the heap has no room
+        for that module: the refusal matters more than its words."""
+        try:
+            from .v5_reason import told
+
+            return told(self, c, pkt, text) or pkt
+        except MemoryError:
+            return pkt
 
     # ------------------------------------------------------------------ DISCONNECT
 

@@ -26,6 +26,10 @@ _PID = const(0)
 _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_ACK = const(0)
+# A topic gets a Topic Alias from the server (v5_asked.py) only from this length on: its
+# first PUBLISH costs 3 bytes more, each later one saves len(topic) - 3, and a connection
+# has few aliases
+_ALIAS_MIN = const(8)
 
 
 def forward(buf, found, now):
@@ -107,7 +111,7 @@ class Router:
         if props[2] < 0:  # a will's expiry counts from now (forward())
             props = (props[0], props[1], self.server.now)
         if rp is None:
-            self.rprops = rp = {}
+            rp = self.rtable()
         rp[topic] = (e, props)
         if self.b.persist is not None:  # to flash after the message's _RET (store_v5.py)
             from .store_v5 import kept
@@ -121,12 +125,32 @@ class Router:
         t0 = props[2]
         return (b"", props[1], t0 if t0 >= 0 else self.server.now, b"", False)
 
-    def expired(self, topic, e):
-        """Has the retained entry e on topic a Message Expiry Interval that has passed?"""
-        r = self.rprops.get(topic)
-        if r is None or r[0] is not e or not r[1][1]:
-            return False
-        return time.ticks_diff(self.server.now, r[1][2]) >= r[1][1] * 1000
+    def resend(self, s):
+        """Broker.resend, on the broker instance once the v5 modules are loaded: expire()
+        first, for a session taken back by a client of either version."""
+        self.expire(s)
+        type(self.b).resend(self.b, s)
+
+    def rtable(self):
+        """rprops, made at the first retained message with properties. From then on a 3.1.1
+        subscription's retained messages come through plain_retained, on the broker instance
+        (so a broker that has none pays nothing in Broker.send_retained)."""
+        self.rprops = {}
+        self.b.send_retained = self.plain_retained
+        return self.rprops
+
+    def plain_retained(self, s, flt, granted):
+        """Broker.send_retained for a 3.1.1 subscription, once retained messages may have a
+        Message Expiry Interval: those whose interval has passed leave the table first
+        (MQTT-3.3.2-5 holds for every subscriber), cleared as an empty retained message would."""
+        b = self.b
+        rp = self.rprops
+        now = self.server.now
+        for topic in [t for t in rp if rp[t][1][1] and time.ticks_diff(now, rp[t][1][2]) >= rp[t][1][1] * 1000]:
+            e = rp.pop(topic)[0]
+            if b.retained.get(topic) is e:
+                b.retain(topic, b"", e[1])
+        type(b).send_retained(b, s, flt, granted)
 
     def send_retained(self, s, flt, granted, sid):
         """Broker.send_retained for a v5 subscription: each retained message with its
@@ -278,6 +302,8 @@ class Router:
                 # walks the window, whose oversized entries expire() took out first.
                 self.dropped(c.sess, at)
             return
+        if v.amax and len(topic) >= _ALIAS_MIN:  # only to a client that asked (MQTT-3.1.2-27)
+            topic, pr = self.alias(v, topic, payload, qos, pr)  # type: ignore[attr-defined]
         out = b._out(c)
         tl = len(topic)
         rl = 2 + tl + vbi_len(len(pr)) + len(pr) + len(payload)

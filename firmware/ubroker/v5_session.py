@@ -43,7 +43,15 @@ class Timers(Router):
 
     def left(self, c, s, will, abnormal):
         """v5 connection c, holding session s, is gone (Broker.detach): its will goes now,
-        waits, or is discarded; a session that does not end now gets its expiry deadline."""
+        waits, or is discarded; a session that does not end now gets its expiry deadline.
+        A connection closed for want of heap may leave none for its timer or will: the rest
+        of Broker.detach (the session's end) must happen all the same."""
+        try:
+            self._left(c, s, will, abnormal)
+        except MemoryError:
+            self.b.stats.hit("memory")
+
+    def _left(self, c, s, will, abnormal):
         if c.bridge is not None:
             return  # a bridge's link (bridge_v5.py): its session is the bridge's, for good
         v = c.v5

@@ -1,0 +1,158 @@
+"""MQTT 5.0 Reason String (0x1F) on what the server sends when it refuses or fails something,
+through the network with raw clients (tests/support/mqttraw5.py): CONNACK refusals, PUBACK,
+PUBREC, PUBCOMP, SUBACK, UNSUBACK and DISCONNECT carry one; success never does; with Request
+Problem Information 0 only CONNACK and DISCONNECT may (MQTT-3.1.2-29); never when it would take
+the packet over the client's Maximum Packet Size (MQTT-3.2.2-19, 3.4.2-2, 3.5.2-2, 3.7.2-2,
+3.9.2-1, 3.11.2-1, 3.14.2-3)."""
+
+import pytest
+
+import mqttraw
+import mqttraw5 as m
+from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
+from mqttraw5 import connected, prop
+
+QUIET = [(m.REQUEST_PROBLEM, 0)]
+
+
+def size(raw):
+    """The whole packet's size, as Maximum Packet Size counts it."""
+    return 1 + len(mqttraw.varint(len(raw.body))) + len(raw.body)
+
+
+def code_props(a):
+    return a.code, a.props
+
+
+def codes_props(a):
+    return a.codes, a.props
+
+
+def test_puback_and_pubrec_refusals_say_why(broker):
+    """MQTT-3.4.2-2, 3.5.2-2 (section 3.4.2.2.2): PUBACK and PUBREC 0x87 for a `$` topic and
+    0x99 for a payload that is not UTF-8 carry a Reason String; a PUBACK 0x00 or 0x10 (no
+    matching subscribers: not a failure) carries none."""
+    c = connected(broker, "rs-pub")
+    c.send(m.subscribe(1, ("rs/ok", 1)))
+    c.next(m.SUBACK)
+    c.send(m.publish("$oops", b"x", qos=1, pid=1))
+    a = c.next(m.PUBACK)
+    assert (a.code, prop(a.props, m.REASON_STRING)) == (0x87, b"not authorized")
+    c.send(m.publish("$oops", b"x", qos=2, pid=2))
+    a = c.next(m.PUBREC)
+    assert (a.code, prop(a.props, m.REASON_STRING)) == (0x87, b"not authorized")
+    c.send(m.publish("rs/t", b"\xff", qos=1, pid=3, properties=[(m.PAYLOAD_FORMAT, 1)]))
+    a = c.next(m.PUBACK)
+    assert (a.code, prop(a.props, m.REASON_STRING)) == (0x99, b"payload not UTF-8")
+    c.send(m.publish("rs/nobody", b"x", qos=1, pid=4))
+    a = c.next(m.PUBACK)
+    assert (a.code, a.props) == (0x10, [])
+    c.send(m.publish("rs/ok", b"x", qos=1, pid=5))
+    a = c.next(m.PUBACK)
+    assert (a.code, a.props) == (0, [])
+
+
+def test_pubcomp_for_an_unknown_packet_id_says_why(broker):
+    """MQTT-3.7.2-2 (section 3.7.2.2.2): a PUBREL for an id the server does not hold gets
+    PUBCOMP 0x92 with a Reason String."""
+    c = connected(broker, "rs-comp")
+    c.send(m.ack(m.PUBREL, 77))
+    a = c.next(m.PUBCOMP)
+    assert (a.pid, a.code, prop(a.props, m.REASON_STRING)) == (77, 0x92, b"packet id not found")
+
+
+def test_suback_and_unsuback_failures_say_why(broker):
+    """MQTT-3.9.2-1, 3.11.2-1: a SUBACK with a refused filter and an UNSUBACK with an invalid
+    one carry a Reason String (the highest code's); a SUBACK that grants all carries none."""
+    c = connected(broker, "rs-sub")
+    c.send(m.subscribe(1, ("rs/a", 1), ("rs/#/b", 0)))
+    a = c.next(m.SUBACK)
+    assert (a.codes, prop(a.props, m.REASON_STRING)) == ([1, 0x8F], b"topic filter invalid")
+    c.send(m.subscribe(2, ("rs/b", 0)))
+    a = c.next(m.SUBACK)
+    assert (a.codes, a.props) == ([0], [])
+    c.send(m.unsubscribe(3, "rs/a", "rs/#/b"))
+    a = c.next(m.UNSUBACK)
+    assert (a.codes, prop(a.props, m.REASON_STRING)) == ([0, 0x8F], b"topic filter invalid")
+
+
+def test_request_problem_information_0_keeps_acknowledgements_plain(broker):
+    """MQTT-3.1.2-29: with Request Problem Information 0 no Reason String on PUBACK, PUBREC,
+    PUBCOMP, SUBACK or UNSUBACK; the reason codes are the same."""
+    c = connected(broker, "rs-quiet", properties=QUIET)
+    c.send(m.publish("$oops", b"x", qos=1, pid=1))
+    assert code_props(c.next(m.PUBACK)) == (0x87, [])
+    c.send(m.publish("$oops", b"x", qos=2, pid=2))
+    assert code_props(c.next(m.PUBREC)) == (0x87, [])
+    c.send(m.ack(m.PUBREL, 9))
+    assert code_props(c.next(m.PUBCOMP)) == (0x92, [])
+    c.send(m.subscribe(1, ("rs/#/b", 0)))
+    assert codes_props(c.next(m.SUBACK)) == ([0x8F], [])
+    c.send(m.unsubscribe(2, "rs/#/b"))
+    assert codes_props(c.next(m.UNSUBACK)) == ([0x8F], [])
+
+
+def test_disconnect_says_why_also_with_request_problem_information_0(broker):
+    """MQTT-3.1.2-29 allows a Reason String on DISCONNECT whatever the client asked; the
+    server's DISCONNECT 0x94 for a Topic Alias above its maximum carries one."""
+    for cid, props in (("rs-d1", []), ("rs-d0", QUIET)):
+        c = connected(broker, cid, properties=props)
+        c.send(m.publish("rs/t", b"x", properties=[(m.TOPIC_ALIAS, 9)]))
+        raw = c.recv_packet(5)
+        d = m.Ack(raw)
+        assert (d.type, d.code) == (m.DISCONNECT, 0x94)
+        assert b"topic alias 9" in prop(d.props, m.REASON_STRING)
+        assert c.closed()
+
+
+def test_session_takeover_disconnect_says_why(broker):
+    """MQTT-3.1.4-3 with section 3.14.2.2.3: the DISCONNECT 0x8E a v5 client gets when another
+    takes its session over says so."""
+    old = connected(broker, "rs-take")
+    connected(broker, "rs-take")
+    d = m.Ack(old.recv_packet(5))
+    assert (d.type, d.code, prop(d.props, m.REASON_STRING)) == (m.DISCONNECT, 0x8E, b"taken over by a new connection")
+
+
+@pytest.mark.parametrize("props", [[], QUIET], ids=["default", "request-problem-0"])
+def test_connack_refusal_says_why(broker, props):
+    """Section 3.2.2.3.9 (MQTT-3.1.2-29 allows it on CONNACK whatever the client asked): a
+    client id above max_client_id_length gets CONNACK 0x85 with a Reason String, then the
+    close."""
+    c = m.Client5(broker.port)
+    broker._clients.append(c)
+    ack = c.connect5("x" * 65, properties=props)
+    assert (ack.code, prop(ack.props, m.REASON_STRING)) == (0x85, b"client id not valid")
+    assert c.closed()
+
+
+def test_connack_refusal_of_an_unreadable_connect_has_no_reason_string(broker):
+    """MQTT-3.2.2-19: when the CONNECT's properties could not be read, its Maximum Packet Size
+    is not known, so the refusal (0x82, a property twice) goes without a Reason String."""
+    c = m.Client5(broker.port)
+    broker._clients.append(c)
+    ack = c.connect5("rs-dup", properties=[(m.MAXIMUM_PACKET_SIZE, 6), (m.MAXIMUM_PACKET_SIZE, 6)])
+    assert (ack.code, ack.props) == (0x82, [])
+
+
+def test_reason_strings_stay_within_the_maximum_packet_size(broker):
+    """MQTT-3.2.2-19, 3.4.2-2, 3.7.2-2, 3.9.2-1, 3.14.2-3: a client whose Maximum Packet Size
+    (12 bytes) leaves no room for the words gets the same reason codes without them, each
+    packet within the size."""
+    c = m.Client5(broker.port)
+    broker._clients.append(c)
+    ack = c.connect5("x" * 65, properties=[(m.MAXIMUM_PACKET_SIZE, 12)])
+    assert (ack.code, ack.props) == (0x85, [])
+    c = connected(broker, "rs-small", properties=[(m.MAXIMUM_PACKET_SIZE, 12)])
+    c.send(m.publish("$oops", b"x", qos=1, pid=1))
+    raw = c.expect(m.PUBACK)
+    assert (m.Ack(raw).code, m.Ack(raw).props, size(raw) <= 12) == (0x87, [], True)
+    c.send(m.ack(m.PUBREL, 5))
+    raw = c.expect(m.PUBCOMP)
+    assert (m.Ack(raw).code, m.Ack(raw).props, size(raw) <= 12) == (0x92, [], True)
+    c.send(m.subscribe(1, ("rs/#/b", 0)))
+    raw = c.expect(m.SUBACK)
+    assert (m.Ack(raw).codes, m.Ack(raw).props, size(raw) <= 12) == ([0x8F], [], True)
+    c.send(m.publish("rs/t", b"x", properties=[(m.TOPIC_ALIAS, 9)]))
+    raw = c.expect(m.DISCONNECT)
+    assert (m.Ack(raw).code, m.Ack(raw).props, size(raw) <= 12) == (0x94, [], True)
