@@ -89,6 +89,17 @@ class Stats:
 
 
 class Broker:
+    # In-flight entries of _WRITTEN messages given back by release(), reused by publish():
+    # a QoS 1/2 delivery then allocates nothing (tools/heap32). spare[:nspare], in a list of
+    # fixed length: one that grew and shrank would be reallocated as it did (13 % more
+    # instructions per message in the in-process fan-in: each freed block sends the
+    # allocator's search for the next frame back down the heap). The count in the list's
+    # first slot instead of a field took 2.4 % more instructions there. Class defaults until
+    # the first release(): the list and the two fields in this object's attribute table cost
+    # 224 B of heap at start on 64 bits (esp32 profile) when made in __init__.
+    spare = None  # type: list
+    nspare = 0
+
     def __init__(self, cfg, log, write_out):
         self.cfg = cfg
         self.log = log
@@ -132,15 +143,6 @@ class Broker:
         # fills it, publish() and send() copy it into the output (no packet object).
         self.pkt = bytearray(b"\x40\x02\x00\x00")
         self.freed = False  # a window or queue made room: paused publishers may resume
-        # In-flight entries of _WRITTEN messages given back by release(), reused by publish():
-        # a QoS 1/2 delivery then allocates nothing (tools/heap32). spare[:nspare], in a list
-        # of fixed length: one that grew and shrank would be reallocated as it did (13 % more
-        # instructions per message in the in-process fan-in: each freed block sends the
-        # allocator's search for the next frame back down the heap). The count in the list's
-        # first slot instead of a field saved 288 B at start on 64 bits (this object's
-        # attribute table grows) and 32 B on 32, but took 2.4 % more instructions there.
-        self.spare = [None] * self.max_inflight  # type: list
-        self.nspare = 0
         self.stats = Stats()
 
     # ---------------------------------------------------------------- output
@@ -474,6 +476,8 @@ class Broker:
         self.held_bytes -= _len(m[0]) + _len(m[1]) + ENTRY_COST  # cost(m)
         if m is _WRITTEN:
             i = self.nspare  # (i reused: a local more would put the frame on the heap)
+            if self.spare is None:  # the first one
+                self.spare = [None] * self.max_inflight
             if i < _len(self.spare):  # referenced nowhere else: reused
                 self.spare[i] = e
                 self.nspare = i + 1
