@@ -126,7 +126,7 @@ class Broker:
         self.gone_sessions = self.gone_retained = 0
         self.retained_bytes = 0
         self.persist = None  # the durable store's bookkeeping (store_persist.py), when enabled
-        self.sys_report = None  # set by the server: the $SYS figures now, [(topic, payload)]
+        self.sys_report = None  # set by the server: its $SYS report (Server.sysinfo), loaded
         self.held_bytes = 0  # heap bytes of messages in all in-flight windows and queues
         # Connections with fresh output, in a list allocated once: dirty[:ndirty], each at
         # most once (Conn.listed) until the flush takes it off; the flush has written
@@ -541,7 +541,7 @@ class Broker:
         c = s.conn
         if flt.startswith(b"$SYS") and self.sys_report is not None:
             # $SYS values are not stored: the current ones are the retained ones.
-            for topic, payload in self.sys_report():
+            for topic, payload in self.sys_report().report():
                 if match_levels(levels, topic):
                     self._write_publish(c, topic, payload, 0, True, False, 0)
         table = self.retained
