@@ -322,7 +322,13 @@ class Protocol:
                     raise Malformed("topic name empty or with a wildcard")  # MQTT-3.3.2-2, 4.7.3-1
             if _len(names) >= self.index.cache_size:
                 names.clear()
-            names[fp] = topic  # a name of the same fingerprint makes way
+            try:
+                names[fp] = topic  # a name of the same fingerprint makes way
+            except MemoryError:
+                # Only a cache, as Index.cache: its table (272 B at 16 names) may find no
+                # block in a full heap, and that closed the publisher (test_64_subscribed_
+                # clients_in_the_esp32_heap: its burst of 64 topics, in 2 of 3 runs)
+                pass
         b_ = self.b
         s = c.sess
         pid = 0
@@ -404,7 +410,10 @@ class Protocol:
             v = self.rmv[a:b]
             if _len(views) >= _VIEWS:
                 views.clear()
-            views[k] = v
+            try:
+                views[k] = v
+            except MemoryError:  # only a cache (see publish's names)
+                pass
         return v
 
     def qos2_taken(self, s, pid):
