@@ -97,7 +97,7 @@ class Broker:
     # first slot instead of a field took 2.4 % more instructions there. Class defaults until
     # the first release(): the list and the two fields in this object's attribute table cost
     # 224 B of heap at start on 64 bits (esp32 profile) when made in __init__.
-    spare = None  # type: list
+    spare = None  # type: list  # type: ignore[assignment]
     nspare = 0
 
     def __init__(self, cfg, log, write_out):
@@ -386,7 +386,7 @@ class Broker:
                     e[_QOS] = q
                     e[_STAGE] = _AWAIT_ACK
                 else:
-                    e = [pid, q, _WRITTEN, _AWAIT_ACK]
+                    e = [pid, q, _WRITTEN, _AWAIT_ACK]  # type: ignore[assignment]
                 if w is None:
                     s.inflight = w = []
                 w.append(e)
