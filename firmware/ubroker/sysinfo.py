@@ -16,7 +16,6 @@ class SysInfo:
         self.server = server
         self.interval = server.cfg["sys_interval"] * 1000
         self.due = server.now
-        server.broker.sys_report = self.report
 
     def figures(self):
         """(name, value) pairs, one at a time: the report never needs a large block."""

@@ -66,6 +66,10 @@ class Index:
     publishing to the same topic again costs one dict lookup however many wildcard filters
     there are."""
 
+    # Set by the first filter that starts with $ (a $SYS one): from then on the server loads
+    # and publishes its $SYS report (Server.sysinfo). A class default until then.
+    sys = False
+
     def __init__(self, cache_size=64, size=64):
         self.size = size  # exact filters at most (max_subscriptions)
         self.exact = table(size)  # filter -> (client, qos) or [client, qos, client, qos, ...]
@@ -75,6 +79,10 @@ class Index:
         self.cache = {}  # topic -> [client, qos, ...] merged over all matching filters
         self.cache_size = cache_size
         self._seq = 0
+        # Topic names published before, by a fingerprint of a few of their bytes: the 3.1.1
+        # parser finds the bytes object of a name without a copy (protocol.py, publish), and
+        # the cache and the index are then asked with it. Up to cache_size of them.
+        self.names = {}
 
     def route(self, topic):
         """The clients a message on topic goes to, each once with the highest QoS of its
@@ -124,6 +132,8 @@ class Index:
 
             return install(self).add(flt, client, qos)
         self.cache.clear()
+        if flt[0] == 36:  # $
+            self.sys = True
         if not is_wild(flt):
             subs = self.exact.get(flt)
             if subs is None:

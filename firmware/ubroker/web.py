@@ -56,9 +56,9 @@ def answer(server, path, stream=False):
         body = b"the status page is not on this board (ubroker_web/status.html.gz): ubroker flash copies it\n"
     elif path == "/status.json" or path == "/metrics":
         if path == "/metrics":
-            ctype, parts = "text/plain; version=0.0.4; charset=utf-8", _metrics(server.sys.figures())
+            ctype, parts = "text/plain; version=0.0.4; charset=utf-8", _metrics(server.sysinfo().figures())
         else:
-            ctype, parts = "application/json", _json(server.sys.figures())
+            ctype, parts = "application/json", _json(server.sysinfo().figures())
         if stream:
             return _head("200 OK", ctype, None), None, Stream(parts)
         whole = bytearray()

@@ -108,6 +108,31 @@ def test_heap_lock_agrees_with_the_bytes_counted(fig):
         assert failed == (h["alloc_" + kind] > 0), (kind, r, h["alloc_" + kind])
 
 
+def _fields(text):
+    return dict(kv.split("=") for kv in text.split())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_3_1_1_hot_path_allocates_nothing_under_heap_lock(fig, kind):
+    """The steady state of MQTT 3.1.1 on 32 bits: a subscriber (QoS 1 subscription, clean
+    session) gets the QoS 0 or QoS 1 PUBLISHes of another client on a topic seen before,
+    acknowledging the QoS 1 ones at once (its PUBACKs free their in-flight slots, MQTT-4.3.2-1).
+    A message allocates 0 bytes, read from its socket or handed to the parser; and a whole
+    burst (32 messages) runs between
+    micropython.heap_lock() and heap_unlock(): no MemoryError, none taken by the broker, every
+    message delivered in the pass that read it with the publisher's topic (MQTT-3.3.2-3) and
+    payload byte for byte, and every QoS 1 one acknowledged to its publisher with its own
+    packet id (MQTT-4.3.2-2)."""
+    h = fig["hot"]
+    assert h["alloc_" + kind] == 0, (kind, h["alloc_" + kind])
+    r = _fields(h["locked_burst_" + kind])
+    sent = int(r["sent"])
+    assert sent == 32, r
+    assert r["raised"] == "no" and r["broker_memory_errors"] == "0", r
+    assert int(r["delivered"]) == int(r["intact"]) == sent, r
+    assert int(r["acked"]) == (sent if kind.startswith("qos1") else 0), r
+
+
 def test_no_hot_path_counter_allocates_past_the_32_bit_small_int(fig):
     """Each counter of Broker.stats that messages move, set to 2**30 - 1 (the largest small
     int on 32 bits) and carried as the server's once-a-second tick does (Stats.carry), costs

@@ -64,9 +64,10 @@ class Sys:
         for kv in FIGURES:
             yield kv
 class Server:
-    sys = Sys()
     sensors = SENSORS
     cfg = CFG
+    def sysinfo(self):  # the $SYS report, loaded at its first use (server.py)
+        return Sys()
 def read_all(f, keep=True):
     body = bytearray() if keep else None
     got = 0

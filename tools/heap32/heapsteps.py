@@ -317,7 +317,10 @@ class _Wire(io.IOBase):
     in a fixed buffer, and what it writes is taken apart in place, keeping the packet ids of
     QoS 1 PUBLISHes for the PUBACKs and counting the rest. Bytes are copied one at a time:
     a slice would allocate. A stream (io.IOBase), so that it can be registered with the
-    server's poll object as a socket is, though it is never polled."""
+    server's poll object as a socket is, though it is never polled. expect: the PUBLISH a
+    subscriber should get next, as its publisher sent it (intact counts those whose topic and
+    payload are its own, byte for byte); sent: the publisher's last PUBLISH (acked counts the
+    PUBACKs that carry its packet id)."""
 
     def __init__(self):
         self.inb = bytearray(4096)
@@ -326,6 +329,10 @@ class _Wire(io.IOBase):
         self.pids = [0] * 256
         self.npids = 0
         self.publishes = 0
+        self.expect = None
+        self.intact = 0
+        self.sent = None
+        self.acked = 0
 
     def put(self, pkt):
         inb = self.inb
@@ -377,10 +384,15 @@ class _Wire(io.IOBase):
                     break
             if t >> 4 == 3:
                 self.publishes += 1
+                tl = (b[j] << 8) | b[j + 1]
                 if t & 6:
-                    tl = (b[j] << 8) | b[j + 1]
                     self.pids[self.npids] = (b[j + 2 + tl] << 8) | b[j + 3 + tl]
                     self.npids += 1
+                e = self.expect
+                if e is not None and _same_message(b, t, j, j + rl, e):
+                    self.intact += 1
+            elif t >> 4 == 4 and self.sent is not None and (b[j] << 8 | b[j + 1]) == _pid_of(self.sent):
+                self.acked += 1
             i = j + rl
         return n
 
@@ -389,6 +401,41 @@ class _Wire(io.IOBase):
 
     def close(self):
         pass
+
+
+def _body(p):
+    """Where the topic field of PUBLISH p starts (past its fixed header)."""
+    j = 1
+    while p[j] & 128:
+        j += 1
+    return j + 1
+
+
+def _pid_of(p):
+    """The packet id of PUBLISH p (QoS 1/2)."""
+    j = _body(p)
+    tl = (p[j] << 8) | p[j + 1]
+    return (p[j + 2 + tl] << 8) | p[j + 3 + tl]
+
+
+def _same_message(b, t, j, end, e):
+    """Does the PUBLISH in b (first byte t, topic field at j, ending at end) carry the topic
+    and payload of PUBLISH e, byte for byte? Compared in place: nothing allocated."""
+    ej = _body(e)
+    tl = (b[j] << 8) | b[j + 1]
+    if tl != (e[ej] << 8) | e[ej + 1]:
+        return False
+    for k in range(2, 2 + tl):
+        if b[j + k] != e[ej + k]:
+            return False
+    p = j + 2 + tl + (2 if t & 6 else 0)
+    ep = ej + 2 + tl + (2 if e[0] & 6 else 0)
+    if end - p != len(e) - ep:
+        return False
+    for k in range(end - p):
+        if b[p + k] != e[ep + k]:
+            return False
+    return True
 
 
 def _hot_pass(sv, pub, sub, via_read):
@@ -430,6 +477,9 @@ def _burst(sv, pub, sub, pkts, via_read):
     """The publisher sends pkts (prebuilt PUBLISHes), one pass per packet."""
     w = pub.sock
     for i in range(len(pkts)):
+        if sub.sock is not None:
+            sub.sock.expect = pkts[i]
+        w.sent = pkts[i]
         w.put(pkts[i])
         _hot_pass(sv, pub, sub, via_read)
 
@@ -460,7 +510,10 @@ def hot(board, count="32"):
     does once a second (counted_NAME: the total is still right).
     locked_close: an idle client's connection closed between micropython.heap_lock() and
     heap_unlock(), as the MemoryError handler of Server.consume closes one on a full heap;
-    locked_KIND: one message so, up to the first kind that costs a connection."""
+    locked_KIND: one message so, up to the first kind that costs a connection; then
+    locked_burst_KIND: a whole burst of count messages with the heap locked throughout, what
+    the subscriber got (delivered, and intact: the publisher's topic and payload) and the
+    PUBACKs the publisher got for its own packet ids (acked)."""
     import broker_sim
 
     k = int(count)
@@ -538,6 +591,27 @@ def hot(board, count="32"):
         if pub.sock is None or sub.sock is None:
             return
         _hot_pass(sv, pub, sub, via_read)  # what a raise left unread
+    for name, pkts, via_read in kinds:
+        ws = sub.sock
+        wp = pub.sock
+        got = ws.publishes
+        intact = ws.intact
+        acked = wp.acked
+        hits = st.limits.get("memory", 0)
+        yield
+        raised = "no"
+        micropython.heap_lock()
+        try:
+            _burst(sv, pub, sub, pkts, via_read)
+        except MemoryError:
+            raised = "yes"
+        micropython.heap_unlock()
+        yield "locked_burst_%s sent=%d delivered=%d intact=%d acked=%d broker_memory_errors=%d raised=%s" % (
+            name, len(pkts), ws.publishes - got, ws.intact - intact, wp.acked - acked,
+            st.limits.get("memory", 0) - hits, raised)
+        if pub.sock is None or sub.sock is None:
+            return
+        _hot_pass(sv, pub, sub, via_read)
 
 
 def _counters(st):
