@@ -260,7 +260,7 @@ class Server:
                 self.broker.stats.hit("memory")
                 since = c.paused
                 if since is True:
-                    c.paused = self.now | 1  # never 0: it stays true
+                    c.paused = self.now or 1  # never 0: it stays true
                 elif time.ticks_diff(self.now, since) > c.ka + _SILENT_MS:
                     self.close(c, "out of memory")
                 return
