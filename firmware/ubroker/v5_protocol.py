@@ -487,9 +487,9 @@ class V5(Timers):
             b_.send(c, pkt)
         return True
 
-    # A PUBLISH from protocol.publish, without handle()'s try: a Malformed raised here
-    # reaches Server.consume, which sends the same DISCONNECT with its reason code (goodbye)
-    # and closes as drop() does. A call and a heap frame less per message.
+    # A PUBLISH from Server._packets (or protocol.publish), without handle()'s try: a
+    # Malformed raised here reaches Server.consume, which sends the same DISCONNECT with its
+    # reason code (goodbye) and closes as drop() does. A call and a heap frame less per message.
     publish = _publish
 
     # ------------------------------------------------------------------ SUBSCRIBE
