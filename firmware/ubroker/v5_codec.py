@@ -147,14 +147,6 @@ def _field(buf, pos, end, text):
     return b
 
 
-def skip(buf, pos, end):
-    """The position after the property block at buf[pos:end], unparsed."""
-    n, pos = vbi(buf, pos, end)
-    if pos + n > end:
-        raise Malformed("property length beyond the packet")
-    return pos + n
-
-
 def put_u(out, pid, n, size):
     """A one, two or four byte integer property."""
     out.append(pid)

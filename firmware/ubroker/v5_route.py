@@ -48,7 +48,7 @@ def forward(buf, found, now):
     expiry = found.get(_EXPIRY, 0)
     if expiry:
         out.append(_EXPIRY)
-        out += b"\x00\x00\x00\x00"
+        out += bytes(4)  # its place; a bytes constant is 64 B of heap once loaded
     for x, y in cut:
         out += buf[a:x]
         a = y
@@ -163,7 +163,8 @@ class Router:
             return
         sids = b""
         if sid:
-            ids = bytearray(b"\x0b")
+            ids = bytearray()
+            ids.append(0x0B)  # Subscription Identifier (no bytes constant: 64 B of heap)
             put_length(ids, sid)
             sids = bytes(ids)
         levels = flt.split(b"/")
