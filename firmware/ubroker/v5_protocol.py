@@ -305,6 +305,14 @@ class V5(Timers):
         # One function, the try around the dispatch: a call less per packet (a frame of this
         # size is a heap block on MicroPython)
         try:
+            if b0 == 0x40 and end - pos == 2 and (buf[pos] or buf[pos + 1]):
+                # A PUBACK without reason code, one per QoS 1 delivery: ack_in's answer
+                # without its frame, which is a heap block on MicroPython
+                s = c.sess
+                i = s.find((buf[pos] << 8) | buf[pos + 1])
+                if i >= 0 and s.inflight[i][_QOS] == 1:  # (a QoS 1 entry waits for nothing else)
+                    self.b.release(s, i)
+                return True
             ptype = b0 >> 4
             if ptype == 3:
                 return self._publish(c, b0, buf, pos, end)
