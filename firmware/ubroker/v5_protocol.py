@@ -105,6 +105,7 @@ class V5(Timers):
         self.cfg = cfg
         # Inbound QoS 2 ids kept at most (protocol.py's bound): CONNACK Receive Maximum
         self.receive_max = min(65535, 4 * self.b.max_inflight + 16)
+        self.pubp = None  # (property block with its length, props(), fwd) of a PUBLISH: _publish
 
     # ------------------------------------------------------------------ CONNECT
 
@@ -397,7 +398,24 @@ class V5(Timers):
             if pid == 0:
                 raise Malformed("packet id 0")  # MQTT-2.2.1-3
             p += 2
-        found, p = props(buf, p, end, _IN_PUBLISH)
+        # props() and forward() once for the property block the last PUBLISH with a short
+        # one had (any v5 client's): the same bytes give the same answers, of which only the
+        # values are read below, not the positions (a publisher's properties are often the
+        # same on every message). The length is part of the bytes compared.
+        last = self.pubp
+        k = len(last[0]) if last is not None else end  # end: no match
+        if p + k <= end and mv[p : p + k] == last[0]:
+            p += k
+            found = last[1]
+            fwd = last[2]
+            if fwd is not None and fwd[1]:  # a Message Expiry counts from this arrival
+                fwd = (fwd[0], fwd[1], self.server.now)
+        else:
+            a = p
+            found, p = props(buf, p, end, _IN_PUBLISH)
+            fwd = forward(buf, found, self.server.now) if found is not None else None
+            if p - a <= 64:
+                self.pubp = (bytes(mv[a:p]), found, fwd)
         v = c.v5
         if found is not None and _P_ALIAS in found:
             al = found[_P_ALIAS]
@@ -436,7 +454,6 @@ class V5(Timers):
                 return True
             if len(s.qos2in) >= self.receive_max:
                 raise Malformed("Receive Maximum exceeded", 0x93)  # MQTT-3.3.4-7
-        fwd = None
         if found is not None:
             if _P_RESPONSE_TOPIC in found and not valid_topic(found[_P_RESPONSE_TOPIC]):
                 raise Malformed("response topic", 0x82)  # MQTT-3.3.2-14
@@ -445,11 +462,6 @@ class V5(Timers):
                     raise Malformed("payload is not UTF-8", 0x99)
                 b_.send(c, self.told(c, ack(0x40 if qos == 1 else 0x50, pid, 0x99)))
                 return True
-            if 0x102 in found or 0x123 in found or 0x118 in found:
-                fwd = forward(buf, found, self.server.now)
-            else:  # nothing to cut (nor a Message Expiry): forward()'s result, without its call
-                a, k = found[0]
-                fwd = (bytes(mv[a:k]), 0, self.server.now)
         code = 0
         per = b_.persist
         acked = None
