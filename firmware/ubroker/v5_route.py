@@ -307,18 +307,26 @@ class Router:
             topic, pr = self.alias(v, topic, payload, qos, pr)  # type: ignore[attr-defined]
         out = b._out(c)
         tl = len(topic)
-        rl = 2 + tl + vbi_len(len(pr)) + len(pr) + len(payload)
+        n = len(pr)
+        # The lengths under 128, the usual ones, written without put_length's call
+        rl = 2 + tl + (1 if n < 128 else vbi_len(n)) + n + len(payload)
         if qos:
             rl += 2
         out.append(0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0))
-        put_length(out, rl)
+        if rl < 128:
+            out.append(rl)
+        else:
+            put_length(out, rl)
         out.append(tl >> 8)
         out.append(tl & 0xFF)
         out += topic
         if qos:
             out.append(pid >> 8)
             out.append(pid & 0xFF)
-        put_length(out, len(pr))
+        if n < 128:
+            out.append(n)
+        else:
+            put_length(out, n)
         out += pr
         out += payload
         b.stats.pub_out += 1
