@@ -253,12 +253,12 @@ class Router:
                 b.stats.dropped += 1
                 b.stats.hit("out_buffer")
             return
-        # The extra field in the list as made: an append would grow it (a second block)
-        msg = [topic, bytes(payload), 0] if extra is None else [topic, bytes(payload), 0, extra]
-        if group is not None:  # the group that gave it, should s's session end first
-            if extra is None:
-                msg.append((b"", 0, 0, b"", False))
-            msg.append(group)
+        # The extra field (and the group that gave it, should s's session end first) in the
+        # list as made: an append would grow it (a second block)
+        if group is not None:
+            msg = [topic, bytes(payload), 0, extra or (b"", 0, 0, b"", False), group]
+        else:
+            msg = [topic, bytes(payload), 0] if extra is None else [topic, bytes(payload), 0, extra]
         b.deliver(s, msg, q, False, size)
 
     def write(self, c, topic, payload, qos, retain, dup, pid, extra=None):
