@@ -340,6 +340,10 @@ class V5(Timers):
             self.drop(c, e.args[1] if len(e.args) > 1 else 0x81, "protocol error: " + e.args[0])
             return True
 
+    # A PUBLISH from Server._packets (or protocol.publish): handle() takes it first, for its
+    # try (drop() gives the DISCONNECT its Reason String; Server.consume's would have none)
+    publish = handle
+
     def ack_in(self, c, ptype, buf, pos, end):
         """PUBACK, PUBREC, PUBREL, PUBCOMP, with their reason code and properties."""
         pid = u16(buf, pos, end)
@@ -506,11 +510,6 @@ class V5(Timers):
         else:
             b_.send(c, pkt)
         return True
-
-    # A PUBLISH from Server._packets (or protocol.publish), without handle()'s try: a
-    # Malformed raised here reaches Server.consume, which sends the same DISCONNECT with its
-    # reason code (goodbye) and closes as drop() does. A call and a heap frame less per message.
-    publish = _publish
 
     # ------------------------------------------------------------------ SUBSCRIBE
 
