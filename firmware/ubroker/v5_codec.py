@@ -189,7 +189,8 @@ def ack(b0, pid, code):
 
 
 def disconnect(code):
-    return bytes((0xE0, 1, code)) if code else b"\xe0\x00"
+    # (0xE0, 0), not a bytes constant: that is 64 B of heap once loaded
+    return bytes((0xE0, 1, code)) if code else bytes((0xE0, 0))
 
 
 def codes_packet(b0, pid, codes):

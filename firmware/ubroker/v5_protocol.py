@@ -180,7 +180,8 @@ class V5(Timers):
         assigned = None
         if not cid:
             p._ids += 1
-            cid = assigned = b"ub-%d-%d" % (p._ids, self.server.now & 0xFFFF)  # MQTT-3.1.3-6/7
+            # MQTT-3.1.3-6/7; from a str: a bytes constant is 64 B of heap once loaded
+            cid = assigned = ("ub-%d-%d" % (p._ids, self.server.now & 0xFFFF)).encode()
         elif len(cid) > self.cfg["max_client_id_length"] or cid.startswith(b"$bridge/"):
             b_.stats.hit("client_id_length")
             self.refuse(c, 0x85, "client id not valid")  # MQTT-3.1.3-8
@@ -417,7 +418,12 @@ class V5(Timers):
         else:
             a = p
             found, p = props(buf, p, end, _IN_PUBLISH)
-            fwd = forward(buf, found, self.server.now) if found is not None else None
+            fwd = None
+            if found is not None:
+                if 0x102 in found or 0x123 in found or 0x118 in found:
+                    fwd = forward(buf, found, self.server.now)
+                else:  # nothing to cut (nor a Message Expiry): forward()'s result, without its call
+                    fwd = (bytes(mv[found[0][0] : p]), 0, self.server.now)
             if p - a <= 64:
                 self.pubp = (bytes(mv[a:p]), found, fwd)
         v = c.v5
