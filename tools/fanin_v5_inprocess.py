@@ -14,9 +14,10 @@ extra messages:
         --callgrind-out-file=/dev/null .venv/bin/micropython -X heapsize=8M \\
         tools/fanin_v5_inprocess.py 2>&1 | grep Collected; done
 
-(v5: 399k per message at 7cd94fb, 309k at e6a8291; 3.1.1: 217k; `callgrind_annotate` on one output
-shows where: gc_alloc, and the frames fun_bc_call takes from the heap for functions with
-more than 11 words of state).
+(v5: 399k per message at 7cd94fb, 309k at e6a8291, 302k at 5d3a2b7, 250k at eae75cc;
+3.1.1: 215k-217k; about 77k of each is the client's read(65536), a zeroed 64 KiB buffer
+per call; `callgrind_annotate` on one output shows where: gc_alloc, and the frames
+fun_bc_call takes from the heap for functions with more than 11 words of state).
 """
 import os
 import socket

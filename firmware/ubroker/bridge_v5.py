@@ -18,7 +18,7 @@ from micropython import const
 
 from .codec import Malformed, field, put_length, u16
 from .topics import match_levels
-from .v5_codec import ack, put_u, skip, vbi, vbi_len
+from .v5_codec import ack, put_u, vbi, vbi_len
 from .v5_protocol import V5, V5Conn
 
 _P_EXPIRY = const(0x02)
@@ -199,7 +199,7 @@ class Link(V5):
                 raise Malformed("reserved flags of packet type %d" % ptype)
             return self.ack_in(c, ptype, buf, pos, end)
         if ptype == 9:  # SUBACK: a reason code per `in` pattern
-            for i in range(skip(buf, pos + 2, end), end):
+            for i in range(_block(buf, pos + 2, end)[1], end):
                 if buf[i] >= 0x80:
                     br.last_error = "upstream refused a subscription (reason 0x%02x)" % buf[i]
                     self.b.log("bridge %s: %s" % (br.name, br.last_error))

@@ -296,7 +296,10 @@ class Server:
             if c.paused:
                 self._acks_only(c, have, keep)
             else:
-                self._packets(c, have)
+                # A v5 connection's packets go straight to the v5 handlers (Broker.v5, same
+                # calls): Protocol.publish/handle would only pass them on, each with a frame
+                # that is a heap block on MicroPython. One test per read, not per packet.
+                self._packets(c, have, self.proto if c.v5 is None else self.broker.v5)
         except Malformed as e:
             if c.v5 is not None:  # DISCONNECT with the reason first (MQTT 5.0 section 4.13)
                 self.goodbye(c, e.args[1] if len(e.args) > 1 else 0x81)
@@ -315,9 +318,8 @@ class Server:
             sys.print_exception(e)
             self.close(c, "internal error %r" % e)
 
-    def _packets(self, c, have):
+    def _packets(self, c, have, proto):
         buf = self.rbuf
-        proto = self.proto
         stats = self.broker.stats
         pos = 0
         while have - pos >= 2:

@@ -147,14 +147,6 @@ def _field(buf, pos, end, text):
     return b
 
 
-def skip(buf, pos, end):
-    """The position after the property block at buf[pos:end], unparsed."""
-    n, pos = vbi(buf, pos, end)
-    if pos + n > end:
-        raise Malformed("property length beyond the packet")
-    return pos + n
-
-
 def put_u(out, pid, n, size):
     """A one, two or four byte integer property."""
     out.append(pid)
@@ -197,7 +189,8 @@ def ack(b0, pid, code):
 
 
 def disconnect(code):
-    return bytes((0xE0, 1, code)) if code else b"\xe0\x00"
+    # (0xE0, 0), not a bytes constant: that is 64 B of heap once loaded
+    return bytes((0xE0, 1, code)) if code else bytes((0xE0, 0))
 
 
 def codes_packet(b0, pid, codes):

@@ -105,6 +105,7 @@ class V5(Timers):
         self.cfg = cfg
         # Inbound QoS 2 ids kept at most (protocol.py's bound): CONNACK Receive Maximum
         self.receive_max = min(65535, 4 * self.b.max_inflight + 16)
+        self.pubp = None  # (property block with its length, props(), fwd) of a PUBLISH: _publish
 
     # ------------------------------------------------------------------ CONNECT
 
@@ -179,7 +180,8 @@ class V5(Timers):
         assigned = None
         if not cid:
             p._ids += 1
-            cid = assigned = b"ub-%d-%d" % (p._ids, self.server.now & 0xFFFF)  # MQTT-3.1.3-6/7
+            # MQTT-3.1.3-6/7; from a str: a bytes constant is 64 B of heap once loaded
+            cid = assigned = ("ub-%d-%d" % (p._ids, self.server.now & 0xFFFF)).encode()
         elif len(cid) > self.cfg["max_client_id_length"] or cid.startswith(b"$bridge/"):
             b_.stats.hit("client_id_length")
             self.refuse(c, 0x85, "client id not valid")  # MQTT-3.1.3-8
@@ -305,6 +307,14 @@ class V5(Timers):
         # One function, the try around the dispatch: a call less per packet (a frame of this
         # size is a heap block on MicroPython)
         try:
+            if b0 == 0x40 and end - pos == 2 and (buf[pos] or buf[pos + 1]):
+                # A PUBACK without reason code, one per QoS 1 delivery: ack_in's answer
+                # without its frame, which is a heap block on MicroPython
+                s = c.sess
+                i = s.find((buf[pos] << 8) | buf[pos + 1])
+                if i >= 0 and s.inflight[i][_QOS] == 1:  # (a QoS 1 entry waits for nothing else)
+                    self.b.release(s, i)
+                return True
             ptype = b0 >> 4
             if ptype == 3:
                 return self._publish(c, b0, buf, pos, end)
@@ -331,8 +341,8 @@ class V5(Timers):
             self.drop(c, e.args[1] if len(e.args) > 1 else 0x81, "protocol error: " + e.args[0])
             return True
 
-    # A PUBLISH from protocol.publish (the server's path for PUBLISH): handle() takes it
-    # first (one function less in the heap than a wrapper of its own)
+    # A PUBLISH from Server._packets (or protocol.publish): handle() takes it first, for its
+    # try (drop() gives the DISCONNECT its Reason String; Server.consume's would have none)
     publish = handle
 
     def ack_in(self, c, ptype, buf, pos, end):
@@ -393,7 +403,29 @@ class V5(Timers):
             if pid == 0:
                 raise Malformed("packet id 0")  # MQTT-2.2.1-3
             p += 2
-        found, p = props(buf, p, end, _IN_PUBLISH)
+        # props() and forward() once for the property block the last PUBLISH with a short
+        # one had (any v5 client's): the same bytes give the same answers, of which only the
+        # values are read below, not the positions (a publisher's properties are often the
+        # same on every message). The length is part of the bytes compared.
+        last = self.pubp
+        k = len(last[0]) if last is not None else end  # end: no match
+        if p + k <= end and mv[p : p + k] == last[0]:
+            p += k
+            found = last[1]
+            fwd = last[2]
+            if fwd is not None and fwd[1]:  # a Message Expiry counts from this arrival
+                fwd = (fwd[0], fwd[1], self.server.now)
+        else:
+            a = p
+            found, p = props(buf, p, end, _IN_PUBLISH)
+            fwd = None
+            if found is not None:
+                if 0x102 in found or 0x123 in found or 0x118 in found:
+                    fwd = forward(buf, found, self.server.now)
+                else:  # nothing to cut (nor a Message Expiry): forward()'s result, without its call
+                    fwd = (bytes(mv[found[0][0] : p]), 0, self.server.now)
+            if p - a <= 64:
+                self.pubp = (bytes(mv[a:p]), found, fwd)
         v = c.v5
         if found is not None and _P_ALIAS in found:
             al = found[_P_ALIAS]
@@ -432,7 +464,6 @@ class V5(Timers):
                 return True
             if len(s.qos2in) >= self.receive_max:
                 raise Malformed("Receive Maximum exceeded", 0x93)  # MQTT-3.3.4-7
-        fwd = None
         if found is not None:
             if _P_RESPONSE_TOPIC in found and not valid_topic(found[_P_RESPONSE_TOPIC]):
                 raise Malformed("response topic", 0x82)  # MQTT-3.3.2-14
@@ -441,11 +472,6 @@ class V5(Timers):
                     raise Malformed("payload is not UTF-8", 0x99)
                 b_.send(c, self.told(c, ack(0x40 if qos == 1 else 0x50, pid, 0x99)))
                 return True
-            if 0x102 in found or 0x123 in found or 0x118 in found:
-                fwd = forward(buf, found, self.server.now)
-            else:  # nothing to cut (nor a Message Expiry): forward()'s result, without its call
-                a, k = found[0]
-                fwd = (bytes(mv[a:k]), 0, self.server.now)
         code = 0
         per = b_.persist
         acked = None

@@ -48,7 +48,7 @@ def forward(buf, found, now):
     expiry = found.get(_EXPIRY, 0)
     if expiry:
         out.append(_EXPIRY)
-        out += b"\x00\x00\x00\x00"
+        out += bytes(4)  # its place; a bytes constant is 64 B of heap once loaded
     for x, y in cut:
         out += buf[a:x]
         a = y
@@ -163,7 +163,8 @@ class Router:
             return
         sids = b""
         if sid:
-            ids = bytearray(b"\x0b")
+            ids = bytearray()
+            ids.append(0x0B)  # Subscription Identifier (no bytes constant: 64 B of heap)
             put_length(ids, sid)
             sids = bytes(ids)
         levels = flt.split(b"/")
@@ -252,12 +253,12 @@ class Router:
                 b.stats.dropped += 1
                 b.stats.hit("out_buffer")
             return
-        # The extra field in the list as made: an append would grow it (a second block)
-        msg = [topic, bytes(payload), 0] if extra is None else [topic, bytes(payload), 0, extra]
-        if group is not None:  # the group that gave it, should s's session end first
-            if extra is None:
-                msg.append((b"", 0, 0, b"", False))
-            msg.append(group)
+        # The extra field (and the group that gave it, should s's session end first) in the
+        # list as made: an append would grow it (a second block)
+        if group is not None:
+            msg = [topic, bytes(payload), 0, extra or (b"", 0, 0, b"", False), group]
+        else:
+            msg = [topic, bytes(payload), 0] if extra is None else [topic, bytes(payload), 0, extra]
         b.deliver(s, msg, q, False, size)
 
     def write(self, c, topic, payload, qos, retain, dup, pid, extra=None):
@@ -306,18 +307,26 @@ class Router:
             topic, pr = self.alias(v, topic, payload, qos, pr)  # type: ignore[attr-defined]
         out = b._out(c)
         tl = len(topic)
-        rl = 2 + tl + vbi_len(len(pr)) + len(pr) + len(payload)
+        n = len(pr)
+        # The lengths under 128, the usual ones, written without put_length's call
+        rl = 2 + tl + (1 if n < 128 else vbi_len(n)) + n + len(payload)
         if qos:
             rl += 2
         out.append(0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0))
-        put_length(out, rl)
+        if rl < 128:
+            out.append(rl)
+        else:
+            put_length(out, rl)
         out.append(tl >> 8)
         out.append(tl & 0xFF)
         out += topic
         if qos:
             out.append(pid >> 8)
             out.append(pid & 0xFF)
-        put_length(out, len(pr))
+        if n < 128:
+            out.append(n)
+        else:
+            put_length(out, n)
         out += pr
         out += payload
         b.stats.pub_out += 1
