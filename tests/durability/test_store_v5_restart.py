@@ -216,6 +216,11 @@ def will_client(b, cid, delay):
     c, _ = persistent(b, cid, will=("w/" + cid, b"gone", 1, False, [(m5.WILL_DELAY, delay)] + USER[:1]))
     c.close()
     assert wait_for(lambda: ("client %s connection closed" % cid) in b.log(), 10), b.log()
+    # The close is logged before the pass that handled it commits to flash (its _TIMER
+    # record among it); a CONNACK to a new connection comes in a later pass, after that
+    # commit, so a kill -9 from here on finds the will on flash.
+    probe, _ = v5(b, "probe-" + cid)
+    probe.close()
 
 
 def watcher(b):
