@@ -24,34 +24,16 @@ import socket
 import struct
 import time
 
+from inprocess import packet, s_, start
 from ubroker import codec
-from ubroker.config import load, resolve
 
 V5 = int(os.getenv("V5", "1"))
 PORT = int(os.getenv("PORT", "21997"))
 N = int(os.getenv("N", "20000"))
 PUBS = 8
-WINDOW = 20  # as bench_v5.py: messages each publisher sends before it reads its PUBACKs
+WINDOW = 20  # as loadgen --v5: messages each publisher sends before it reads its PUBACKs
 
-cfg = resolve(load(os.getcwd() + "/boards/unix.conf"), {"listener": [(PORT, "127.0.0.1")]})
-cfg["verbose"] = False
-cfg["sys_interval"] = 0
-from ubroker.server import Server  # noqa: E402
-
-sv = Server(cfg, lambda m: None)
-sv.listen()
-sv.running = True
-sv.next_tick = time.ticks_add(time.ticks_ms(), 1000)
-
-
-def s_(x):
-    return struct.pack(">H", len(x)) + x
-
-
-def packet(b0, body):
-    o = bytearray((b0,))
-    codec.put_length(o, len(body))
-    return bytes(o) + body
+sv = start([(PORT, "127.0.0.1")])
 
 
 def pump(n=3):

@@ -24,8 +24,8 @@ import socket
 import struct
 import time
 
+from inprocess import packet, s_, start
 from ubroker import codec
-from ubroker.config import load, resolve
 
 WS = int(os.getenv("WS", "1"))
 PORT = int(os.getenv("PORT", "21995"))
@@ -36,31 +36,11 @@ WINDOW = 20  # as loadgen's default: messages each publisher sends before it rea
 # WINDOW); WS_FRAME=1 for the per-frame cost.
 PER_FRAME = int(os.getenv("WS_FRAME", str(WINDOW)))
 
-listeners = [(PORT, "127.0.0.1"), (PORT + 1, "127.0.0.1")]
-cfg = resolve(load(os.getcwd() + "/boards/unix.conf"), {"listener": listeners})
-cfg["protocols"] = {1: "websockets"}
-cfg["verbose"] = False
-cfg["sys_interval"] = 0
-from ubroker.server import Server  # noqa: E402
-
-sv = Server(cfg, lambda m: None)
-sv.listen()
-sv.running = True
-sv.next_tick = time.ticks_add(time.ticks_ms(), 1000)
+sv = start([(PORT, "127.0.0.1"), (PORT + 1, "127.0.0.1")], {1: "websockets"})
 
 HEAD = (b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
         b"Sec-WebSocket-Protocol: mqtt\r\n\r\n")
-
-
-def s_(x):
-    return struct.pack(">H", len(x)) + x
-
-
-def packet(b0, body):
-    o = bytearray((b0,))
-    codec.put_length(o, len(body))
-    return bytes(o) + body
 
 
 def pump(n=3):

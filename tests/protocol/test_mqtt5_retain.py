@@ -23,6 +23,15 @@ def retain(broker, topic, payload, properties=(), qos=1):
     return p
 
 
+def first_retained_311(broker, cid, flt):
+    """A 3.1.1 client subscribing to flt at QoS 0: (the client, the first PUBLISH it gets)."""
+    c = broker.raw()
+    assert c.connect(cid) == (0, 0)
+    c.send(mqttraw.subscribe(1, (flt, 0)))
+    c.expect(9)
+    return c, c.expect(3)
+
+
 def test_retained_message_keeps_its_properties(broker):
     """MQTT-3.3.1-6 (RETAIN 1 on the retained message a new subscription gets) with its
     properties as published: Content Type, Response Topic, Correlation Data, User Property
@@ -63,11 +72,7 @@ def test_expired_retained_message_is_not_sent_to_a_311_subscriber(broker):
     retain(broker, "r3x/old", b"old", [(m.MESSAGE_EXPIRY, 1)])
     retain(broker, "r3x/new", b"new", [(m.MESSAGE_EXPIRY, 100)])
     time.sleep(2.2)
-    c = broker.raw()
-    assert c.connect("old311") == (0, 0)
-    c.send(mqttraw.subscribe(1, ("r3x/#", 0)))
-    c.expect(9)
-    p = c.expect(3)
+    c, p = first_retained_311(broker, "old311", "r3x/#")
     assert (p.payload, p.retain) == (b"new", True)
     c.send(mqttraw.PINGREQ)
     c.expect(13)  # and no "old" before it
@@ -104,11 +109,7 @@ def test_311_subscriber_gets_a_v5_retained_message_plain(broker):
     """A 3.1.1 subscriber gets a v5 client's retained message without properties (MQTT 3.1.1
     has none), RETAIN 1 (MQTT-3.3.1-8 of 3.1.1)."""
     retain(broker, "r3/t", b"plain", PROPS)
-    c = broker.raw()
-    assert c.connect("old") == (0, 0)
-    c.send(mqttraw.subscribe(1, ("r3/t", 0)))
-    c.expect(9)
-    p = c.expect(3)
+    _, p = first_retained_311(broker, "old", "r3/t")
     assert (p.payload, p.retain) == (b"plain", True)
 
 

@@ -1,7 +1,7 @@
 """A QoS 1 message the broker has acknowledged (PUBACK) reaches the subscriber, also when the
 subscriber's queue is full (MQTT 5.0 section 4.3.2, QoS 1: at least once): Broker.publish
 then withholds the PUBACK and stops reading the publisher until there is room. Found by the
-benchmark's scenario fanin1shared (issue 15, host_tools/ubroker_tools/bench_v5.py): to a
+benchmark's scenario fanin1shared (issue 15; then driven by bench_v5.py, now by loadgen --v5): to a
 shared subscription ($share/NAME/FILTER, section 4.8.2) the room check passed whatever the
 members' queues held (Broker.slot() was asked about the group, which has no queue of its
 own), every message was acknowledged, and what found the chosen member's queue full was

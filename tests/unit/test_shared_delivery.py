@@ -26,6 +26,17 @@ def puback(pid):
 
 def held_by(s):
     return sum(cost(e[2]) for e in (s.inflight or []) + (s.queue or []))
+
+
+def group_of_two(**cfg):
+    """A server, members A and B of $share/g/t at QoS 1, publisher P."""
+    sim = Sim(config(sys.argv[1], persistence=False, **cfg))
+    A = Client(sim, b"A")
+    B = Client(sim, b"B")
+    for c in (A, B):
+        c.send(subscribe_pkt(1, b"$share/g/t", 1))
+        c.packets()
+    return sim, sim.sv.broker, A, B, Client(sim, b"P")
 '''
 
 HALF_DRAINED = COMMON + r'''
@@ -42,15 +53,7 @@ class Slow(FakeSock):
         return n
 
 
-sim = Sim(config(sys.argv[1], persistence=False, out_buffer_size=1024, max_inflight_messages=10,
-                 max_queued_messages=3))
-b = sim.sv.broker
-A = Client(sim, b"A")
-B = Client(sim, b"B")
-P = Client(sim, b"P")
-for c in (A, B):
-    c.send(subscribe_pkt(1, b"$share/g/t", 1))
-    c.packets()
+sim, b, A, B, P = group_of_two(out_buffer_size=1024, max_inflight_messages=10, max_queued_messages=3)
 slow = Slow()
 A.conn.sock = slow
 acked = []
@@ -88,14 +91,7 @@ print("done")
 '''
 
 HANDOVER = COMMON + r'''
-sim = Sim(config(sys.argv[1], persistence=False))
-b = sim.sv.broker
-A = Client(sim, b"A")
-B = Client(sim, b"B")
-P = Client(sim, b"P")
-for c in (A, B):
-    c.send(subscribe_pkt(1, b"$share/g/t", 1))
-    c.packets()
+sim, b, A, B, P = group_of_two()
 for i in range(1, 11):
     P.send(pub(b"t", b"m%d" % i, i))
 A.packets()
