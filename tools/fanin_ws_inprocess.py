@@ -24,8 +24,7 @@ import socket
 import struct
 import time
 
-from inprocess import packet, s_, start
-from ubroker import codec
+from inprocess import packet, pubacks, s_, start
 
 WS = int(os.getenv("WS", "1"))
 PORT = int(os.getenv("PORT", "21995"))
@@ -137,19 +136,8 @@ while got < N:
         in_broker += time.ticks_diff(time.ticks_us(), a)
         d = sub.read_all()
         if d:
-            rx += d
-            acks = bytearray()
-            pos = 0
-            while len(rx) - pos >= 2:
-                rl, q = codec.decode_length(rx, pos + 1, len(rx))
-                if rl < 0 or q + rl > len(rx):
-                    break
-                if rx[pos] >> 4 == 3:
-                    tl = (rx[q] << 8) | rx[q + 1]
-                    acks += b"\x40\x02" + rx[q + 2 + tl : q + 4 + tl]
-                    got += 1
-                pos = q + rl
-            rx = rx[pos:]
+            acks, n, rx = pubacks(rx + d)
+            got += n
             sub.write(acks)
         for p in pubs:
             p.read_all()

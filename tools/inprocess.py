@@ -33,3 +33,19 @@ def packet(b0, body):
     o = bytearray((b0,))
     codec.put_length(o, len(body))
     return bytes(o) + body
+
+
+def pubacks(rx):
+    """For the QoS 1 PUBLISHes complete in rx: (their PUBACKs, how many, the bytes left)."""
+    acks = bytearray()
+    n = pos = 0
+    while len(rx) - pos >= 2:
+        rl, q = codec.decode_length(rx, pos + 1, len(rx))
+        if rl < 0 or q + rl > len(rx):
+            break
+        if rx[pos] >> 4 == 3:
+            tl = (rx[q] << 8) | rx[q + 1]
+            acks += b"\x40\x02" + rx[q + 2 + tl : q + 4 + tl]
+            n += 1
+        pos = q + rl
+    return acks, n, rx[pos:]
