@@ -299,7 +299,7 @@ class Server:
                 # A v5 connection's packets go straight to the v5 handlers (Broker.v5, same
                 # calls): Protocol.publish/handle would only pass them on, each with a frame
                 # that is a heap block on MicroPython. One test per read, not per packet.
-                self._packets(c, have, self.proto if c.v5 is None else self.broker.v5)
+                self._packets(c, have, self.proto if c.v5 is None else self.broker.v5)  # type: ignore[attr-defined]
         except Malformed as e:
             if c.v5 is not None:  # DISCONNECT with the reason first (MQTT 5.0 section 4.13)
                 self.goodbye(c, e.args[1] if len(e.args) > 1 else 0x81)

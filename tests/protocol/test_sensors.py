@@ -288,15 +288,15 @@ def test_linux_host_sensors_of_the_unix_profile(broker_factory):
 
 def test_config_check_prices_the_sensors(tmp_path):
     """`ubroker config --check` counts the sensors' code against the heap budget: on the
-    esp32 profile with its subscription table raised to 128, they do not fit (the profile
+    esp32 profile with its subscription table raised to 160, they do not fit (the profile
     itself leaves just enough room); fewer clients make room."""
     from ubroker_tools import config as configmod
 
     path = tmp_path / "s.conf"
-    path.write_text("# sensors on the smallest board\nsensor_interval 10\nmax_subscriptions 128\n")
+    path.write_text("# sensors on the smallest board\nsensor_interval 10\nmax_subscriptions 160\n")
     problems = configmod.check("esp32", str(path))
     assert len(problems) == 1 and "turn the sensors off (sensor_interval, line 2" in problems[0], problems
-    path.write_text("sensor_interval 10\nmax_subscriptions 128\nmax_sessions 32\n")  # fewer sessions make room
+    path.write_text("sensor_interval 10\nmax_subscriptions 160\nmax_sessions 32\n")  # fewer sessions make room
     assert configmod.check("esp32", str(path)) == []
     path.write_text("sensor_interval ten\nsensor_qos 3\nsensor_retain yes\n")
     assert [p.split(": ", 1)[1] for p in configmod.check("esp32", str(path))] == [
