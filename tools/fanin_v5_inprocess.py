@@ -22,9 +22,8 @@ fun_bc_call takes from the heap for functions with more than 11 words of state).
 import os
 import socket
 import struct
-import time
 
-from inprocess import packet, pubacks, s_, start
+from inprocess import fanin, packet, s_, start
 
 V5 = int(os.getenv("V5", "1"))
 PORT = int(os.getenv("PORT", "21997"))
@@ -72,31 +71,6 @@ def batch(i, seq):
 for p in pubs:
     p.setblocking(False)
 sub.setblocking(False)
-rx = bytearray()
-got = sent = seq = 0
-in_broker = 0
-t0 = time.ticks_us()
-while got < N:
-    for i, p in enumerate(pubs):
-        p.write(batch(i, seq))
-    seq += WINDOW
-    sent += PUBS * WINDOW
-    while got < sent:
-        a = time.ticks_us()
-        sv.one_pass()
-        in_broker += time.ticks_diff(time.ticks_us(), a)
-        d = sub.read(65536)
-        if d:
-            acks, n, rx = pubacks(rx + d)
-            got += n
-            sub.write(acks)
-        for p in pubs:
-            p.read(65536)
-    a = time.ticks_us()
-    sv.one_pass()  # the last PUBACKs to the publishers
-    in_broker += time.ticks_diff(time.ticks_us(), a)
-    for p in pubs:
-        p.read(65536)
-dt = time.ticks_diff(time.ticks_us(), t0)
+got, dt, in_broker = fanin(sv, pubs, sub, batch, N, WINDOW, lambda c: c.read(65536), lambda c, b: c.write(b))
 print("MQTT %s: %d messages, %.2f us per message, %.2f us of it in the broker"
       % ("5" if V5 else "3.1.1", got, dt / got, in_broker / got))

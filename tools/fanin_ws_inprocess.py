@@ -22,9 +22,8 @@ Measured so (client included): TCP 182k; WebSockets 220k at cc53e7c (the bytecod
 import os
 import socket
 import struct
-import time
 
-from inprocess import packet, pubacks, s_, start
+from inprocess import fanin, packet, s_, start
 
 WS = int(os.getenv("WS", "1"))
 PORT = int(os.getenv("PORT", "21995"))
@@ -121,31 +120,6 @@ def batch(i, seq):
 for p in pubs:
     p.c.setblocking(False)
 sub.c.setblocking(False)
-rx = bytearray()
-got = sent = seq = 0
-in_broker = 0
-t0 = time.ticks_us()
-while got < N:
-    for i, p in enumerate(pubs):
-        p.write(batch(i, seq))
-    seq += WINDOW
-    sent += PUBS * WINDOW
-    while got < sent:
-        a = time.ticks_us()
-        sv.one_pass()
-        in_broker += time.ticks_diff(time.ticks_us(), a)
-        d = sub.read_all()
-        if d:
-            acks, n, rx = pubacks(rx + d)
-            got += n
-            sub.write(acks)
-        for p in pubs:
-            p.read_all()
-    a = time.ticks_us()
-    sv.one_pass()  # the last PUBACKs to the publishers
-    in_broker += time.ticks_diff(time.ticks_us(), a)
-    for p in pubs:
-        p.read_all()
-dt = time.ticks_diff(time.ticks_us(), t0)
+got, dt, in_broker = fanin(sv, pubs, sub, batch, N, WINDOW, lambda c: c.read_all(), lambda c, b: c.write(b))
 print("%s: %d messages, %.2f us per message, %.2f us of it in the broker"
       % ("WebSockets" if WS else "TCP", got, dt / got, in_broker / got))

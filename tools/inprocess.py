@@ -49,3 +49,36 @@ def pubacks(rx):
             n += 1
         pos = q + rl
     return acks, n, rx[pos:]
+
+
+def fanin(sv, pubs, sub, batch, n, window, read, write):
+    """The fan-in itself: each publisher writes batch(i, seq) (window messages), the loop turns
+    until the subscriber has them all and has acknowledged them, until n arrived. read(c) and
+    write(c, b) are the client side's socket calls. Returns (messages, us in all, us in the
+    broker's passes)."""
+    rx = bytearray()
+    got = sent = seq = 0
+    in_broker = 0
+    t0 = time.ticks_us()
+    while got < n:
+        for i, p in enumerate(pubs):
+            write(p, batch(i, seq))
+        seq += window
+        sent += len(pubs) * window
+        while got < sent:
+            a = time.ticks_us()
+            sv.one_pass()
+            in_broker += time.ticks_diff(time.ticks_us(), a)
+            d = read(sub)
+            if d:
+                acks, k, rx = pubacks(rx + d)
+                got += k
+                write(sub, acks)
+            for p in pubs:
+                read(p)
+        a = time.ticks_us()
+        sv.one_pass()  # the last PUBACKs to the publishers
+        in_broker += time.ticks_diff(time.ticks_us(), a)
+        for p in pubs:
+            read(p)
+    return got, time.ticks_diff(time.ticks_us(), t0), in_broker
