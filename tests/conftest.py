@@ -5,6 +5,7 @@ By default the broker runs with the smallest board's profile (boards/esp32.conf:
 budget and its limits), so every protocol test also proves the broker fits that board."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -132,7 +133,22 @@ def start_broker(tmp_path, board=SMALLEST_BOARD, config=None, heap=None, port=No
                 log.close()
                 raise RuntimeError("broker did not start:\n" + logpath.read_text())
             time.sleep(0.02)
+    _wait_other_listeners(config, port, logpath, proc, deadline)
     return RunningBroker(proc, port, logpath, data)
+
+
+def _wait_other_listeners(config, port, logpath, proc, deadline):
+    """The listeners are bound one after another: a test that reaches the first (--port) may
+    still find the next one (its WebSockets listener, say) not yet listening. Wait for each
+    `listener N` of the config to be logged as listening; 1883 is the one --port replaces."""
+    others = [int(line.split()[1]) for line in (config or "").splitlines()
+              if line.startswith("listener ") and len(line.split()) > 1 and line.split()[1].isdigit()]
+    others = [p for p in others if p not in (1883, port)]
+    while others and proc.poll() is None and time.time() < deadline:
+        text = logpath.read_text()
+        others = [p for p in others if not re.search(r"listening on \S+:%d\b" % p, text)]
+        if others:
+            time.sleep(0.02)
 
 
 @pytest.fixture

@@ -235,24 +235,42 @@ FIGURES = [("version", "ubroker 0.1"), ("uptime", "42 seconds")] + [("ubroker/li
 SENSORS, CFG, CHUNK = None, {}, 64
 """ + PRELUDE + """
 import gc
-gc.collect()
-keep = []
-try:
-    while True:
-        keep.append(bytes(240))
-except MemoryError:
-    pass
-for i in range(0, len(keep), 2):  # holes of about 256 B, and no larger
-    keep[i] = None
-gc.collect()
-out = []
-for stream in (True, False):
+
+
+def fragment():
+    # The list is made before the heap fills: grown while filling, it would leave its old
+    # copies behind as holes larger than those meant.
+    keep = [None] * 1024
+    n = 0
     try:
-        head, body, f = web.answer(Server(), "/metrics", stream)
-        out.append(read_all(f, False) if f is not None else len(body))  # counted, not kept
+        while n < len(keep):
+            keep[n] = bytes(240)
+            n += 1
     except MemoryError:
-        out.append("MemoryError")
+        pass
+    for i in range(0, n, 2):  # holes of about 256 B, and no larger
+        keep[i] = None
+    return keep
+
+
+def measure(out):
+    # In a function, so that nothing but the answer allocates: a new global would grow the
+    # script's globals dict, a block of some hundred bytes that the holes cannot give.
+    for stream in (True, False):
+        try:
+            head, body, f = web.answer(Server(), "/metrics", stream)
+            out[stream] = read_all(f, False) if f is not None else len(body)  # counted, not kept
+        except MemoryError:
+            out[stream] = "MemoryError"
+
+
+out = [None, None]
+gc.collect()
+keep = fragment()
+gc.collect()
+measure(out)
 keep = None
+out.reverse()  # [streamed, whole]
 print(out)
 """
 
