@@ -210,10 +210,11 @@ class Server:
         if c.bridge is not None:
             c.bridge.closed(c, why)
 
-    def goodbye(self, c, code):
-        """The DISCONNECT a v5 client gets before the server closes its connection."""
+    def goodbye(self, c, code, why):
+        """The DISCONNECT a v5 client gets before the server closes its connection, with `why`
+        as its Reason String where it fits (V5.told)."""
         try:
-            self.broker.send(c, bytes((0xE0, 1, code)))
+            self.broker.send(c, self.broker.v5.told(c, bytes((0xE0, 1, code)), why))  # type: ignore[attr-defined]
         except MemoryError:  # the close matters more than its reason
             pass
 
@@ -301,9 +302,10 @@ class Server:
                 # that is a heap block on MicroPython. One test per read, not per packet.
                 self._packets(c, have, self.proto if c.v5 is None else self.broker.v5)  # type: ignore[attr-defined]
         except Malformed as e:
+            why = "protocol error: %s" % e.args[0]
             if c.v5 is not None:  # DISCONNECT with the reason first (MQTT 5.0 section 4.13)
-                self.goodbye(c, e.args[1] if len(e.args) > 1 else 0x81)
-            self.close(c, "protocol error: %s" % e.args[0], True, True)
+                self.goodbye(c, e.args[1] if len(e.args) > 1 else 0x81, why)
+            self.close(c, why, True, True)
         except MemoryError:
             c.rx = None
             self.broker.stats.hit("memory")
@@ -498,8 +500,8 @@ class Server:
         if late:
             for c in late:
                 if c.sess is not None:
-                    if c.v5 is not None:
-                        self.goodbye(c, 0x8D)  # Keep Alive timeout (MQTT 5.0 section 3.1.2.10)
+                    if c.v5 is not None:  # Keep Alive timeout (MQTT 5.0 section 3.1.2.10)
+                        self.goodbye(c, 0x8D, "keepalive expired")
                     self.close(c, "keepalive expired", True, True)
                 else:
                     self.close(c, "no CONNECT/CONNACK within connect_timeout", False)

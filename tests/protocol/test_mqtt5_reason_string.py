@@ -114,6 +114,29 @@ def test_session_takeover_disconnect_says_why(broker):
     assert (d.type, d.code, prop(d.props, m.REASON_STRING)) == (m.DISCONNECT, 0x8E, b"taken over by a new connection")
 
 
+def test_keep_alive_timeout_disconnect_says_why(broker):
+    """Section 3.14.2.2.3 (MQTT-3.1.2-29 allows it on DISCONNECT whatever the client asked):
+    the DISCONNECT 0x8D a v5 client gets after one and a half Keep Alive periods of silence
+    (MQTT-3.1.2-22) says so, also with Request Problem Information 0."""
+    for cid, props in (("rs-ka1", []), ("rs-ka0", QUIET)):
+        c = connected(broker, cid, keepalive=1, properties=props)
+        d = m.Ack(c.recv_packet(6))
+        assert (d.type, d.code, prop(d.props, m.REASON_STRING)) == (m.DISCONNECT, 0x8D, b"keepalive expired")
+        assert c.closed()
+
+
+def test_malformed_packet_disconnect_says_why(broker):
+    """Section 4.13: a packet the server cannot read at all (here a remaining length of five
+    bytes, MQTT-1.5.5-1's four at most) gets DISCONNECT 0x81 with a Reason String, then the
+    close."""
+    c = connected(broker, "rs-malformed")
+    c.send(b"\x30\xff\xff\xff\xff\x01")
+    d = m.Ack(c.recv_packet(5))
+    assert (d.type, d.code) == (m.DISCONNECT, 0x81)
+    assert prop(d.props, m.REASON_STRING).startswith(b"protocol error: ")
+    assert c.closed()
+
+
 @pytest.mark.parametrize("props", [[], QUIET], ids=["default", "request-problem-0"])
 def test_connack_refusal_says_why(broker, props):
     """Section 3.2.2.3.9 (MQTT-3.1.2-29 allows it on CONNACK whatever the client asked): a
