@@ -4,6 +4,7 @@ $SYS reports. It knows nothing of sockets: outgoing bytes are appended to Conn.o
 connection is listed in `dirty` for the server to flush."""
 
 import gc
+import time
 
 from .buffers import Pool, rebuild, table
 from .codec import ack, put_length
@@ -455,6 +456,16 @@ class Broker:
         while queue and _len(inflight) < (c.wmax or self.max_inflight) and (c.out is None or _len(c.out) < limit):
             self.freed = True  # the queue has room again: a paused publisher may go on
             e = queue.pop(0)
+            k = e[_MSG]
+            if _len(k) > 3 and c.v5 is None and k[3][1] and \
+                    time.ticks_diff(time.ticks_ms(), k[3][2]) >= k[3][1] * 1000:
+                # A v5 publisher's message whose Message Expiry Interval passed while it waited
+                # here, about to start out to a 3.1.1 client: dropped (MQTT-3.3.2-5; a v5
+                # client's in v5_route.Router.write)
+                self.held_bytes -= cost(k)
+                if _len(e) > 4 and self.persist is not None:
+                    self.persist.entry_done(s, e)
+                continue
             inflight.append(e)
             if e[_STAGE] != _AWAIT_ACK:  # recovered from flash past PUBREC: PUBREL again
                 self.send(c, ack(_PUBREL, e[_PID]))

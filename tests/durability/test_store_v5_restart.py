@@ -306,3 +306,31 @@ def test_timers_survive_the_compaction_at_start_and_a_second_restart(brokers, tm
     w.send(m5.ack(m5.PUBACK, p.pid))
     _, ack = persistent(b3, "short")
     assert ack.present == 0
+
+
+def test_message_queued_for_a_311_session_expires_across_a_restart(brokers, tmp_path):
+    """MQTT-3.3.2-5 for a 3.1.1 subscriber across SIGKILL: a v5 client's QoS 1 messages
+    queued for an offline 3.1.1 session (clean session 0); after the restart, with no v5
+    client connected since, the one whose Message Expiry Interval passed is not sent, the
+    one with time left is."""
+    data = tmp_path / "data"
+    b = brokers(data)
+    c = b.raw()
+    assert c.connect("away311", clean=False) == (0, 0)
+    c.send(m.subscribe(1, ("e3/#", 1)))
+    c.expect(9)
+    c.send(m.DISCONNECT)
+    c.close()
+    pub, _ = v5(b, "pub")
+    publish5(pub, "e3/short", b"short", 1, [(m5.MESSAGE_EXPIRY, 1)])
+    publish5(pub, "e3/long", b"long", 2, [(m5.MESSAGE_EXPIRY, 3600)])
+    kill9(b)
+    time.sleep(2.5)  # e3/short's expiry passes while the broker is off
+    b2 = brokers(data)
+    c = b2.raw()
+    assert c.connect("away311", clean=False) == (1, 0)
+    got = c.expect(3)
+    assert got.payload == b"long"
+    c.send(m.puback(got.pid))
+    c.send(m.PINGREQ)
+    c.expect(13)  # and no e3/short

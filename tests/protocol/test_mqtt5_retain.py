@@ -156,6 +156,33 @@ def test_message_expiring_in_an_online_clients_queue_is_dropped(broker):
     assert nxt.payload == b"last"
 
 
+def test_message_expiring_in_an_online_311_clients_queue_is_dropped(broker_factory):
+    """MQTT-3.3.2-5 for a 3.1.1 subscriber that stays online: a v5 client's QoS 1 message
+    waiting in its queue (its in-flight window, max_inflight_messages 1, taken by an
+    unacknowledged message) whose Message Expiry Interval passes there is not sent; the
+    message without expiry behind it is."""
+    b = broker_factory(config="max_inflight_messages 1\n")
+    s = b.raw()
+    assert s.connect("slow311") == (0, 0)
+    s.send(mqttraw.subscribe(1, ("qe3/t", 1)))
+    s.expect(9)
+    p = v5(b, "pub-qe3")
+    p.send(m.publish("qe3/t", b"first", qos=1, pid=1))
+    p.send(m.publish("qe3/t", b"short", qos=1, pid=2, properties=[(m.MESSAGE_EXPIRY, 1)]))
+    p.send(m.publish("qe3/t", b"last", qos=1, pid=3))
+    for _ in range(3):
+        p.next(m.PUBACK)
+    first = s.expect(3)
+    assert first.payload == b"first"
+    time.sleep(2.2)
+    s.send(mqttraw.puback(first.pid))
+    nxt = s.expect(3)
+    assert nxt.payload == b"last"
+    s.send(mqttraw.puback(nxt.pid))
+    s.send(mqttraw.PINGREQ)
+    s.expect(13)  # and no "short" after it
+
+
 def test_retained_will_keeps_its_properties(broker):
     """MQTT-3.1.3-10 with MQTT-3.3.1-6: a will published with RETAIN 1 is retained with its
     properties; a later subscription gets them."""
