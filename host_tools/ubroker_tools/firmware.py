@@ -211,6 +211,9 @@ HEAP_FIGURES = os.path.join(IMAGE_DIR, "frozen_heap.json")  # firmware/image/hea
 # them saves is not held at start. config.py once the settings are read (config.py), listen.py
 # once the listeners are open (server.py).
 FORGOTTEN_AT_START = ("ubroker/config.py", "ubroker/listen.py")
+# Core modules a started broker has not loaded yet: sysinfo.py (the $SYS report) at its first
+# use (Server.sysinfo: a `$` subscription, the status page). Frozen, they save nothing at start.
+LOADED_LATER = ("ubroker/sysinfo.py",)
 # The store's module a broker with its store on loads at start (server.py); with what its top
 # level imports, that is what of the store group is held then. The rest load later and only
 # when needed: store_replay.py while the log is replayed (forgotten after), store_v5.py when
@@ -227,7 +230,8 @@ def frozen_saving(cfg, store_on=None):
     """Heap (bytes, 32-bit) a board's broker does not hold at start because its image freezes
     the modules it holds by then: the core's less those start-up forgets, and when the store
     is on (as cfg runs it, unless store_on says) store_persist.py with what it imports at once
-    (measured per module in the qemu port, firmware/image/frozen_heap.json). The other groups,
+    (measured per module in the qemu port, firmware/image/frozen_heap.json), less the core's
+    modules loaded at first use (LOADED_LATER). The other groups,
     and the store's other modules, load only when configured or needed. 0 for a stock board."""
     group_names = frozen_groups(cfg)
     if not group_names:
@@ -240,7 +244,7 @@ def frozen_saving(cfg, store_on=None):
         held |= set(imported_at_once(STORE_AT_START))
     mods = heap_figures()["modules"]
     return sum(mods[p]["mpy"] - mods[p]["frozen"] for p in held & frozen
-               if p in mods and p not in FORGOTTEN_AT_START)
+               if p in mods and p not in FORGOTTEN_AT_START and p not in LOADED_LATER)
 
 
 def imported_at_once(name):
