@@ -9,6 +9,7 @@ import struct
 
 import pytest
 
+import mqttraw
 from mqttraw import RawClient, varint
 
 # Property identifiers (MQTT 5.0 table 2-4) and their value types
@@ -259,6 +260,30 @@ class Client5(RawClient):
             code = Ack(p).code
         assert self.closed(timeout), "server did not close the connection"
         return code
+
+
+# ------------------------------------------------------------------ a 3.1.1 client away, and back
+
+def away_311(broker, cid, flt):
+    """A 3.1.1 session (clean session 0) subscribed to flt at QoS 1, left offline."""
+    c = broker.raw()
+    assert c.connect(cid, clean=False) == (0, 0)
+    c.send(mqttraw.subscribe(1, (flt, 1)))
+    c.expect(9)
+    c.send(mqttraw.DISCONNECT)
+    c.close()
+
+
+def back_311_gets_only(broker, cid, payload):
+    """The 3.1.1 session cid taken back (session present) gets one message, payload, and
+    nothing after it (nothing before the answer to a PINGREQ)."""
+    c = broker.raw()
+    assert c.connect(cid, clean=False) == (1, 0)
+    got = c.expect(3)
+    assert got.payload == payload
+    c.send(mqttraw.puback(got.pid))
+    c.send(mqttraw.PINGREQ)
+    c.expect(13)
 
 
 # ------------------------------------------------------------------ fixtures for the v5 tests
