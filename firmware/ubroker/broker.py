@@ -457,11 +457,13 @@ class Broker:
             self.freed = True  # the queue has room again: a paused publisher may go on
             e = queue.pop(0)
             k = e[_MSG]
-            if _len(k) > 3 and c.v5 is None and k[3][1] and \
+            if _len(k) > 3 and c.v5 is None and k[3][1] and e[_STAGE] == _AWAIT_ACK and \
+                    (_len(e) <= _STORED or e[_STORED] != _RECOVERED) and \
                     time.ticks_diff(time.ticks_ms(), k[3][2]) >= k[3][1] * 1000:
                 # A v5 publisher's message whose Message Expiry Interval passed while it waited
                 # here, about to start out to a 3.1.1 client: dropped (MQTT-3.3.2-5; a v5
-                # client's in v5_route.Router.write)
+                # client's in v5_route.Router.write). Not one sent before a restart: its
+                # delivery has started, it goes again (DUP, or PUBREL past PUBREC; MQTT-4.4.0-1)
                 self.held_bytes -= cost(k)
                 if _len(e) > 4 and self.persist is not None:
                     self.persist.entry_done(s, e)

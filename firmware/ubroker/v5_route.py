@@ -26,6 +26,8 @@ _PID = const(0)
 _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_ACK = const(0)
+_STORED = const(5)  # broker.py's: the store's fields of an entry
+_RECOVERED = const(2)
 # A topic gets a Topic Alias from the server (v5_asked.py) only from this length on: its
 # first PUBLISH costs 3 bytes more, each later one saves len(topic) - 3, and a connection
 # has few aliases
@@ -91,7 +93,10 @@ class Router:
         now = self.server.now
         for e in list(q):
             m = e[_MSG]
-            if len(m) > 3 and m[3][1] and time.ticks_diff(now, m[3][2]) >= m[3][1] * 1000:
+            # Not one sent before a restart (recovered from flash as sent, or past PUBREC): its
+            # delivery has started, it goes again (DUP with 1 s left, or PUBREL; MQTT-4.4.0-1)
+            if len(m) > 3 and m[3][1] and e[_STAGE] == _AWAIT_ACK and (len(e) <= _STORED or e[_STORED] != _RECOVERED) \
+                    and time.ticks_diff(now, m[3][2]) >= m[3][1] * 1000:
                 q.remove(e)
                 b.held_bytes -= cost(m)
                 if len(e) > 4 and b.persist is not None:

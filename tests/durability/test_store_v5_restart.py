@@ -7,6 +7,8 @@ Session Expiry deadlines and a will waiting for its Will Delay Interval."""
 
 import time
 
+import pytest
+
 import mqttraw as m
 import mqttraw5 as m5
 from conftest import wait_for
@@ -322,3 +324,57 @@ def test_message_queued_for_a_311_session_expires_across_a_restart(brokers, tmp_
     kill9(b)
     time.sleep(2.5)  # e3/short's expiry passes while the broker is off
     m5.back_311_gets_only(brokers(data), "away311", b"long")  # and no e3/short
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+@pytest.mark.parametrize("version", [4, 5], ids=["3.1.1", "5"])
+def test_a_started_delivery_goes_on_after_a_restart_past_its_expiry(brokers, tmp_path, version, qos):
+    """MQTT-3.3.2-5 drops only a copy whose delivery has not started; one started goes on
+    (MQTT-4.4.0-1): a v5 publisher's message with a Message Expiry Interval, sent to a
+    persistent subscriber that goes away unacknowledged (QoS 1) or after its PUBREC (QoS 2),
+    comes again after SIGKILL once its expiry has passed: the PUBLISH with DUP 1, or the
+    PUBREL. (Its sending noted on flash first: the lazy _SENT record, docs/durability.md.)"""
+    data = tmp_path / "data"
+    b = brokers(data)
+    sub = subscriber(b, version, "started")
+    pub, _ = v5(b, "pub")
+    publish5(pub, "t/x", b"hello", 1, [(m5.MESSAGE_EXPIRY, 2)])  # QoS 1 from the publisher,
+    if qos == 2:  # or 2, PUBREL and all
+        pub.send(m5.publish("t/x", b"hello", qos=2, pid=2, properties=[(m5.MESSAGE_EXPIRY, 2)]))
+        pub.next(m5.PUBREC)
+        pub.send(m5.ack(m5.PUBREL, 2))
+        pub.next(m5.PUBCOMP)
+    p = sub.expect(m5.PUBLISH)
+    if qos == 2:
+        sub.send(m.puback(p.pid))  # the QoS 1 copy done; the QoS 2 one to PUBREC
+        p = sub.expect(m5.PUBLISH)
+        sub.send(m.pubrec(p.pid))
+        assert sub.expect(m5.PUBREL).pid == p.pid
+    time.sleep(1.5)  # past the lazy _SENT record's commit
+    sub.close()
+    kill9(b)
+    time.sleep(2.5)  # the expiry passes while the broker is off
+    b2 = brokers(data)
+    sub = subscriber(b2, version, "started", present=1)
+    got = sub.expect(m5.PUBREL if qos == 2 else m5.PUBLISH)
+    assert got.pid == p.pid
+    if qos == 1:
+        assert got.dup and (got.payload if version == 4 else m5.Publish(got).payload) == b"hello"
+        if version == 5:  # with the least time left there is (docs/mqtt5.md)
+            assert m5.prop(m5.Publish(got).props, m5.MESSAGE_EXPIRY) == 1
+    nothing_more(sub)
+
+
+def subscriber(b, version, cid, present=None):
+    """A persistent subscriber to t/# at QoS 2, 3.1.1 (version 4) or v5, connected; with
+    present, the session taken back (CONNACK session present)."""
+    if version == 4:
+        c = b.raw()
+        assert c.connect(cid, clean=False) == (1 if present else 0, 0)
+    else:
+        c, ack = persistent(b, cid)
+        assert ack.present == (1 if present else 0)
+    if not present:
+        c.send((m if version == 4 else m5).subscribe(1, ("t/#", 2)))
+        c.expect(m5.SUBACK)
+    return c
