@@ -253,7 +253,10 @@ class Router:
             return
         if q == 0:
             if c is not None and (c.out is None or len(c.out) < b.out_limit):
-                self.write(c, topic, payload, 0, rflag, False, 0, extra)
+                if c.v5 is None:  # a 3.1.1 client took the v5 session back: no properties
+                    b._write_publish(c, topic, payload, 0, rflag, False, 0)
+                else:
+                    self.write(c, topic, payload, 0, rflag, False, 0, extra)
             elif c is not None:
                 b.stats.dropped += 1
                 b.stats.hit("out_buffer")

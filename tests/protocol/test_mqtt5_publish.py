@@ -224,6 +224,32 @@ def test_bad_publish_gets_disconnect_with_its_code(broker, pkt, code):
     assert v5(broker, "after")
 
 
+@pytest.mark.parametrize("qos", [0, 1])
+def test_311_client_taking_a_v5_session_back_gets_plain_messages(broker, qos):
+    """A v5 session (Session Expiry 3600) subscribed to a filter is taken back by a 3.1.1 client
+    with clean session 0 (the session is the client id's, MQTT-3.1.2-4 of 3.1.1): messages
+    then come to it in the 3.1.1 format, at QoS 0 as at QoS 1, with properties or without, and
+    the publisher's connection stays up."""
+    s5 = v5(broker, "same", clean_start=False, properties=[(m.SESSION_EXPIRY, 3600)])
+    s5.send(m.subscribe(1, ("back/#", qos)))
+    s5.next(m.SUBACK)
+    s5.send(m.disconnect(0))
+    s5.close()
+    s3 = broker.raw()
+    assert s3.connect("same", clean=False) == (1, 0)
+    p5 = v5(broker, "p5")
+    for i, props in enumerate(([], PROPS), 1):
+        p5.send(m.publish("back/t", b"m%d" % i, qos=qos, pid=i, properties=props))
+        if qos:
+            p5.next(m.PUBACK)
+        got = s3.expect(3)
+        assert (got.topic, got.payload, got.qos) == (b"back/t", b"m%d" % i, qos)
+        if qos:
+            s3.send(mqttraw.puback(got.pid))
+    p5.send(mqttraw.PINGREQ)
+    p5.expect(m.PINGRESP)
+
+
 def test_v5_and_311_clients_share_topics(broker):
     """A 3.1.1 subscriber gets a v5 publisher's message plain (no properties, the 3.1.1
     format); a v5 subscriber gets a 3.1.1 publisher's message with an empty property block."""
