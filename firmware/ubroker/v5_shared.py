@@ -9,6 +9,8 @@ A group is one entry in the subscription index under FILTER, with the QoS mark 8
 the group as the fifth field of its message ([topic, payload, mid, v5 extra, group]); when
 the member's session ends, copies it had not acknowledged go to another member."""
 
+import time
+
 from micropython import const
 
 from .codec import Malformed
@@ -87,7 +89,10 @@ class Group:
         if q > qos:
             q = qos
         if q:
-            b.deliver(s, [topic, bytes(payload), 0, _PLAIN, self], q, False, size)
+            # with the message's expiry kept for the queue (Router.plain; MQTT-3.3.2-5 holds
+            # for every subscriber)
+            x = _PLAIN if props is None or not props[1] else b.v5.plain(props)
+            b.deliver(s, [topic, bytes(payload), 0, x, self], q, False, size)
             return
         c = s.conn
         if c is not None and (c.out is None or len(c.out) < b.out_limit):
@@ -125,6 +130,8 @@ class Group:
                 msg = e[_MSG]
                 if len(msg) > 4 and msg[4] is self and e[_STAGE] == _AWAIT_ACK:
                     x = msg[3]
+                    if x[1] and time.ticks_diff(time.ticks_ms(), x[2]) >= x[1] * 1000:
+                        continue  # expired: for no other member either (MQTT-3.3.2-5)
                     props = (x[0], x[1], x[2]) if x[0] or x[1] else None
                     self.route(b, msg[0], msg[1], e[_QOS], False, props, cost(msg))
 

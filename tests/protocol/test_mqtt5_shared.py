@@ -163,3 +163,37 @@ def test_311_clients_share_without_any_v5_client(broker):
             c.send(mqttraw.puback(pk.pid))
     assert sorted(got[a] + got[b]) == [b"0", b"1", b"2", b"3"]
     assert drain(a, 0.3) == drain(b, 0.3) == []
+
+
+def test_message_expiring_in_a_311_members_queue_is_not_sent(broker):
+    """MQTT-3.3.2-5 on a shared subscription: a v5 client's QoS 1 messages given to the group's
+    only member, a 3.1.1 session (clean session 0) that is offline, keep their Message Expiry
+    Interval: the one whose interval passes before the member is back is not sent, the one
+    with time left is."""
+    m.away_311(broker, "member311", "$share/g/ex/#")
+    p = v5(broker, "pub-ex")
+    for pid, (topic, expiry) in enumerate((("ex/short", 1), ("ex/long", 100)), 1):
+        p.send(m.publish(topic, topic.encode(), qos=1, pid=pid, properties=[(m.MESSAGE_EXPIRY, expiry)]))
+        p.next(m.PUBACK)
+    time.sleep(2.2)
+    m.back_311_gets_only(broker, "member311", b"ex/long")  # and no ex/short
+
+
+def test_expired_copy_is_not_handed_to_another_member(broker):
+    """Section 4.8.2 with MQTT-3.3.2-5: a copy queued for a member whose session ends goes to
+    another member, unless its Message Expiry Interval has passed meanwhile."""
+    m.away_311(broker, "leaver", "$share/h/hx/#")
+    p = v5(broker, "pub-hx")
+    p.send(m.publish("hx/short", b"short", qos=1, pid=1, properties=[(m.MESSAGE_EXPIRY, 1)]))
+    p.next(m.PUBACK)
+    stay = broker.raw()
+    assert stay.connect("stayer") == (0, 0)
+    stay.send(mqttraw.subscribe(1, ("$share/h/hx/#", 1)))
+    stay.expect(9)
+    time.sleep(2.2)
+    gone = broker.raw()
+    assert gone.connect("leaver", clean=True) == (0, 0)  # the old session ends: handover
+    p.send(m.publish("hx/after", b"after", qos=1, pid=2))
+    p.next(m.PUBACK)
+    got = stay.expect(3)
+    assert got.payload == b"after"
