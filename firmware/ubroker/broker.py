@@ -10,7 +10,7 @@ from .buffers import Pool, rebuild, table
 from .codec import ack, put_length
 from micropython import const
 
-from .session import ENTRY_COST, Session, cost
+from .session import ENTRY_COST, RETAINED, Session, cost
 from .topics import Index, match_levels
 
 # Builtins the routing calls per message, as module globals: MicroPython looks a builtin up
@@ -100,6 +100,10 @@ class Broker:
     # 224 B of heap at start on 64 bits (esp32 profile) when made in __init__.
     spare = None  # type: list  # type: ignore[assignment]
     nspare = 0
+    # The extra field of a retained message's copy for a 3.1.1 subscription when it is not
+    # RETAINED: v5_route.Router.retained_extra (its expiry kept), once retained messages may
+    # have properties. A class default: nothing in this object's table until then.
+    retained_extra = None
 
     def __init__(self, cfg, log, write_out):
         self.cfg = cfg
@@ -478,7 +482,8 @@ class Broker:
             if k == _UNSENT:
                 self.persist.sent(s, e)  # type: ignore[union-attr]
             dup = k == _RECOVERED
-            self._write_publish(c, e[_MSG][0], e[_MSG][1], e[_QOS], False, dup, e[_PID])
+            k = e[_MSG]  # RETAIN: a retained message's copy for a new subscription (RETAINED)
+            self._write_publish(c, k[0], k[1], e[_QOS], _len(k) > 3 and k[3][4], dup, e[_PID])
         if not queue:
             s.queue = None
 
@@ -508,7 +513,8 @@ class Broker:
         if s.inflight:
             for e in s.inflight:
                 if e[_STAGE] == _AWAIT_ACK:
-                    self._write_publish(c, e[_MSG][0], e[_MSG][1], e[_QOS], False, True, e[_PID])
+                    m = e[_MSG]
+                    self._write_publish(c, m[0], m[1], e[_QOS], len(m) > 3 and m[3][4], True, e[_PID])
                 else:
                     self.send(c, ack(_PUBREL, e[_PID]))
         self.refill(s)
@@ -566,7 +572,8 @@ class Broker:
             if q == 0:
                 self._write_publish(c, topic, payload, 0, True, False, 0)
             elif self.room(s, len(topic) + len(payload) + ENTRY_COST):
-                self.deliver(s, [topic, payload, 0], q, True)
+                x = RETAINED if self.retained_extra is None else self.retained_extra(topic)
+                self.deliver(s, [topic, payload, 0, x], q, True)
             else:
                 self.stats.dropped += 1
         if self.persist is not None:

@@ -20,6 +20,12 @@ except ImportError:  # CPython, for the unit tests
 ENTRY_COST = 224 if sys.maxsize > 1 << 32 else 128
 
 
+# The extra field of a retained message's copy for a 3.1.1 subscription (v5_route's form: no
+# properties, no expiry, no subscription ids, RETAIN 1): the flag is the message's, so one
+# that waits in the queue still goes with RETAIN 1 (MQTT-3.3.1-8 of 3.1.1, MQTT-3.3.1-6).
+RETAINED = (b"", 0, 0, b"", True)
+
+
 def cost(msg):
     return len(msg[0]) + len(msg[1]) + ENTRY_COST
 

@@ -24,6 +24,7 @@ import time
 
 from micropython import const
 
+from .session import RETAINED
 from .store_log import Store
 
 # session.py's entry layout (tests/unit/test_layouts.py keeps the copies equal)
@@ -353,7 +354,7 @@ class Persist:
             new = False
         else:
             written[mid] = True
-        if new and len(msg) > 3:  # with v5 properties (store_v5.py, imported only for them)
+        if new and len(msg) > 3 and msg[3] is not RETAINED:  # v5 properties (store_v5.py, only for them)
             from .store_v5 import msg5
 
             st.append(_MSG5, msg5(msg, mid))

@@ -15,7 +15,7 @@ import time
 from micropython import const
 
 from .codec import put_length
-from .session import ENTRY_COST, cost
+from .session import ENTRY_COST, RETAINED, cost
 from .topics import match_levels
 from .v5_codec import vbi_len
 
@@ -123,12 +123,21 @@ class Router:
 
             kept(self.b.persist, topic, props)
 
-    def plain(self, props):
+    def plain(self, props, retain=False):
         """The extra field (as route() makes it) of a copy for a 3.1.1 subscriber of a message
         with a Message Expiry Interval: no properties to forward, its expiry kept (MQTT-3.3.2-5
-        holds for every subscriber), on flash as well (store_v5.msg5)."""
+        holds for every subscriber), on flash as well (store_v5.msg5); retain: RETAIN 1, a
+        retained message's copy for a new subscription."""
         t0 = props[2]
-        return (b"", props[1], t0 if t0 >= 0 else self.server.now, b"", False)
+        return (b"", props[1], t0 if t0 >= 0 else self.server.now, b"", retain)
+
+    def retained_extra(self, topic):
+        """Broker.retained_extra: the extra field of the retained message on topic's copy for a
+        3.1.1 subscription, with its Message Expiry if it has one."""
+        r = self.rprops.get(topic)  # type: ignore[union-attr]
+        if r is not None and r[0] is self.b.retained.get(topic) and r[1][1]:
+            return self.plain(r[1], True)
+        return RETAINED
 
     def resend(self, s):
         """Broker.resend, on the broker instance once the v5 modules are loaded: expire()
@@ -142,6 +151,7 @@ class Router:
         (so a broker that has none pays nothing in Broker.send_retained)."""
         self.rprops = {}
         self.b.send_retained = self.plain_retained
+        self.b.retained_extra = self.retained_extra
         return self.rprops
 
     def plain_retained(self, s, flt, granted):

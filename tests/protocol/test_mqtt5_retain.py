@@ -172,6 +172,36 @@ def test_message_expiring_in_an_online_311_clients_queue_is_dropped(broker_facto
     s.expect(13)  # and no "short" after it
 
 
+def test_retained_message_expiring_in_a_311_clients_queue_is_dropped(broker_factory):
+    """MQTT-3.3.2-5: a v5 client's retained message with a Message Expiry Interval, matched by
+    a 3.1.1 client's new subscription while its in-flight window (max_inflight_messages 1) is
+    taken, waits in the queue; its interval passes there: it is not sent. The one retained
+    without expiry behind it is, with RETAIN 1 (MQTT-3.3.1-8 of 3.1.1)."""
+    b = broker_factory(config="max_inflight_messages 1\n")
+    p = v5(b, "pub-rq")
+    for pid, (topic, props) in enumerate((("rq5/a", []), ("rq5/b", [(m.MESSAGE_EXPIRY, 1)]), ("rq5/c", [])), 1):
+        p.send(m.publish(topic, topic.encode(), qos=1, pid=pid, retain=True, properties=props))
+        p.next(m.PUBACK)
+    s = b.raw()
+    assert s.connect("rq5-sub") == (0, 0)
+    s.send(mqttraw.subscribe(1, ("rq5/#", 1)))
+    s.expect(9)
+    first = s.expect(3)
+    time.sleep(2.2)
+    s.send(mqttraw.puback(first.pid))
+    rest = [s.expect(3)]
+    s.send(mqttraw.puback(rest[0].pid))
+    s.send(mqttraw.PINGREQ)
+    while True:
+        q = s.recv_packet(5)
+        assert q is not None, "closed before PINGRESP"
+        if q.type == 13:
+            break
+        rest.append(q)
+    got = [(x.payload, x.retain) for x in [first] + rest]
+    assert sorted(got) == [(b"rq5/a", True), (b"rq5/c", True)], got
+
+
 def test_retained_will_keeps_its_properties(broker):
     """MQTT-3.1.3-10 with MQTT-3.3.1-6: a will published with RETAIN 1 is retained with its
     properties; a later subscription gets them."""

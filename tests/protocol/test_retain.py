@@ -5,6 +5,8 @@ subscriptions, and not resent on an unrelated subscribe.
 After a SUBSCRIBE, the retained messages the broker sends follow the SUBACK on the same
 connection; a marker published afterwards by another client closes the list."""
 
+import pytest
+
 import mqttraw as m
 from marker import MARK, connected
 from marker import until_marker as collect
@@ -206,3 +208,29 @@ def test_retained_and_live_to_a_new_subscriber(broker):
     assert [(p.payload, p.retain) for p in collect(c)] == [(b"new", False)]
     _, got = retained_for(broker, "s2", pub, ("rl/t", 0))
     assert [(p.payload, p.retain) for p in got] == [(b"new", True)]
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["memory", "store"])
+def test_retained_message_waiting_in_the_queue_keeps_retain_1(broker_factory, tmp_path, store):
+    """MQTT-3.3.1-8 (3.1.1): a message sent because of a new subscription has RETAIN 1, also
+    when it waits in the queue behind a full in-flight window (max_inflight_messages 1) and
+    when its first sending is lost and it goes again with DUP after a reconnect."""
+    b = broker_factory(config="max_inflight_messages 1\n", data=tmp_path / "d" if store else None)
+    pub = b.raw()
+    assert pub.connect("rq-pub") == (0, 0)
+    for i in (1, 2):
+        pub.send(m.publish("rq/%d" % i, b"kept%d" % i, qos=1, pid=i, retain=True))
+        pub.expect(4)
+    s = b.raw()
+    assert s.connect("rq-sub", clean=False) == (0, 0)
+    s.send(m.subscribe(1, ("rq/#", 1)))
+    s.expect(9)
+    first = s.expect(3)
+    s.send(m.puback(first.pid))
+    second = s.expect(3)  # it waited in the queue for the window
+    assert [(p.payload, p.retain) for p in (first, second)] == [(b"kept1", True), (b"kept2", True)]
+    s.close()  # second not acknowledged: sent again at the reconnect
+    s = b.raw()
+    assert s.connect("rq-sub", clean=False) == (1, 0)
+    again = s.expect(3)
+    assert (again.payload, again.retain, again.dup) == (b"kept2", True, True)
