@@ -63,6 +63,10 @@ class Router:
     # props tuple). Kept beside the broker's table, so a 3.1.1 board's entries stay 2-tuples:
     # an entry replaced or cleared since (by a 3.1.1 client, say) is no longer the one here.
     rprops = None
+    # route()'s last props tuple without expiry, subscription ids or retain flag, and the
+    # extra field made for it
+    lastp = None
+    laste = None
 
     def __init__(self, broker, server):
         self.b = broker
@@ -227,19 +231,28 @@ class Router:
             if not local:
                 return
             sids = bytes(ids)
-        fwd = b""
-        expiry = 0
-        t0 = 0
-        if props is not None:
-            fwd, expiry, t0 = props
-            if expiry:
-                if t0 < 0:
-                    t0 = self.server.now
-                elif time.ticks_diff(self.server.now, t0) >= expiry * 1000:
-                    return  # expired before it could start out (MQTT-3.3.2-5)
-        extra = None
-        if fwd or sids or rflag:
-            extra = (fwd, expiry, t0, sids, rflag)
+        if props is self.lastp and props is not None and not sids and not rflag:
+            # The same properties as the last message's (one tuple for a publisher's that
+            # stay the same, v5_protocol's pubp), without a Message Expiry: its extra field
+            extra = self.laste
+            fwd = props[0]
+        else:
+            fwd = b""
+            expiry = 0
+            t0 = 0
+            if props is not None:
+                fwd, expiry, t0 = props
+                if expiry:
+                    if t0 < 0:
+                        t0 = self.server.now
+                    elif time.ticks_diff(self.server.now, t0) >= expiry * 1000:
+                        return  # expired before it could start out (MQTT-3.3.2-5)
+            extra = None
+            if fwd or sids or rflag:
+                extra = (fwd, expiry, t0, sids, rflag)
+                if not expiry and not sids and not rflag:  # (its arrival time is not read then)
+                    self.lastp = props
+                    self.laste = extra
         c = s.conn
         b = self.b
         if c is not None and c.v5 is not None and c.v5.max_out and \
@@ -267,7 +280,10 @@ class Router:
         if extra is None and qos:
             inflight = c.sess.inflight if c.sess is not None else None
             if inflight:
-                for i in range(len(inflight) - 1, -1, -1):
+                # From the end, where deliver() and refill() have just put it: a while, as a
+                # range() would be made per message
+                i = len(inflight) - 1
+                while i >= 0:
                     e = inflight[i]
                     if e[_PID] == pid:
                         at = i
@@ -275,6 +291,7 @@ class Router:
                         if len(m) > 3:
                             extra = m[3]
                         break
+                    i -= 1
         pr = b""
         if extra is not None:
             fwd, expiry, t0, sids, rflag = extra
