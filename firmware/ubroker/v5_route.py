@@ -19,6 +19,12 @@ from .session import ENTRY_COST, cost
 from .topics import match_levels
 from .v5_codec import vbi_len
 
+# Builtins used per message, as module globals (broker.py's _len: a builtin is looked up in
+# the module's globals, then in the builtins table)
+_len = len
+_bytes = bytes
+_getattr = getattr
+
 _EXPIRY = const(0x02)  # Message Expiry Interval
 _NO_LOCAL = const(4)
 _RETAIN_AS_PUBLISHED = const(8)
@@ -205,7 +211,7 @@ class Router:
         q &= 3
         if q > qos:
             q = qos
-        opts = getattr(s, "v5", None)  # set on sessions a v5 client has had (v5_protocol.py)
+        opts = _getattr(s, "v5", None)  # set on sessions a v5 client has had (v5_protocol.py)
         sids = b""
         rflag = False
         if opts:
@@ -260,7 +266,7 @@ class Router:
             b.stats.hit("v5_max_packet")  # discarded as if sent (MQTT-3.1.2-24/25)
             return
         if q == 0:
-            if c is not None and (c.out is None or len(c.out) < b.out_limit):
+            if c is not None and (c.out is None or _len(c.out) < b.out_limit):
                 self.write(c, topic, payload, 0, rflag, False, 0, extra)
             elif c is not None:
                 b.stats.dropped += 1
@@ -269,9 +275,9 @@ class Router:
         # The extra field (and the group that gave it, should s's session end first) in the
         # list as made: an append would grow it (a second block)
         if group is not None:
-            msg = [topic, bytes(payload), 0, extra or (b"", 0, 0, b"", False), group]
+            msg = [topic, _bytes(payload), 0, extra or (b"", 0, 0, b"", False), group]
         else:
-            msg = [topic, bytes(payload), 0] if extra is None else [topic, bytes(payload), 0, extra]
+            msg = [topic, _bytes(payload), 0] if extra is None else [topic, _bytes(payload), 0, extra]
         b.deliver(s, msg, q, False, size)
 
     def write(self, c, topic, payload, qos, retain, dup, pid, extra=None):
@@ -282,13 +288,13 @@ class Router:
             if inflight:
                 # From the end, where deliver() and refill() have just put it: a while, as a
                 # range() would be made per message
-                i = len(inflight) - 1
+                i = _len(inflight) - 1
                 while i >= 0:
                     e = inflight[i]
                     if e[_PID] == pid:
                         at = i
                         m = e[_MSG]
-                        if len(m) > 3:
+                        if _len(m) > 3:
                             extra = m[3]
                         break
                     i -= 1
@@ -320,13 +326,13 @@ class Router:
                 # walks the window, whose oversized entries expire() took out first.
                 self.dropped(c.sess, at)
             return
-        if v.amax and len(topic) >= _ALIAS_MIN:  # only to a client that asked (MQTT-3.1.2-27)
+        if v.amax and _len(topic) >= _ALIAS_MIN:  # only to a client that asked (MQTT-3.1.2-27)
             topic, pr = self.alias(v, topic, payload, qos, pr)  # type: ignore[attr-defined]
         out = b._out(c)
-        tl = len(topic)
-        n = len(pr)
+        tl = _len(topic)
+        n = _len(pr)
         # The lengths under 128, the usual ones, written without put_length's call
-        rl = 2 + tl + (1 if n < 128 else vbi_len(n)) + n + len(payload)
+        rl = 2 + tl + (1 if n < 128 else vbi_len(n)) + n + _len(payload)
         if qos:
             rl += 2
         out.append(0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0))
