@@ -485,7 +485,7 @@ class V5(Timers):
         if found is not None:
             if _P_RESPONSE_TOPIC in found and not valid_topic(found[_P_RESPONSE_TOPIC]):
                 raise Malformed("response topic", 0x82)  # MQTT-3.3.2-14
-            if found.get(1) == 1 and _check_message(found, mv, p, end):  # no call without the indicator
+            if 1 in found and found[1] == 1 and _check_message(found, mv, p, end):  # no call without the indicator
                 if not qos:
                     raise Malformed("payload is not UTF-8", 0x99)
                 b_.send(c, self.told(c, ack(0x40 if qos == 1 else 0x50, pid, 0x99)))

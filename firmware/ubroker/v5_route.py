@@ -261,8 +261,8 @@ class Router:
                     self.laste = extra
         c = s.conn
         b = self.b
-        if c is not None and c.v5 is not None and c.v5.max_out and \
-                _size(topic, payload, q, len(fwd) + len(sids)) > c.v5.max_out:
+        v = c.v5 if c is not None else None
+        if v is not None and v.max_out and _size(topic, payload, q, len(fwd) + len(sids)) > v.max_out:
             b.stats.hit("v5_max_packet")  # discarded as if sent (MQTT-3.1.2-24/25)
             return
         if q == 0:
@@ -284,7 +284,8 @@ class Router:
         """A PUBLISH to v5 connection c, with its properties."""
         at = -1  # where in the window, for a message found there
         if extra is None and qos:
-            inflight = c.sess.inflight if c.sess is not None else None
+            s = c.sess
+            inflight = s.inflight if s is not None else None
             if inflight:
                 # From the end, where deliver() and refill() have just put it: a while, as a
                 # range() would be made per message
