@@ -19,6 +19,12 @@ from .session import ENTRY_COST, RETAINED, cost
 from .topics import match_levels
 from .v5_codec import vbi_len
 
+# Builtins used per message, as module globals (broker.py's _len: a builtin is looked up in
+# the module's globals, then in the builtins table)
+_len = len
+_bytes = bytes
+_getattr = getattr
+
 _EXPIRY = const(0x02)  # Message Expiry Interval
 _NO_LOCAL = const(4)
 _RETAIN_AS_PUBLISHED = const(8)
@@ -65,6 +71,10 @@ class Router:
     # props tuple). Kept beside the broker's table, so a 3.1.1 board's entries stay 2-tuples:
     # an entry replaced or cleared since (by a 3.1.1 client, say) is no longer the one here.
     rprops = None
+    # route()'s last props tuple without expiry, subscription ids or retain flag, and the
+    # extra field made for it
+    lastp = None
+    laste = None
 
     def __init__(self, broker, server):
         self.b = broker
@@ -216,7 +226,7 @@ class Router:
         q &= 3
         if q > qos:
             q = qos
-        opts = getattr(s, "v5", None)  # set on sessions a v5 client has had (v5_protocol.py)
+        opts = _getattr(s, "v5", None)  # set on sessions a v5 client has had (v5_protocol.py)
         sids = b""
         rflag = False
         if opts:
@@ -242,28 +252,37 @@ class Router:
             if not local:
                 return
             sids = bytes(ids)
-        fwd = b""
-        expiry = 0
-        t0 = 0
-        if props is not None:
-            fwd, expiry, t0 = props
-            if expiry:
-                if t0 < 0:
-                    t0 = self.server.now
-                elif time.ticks_diff(self.server.now, t0) >= expiry * 1000:
-                    return  # expired before it could start out (MQTT-3.3.2-5)
-        extra = None
-        if fwd or sids or rflag:
-            extra = (fwd, expiry, t0, sids, rflag)
+        if props is self.lastp and props is not None and not sids and not rflag:
+            # The same properties as the last message's (one tuple for a publisher's that
+            # stay the same, v5_protocol's pubp), without a Message Expiry: its extra field
+            extra = self.laste
+            fwd = props[0]
+        else:
+            fwd = b""
+            expiry = 0
+            t0 = 0
+            if props is not None:
+                fwd, expiry, t0 = props
+                if expiry:
+                    if t0 < 0:
+                        t0 = self.server.now
+                    elif time.ticks_diff(self.server.now, t0) >= expiry * 1000:
+                        return  # expired before it could start out (MQTT-3.3.2-5)
+            extra = None
+            if fwd or sids or rflag:
+                extra = (fwd, expiry, t0, sids, rflag)
+                if not expiry and not sids and not rflag:  # (its arrival time is not read then)
+                    self.lastp = props
+                    self.laste = extra
         c = s.conn
         b = self.b
-        if c is not None and c.v5 is not None and c.v5.max_out and \
-                _size(topic, payload, q, len(fwd) + len(sids)) > c.v5.max_out:
+        v = c.v5 if c is not None else None
+        if v is not None and v.max_out and _size(topic, payload, q, len(fwd) + len(sids)) > v.max_out:
             b.stats.hit("v5_max_packet")  # discarded as if sent (MQTT-3.1.2-24/25)
             return
         if q == 0:
-            if c is not None and (c.out is None or len(c.out) < b.out_limit):
-                if c.v5 is None:  # a 3.1.1 client took the v5 session back: no properties
+            if c is not None and (c.out is None or _len(c.out) < b.out_limit):
+                if v is None:  # a 3.1.1 client took the v5 session back: no properties
                     b._write_publish(c, topic, payload, 0, rflag, False, 0)
                 else:
                     self.write(c, topic, payload, 0, rflag, False, 0, extra)
@@ -274,25 +293,30 @@ class Router:
         # The extra field (and the group that gave it, should s's session end first) in the
         # list as made: an append would grow it (a second block)
         if group is not None:
-            msg = [topic, bytes(payload), 0, extra or (b"", 0, 0, b"", False), group]
+            msg = [topic, _bytes(payload), 0, extra or (b"", 0, 0, b"", False), group]
         else:
-            msg = [topic, bytes(payload), 0] if extra is None else [topic, bytes(payload), 0, extra]
+            msg = [topic, _bytes(payload), 0] if extra is None else [topic, _bytes(payload), 0, extra]
         b.deliver(s, msg, q, False, size)
 
     def write(self, c, topic, payload, qos, retain, dup, pid, extra=None):
         """A PUBLISH to v5 connection c, with its properties."""
         at = -1  # where in the window, for a message found there
         if extra is None and qos:
-            inflight = c.sess.inflight if c.sess is not None else None
+            s = c.sess
+            inflight = s.inflight if s is not None else None
             if inflight:
-                for i in range(len(inflight) - 1, -1, -1):
+                # From the end, where deliver() and refill() have just put it: a while, as a
+                # range() would be made per message
+                i = _len(inflight) - 1
+                while i >= 0:
                     e = inflight[i]
                     if e[_PID] == pid:
                         at = i
                         m = e[_MSG]
-                        if len(m) > 3:
+                        if _len(m) > 3:
                             extra = m[3]
                         break
+                    i -= 1
         pr = b""
         if extra is not None:
             fwd, expiry, t0, sids, rflag = extra
@@ -321,13 +345,13 @@ class Router:
                 # walks the window, whose oversized entries expire() took out first.
                 self.dropped(c.sess, at)
             return
-        if v.amax and len(topic) >= _ALIAS_MIN:  # only to a client that asked (MQTT-3.1.2-27)
+        if v.amax and _len(topic) >= _ALIAS_MIN:  # only to a client that asked (MQTT-3.1.2-27)
             topic, pr = self.alias(v, topic, payload, qos, pr)  # type: ignore[attr-defined]
         out = b._out(c)
-        tl = len(topic)
-        n = len(pr)
+        tl = _len(topic)
+        n = _len(pr)
         # The lengths under 128, the usual ones, written without put_length's call
-        rl = 2 + tl + (1 if n < 128 else vbi_len(n)) + n + len(payload)
+        rl = 2 + tl + (1 if n < 128 else vbi_len(n)) + n + _len(payload)
         if qos:
             rl += 2
         out.append(0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0))
