@@ -53,9 +53,12 @@ SCHEMA = {
     "max_half_open_connections": "pos",
     # MQTT 5 (v5_protocol.py reads them with cfg.get; not in DEFAULTS, which every broker
     # keeps): CONNACK's Response Information is PREFIX/<client id>, default `response`; the
-    # Topic Aliases the server may set per client, default 4, 0 none
+    # Topic Aliases the server may set per client, default 4, 0 none; the Topic Aliases a
+    # client may set (Mosquitto's key, per listener there, for all here), default 8 (the
+    # unix profile: 10, Mosquitto's), 0 none
     "response_topic_prefix": "str",
     "max_topic_alias_out": "int",
+    "max_topic_alias": "int",
     # board profile (boards/*.conf)
     "board": "str",
     "description": "str",

@@ -78,7 +78,9 @@ class Protocol:
             if c.bridge is not None:  # our upstream link: CONNACK, SUBACK, ... (bridge.py)
                 return c.bridge.handle(c, ptype, buf, pos, end)
             raise Malformed("packet type %d not accepted by a server" % ptype)
-        if b0 & 0x0F != flags:
+        if b0 & 0x0F != flags and not (flags == 2 and b0 & 0x0F == 10 and c.v31):
+            # MQTT 3.1 sets DUP on a PUBREL, SUBSCRIBE or UNSUBSCRIBE sent again (its section
+            # 2.1); 3.1.1 fixed their flags at 0010
             raise Malformed("reserved flags of packet type %d" % ptype)
         if c.sess is None:
             if ptype != _CONNECT:

@@ -44,11 +44,11 @@ _P_ALIAS = const(0x23)
 _P_MAX_QOS = const(0x24)
 _P_RETAIN_AVAILABLE = const(0x25)
 _P_MAX_PACKET = const(0x27)
-_P_WILDCARD_AVAILABLE = const(0x28)
-_P_SUBID_AVAILABLE = const(0x29)
-_P_SHARED_AVAILABLE = const(0x2A)
-# Topic aliases a client may set on one connection (CONNACK Topic Alias Maximum): each is a
-# dict slot and a topic kept for the connection's life.
+# Wildcard, Subscription Identifier and Shared Subscription Available (0x28-0x2A) are never
+# sent: absent means available (MQTT 5.0 sections 3.2.2.3.11-13), and all three are.
+# Topic aliases a client may set on one connection (CONNACK Topic Alias Maximum) when the
+# config has no max_topic_alias (the boards' profiles): each alias in use is a dict slot and
+# a topic kept for the connection's life. The unix profile sets Mosquitto's 10.
 _ALIASES = const(8)
 # session.py's entry layout
 _QOS = const(1)
@@ -106,8 +106,12 @@ class V5(Timers):
         self.p = proto
         cfg = proto.cfg
         self.cfg = cfg
-        # Inbound QoS 2 ids kept at most (protocol.py's bound): CONNACK Receive Maximum
-        self.receive_max = min(65535, 4 * self.b.max_inflight + 16)
+        # CONNACK Receive Maximum, and the inbound QoS 2 ids a v5 client may leave waiting for
+        # PUBREL (MQTT-3.3.4-7): max_inflight_messages, the outbound window, as Mosquitto
+        # announces it. 3.1.1 clients, told nothing, keep protocol.py's larger bound.
+        self.receive_max = min(65535, self.b.max_inflight)
+        # CONNACK Topic Alias Maximum: max_topic_alias, 0 none (section 3.2.2.3.8)
+        self.aliases = min(65535, cfg.get("max_topic_alias", _ALIASES))
         self.pubp = None  # (property block with its length, props(), fwd) of a PUBLISH: _publish
         self.ltopic = None  # the topic of the last PUBLISH whose topic passed the checks: _publish
 
@@ -266,23 +270,27 @@ class V5(Timers):
         Expiry Interval: the client's is the one used (section 3.2.2.3.2). `info`: the
         Response Information property (v5_asked.py), left out unless the CONNACK stays
         within the client's Maximum Packet Size counting its header at the most (11 bytes)."""
+        # Properties may come in any order; this is Mosquitto's, so that a CONNACK equal in
+        # content is equal byte for byte. What has its default value is left out (Maximum QoS
+        # 2, Retain Available 1, Receive Maximum 65535, Topic Alias Maximum 0).
         pr = bytearray()
-        put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
+        if keepalive:
+            put_u(pr, _P_SERVER_KEEPALIVE, keepalive, 2)
+        if self.aliases:
+            put_u(pr, _P_ALIAS_MAX, self.aliases, 2)
+        if assigned is not None:
+            put_str(pr, _P_ASSIGNED_ID, assigned)
+        if not self.cfg["retain_available"]:
+            put_u(pr, _P_RETAIN_AVAILABLE, 0, 1)
+        # Always a real limit (server.py refuses what is longer), so always said: absent
+        # would mean none but the protocol's (section 3.2.2.3.6)
+        mp = self.cfg["max_packet_size"]
+        put_u(pr, _P_MAX_PACKET, mp + 1 + vbi_len(mp), 4)
+        if self.receive_max < 65535:
+            put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
         mq = self.b.max_qos
         if mq < 2:
             put_u(pr, _P_MAX_QOS, mq, 1)
-        if not self.cfg["retain_available"]:
-            put_u(pr, _P_RETAIN_AVAILABLE, 0, 1)
-        mp = self.cfg["max_packet_size"]
-        put_u(pr, _P_MAX_PACKET, mp + 1 + vbi_len(mp), 4)
-        if assigned is not None:
-            put_str(pr, _P_ASSIGNED_ID, assigned)
-        put_u(pr, _P_ALIAS_MAX, _ALIASES, 2)
-        put_u(pr, _P_WILDCARD_AVAILABLE, 1, 1)
-        put_u(pr, _P_SUBID_AVAILABLE, 1, 1)
-        put_u(pr, _P_SHARED_AVAILABLE, 1, 1)
-        if keepalive:
-            put_u(pr, _P_SERVER_KEEPALIVE, keepalive, 2)
         if info is not None and (not self.lim or len(pr) + len(info) + 11 <= self.lim):
             pr += info
         return packet(0x20, bytes((1 if present else 0, 0)), pr)
@@ -446,7 +454,7 @@ class V5(Timers):
         v = c.v5
         if found is not None and _P_ALIAS in found:
             al = found[_P_ALIAS]
-            if not 0 < al <= _ALIASES:
+            if not 0 < al <= self.aliases:
                 raise Malformed("topic alias %d" % al, 0x94)  # section 3.3.2.3.4
             if topic:
                 check_utf8(topic)

@@ -195,6 +195,48 @@ def test_mqtt31_connack_has_no_session_present_flag(broker):
     assert (g.topic, g.payload, g.qos) == (b"o31/t", b"kept", 1)
 
 
+def _dup(pkt):
+    """The same packet with the DUP bit (0x08) of its first byte set."""
+    return bytes((pkt[0] | 0x08,)) + pkt[1:]
+
+
+def test_mqtt31_client_may_set_dup_on_pubrel_subscribe_unsubscribe(broker):
+    """MQTT 3.1 (level 3) sets the DUP flag when it sends a PUBREL, SUBSCRIBE or UNSUBSCRIBE
+    again (MQTT V3.1, section 2.1, DUP: "set when the client or server attempts to
+    re-deliver a PUBLISH, PUBREL, SUBSCRIBE or UNSUBSCRIBE message"); 3.1.1 fixed those flags
+    at 0010, so only a 3.1 client may. Mosquitto's 03-publish-c2b-disconnect-qos2 resends a
+    PUBREL so after a reconnect: it gets its PUBCOMP, and the exchange is done once."""
+    c, connack = raw_connack(broker, b"MQIsdp", 3, "dup31")
+    assert connack == b"\x20\x02\x00\x00"
+    c.send(_dup(mqttraw.subscribe(1, ("d31/t", 2))))
+    assert c.expect(9).pid == 1
+    p, _ = raw_connack(broker, b"MQIsdp", 3, "d31-pub")
+    p.send(mqttraw.publish("d31/t", b"x", qos=2, pid=7))
+    p.expect(5)
+    p.send(_dup(mqttraw.pubrel(7)))
+    assert p.expect(7).pid == 7
+    assert c.expect(3).payload == b"x"
+    c.send(_dup(mqttraw.unsubscribe(2, "d31/t")))
+    assert c.expect(11).pid == 2
+    p.send(mqttraw.publish("d31/t", b"y", qos=2, pid=8))
+    p.expect(5)
+    p.send(_dup(mqttraw.pubrel(8)))
+    assert p.expect(7).pid == 8  # only once delivered, as before; and nothing to c now
+    assert ping(c) == []
+
+
+@pytest.mark.parametrize("pkt", [mqttraw.pubrel(1), mqttraw.subscribe(1, ("d/t", 0)), mqttraw.unsubscribe(1, "d/t")],
+                         ids=["pubrel", "subscribe", "unsubscribe"])
+def test_mqtt311_client_setting_dup_there_is_closed(broker, pkt):
+    """MQTT-2.2.2-2 (3.1.1): PUBREL, SUBSCRIBE and UNSUBSCRIBE carry the flags 0010; any other
+    value is a malformed packet and the connection is closed. The 3.1 leniency above is
+    for 3.1 clients only."""
+    c = broker.raw()
+    c.connect("dup311")
+    c.send(_dup(pkt))
+    assert c.closed()
+
+
 def test_mqtt311_connack_says_session_present(broker):
     """MQTT-3.2.2-2: the 3.1.1 counterpart, Session Present 1 for a resumed session."""
     c, connack = raw_connack(broker, b"MQTT", 4, "new311")

@@ -24,22 +24,54 @@ def client(broker):
 
 
 def test_connack_says_what_the_server_supports(broker):
-    """MQTT-3.2.2-1..3, section 3.2.2.3: CONNACK 0 with Receive Maximum, Maximum Packet Size
-    (the esp32 profile's max_packet_size 2048 as a whole packet: 2051), Topic Alias Maximum,
-    wildcards and Subscription Identifiers available, shared subscriptions not (yet); no
-    Server Keep Alive when the client's keepalive is within max_keepalive."""
+    """MQTT-3.2.2-1..3, section 3.2.2.3: CONNACK 0 with Receive Maximum (the esp32 profile's
+    max_inflight_messages 8, as Mosquitto announces its own), Maximum Packet Size (its
+    max_packet_size 2048 as a whole packet: 2051), Topic Alias Maximum (the firmware's 8, which
+    the board keeps); no Wildcard, Subscription Identifier nor Shared Subscription Available,
+    since absent means available (sections 3.2.2.3.11-13); no Server Keep Alive when the
+    client's keepalive is within max_keepalive."""
     ack = client(broker).connect5("c5", keepalive=30)
     assert (ack.present, ack.code) == (0, 0)
     p = ack.props
-    assert prop(p, m.RECEIVE_MAXIMUM) == 4 * 8 + 16
+    assert prop(p, m.RECEIVE_MAXIMUM) == 8
     assert prop(p, m.MAXIMUM_PACKET_SIZE) == 2048 + 1 + 2
     assert prop(p, m.TOPIC_ALIAS_MAXIMUM) == 8
-    assert prop(p, m.WILDCARD_AVAILABLE) == 1
-    assert prop(p, m.SUBSCRIPTION_ID_AVAILABLE) == 1
-    assert prop(p, m.SHARED_AVAILABLE) == 1
+    assert prop(p, m.WILDCARD_AVAILABLE) is None  # absent: available (3.2.2.3.11)
+    assert prop(p, m.SUBSCRIPTION_ID_AVAILABLE) is None  # (3.2.2.3.12)
+    assert prop(p, m.SHARED_AVAILABLE) is None  # (3.2.2.3.13)
     assert prop(p, m.SERVER_KEEP_ALIVE) is None
     assert prop(p, m.MAXIMUM_QOS) is None  # QoS 2 is supported: absent means 2
     assert prop(p, m.ASSIGNED_CLIENT_ID) is None
+
+
+def _connack_bytes(broker, cid="cb"):
+    c = client(broker)
+    c.send(m.connect(cid, keepalive=30))
+    p = c.expect(m.CONNACK)
+    return bytes((p.b0, len(p.body))) + bytes(p.body)
+
+
+def test_connack_bytes_are_mosquittos_but_for_its_packet_size(broker):
+    """The esp32 profile's CONNACK byte for byte: Topic Alias Maximum 8, Maximum Packet Size
+    2051, Receive Maximum 8, in the order Mosquitto writes them (properties may come in any
+    order, section 2.2.2; a test comparing bytes then compares content), nothing else."""
+    assert _connack_bytes(broker) == bytes.fromhex("200e00000b" "220008" "2700000803" "210008")
+
+
+def test_connack_of_the_unix_profile_and_of_max_topic_alias(broker_factory):
+    """The unix profile (what `ubroker run` starts) announces Mosquitto's defaults: Topic Alias
+    Maximum 10 and Receive Maximum 20 (max_inflight_messages), with its Maximum Packet Size
+    (256k + 4); `max_topic_alias 0` leaves Topic Alias Maximum out (absent: 0, section
+    3.2.2.3.8) and then any alias from the client is DISCONNECT 0x94 (MQTT-3.2.2-17 and
+    section 3.3.2.3.4)."""
+    b = broker_factory(board="unix")
+    assert _connack_bytes(b) == bytes.fromhex("200e00000b" "22000a" "2700040004" "210014")
+    b = broker_factory(board="unix", config="max_topic_alias 0\nmax_inflight_messages 3\n")
+    assert _connack_bytes(b) == bytes.fromhex("200b000008" "2700040004" "210003")
+    c = client(b)
+    assert c.connect5("ta0").code == 0
+    c.send(m.publish("t", b"x", properties=[(m.TOPIC_ALIAS, 1)]))
+    assert c.disconnected() == 0x94
 
 
 def test_empty_client_id_gets_an_assigned_one(broker):

@@ -338,6 +338,43 @@ def test_acknowledgements_with_reason_codes(broker):
     assert (a.pid, a.code) == (777, 0x92)
 
 
+def _raw(client, ptype):
+    """The next packet, of type ptype, as its bytes on the wire."""
+    p = client.expect(ptype)
+    return bytes((p.b0, len(p.body))) + bytes(p.body)
+
+
+@pytest.mark.parametrize("form", ["short", "code 0", "code 0 and no properties"])
+def test_acknowledgements_of_success_in_their_short_form(broker, form):
+    """MQTT 5.0 sections 3.4.2.1, 3.5.2.1, 3.6.2.1, 3.7.2.1: the reason code 0x00 and the
+    property length may be left out when the code is 0 and there are no properties. The
+    server's PUBACK, PUBREC, PUBREL and PUBCOMP of success are the short form (remaining
+    length 2), as Mosquitto writes them; the three forms a client may send (no reason code;
+    code 0; code 0 and a property length of 0, section 3.4.2.2.1) are all taken."""
+    code, props = {"short": (None, None), "code 0": (0, None), "code 0 and no properties": (0, [])}[form]
+    s = v5(broker, "sf")
+    s.send(m.subscribe(1, ("sf/#", 2)))
+    s.next(m.SUBACK)
+    p = v5(broker, "pf")
+    p.send(m.publish("sf/1", b"1", qos=1, pid=5))
+    assert _raw(p, m.PUBACK) == b"\x40\x02\x00\x05"
+    g = s.next(m.PUBLISH)
+    s.send(m.ack(m.PUBACK, g.pid, code, props))
+    p.send(m.publish("sf/2", b"2", qos=2, pid=6))
+    assert _raw(p, m.PUBREC) == b"\x50\x02\x00\x06"
+    p.send(m.ack(m.PUBREL, 6, code, props))
+    assert _raw(p, m.PUBCOMP) == b"\x70\x02\x00\x06"
+    g = s.next(m.PUBLISH)
+    assert (g.payload, g.qos) == (b"2", 2)
+    s.send(m.ack(m.PUBREC, g.pid, code, props))
+    assert _raw(s, m.PUBREL) == bytes((0x62, 2, g.pid >> 8, g.pid & 0xFF))
+    s.send(m.ack(m.PUBCOMP, g.pid, code, props))
+    # Every exchange ended: the subscriber's window is empty and the connection open
+    p.send(m.publish("sf/3", b"3", qos=1, pid=7))
+    assert _raw(p, m.PUBACK) == b"\x40\x02\x00\x07"
+    assert s.next(m.PUBLISH).payload == b"3"
+
+
 def test_paho_mqttv5_round_trip_with_properties(broker):
     """paho-mqtt 2.x MQTTv5 publisher and subscriber at QoS 0, 1 and 2: every message
     arrives with its user properties in order, content type, response topic, correlation
