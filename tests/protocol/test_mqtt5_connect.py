@@ -12,6 +12,7 @@ import pytest
 
 import mqttraw
 import mqttraw5 as m
+from mqttraw5 import board_heap_on_64_bits
 from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
 from mqttraw5 import prop
 
@@ -93,7 +94,7 @@ def test_empty_client_id_gets_an_assigned_one(broker):
 def test_server_keep_alive_replaces_a_keepalive_above_max(broker_factory):
     """MQTT-3.2.2-21/22: above max_keepalive (or 0, none) the server answers with Server Keep
     Alive = max_keepalive instead of refusing as it must for 3.1.1; within it, nothing."""
-    b = broker_factory(config="max_keepalive 60\n")
+    b = broker_factory(config="max_keepalive 60\n", heap=board_heap_on_64_bits())
     for asked, told in ((0, 60), (600, 60), (30, None)):
         ack = m.Client5(b.port).connect5("ka%d" % asked, keepalive=asked)
         assert ack.code == 0
@@ -168,7 +169,7 @@ def test_refusals_get_their_reason_code_then_close(broker, kw, code):
 
 def test_too_many_clients_is_quota_exceeded(broker_factory):
     """Section 3.2.2.2: max_connections reached gives CONNACK 0x97 (Quota exceeded), then close."""
-    b = broker_factory(config="max_connections 2\n")
+    b = broker_factory(config="max_connections 2\n", heap=board_heap_on_64_bits())
     kept = [m.Client5(b.port) for _ in range(2)]
     for i, c in enumerate(kept):
         assert c.connect5("q%d" % i).code == 0

@@ -14,6 +14,7 @@ from paho.mqtt.properties import Properties
 
 import mqttraw
 import mqttraw5 as m
+from mqttraw5 import board_heap_on_64_bits
 from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
 from mqttraw5 import connected, prop
 from test_security import users_file
@@ -49,7 +50,7 @@ def test_response_information_for_an_assigned_client_id(broker):
 def test_response_topic_prefix_from_the_config(broker_factory):
     """`response_topic_prefix app/replies` in the config: Response Information is
     app/replies/<client id>."""
-    b = broker_factory(config="response_topic_prefix app/replies\n")
+    b = broker_factory(config="response_topic_prefix app/replies\n", heap=board_heap_on_64_bits())
     ack = m.Client5(b.port).connect5("cfg", properties=[(m.REQUEST_RESPONSE, 1)])
     assert ack.code == 0
     assert prop(ack.props, 0x1A) == b"app/replies/cfg"

@@ -8,6 +8,7 @@ import time
 
 import mqttraw
 import mqttraw5 as m
+from mqttraw5 import board_heap_on_64_bits
 from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
 from mqttraw5 import connected as v5
 
@@ -150,7 +151,7 @@ def test_message_expiring_in_an_online_311_clients_queue_is_dropped(broker_facto
     waiting in its queue (its in-flight window, max_inflight_messages 1, taken by an
     unacknowledged message) whose Message Expiry Interval passes there is not sent; the
     message without expiry behind it is."""
-    b = broker_factory(config="max_inflight_messages 1\n")
+    b = broker_factory(config="max_inflight_messages 1\n", heap=board_heap_on_64_bits())
     s = b.raw()
     assert s.connect("slow311") == (0, 0)
     s.send(mqttraw.subscribe(1, ("qe3/t", 1)))
@@ -177,7 +178,7 @@ def test_retained_message_expiring_in_a_311_clients_queue_is_dropped(broker_fact
     a 3.1.1 client's new subscription while its in-flight window (max_inflight_messages 1) is
     taken, waits in the queue; its interval passes there: it is not sent. The one retained
     without expiry behind it is, with RETAIN 1 (MQTT-3.3.1-8 of 3.1.1)."""
-    b = broker_factory(config="max_inflight_messages 1\n")
+    b = broker_factory(config="max_inflight_messages 1\n", heap=board_heap_on_64_bits())
     p = v5(b, "pub-rq")
     for pid, (topic, props) in enumerate((("rq5/a", []), ("rq5/b", [(m.MESSAGE_EXPIRY, 1)]), ("rq5/c", [])), 1):
         p.send(m.publish(topic, topic.encode(), qos=1, pid=pid, retain=True, properties=props))

@@ -13,6 +13,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import mqttraw5 as m
+from mqttraw5 import board_heap_on_64_bits
 from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
 from mqttraw5 import connected, prop
 
@@ -74,7 +75,7 @@ def test_aliases_bounded_by_the_client_and_the_server(broker_factory):
     """MQTT-3.1.2-26, 3.3.2-11: no alias above the client's Topic Alias Maximum (2 here) nor
     above max_topic_alias_out (3 here); topics beyond go with their topic each time, and an
     alias once given stays with its topic (never reused for another without the topic)."""
-    b = broker_factory(config="max_topic_alias_out 3\n")
+    b = broker_factory(config="max_topic_alias_out 3\n", heap=board_heap_on_64_bits())
     two = receiver(b, "ta-two", 2)
     many = receiver(b, "ta-many", 100)
     topics = LONG[:5] + LONG[:5]
@@ -100,7 +101,7 @@ def test_aliases_bounded_by_the_client_and_the_server(broker_factory):
 
 def test_max_topic_alias_out_0_sends_none(broker_factory):
     """max_topic_alias_out 0: no Topic Alias to any client, also one that allows them."""
-    b = broker_factory(config="max_topic_alias_out 0\n")
+    b = broker_factory(config="max_topic_alias_out 0\n", heap=board_heap_on_64_bits())
     c = receiver(b, "ta-off", 10)
     publish(b, "ta-poff", [LONG[0], LONG[0]])
     assert received(c, 2) == [(LONG[0].encode(), None, b"0"), (LONG[0].encode(), None, b"1")]
