@@ -170,13 +170,7 @@ def test_message_expiring_in_a_311_members_queue_is_not_sent(broker):
     only member, a 3.1.1 session (clean session 0) that is offline, keep their Message Expiry
     Interval: the one whose interval passes before the member is back is not sent, the one
     with time left is."""
-    m.away_311(broker, "member311", "$share/g/ex/#")
-    p = v5(broker, "pub-ex")
-    for pid, (topic, expiry) in enumerate((("ex/short", 1), ("ex/long", 100)), 1):
-        p.send(m.publish(topic, topic.encode(), qos=1, pid=pid, properties=[(m.MESSAGE_EXPIRY, expiry)]))
-        p.next(m.PUBACK)
-    time.sleep(2.2)
-    m.back_311_gets_only(broker, "member311", b"ex/long")  # and no ex/short
+    m.expiry_while_away_311(broker, "member311", "$share/g/ex/#", "ex")
 
 
 def test_expired_copy_is_not_handed_to_another_member(broker):

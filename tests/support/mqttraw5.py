@@ -6,6 +6,7 @@ and readers for what the server sends back. The socket client is mqttraw's RawCl
 import json
 import os
 import struct
+import time
 
 import pytest
 
@@ -284,6 +285,20 @@ def back_311_gets_only(broker, cid, payload):
     c.send(mqttraw.puback(got.pid))
     c.send(mqttraw.PINGREQ)
     c.expect(13)
+
+
+def expiry_while_away_311(broker, cid, flt, prefix):
+    """MQTT-3.3.2-5 for an offline 3.1.1 session (away_311) subscribed to flt: a v5 client
+    publishes QoS 1 PREFIX/short (Message Expiry 1 s) and PREFIX/long (100 s); after 2.2 s
+    the session taken back gets PREFIX/long only."""
+    away_311(broker, cid, flt)
+    p = connected(broker, "pub-" + cid)
+    for pid, (name, expiry) in enumerate((("short", 1), ("long", 100)), 1):
+        topic = "%s/%s" % (prefix, name)
+        p.send(publish(topic, topic.encode(), qos=1, pid=pid, properties=[(MESSAGE_EXPIRY, expiry)]))
+        p.next(PUBACK)
+    time.sleep(2.2)
+    back_311_gets_only(broker, cid, ("%s/long" % prefix).encode())
 
 
 # ------------------------------------------------------------------ fixtures for the v5 tests
