@@ -156,13 +156,13 @@ class Link(V5):
         session for ever (Session Expiry Interval 0xFFFFFFFF): what a 3.1.1 persistent session
         is, and what QoS 2 exactly once across a broken link needs. The Receive Maximum is the
         inbound QoS 2 bound (as a v5 client's CONNACK says), the Maximum Packet Size
-        max_packet_size as a whole packet, so the upstream drops what we could not read
-        rather than us closing the link for it."""
+        max_packet_size as a whole packet (with none, the most Server._big takes), so the
+        upstream drops what we could not read rather than us closing the link for it."""
         pr = bytearray()
         if not br.clean:
             put_u(pr, _P_SESSION_EXPIRY, 0xFFFFFFFF, 4)
         put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
-        mp = self.cfg["max_packet_size"]
+        mp = self.cfg["max_packet_size"] or min(self.cfg["max_queued_bytes"], 268435455)
         put_u(pr, _P_MAX_PACKET, mp + 1 + vbi_len(mp), 4)
         out = bytearray()
         out.append(len(pr))  # under 128 bytes: one byte of length

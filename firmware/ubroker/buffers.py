@@ -8,11 +8,14 @@ through a small heap."""
 
 
 class Pool:
-    def __init__(self, keep, size=0):
+    def __init__(self, keep, size=0, most=1 << 30):
         """keep: how many free buffers to hold; all are allocated now with room for size
-        bytes, while the heap is still in one piece."""
+        bytes, while the heap is still in one piece. A buffer given back holding more than
+        most bytes is not kept: one that held a packet longer than the read buffer
+        (Server._big) would keep that much heap for good."""
         self.free = []
         self.keep = keep
+        self.most = most
         for _ in range(keep):
             b = bytearray(size)
             b[:] = b""
@@ -22,7 +25,7 @@ class Pool:
         return self.free.pop() if self.free else bytearray()
 
     def give(self, b):
-        if len(self.free) < self.keep:
+        if len(self.free) < self.keep and len(b) <= self.most:
             b[:] = b""
             self.free.append(b)
 

@@ -4,7 +4,7 @@ host tools, so a mistake is reported with the same line number everywhere.
 Settings apply in layers: DEFAULTS <- board profile <- user config <- command line."""
 
 # key -> kind. Kinds: int (>= 0), pos (>= 1), size (>= 1, with an optional k or M suffix:
-# 96k = 98304), bool, str, qos (0..2), listener, and
+# 96k = 98304; size0: >= 0), bool, str, qos (0..2), listener, and
 # "+str": a key that may repeat, collected in a list.
 SCHEMA = {
     # Mosquitto's own keys
@@ -14,7 +14,7 @@ SCHEMA = {
     "max_connections": "pos",
     "max_inflight_messages": "pos",
     "max_queued_messages": "pos",
-    "max_packet_size": "size",
+    "max_packet_size": "size0",
     "max_qos": "qos",
     "retain_available": "bool",
     "sys_interval": "int",
@@ -222,7 +222,7 @@ def _value(kind, words):
     if len(words) != 1:
         raise ValueError("expects exactly one value")
     w = words[0]
-    if kind == "size":
+    if kind == "size" or kind == "size0":
         mult = 1
         if w[-1:] in ("k", "K"):
             mult, w = 1024, w[:-1]
@@ -232,8 +232,8 @@ def _value(kind, words):
             n = int(w) * mult
         except ValueError:
             raise ValueError("expects a size such as 4096, 96k or 2M, not '%s'" % words[0])
-        if n < 1:
-            raise ValueError("must be at least 1")
+        if n < 0 or n == 0 and kind == "size":
+            raise ValueError("must be at least 1" if kind == "size" else "must not be negative")
         return n
     if kind == "bool":
         if w in ("true", "false"):

@@ -44,9 +44,14 @@ class Server:
         # read_buffer_size bytes. Allocated before the store and the sensors are set up:
         # their start-up code leaves holes when it goes (ubroker.forget), and a 100k heap with
         # 20 kB free then had no 2.5 kB block for it (esp32 profile, 9 clients, four sensors).
-        self.max_packet = cfg["max_packet_size"]
+        # max_packet_size 0 is Mosquitto's default, no limit announced: a packet longer than
+        # rbuf's share (read_buffer_size) then arrives in a buffer of its own (_big), up to
+        # max_queued_bytes, the most the broker would hold of messages anyway.
+        mp = cfg["max_packet_size"]
         self.chunk = cfg["read_buffer_size"]
-        self.rbuf = bytearray(self.max_packet + 5 + self.chunk)
+        self.inline = mp or self.chunk  # the longest packet parsed in rbuf
+        self.max_packet = mp or min(cfg["max_queued_bytes"], 268435455)
+        self.rbuf = bytearray(self.inline + 5 + self.chunk)
         self.rmv = memoryview(self.rbuf)
         # What a read fills when nothing was carried over (the usual case), made once: a
         # slice of rmv per read was a 16 B heap block per packet on 32 bits (tools/heap32)
@@ -190,6 +195,8 @@ class Server:
         if c.rx is not None:
             pool.give(c.rx)
             c.rx = None
+        if c.big is not None:
+            c.big = None
         if c.acks is not None:
             c.acks = None
         try:
@@ -324,6 +331,10 @@ class Server:
         buf = self.rbuf
         stats = self.broker.stats
         pos = 0
+        if c.big is not None:  # one read per read call: the test is not per packet
+            pos = self._fill(c, 0, have, proto)
+            if pos < 0:
+                return
         while have - pos >= 2:
             rl = buf[pos + 1]
             p = pos + 2
@@ -331,9 +342,12 @@ class Server:
                 rl, p = decode_length(buf, pos + 1, have)
                 if rl < 0:
                     break
-            if rl > self.max_packet:
-                stats.hit("packet_size")
-                raise Malformed("packet of %d bytes exceeds max_packet_size" % rl, 0x95)
+            if rl > self.inline:
+                self._big(c, rl, p - pos + rl)
+                pos = self._fill(c, pos, have, proto)
+                if pos < 0:
+                    return
+                continue
             end = p + rl
             if end > have:
                 break
@@ -356,6 +370,55 @@ class Server:
         if pos < have:
             self._carry(c, pos, have)
 
+    def _big(self, c, rl, n):
+        """Start c.big for a packet of n bytes (rl after its fixed header) longer than rbuf
+        takes: only with no max_packet_size, only after CONNECT (a connection that has not
+        said who it is gets no large block of heap), up to max_queued_bytes. Else DISCONNECT
+        0x95 with a limit announced, 0x97 without (an implementation's quota, MQTT 5.0
+        section 3.14.2.1)."""
+        if self.cfg["max_packet_size"] or c.sess is None or rl > self.max_packet:
+            self.broker.stats.hit("packet_size")
+            if self.cfg["max_packet_size"]:
+                raise Malformed("packet of %d bytes exceeds max_packet_size" % rl, 0x95)
+            if c.sess is None:
+                raise Malformed("packet of %d bytes before CONNECT" % rl, 0x95)
+            raise Malformed("packet of %d bytes exceeds max_queued_bytes" % rl, 0x97)
+        big = bytearray(n)
+        big[:] = b""  # its room kept: what arrives is appended (_fill)
+        c.big = big
+
+    def _fill(self, c, pos, have, proto):
+        """Move rbuf[pos:have] into c.big up to its end; handle it once it is whole. The
+        position in rbuf after it, or -1: more to come, or its publisher paused."""
+        big = c.big
+        rl, p = decode_length(big, 1, len(big)) if len(big) > 1 else (-1, 0)
+        if rl < 0:  # its header is in rbuf[pos:] (from _big) and whole (from _packets)
+            rl, p = decode_length(self.rbuf, pos + 1, have)
+            p -= pos
+        k = min(have - pos, p + rl - len(big))
+        big.extend(self.rmv[pos : pos + k])
+        pos += k
+        if len(big) < p + rl:
+            return -1
+        # The handlers slice the read buffer's memoryview (server.rmv, Protocol.rmv and its
+        # views by offset): theirs is big's while it is handled
+        pr = self.proto
+        mv = self.rmv
+        self.rmv = pr.rmv = memoryview(big)
+        pr.views.clear()
+        try:
+            ok = proto.handle(c, big[0], big, p, p + rl)
+        finally:
+            self.rmv = pr.rmv = mv
+            pr.views.clear()
+        if not ok:
+            self._carry(c, pos, have)
+            self.pause(c)
+            return -1
+        c.big = None
+        self.broker.stats.msgs_in += 1
+        return pos if c.sock is not None else -1
+
     def _carry(self, c, pos, have):
         rx = self.broker.pool.take()
         rx.extend(self.rmv[pos:have])
@@ -368,14 +431,17 @@ class Server:
         Every other packet keeps its place behind the waiting one."""
         buf = self.rbuf
         mv = self.rmv
-        rl, p = decode_length(buf, 1, have)
-        pos = p + rl  # the waiting PUBLISH, always complete
+        if c.big is None:
+            rl, p = decode_length(buf, 1, have)
+            pos = p + rl  # the waiting PUBLISH, always complete
+        else:
+            pos = 0  # the waiting PUBLISH is c.big
         if keep is None:
             keep = self.broker.pool.take()
         keep.extend(mv[:pos])
         while have - pos >= 2:
             rl, p = decode_length(buf, pos + 1, have)
-            if rl < 0 or rl > self.max_packet or p + rl > have:
+            if rl < 0 or rl > self.inline or p + rl > have:
                 break
             end = p + rl
             t = buf[pos] >> 4
@@ -470,7 +536,12 @@ class Server:
                 c.out = None
                 self.broker.pool.give(out)
             elif n:
-                out[:n] = b""
+                if len(out) > self.broker.pool.most:
+                    # It held a long packet (Server._big): its rest in a buffer of that size,
+                    # so the pool never keeps the long one's room (Pool.give)
+                    c.out = bytearray(memoryview(out)[n:])
+                else:
+                    out[:n] = b""
         elif not may_close:
             return
         if may_close and not c.out:

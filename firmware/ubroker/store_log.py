@@ -16,7 +16,10 @@ LittleFS keeps the old or the new content of a file across a power cut, never a 
 file created but not closed reads empty. Compaction writes generation g+1 and only when its
 END is on flash deletes generation g: at every instant one complete copy exists.
 
-Record: magic 0xA5, type, body length (u16), seq (u32), crc32 of type..body (u32), body."""
+Record: magic 0xA5, type, body length (u16), seq (u32), crc32 of type..body (u32), body. A
+body of 64 KiB or more (a long message on the unix port) has magic 0xA6, 0 in the u16, and its
+length as a u32 after the header, which the crc covers too: a store written before there was
+such a record reads the same."""
 
 import binascii
 import os
@@ -38,6 +41,7 @@ def makedirs(path):
 
 
 _MAGIC = const(0xA5)
+_LONG = const(0xA6)  # the body's length is a u32 after the header
 _HDR = "<BBHII"
 _HDR_SIZE = const(12)
 _END = const(0)  # record type: the snapshot that starts a generation is complete
@@ -90,11 +94,21 @@ class Store:
             self.urgent = True
         self.seq += 1
         h = self._hdr
-        struct.pack_into("<BHI", h, 1, rtype, len(body), self.seq)
-        crc = binascii.crc32(body, binascii.crc32(memoryview(h)[1:8]))
-        struct.pack_into("<I", h, 8, crc)
-        h[0] = _MAGIC
+        n = len(body)
+        # (pack_into's u16 would keep the low 16 bits of a longer length: a record torn
+        # for good, and every record after it skipped at recovery)
+        struct.pack_into("<BHI", h, 1, rtype, n if n < 65536 else 0, self.seq)
+        crc = binascii.crc32(memoryview(h)[1:8])
+        if n < 65536:
+            h[0] = _MAGIC
+            ext = b""
+        else:
+            h[0] = _LONG
+            ext = struct.pack("<I", n)
+            crc = binascii.crc32(ext, crc)
+        struct.pack_into("<I", h, 8, binascii.crc32(body, crc))
         self.buf.extend(h)
+        self.buf.extend(ext)
         self.buf.extend(body)
 
     def commit(self):
@@ -260,9 +274,22 @@ class Store:
                     ok = False
                     break
                 magic, rtype, blen, seq, crc = struct.unpack(_HDR, hdr)
+                c0 = binascii.crc32(memoryview(hdr)[1:8])
+                if magic == _LONG:
+                    ext = f.read(4)
+                    if len(ext) < 4:
+                        ok = False
+                        break
+                    blen = struct.unpack("<I", ext)[0]
+                    if blen > self.budget:  # corrupt: no such record fits the store
+                        ok = False
+                        break
+                    c0 = binascii.crc32(ext, c0)
+                elif magic != _MAGIC:
+                    ok = False
+                    break
                 body = f.read(blen) if blen else b""
-                if magic != _MAGIC or len(body) != blen or \
-                        binascii.crc32(body, binascii.crc32(memoryview(hdr)[1:8])) != crc:
+                if len(body) != blen or binascii.crc32(body, c0) != crc:
                     ok = False
                     break
                 if seq > self.seq:

@@ -276,10 +276,12 @@ class V5(Timers):
             put_str(pr, _P_ASSIGNED_ID, assigned)
         if not self.cfg["retain_available"]:
             put_u(pr, _P_RETAIN_AVAILABLE, 0, 1)
-        # Always a real limit (server.py refuses what is longer), so always said: absent
-        # would mean none but the protocol's (section 3.2.2.3.6)
+        # A limit set is said (server.py refuses what is longer). max_packet_size 0 is none,
+        # as absent means (section 3.2.2.3.6) and as Mosquitto's default CONNACK says: what
+        # the heap and max_queued_bytes cannot take is then DISCONNECT 0x97 (Server._big).
         mp = self.cfg["max_packet_size"]
-        put_u(pr, _P_MAX_PACKET, mp + 1 + vbi_len(mp), 4)
+        if mp:
+            put_u(pr, _P_MAX_PACKET, mp + 1 + vbi_len(mp), 4)
         if self.receive_max < 65535:
             put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
         mq = self.b.max_qos

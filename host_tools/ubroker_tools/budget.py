@@ -279,7 +279,8 @@ def start_tables(cfg, word=8):
     pool = cfg["buffer_pool_size"]
     pool_buf = min(4096, max(cfg["out_buffer_size"], 2 * cfg["read_buffer_size"]))
     return [
-        ("read buffer", _block(cfg["max_packet_size"] + 5 + cfg["read_buffer_size"])),
+        # max_packet_size 0 (none): rbuf takes packets up to read_buffer_size (server.py)
+        ("read buffer", _block((cfg["max_packet_size"] or cfg["read_buffer_size"]) + 5 + cfg["read_buffer_size"])),
         ("output scratch", _block(cfg["out_buffer_size"])),
         ("buffer pool: %d x %d B" % (pool, pool_buf), pool * _block(pool_buf) + _block(word * pool)),
         ("connection table and list: %d sockets" % socks, _table(socks, word) + _block(word * socks)),
@@ -344,7 +345,9 @@ def _buffers(cfg, heap, room):
     c = dict(cfg, heap_budget=heap)
 
     def cut(key, value):
-        c[key] = max(SMALLEST.get(key, 1), min(cfg[key], value))
+        # max_packet_size 0, no limit, is the largest of all: cut to the share like any other
+        was = cfg[key] or value if key == "max_packet_size" else cfg[key]
+        c[key] = max(SMALLEST.get(key, 1), min(was, value))
 
     # The read buffer holds a packet and a read of half a packet.
     cut("max_packet_size", _pow2(room // SHARES["packet"] * 2 // 3))
