@@ -740,3 +740,27 @@ def test_inbound_qos2_ids_bounded_by_backpressure_not_disconnect(broker):
     assert [pub.expect(7).pid for _ in range(n - bound)] == list(range(bound + 1, n + 1))
     payloads = [sub.expect(3).payload for _ in range(n)]
     assert payloads == [b"%d" % i for i in range(1, n + 1)]
+
+
+def test_message_whose_copies_alone_exceed_max_queued_bytes_goes_when_nothing_is_held(broker_factory):
+    """MQTT-4.3.2-4 with max_queued_bytes (the esp32 profile's 6 kB): a 2,000-byte QoS 1
+    message to 4 subscribers counts 4 copies, more than the budget holds even empty. With
+    nothing held nothing would ever make room: it is taken (PUBACK) and every subscriber gets
+    it, where before its publisher waited for good."""
+    b = broker_factory()
+    subs = []
+    for i in range(4):
+        s = b.raw()
+        assert s.connect("many-%d" % i) == (0, 0)
+        s.send(mqttraw.subscribe(1, ("many", 1)))
+        s.expect(9)
+        subs.append(s)
+    p = b.raw()
+    assert p.connect("many-pub") == (0, 0)
+    data = bytes(range(250)) * 8
+    p.send(mqttraw.publish("many", data, qos=1, pid=3))
+    assert p.expect(4).pid == 3
+    for s in subs:
+        got = s.expect(3)
+        assert got.payload == data
+        s.send(mqttraw.puback(got.pid))

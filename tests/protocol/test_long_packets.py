@@ -13,7 +13,7 @@ import pytest
 
 import mqttraw
 import mqttraw5 as m
-from conftest import start_broker, wait_for
+from conftest import free_port, start_broker, wait_for
 from durable_util import kill9
 from mqttraw5 import prop
 
@@ -43,17 +43,6 @@ def v5(broker, cid, **kw):
     ack = c.connect5(cid, **kw)
     assert ack.code == 0
     return c, ack
-
-
-def test_unix_connack_announces_no_maximum_packet_size(unix):
-    """Section 3.2.2.3.6: the unix profile has no limit of its own to announce, and its CONNACK
-    is Mosquitto's default one byte for byte (Topic Alias Maximum 10, Receive Maximum 20)."""
-    c = m.Client5(unix.port)
-    unix._clients.append(c)
-    c.send(m.connect("cb", keepalive=30))
-    p = c.expect(m.CONNACK)
-    assert bytes((p.b0, len(p.body))) + bytes(p.body) == bytes.fromhex("2009" "0000" "06" "22000a" "210014")
-    assert prop(m.Connack(p).props, m.MAXIMUM_PACKET_SIZE) is None
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
@@ -239,3 +228,30 @@ def test_a_board_with_no_limit_takes_a_long_packet_in_its_own_heap(broker_factor
     assert s.next(m.PUBLISH).payload == data
     p.send(m.publish("e", b"y" * 7000, qos=1, pid=2))
     assert p.disconnected() == 0x97
+
+
+def test_long_publish_over_websockets(broker_factory):
+    """The same over a WebSockets listener (paho-mqtt, transport websockets): a 300 kB QoS 1
+    message from a WebSocket client reaches a WebSocket and a TCP subscriber whole."""
+    from test_ws_paho import ws_client
+
+    ws_port = free_port()
+    b = broker_factory(board="unix", config="listener 1883 127.0.0.1\nlistener %d 127.0.0.1\nprotocol websockets\n" % ws_port)
+    tcp = b.client()
+    got = []
+    tcp.on_message = lambda cl, u, msg: got.append(msg.payload)
+    tcp.subscribe("wsl", 1)
+    sub, rc = ws_client(ws_port)
+    assert rc == 0
+    sub.subscribe("wsl", 1)
+    assert wait_for(lambda: sub.granted == [1], 10)
+    pub, rc = ws_client(ws_port)
+    data = payload(300000, 6)
+    try:
+        pub.publish("wsl", data, qos=1).wait_for_publish(10)
+        assert wait_for(lambda: sub.messages and got, 10)
+        assert sub.messages[0][1] == data and got[0] == data
+    finally:
+        for c in (sub, pub):
+            c.disconnect()
+            c.loop_stop()

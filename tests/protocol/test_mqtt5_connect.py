@@ -60,15 +60,18 @@ def test_connack_bytes_are_mosquittos_but_for_its_packet_size(broker):
 
 
 def test_connack_of_the_unix_profile_and_of_max_topic_alias(broker_factory):
-    """The unix profile (what `ubroker run` starts) announces Mosquitto's defaults: Topic Alias
-    Maximum 10 and Receive Maximum 20 (max_inflight_messages), with its Maximum Packet Size
-    (256k + 4); `max_topic_alias 0` leaves Topic Alias Maximum out (absent: 0, section
-    3.2.2.3.8) and then any alias from the client is DISCONNECT 0x94 (MQTT-3.2.2-17 and
-    section 3.3.2.3.4)."""
+    """The unix profile (what `ubroker run` starts) announces Mosquitto's defaults, byte for
+    byte: Topic Alias Maximum 10, Receive Maximum 20 (max_inflight_messages) and no Maximum
+    Packet Size (its max_packet_size 0: no limit, section 3.2.2.3.6); a max_packet_size set
+    is announced as a whole packet (256k + 4); `max_topic_alias 0` leaves Topic Alias Maximum
+    out (absent: 0, section 3.2.2.3.8) and then any alias from the client is DISCONNECT 0x94
+    (MQTT-3.2.2-17 and section 3.3.2.3.4)."""
     b = broker_factory(board="unix")
+    assert _connack_bytes(b) == bytes.fromhex("2009000006" "22000a" "210014")
+    b = broker_factory(board="unix", config="max_packet_size 256k\n")
     assert _connack_bytes(b) == bytes.fromhex("200e00000b" "22000a" "2700040004" "210014")
     b = broker_factory(board="unix", config="max_topic_alias 0\nmax_inflight_messages 3\n")
-    assert _connack_bytes(b) == bytes.fromhex("200b000008" "2700040004" "210003")
+    assert _connack_bytes(b) == bytes.fromhex("2006000003" "210003")
     c = client(b)
     assert c.connect5("ta0").code == 0
     c.send(m.publish("t", b"x", properties=[(m.TOPIC_ALIAS, 1)]))
