@@ -12,7 +12,7 @@ class Pool:
         """keep: how many free buffers to hold; all are allocated now with room for size
         bytes, while the heap is still in one piece. A buffer given back holding more than
         most bytes is not kept: one that held a packet longer than the read buffer
-        (Server._big) would keep that much heap for good."""
+        (long_packet.py) would keep that much heap for good."""
         self.free = []
         self.keep = keep
         self.most = most

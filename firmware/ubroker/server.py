@@ -45,7 +45,7 @@ class Server:
         # their start-up code leaves holes when it goes (ubroker.forget), and a 100k heap with
         # 20 kB free then had no 2.5 kB block for it (esp32 profile, 9 clients, four sensors).
         # max_packet_size 0 is Mosquitto's default, no limit announced: a packet longer than
-        # rbuf's share (read_buffer_size) then arrives in a buffer of its own (_big), up to
+        # rbuf's share (read_buffer_size) then arrives in a buffer of its own (_long), up to
         # max_queued_bytes, the most the broker would hold of messages anyway.
         mp = cfg["max_packet_size"]
         self.chunk = cfg["read_buffer_size"]
@@ -331,8 +331,8 @@ class Server:
         buf = self.rbuf
         stats = self.broker.stats
         pos = 0
-        if c.big is not None:  # one read per read call: the test is not per packet
-            pos = self._fill(c, 0, have, proto)
+        if c.big is not None:  # (a test per read, not per packet)
+            pos = self._long(c, 0, have, proto)
             if pos < 0:
                 return
         while have - pos >= 2:
@@ -343,8 +343,10 @@ class Server:
                 if rl < 0:
                     break
             if rl > self.inline:
-                self._big(c, rl, p - pos + rl)
-                pos = self._fill(c, pos, have, proto)
+                if self.cfg["max_packet_size"]:
+                    stats.hit("packet_size")
+                    raise Malformed("packet of %d bytes exceeds max_packet_size" % rl, 0x95)
+                pos = self._long(c, pos, have, proto, rl, p - pos + rl)
                 if pos < 0:
                     return
                 continue
@@ -370,54 +372,12 @@ class Server:
         if pos < have:
             self._carry(c, pos, have)
 
-    def _big(self, c, rl, n):
-        """Start c.big for a packet of n bytes (rl after its fixed header) longer than rbuf
-        takes: only with no max_packet_size, only after CONNECT (a connection that has not
-        said who it is gets no large block of heap), up to max_queued_bytes. Else DISCONNECT
-        0x95 with a limit announced, 0x97 without (an implementation's quota, MQTT 5.0
-        section 3.14.2.1)."""
-        if self.cfg["max_packet_size"] or c.sess is None or rl > self.max_packet:
-            self.broker.stats.hit("packet_size")
-            if self.cfg["max_packet_size"]:
-                raise Malformed("packet of %d bytes exceeds max_packet_size" % rl, 0x95)
-            if c.sess is None:
-                raise Malformed("packet of %d bytes before CONNECT" % rl, 0x95)
-            raise Malformed("packet of %d bytes exceeds max_queued_bytes" % rl, 0x97)
-        big = bytearray(n)
-        big[:] = b""  # its room kept: what arrives is appended (_fill)
-        c.big = big
+    def _long(self, c, pos, have, proto, rl=0, n=0):
+        """A packet longer than rbuf takes, with no max_packet_size (long_packet.py, loaded at
+        the first one: a board with a limit never loads it)."""
+        from .long_packet import take
 
-    def _fill(self, c, pos, have, proto):
-        """Move rbuf[pos:have] into c.big up to its end; handle it once it is whole. The
-        position in rbuf after it, or -1: more to come, or its publisher paused."""
-        big = c.big
-        rl, p = decode_length(big, 1, len(big)) if len(big) > 1 else (-1, 0)
-        if rl < 0:  # its header is in rbuf[pos:] (from _big) and whole (from _packets)
-            rl, p = decode_length(self.rbuf, pos + 1, have)
-            p -= pos
-        k = min(have - pos, p + rl - len(big))
-        big.extend(self.rmv[pos : pos + k])
-        pos += k
-        if len(big) < p + rl:
-            return -1
-        # The handlers slice the read buffer's memoryview (server.rmv, Protocol.rmv and its
-        # views by offset): theirs is big's while it is handled
-        pr = self.proto
-        mv = self.rmv
-        self.rmv = pr.rmv = memoryview(big)
-        pr.views.clear()
-        try:
-            ok = proto.handle(c, big[0], big, p, p + rl)
-        finally:
-            self.rmv = pr.rmv = mv
-            pr.views.clear()
-        if not ok:
-            self._carry(c, pos, have)
-            self.pause(c)
-            return -1
-        c.big = None
-        self.broker.stats.msgs_in += 1
-        return pos if c.sock is not None else -1
+        return take(self, c, pos, have, proto, rl, n)
 
     def _carry(self, c, pos, have):
         rx = self.broker.pool.take()
@@ -537,7 +497,7 @@ class Server:
                 self.broker.pool.give(out)
             elif n:
                 if len(out) > self.broker.pool.most:
-                    # It held a long packet (Server._big): its rest in a buffer of that size,
+                    # It held a long packet (long_packet.py): its rest in a buffer of that size,
                     # so the pool never keeps the long one's room (Pool.give)
                     c.out = bytearray(memoryview(out)[n:])
                 else:

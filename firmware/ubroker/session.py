@@ -169,7 +169,7 @@ class Conn:
 
     sess = None
     rx = None  # unparsed bytes carried to the next read
-    big = None  # a packet longer than the read buffer, as it arrives (Server._big)
+    big = None  # a packet longer than the read buffer, as it arrives (long_packet.py)
     out = None  # bytearray waiting for the socket
     mask = 1  # poll events registered (select.POLLIN)
     ka = 0  # keepalive window in ms (1.5 x the client's keepalive), 0 = none

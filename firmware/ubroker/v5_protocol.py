@@ -278,7 +278,7 @@ class V5(Timers):
             put_u(pr, _P_RETAIN_AVAILABLE, 0, 1)
         # A limit set is said (server.py refuses what is longer). max_packet_size 0 is none,
         # as absent means (section 3.2.2.3.6) and as Mosquitto's default CONNACK says: what
-        # the heap and max_queued_bytes cannot take is then DISCONNECT 0x97 (Server._big).
+        # the heap and max_queued_bytes cannot take is then DISCONNECT 0x97 (long_packet.py).
         mp = self.cfg["max_packet_size"]
         if mp:
             put_u(pr, _P_MAX_PACKET, mp + 1 + vbi_len(mp), 4)

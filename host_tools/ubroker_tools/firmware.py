@@ -212,8 +212,9 @@ HEAP_FIGURES = os.path.join(IMAGE_DIR, "frozen_heap.json")  # firmware/image/hea
 # once the listeners are open (server.py).
 FORGOTTEN_AT_START = ("ubroker/config.py", "ubroker/listen.py")
 # Core modules a started broker has not loaded yet: sysinfo.py (the $SYS report) at its first
-# use (Server.sysinfo: a `$` subscription, the status page). Frozen, they save nothing at start.
-LOADED_LATER = ("ubroker/sysinfo.py",)
+# use (Server.sysinfo: a `$` subscription, the status page), long_packet.py at the first packet
+# longer than the read buffer (only with max_packet_size 0). Frozen, they save nothing at start.
+LOADED_LATER = ("ubroker/sysinfo.py", "ubroker/long_packet.py")
 # The store's module a broker with its store on loads at start (server.py); with what its top
 # level imports, that is what of the store group is held then. The rest load later and only
 # when needed: store_replay.py while the log is replayed (forgotten after), store_v5.py when

@@ -1,7 +1,7 @@
 """Packets longer than the read buffer, through the network: with `max_packet_size 0` (the unix
 profile's, Mosquitto's default) no Maximum Packet Size is announced (MQTT 5.0 section
 3.2.2.3.6: absent means no limit but the protocol's), and a packet longer than
-read_buffer_size arrives in a buffer of its own (server.py, Server._big) up to
+read_buffer_size arrives in a buffer of its own (firmware/ubroker/long_packet.py) up to
 max_queued_bytes, the most the broker holds of messages. Beyond that the connection is
 closed, after DISCONNECT 0x97 Quota exceeded for a v5 client (section 3.14.2.1); before
 CONNECT the read buffer's share is the limit."""
