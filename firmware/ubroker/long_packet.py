@@ -6,6 +6,11 @@ limit never holds this code."""
 from .codec import Malformed, decode_length
 
 
+def most(cfg):
+    """The longest remaining length taken: max_queued_bytes, within the protocol's."""
+    return min(cfg["max_queued_bytes"], 268435455)
+
+
 def take(sv, c, pos, have, proto, rl, n):
     """rbuf[pos:have] into c.big, started first for a packet of n bytes (rl after its fixed
     header) when n is given. The position in rbuf after the packet, or -1: more to come, or
@@ -45,9 +50,9 @@ def take(sv, c, pos, have, proto, rl, n):
 def _start(sv, c, rl, n):
     """c.big for a packet of n bytes: only after CONNECT (a connection that has not said who
     it is gets no large block of heap), and up to max_queued_bytes, the most the broker holds
-    of messages (Server.max_packet). Else the close, after DISCONNECT 0x97 Quota exceeded for a
+    of messages (most()). Else the close, after DISCONNECT 0x97 Quota exceeded for a
     v5 client (an implementation's limit, MQTT 5.0 section 3.14.2.1): no limit was announced."""
-    if c.sess is None or rl > sv.max_packet:
+    if c.sess is None or rl > most(sv.cfg):
         sv.broker.stats.hit("packet_size")
         if c.sess is None:
             raise Malformed("packet of %d bytes before CONNECT" % rl, 0x95)

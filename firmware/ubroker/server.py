@@ -47,11 +47,9 @@ class Server:
         # max_packet_size 0 is Mosquitto's default, no limit announced: a packet longer than
         # rbuf's share (read_buffer_size) then arrives in a buffer of its own (_long), up to
         # max_queued_bytes, the most the broker would hold of messages anyway.
-        mp = cfg["max_packet_size"]
         self.chunk = cfg["read_buffer_size"]
-        self.inline = mp or self.chunk  # the longest packet parsed in rbuf
-        self.max_packet = mp or min(cfg["max_queued_bytes"], 268435455)
-        self.rbuf = bytearray(self.inline + 5 + self.chunk)
+        self.max_packet = cfg["max_packet_size"] or self.chunk  # the longest packet in rbuf
+        self.rbuf = bytearray(self.max_packet + 5 + self.chunk)
         self.rmv = memoryview(self.rbuf)
         # What a read fills when nothing was carried over (the usual case), made once: a
         # slice of rmv per read was a 16 B heap block per packet on 32 bits (tools/heap32)
@@ -342,7 +340,7 @@ class Server:
                 rl, p = decode_length(buf, pos + 1, have)
                 if rl < 0:
                     break
-            if rl > self.inline:
+            if rl > self.max_packet:
                 if self.cfg["max_packet_size"]:
                     stats.hit("packet_size")
                     raise Malformed("packet of %d bytes exceeds max_packet_size" % rl, 0x95)
@@ -401,7 +399,7 @@ class Server:
         keep.extend(mv[:pos])
         while have - pos >= 2:
             rl, p = decode_length(buf, pos + 1, have)
-            if rl < 0 or rl > self.inline or p + rl > have:
+            if rl < 0 or rl > self.max_packet or p + rl > have:
                 break
             end = p + rl
             t = buf[pos] >> 4
