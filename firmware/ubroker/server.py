@@ -193,7 +193,7 @@ class Server:
         if c.rx is not None:
             pool.give(c.rx)
             c.rx = None
-        if c.big is not None:
+        if c.big is not None:  # a long packet's buffer (long_packet.py) not kept by a Conn held on to
             c.big = None
         if c.acks is not None:
             c.acks = None
@@ -330,7 +330,7 @@ class Server:
         stats = self.broker.stats
         pos = 0
         if c.big is not None:  # (a test per read, not per packet)
-            pos = self._long(c, 0, have, proto)
+            pos = self._long(c, 0, have, proto, 0, 0)
             if pos < 0:
                 return
         while have - pos >= 2:
@@ -370,7 +370,7 @@ class Server:
         if pos < have:
             self._carry(c, pos, have)
 
-    def _long(self, c, pos, have, proto, rl=0, n=0):
+    def _long(self, c, pos, have, proto, rl, n):
         """A packet longer than rbuf takes, with no max_packet_size (long_packet.py, loaded at
         the first one: a board with a limit never loads it)."""
         from .long_packet import take
