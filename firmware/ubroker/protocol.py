@@ -203,7 +203,10 @@ class Protocol:
             a, pos = field(buf, pos, end)
             if not valid_topic(topic):
                 raise Malformed("will topic")
-            will = (topic, bytes(buf[a:pos]), will_qos, bool(will_retain))
+            if topic[0] == 36:  # $: what a client may not publish (publish), its will may not
+                self.b.stats.hit("publish_to_dollar_topic")
+            else:
+                will = (topic, bytes(buf[a:pos]), will_qos, bool(will_retain))
         user = pw = None
         if flags & 0x80:
             user, pos = utf8(buf, pos, end)

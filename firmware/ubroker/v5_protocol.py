@@ -153,7 +153,11 @@ class V5(Timers):
             payload = bytes(buf[a:pos])
             if wp is not None and _check_message(wp, buf, a, pos):
                 raise Malformed("will payload is not UTF-8", 0x99)
-            will = (topic, payload, will_qos, bool(will_retain))
+            if topic[0] == 36:  # $: what a client may not publish (_publish), its will may not
+                self.b.stats.hit("publish_to_dollar_topic")
+                wp = None
+            else:
+                will = (topic, payload, will_qos, bool(will_retain))
         user = pw = None
         if flags & 0x80:
             user, pos = utf8(buf, pos, end)

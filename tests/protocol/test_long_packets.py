@@ -32,6 +32,15 @@ def payload(n, seed=0):
     return bytes(out[:n])
 
 
+def away(broker, cid, flt):
+    """A v5 session that never expires, subscribed to flt at QoS 1, left offline."""
+    s, _ = v5(broker, cid, clean_start=False, properties=[(m.SESSION_EXPIRY, 0xFFFFFFFF)])
+    s.send(m.subscribe(1, (flt, 1)))
+    s.next(m.SUBACK)
+    s.send(m.disconnect())
+    s.close()
+
+
 @pytest.fixture
 def unix(broker_factory):
     return broker_factory(board="unix")
@@ -151,11 +160,7 @@ def test_long_publish_waits_for_room_then_goes(broker_factory):
     200 kB message; a second one of 200 kB waits, unacknowledged, until the subscriber takes
     the first (MQTT-4.3.2-4: the PUBACK only once it is taken), then goes to it."""
     b = broker_factory(board="unix", config="max_queued_bytes 300k\n")
-    s, _ = v5(b, "bp-s", clean_start=False, properties=[(m.SESSION_EXPIRY, 300)])
-    s.send(m.subscribe(1, ("bp", 1)))
-    s.next(m.SUBACK)
-    s.send(m.disconnect())
-    s.close()
+    away(b, "bp-s", "bp")
     p, _ = v5(b, "bp-p")
     one, two = payload(200000, 1), payload(200000, 2)
     p.send(m.publish("bp", one, qos=1, pid=1))
@@ -163,7 +168,7 @@ def test_long_publish_waits_for_room_then_goes(broker_factory):
     p.send(m.publish("bp", two, qos=1, pid=2) + m.publish("bp/none", b"", qos=1, pid=3))
     with pytest.raises(Exception):
         p.recv_packet(1.0)  # (socket.timeout: nothing, the second is held back)
-    s2, ack = v5(b, "bp-s", clean_start=False, properties=[(m.SESSION_EXPIRY, 300)])
+    s2, ack = v5(b, "bp-s", clean_start=False, properties=[(m.SESSION_EXPIRY, 0xFFFFFFFF)])
     assert ack.present == 1
     got = s2.next(m.PUBLISH, 10)
     assert got.payload == one
@@ -184,11 +189,7 @@ def test_long_queued_message_survives_a_power_cut(tmp_path, config, size):
     data_dir = tmp_path / "data"
     b = start_broker(tmp_path, board="unix", data=data_dir, config=config)
     try:
-        s, _ = v5(b, "d-s", clean_start=False, properties=[(m.SESSION_EXPIRY, 0xFFFFFFFF)])
-        s.send(m.subscribe(1, ("d", 1)))
-        s.next(m.SUBACK)
-        s.send(m.disconnect())
-        s.close()
+        away(b, "d-s", "d")
         p, _ = v5(b, "d-p")
         data = payload(size, 4)
         p.send(m.publish("d", data, qos=1, pid=1))

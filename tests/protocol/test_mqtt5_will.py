@@ -149,3 +149,14 @@ def test_clean_start_takeover_sends_a_waiting_will(broker):
     no_will(w, 0.5)
     v5(broker, "wc")  # Clean Start 1
     assert w.next(m.PUBLISH, timeout=2.0).payload == b"cleaned"
+
+
+def test_a_will_on_a_dollar_topic_is_not_published(broker):
+    """Section 4.7.2, as for a v5 PUBLISH to a $ topic (PUBACK 0x87, not delivered): a v5
+    client's will on $SYS/... with properties is not published."""
+    w = v5(broker, "dollar-watch")
+    w.send(m.subscribe(1, ("$SYS/fake/#", 0)))
+    assert w.next(m.SUBACK).codes == [0]
+    c = v5(broker, "wd", will=("$SYS/fake/state", b"spoofed", 0, False, WILL_PROPS))
+    c.close()
+    no_will(w, 1.0)

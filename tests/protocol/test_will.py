@@ -220,3 +220,18 @@ def test_will_of_persistent_session_client(broker):
     ack(sub, p)
     c2 = broker.raw()
     assert c2.connect("wp", clean=False) == (1, 0)
+
+
+def test_a_will_on_a_dollar_topic_is_not_published(broker):
+    """The rule for $ topics (section 4.7.2: they are the server's; a client's PUBLISH there is
+    acknowledged, not delivered) holds for a will too: a client that closes without DISCONNECT
+    leaves nothing on $SYS/fake, and a will elsewhere still goes (Mosquitto's
+    07-will-control found a will on $CONTROL/... delivered)."""
+    sub = subscriber(broker, "$SYS/fake/#", 0)
+    plain = subscriber(broker, "will/after-dollar", 0)
+    c = with_will(broker, "dollar-will", "$SYS/fake/state", b"spoofed")
+    c.close()
+    other = with_will(broker, "plain-will", "will/after-dollar", b"real")
+    other.close()
+    assert plain.expect(PUBLISH).payload == b"real"
+    assert all(p.type != PUBLISH or not p.topic.startswith(b"$SYS/fake") for p in until_pingresp(sub))
