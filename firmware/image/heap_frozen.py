@@ -38,7 +38,7 @@ HEAP = 1024 * 1024  # the qemu port's GC heap: room for every module and the .mp
 # Imported in this order: a module's figure is what its import adds, so the modules it
 # imports first are counted where they are imported on their own, earlier.
 ORDER = ["__init__", "codec", "topics", "config", "session", "buffers", "platform", "broker", "protocol", "server",
-         "sysinfo"]
+         "sysinfo", "long_packet"]
 STAND_INS = {"socket.py": b"AF_INET = 2\nSOCK_STREAM = 1\nSOL_SOCKET = 1\nSO_REUSEADDR = 4\n",
              "ssl.py": b"PROTOCOL_TLS_SERVER = 1\nPROTOCOL_TLS_CLIENT = 0\nCERT_REQUIRED = 2\n",
              "network.py": b"STA_IF = 0\nAP_IF = 1\n"}

@@ -98,7 +98,7 @@ def test_server_poll_bits_are_selects():
 
 # The feature groups (docs/internals.md, "Layout"): the core by name, the others by prefix.
 CORE = {"__init__", "codec", "topics", "config", "session", "broker", "protocol", "server", "sysinfo",
-        "buffers", "platform", "listen"}
+        "buffers", "platform", "listen", "long_packet"}
 GROUPS = ("store_", "sec_", "bridge", "sensor", "v5_", "ws_", "web")
 
 
