@@ -135,11 +135,17 @@ class Router:
 
     def plain(self, props, retain=False):
         """The extra field (as route() makes it) of a copy for a 3.1.1 subscriber of a message
-        with a Message Expiry Interval: no properties to forward, its expiry kept (MQTT-3.3.2-5
-        holds for every subscriber), on flash as well (store_v5.msg5); retain: RETAIN 1, a
-        retained message's copy for a new subscription."""
+        with a Message Expiry Interval: its expiry kept (MQTT-3.3.2-5 holds for every
+        subscriber), on flash as well (store_v5.msg5); retain: RETAIN 1, a retained message's
+        copy for a new subscription. Its properties to forward are that interval's alone, in
+        the place forward() gives it: a v5 client that takes the session back, or a v5 member
+        the copy is handed over to (v5_shared.py), gets the time left (MQTT-3.3.2-6), which
+        write() can only rewrite there (an empty one went out as 4 bytes without their
+        identifier, malformed: section 2.2.2.2; or, with nothing else to add, not at all)."""
         t0 = props[2]
-        return (b"", props[1], t0 if t0 >= 0 else self.server.now, b"", retain)
+        e = props[1]
+        fwd = bytes((_EXPIRY, e >> 24, (e >> 16) & 0xFF, (e >> 8) & 0xFF, e & 0xFF))
+        return (fwd, e, t0 if t0 >= 0 else self.server.now, b"", retain)
 
     def retained_extra(self, topic):
         """Broker.retained_extra: the extra field of the retained message on topic's copy for a

@@ -250,6 +250,36 @@ def test_311_client_taking_a_v5_session_back_gets_plain_messages(broker, qos):
     p5.expect(m.PINGRESP)
 
 
+@pytest.mark.parametrize("retained", [False, True])
+def test_v5_client_taking_a_311_session_back_gets_a_well_formed_message_expiry(broker, retained):
+    """MQTT-3.3.2-6 with section 2.2.2.2: a v5 client's QoS 1 message with a Message Expiry
+    Interval held for a 3.1.1 session (clean session 0), queued while it was away or retained
+    and sent at its subscription but not acknowledged, goes to the v5 client that takes the
+    session back with the time left as its one property, in a well-formed property block.
+    The copy kept for the 3.1.1 session once went out with those 4 bytes and no identifier
+    before them (0x00: a malformed packet). A retained copy keeps RETAIN 1 (MQTT-3.3.1-6)."""
+    p5 = v5(broker, "p-exp3")
+    msg = m.publish("exp3/t", b"kept", qos=1, pid=1, retain=retained, properties=[(m.MESSAGE_EXPIRY, 100)])
+    if retained:
+        p5.send(msg)
+        p5.next(m.PUBACK)
+        s3 = broker.raw()
+        assert s3.connect("exp3", clean=False) == (0, 0)
+        s3.send(mqttraw.subscribe(1, ("exp3/#", 1)))
+        s3.expect(9)
+        assert s3.expect(3).payload == b"kept"  # in flight: resent to whoever takes the session
+        s3.close()
+    else:
+        m.away_311(broker, "exp3", "exp3/#")
+        p5.send(msg)
+        p5.next(m.PUBACK)
+    back = v5(broker, "exp3", clean_start=False, properties=[(m.SESSION_EXPIRY, 60)])
+    got = back.next(m.PUBLISH)
+    assert (got.payload, got.qos, got.retain) == (b"kept", 1, retained)
+    assert [k for k, _ in got.props] == [m.MESSAGE_EXPIRY] and 95 <= got.props[0][1] <= 100, got.props
+    back.send(m.ack(m.PUBACK, got.pid))
+
+
 def test_v5_and_311_clients_share_topics(broker):
     """A 3.1.1 subscriber gets a v5 publisher's message plain (no properties, the 3.1.1
     format); a v5 subscriber gets a 3.1.1 publisher's message with an empty property block."""
