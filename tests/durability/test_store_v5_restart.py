@@ -378,3 +378,30 @@ def subscriber(b, version, cid, present=None):
         c.send((m if version == 4 else m5).subscribe(1, ("t/#", 2)))
         c.expect(m5.SUBACK)
     return c
+
+
+def test_refused_qos2_packet_id_is_not_kept_across_a_restart(brokers, tmp_path):
+    """Section 4.3.3 with 2.2.1: a QoS 2 PUBLISH from a persistent v5 session refused with
+    PUBREC 0x87 (a `$` topic) ends its exchange, so its packet id is not written to flash as
+    awaiting PUBREL: after SIGKILL and a restart the client reuses it for a new message, which
+    is delivered (read back as awaiting PUBREL, it was taken for a duplicate and lost)."""
+    data = tmp_path / "data"
+    b = brokers(data)
+    p, _ = persistent(b, "q2pub")
+    p.send(m5.publish("$q2/t", b"no", qos=2, pid=1))
+    assert p.next(m5.PUBREC).code == 0x87
+    kill9(b)
+    b2 = brokers(data)
+    s, _ = v5(b2, "q2sub")
+    s.send(m5.subscribe(1, ("q2/#", 2)))
+    s.next(m5.SUBACK)
+    p, ack = persistent(b2, "q2pub")
+    assert ack.present
+    p.send(m5.publish("q2/t", b"after", qos=2, pid=1))
+    assert p.next(m5.PUBREC).code == 0
+    p.send(m5.ack(m5.PUBREL, 1))
+    assert p.next(m5.PUBCOMP).code == 0
+    s.send(m.PINGREQ)
+    got = s.recv_packet(5)
+    assert got is not None and got.type == m5.PUBLISH, "the message under the reused packet id was lost: %r" % got
+    assert m5.Publish(got).payload == b"after"

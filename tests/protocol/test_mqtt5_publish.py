@@ -368,6 +368,41 @@ def test_acknowledgements_with_reason_codes(broker):
     assert (a.pid, a.code) == (777, 0x92)
 
 
+def test_refused_qos2_publishes_do_not_count_against_receive_maximum(broker):
+    """Section 4.3.3 with MQTT-3.3.4-7: a QoS 2 PUBLISH the server refuses with PUBREC 0x87 (a
+    `$` topic) ends its exchange, its client sends no PUBREL: it does not count against the
+    server's Receive Maximum. That many refusals and one more, then a new message, are all
+    answered (the refused ids were kept as awaiting PUBREL: the one past the maximum got
+    DISCONNECT 0x93)."""
+    p = m.Client5(broker.port)
+    broker._clients.append(p)
+    rm = prop(p.connect5("pq2").props, m.RECEIVE_MAXIMUM)
+    assert rm is not None and rm <= 64, rm  # the board's, max_inflight_messages
+    s = sub5(broker, "sq2", ("q2/#", 2))
+    for pid in range(1, rm + 2):
+        p.send(m.publish("$q2/t", b"no", qos=2, pid=pid))
+        assert p.next(m.PUBREC).code == 0x87
+    p.send(m.publish("q2/t", b"yes", qos=2, pid=rm + 2))
+    assert send_qos(p, 2, rm + 2) == 0
+    mark(p)
+    assert [g.payload for g in until_mark(s)] == [b"yes"]
+
+
+def test_packet_id_of_a_refused_qos2_publish_may_be_reused(broker):
+    """Section 4.3.3 with 2.2.1 (MQTT-2.2.1-3: an id is free again once its exchange ends): a
+    QoS 2 PUBLISH refused with PUBREC 0x87 ends its exchange, so a new message under the same
+    packet id is a new message, delivered (it was taken for a resent duplicate: PUBREC 0,
+    PUBCOMP, and never delivered)."""
+    s = sub5(broker, "sq2r", ("q2r/#", 2))
+    p = v5(broker, "pq2r")
+    p.send(m.publish("$q2r/t", b"no", qos=2, pid=1))
+    assert p.next(m.PUBREC).code == 0x87
+    p.send(m.publish("q2r/t", b"yes", qos=2, pid=1))
+    assert send_qos(p, 2, 1) == 0
+    mark(p)
+    assert [g.payload for g in until_mark(s)] == [b"yes"], "the message under the reused packet id was lost"
+
+
 def _raw(client, ptype):
     """The next packet, of type ptype, as its bytes on the wire."""
     p = client.expect(ptype)
