@@ -487,8 +487,11 @@ class Broker:
             if k == _UNSENT:
                 self.persist.sent(s, e)  # type: ignore[union-attr]
             dup = k == _RECOVERED
-            k = e[_MSG]  # RETAIN: a retained message's copy for a new subscription (RETAINED)
-            self._write_publish(c, k[0], k[1], e[_QOS], _len(k) > 3 and k[3][4], dup, e[_PID])
+            # RETAIN: a retained message's copy for a new subscription (True: RETAINED,
+            # v5_route's); Retain As Published's flag (v5_route._RAP) is for a v5 client, which
+            # v5_route.Router.write reads (MQTT-3.3.1-9 of 3.1.1)
+            k = e[_MSG]
+            self._write_publish(c, k[0], k[1], e[_QOS], _len(k) > 3 and k[3][4] is True, dup, e[_PID])
         if not queue:
             s.queue = None
 
@@ -519,7 +522,7 @@ class Broker:
             for e in s.inflight:
                 if e[_STAGE] == _AWAIT_ACK:
                     m = e[_MSG]
-                    self._write_publish(c, m[0], m[1], e[_QOS], len(m) > 3 and m[3][4], True, e[_PID])
+                    self._write_publish(c, m[0], m[1], e[_QOS], len(m) > 3 and m[3][4] is True, True, e[_PID])
                 else:
                     self.send(c, ack(_PUBREL, e[_PID]))
         self.refill(s)

@@ -184,7 +184,7 @@ def message(body, w):
     fwd, pos = _take(body, pos)
     sids, pos = _take(body, pos)
     left, now = _since(left, deadline, w)
-    return [topic, body[pos:], mid, (fwd, left, now, sids, bool(flags & 1))]
+    return [topic, body[pos:], mid, (fwd, left, now, sids, flags & 2 or bool(flags & 1))]
 
 
 def restore5(p, v, pend, w):

@@ -8,7 +8,8 @@ none of this.
 
 _SUB5: QoS with the v5 mark (u8), the options kept, No Local and Retain As Published (u8),
 the Subscription Identifier (u32, 0 for none), client id, filter.
-_MSG5: message id (u32), flags (u8: 1 = Retain As Published made it retained), the seconds
+_MSG5: message id (u32), flags (u8: 1 = a retained message's copy for a new subscription, 2 =
+Retain As Published made it retained: v5_route.py's retain flags True and _RAP), the seconds
 of Message Expiry left when written (u32, 0 for none), the deadline on the wall clock (u32, 0
 when the clock was not set), topic, properties as forwarded (v5_route.py: the Message Expiry
 Interval first), the Subscription Identifiers to add, payload. Strings are u16-length-prefixed.
@@ -80,7 +81,7 @@ def msg5(msg, mid):
     arrival, subscription ids, retain flag))."""
     fwd, expiry, t0, sids, rflag = msg[3]
     left, deadline = _until(expiry, t0)
-    return struct.pack(">IBII", mid, 1 if rflag else 0, left, deadline) + _s(msg[0]) + _s(fwd) + \
+    return struct.pack(">IBII", mid, int(rflag), left, deadline) + _s(msg[0]) + _s(fwd) + \
         _s(sids) + msg[1]
 
 

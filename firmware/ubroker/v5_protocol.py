@@ -530,7 +530,10 @@ class V5(Timers):
         if qos == 0:
             return True
         durable = retain and per is not None
-        if qos == 2 and self.p.qos2_taken(s, pid):
+        # A PUBREC of 0x80 or more ends the exchange (section 4.3.3): no PUBREL comes to free
+        # the id, which would count against Receive Maximum and make its reuse a duplicate
+        # (section 2.2.1); not on flash either
+        if qos == 2 and code < 0x80 and self.p.qos2_taken(s, pid):
             durable = True
         if acked is not None:
             return True

@@ -28,6 +28,11 @@ _getattr = getattr
 _EXPIRY = const(0x02)  # Message Expiry Interval
 _NO_LOCAL = const(4)
 _RETAIN_AS_PUBLISHED = const(8)
+# An extra field's retain flag set by Retain As Published, not True: RETAIN 1 for a v5 client
+# only. A 3.1.1 client that takes the session back gets such a message with RETAIN 0
+# (MQTT-3.3.1-9 of 3.1.1); True, a retained message's copy for a new subscription, keeps it
+# (Broker.refill, resend)
+_RAP = const(2)
 _PID = const(0)
 _MSG = const(2)
 _STAGE = const(3)
@@ -135,11 +140,17 @@ class Router:
 
     def plain(self, props, retain=False):
         """The extra field (as route() makes it) of a copy for a 3.1.1 subscriber of a message
-        with a Message Expiry Interval: no properties to forward, its expiry kept (MQTT-3.3.2-5
-        holds for every subscriber), on flash as well (store_v5.msg5); retain: RETAIN 1, a
-        retained message's copy for a new subscription."""
+        with a Message Expiry Interval: its expiry kept (MQTT-3.3.2-5 holds for every
+        subscriber), on flash as well (store_v5.msg5); retain: RETAIN 1, a retained message's
+        copy for a new subscription. Its properties to forward are that interval's alone, in
+        the place forward() gives it: a v5 client that takes the session back, or a v5 member
+        the copy is handed over to (v5_shared.py), gets the time left (MQTT-3.3.2-6), which
+        write() can only rewrite there (an empty one went out as 4 bytes without their
+        identifier, malformed: section 2.2.2.2; or, with nothing else to add, not at all)."""
         t0 = props[2]
-        return (b"", props[1], t0 if t0 >= 0 else self.server.now, b"", retain)
+        e = props[1]
+        fwd = bytes((_EXPIRY, e >> 24, (e >> 16) & 0xFF, (e >> 8) & 0xFF, e & 0xFF))
+        return (fwd, e, t0 if t0 >= 0 else self.server.now, b"", retain)
 
     def retained_extra(self, topic):
         """Broker.retained_extra: the extra field of the retained message on topic's copy for a
@@ -228,7 +239,7 @@ class Router:
             q = qos
         opts = _getattr(s, "v5", None)  # set on sessions a v5 client has had (v5_protocol.py)
         sids = b""
-        rflag = False
+        rflag = 0
         if opts:
             local = group is not None or s is not self.sender  # no No Local when shared (MQTT-3.8.3-4)
             ids = bytearray()
@@ -245,7 +256,7 @@ class Router:
                 if not o[0] & _NO_LOCAL:
                     local = True  # MQTT-3.8.3-3: No Local only holds when every match has it
                 if o[0] & _RETAIN_AS_PUBLISHED:
-                    rflag = retain  # MQTT-3.3.1-12/13
+                    rflag = retain and _RAP  # MQTT-3.3.1-12/13
                 if o[1]:
                     ids.append(0x0B)  # Subscription Identifier (MQTT-3.3.4-3/5)
                     put_length(ids, o[1])
@@ -282,8 +293,8 @@ class Router:
             return
         if q == 0:
             if c is not None and (c.out is None or _len(c.out) < b.out_limit):
-                if v is None:  # a 3.1.1 client took the v5 session back: no properties
-                    b._write_publish(c, topic, payload, 0, rflag, False, 0)
+                if v is None:  # a 3.1.1 client took the v5 session back: no properties, no RAP
+                    b._write_publish(c, topic, payload, 0, False, False, 0)
                 else:
                     self.write(c, topic, payload, 0, rflag, False, 0, extra)
             elif c is not None:

@@ -378,3 +378,59 @@ def subscriber(b, version, cid, present=None):
         c.send((m if version == 4 else m5).subscribe(1, ("t/#", 2)))
         c.expect(m5.SUBACK)
     return c
+
+
+def test_refused_qos2_packet_id_is_not_kept_across_a_restart(brokers, tmp_path):
+    """Section 4.3.3 with 2.2.1: a QoS 2 PUBLISH from a persistent v5 session refused with
+    PUBREC 0x87 (a `$` topic) ends its exchange, so its packet id is not written to flash as
+    awaiting PUBREL: after SIGKILL and a restart the client reuses it for a new message, which
+    is delivered (read back as awaiting PUBREL, it was taken for a duplicate and lost)."""
+    data = tmp_path / "data"
+    b = brokers(data)
+    p, _ = persistent(b, "q2pub")
+    p.send(m5.publish("$q2/t", b"no", qos=2, pid=1))
+    assert p.next(m5.PUBREC).code == 0x87
+    kill9(b)
+    b2 = brokers(data)
+    s, _ = v5(b2, "q2sub")
+    s.send(m5.subscribe(1, ("q2/#", 2)))
+    s.next(m5.SUBACK)
+    p, ack = persistent(b2, "q2pub")
+    assert ack.present
+    p.send(m5.publish("q2/t", b"after", qos=2, pid=1))
+    assert p.next(m5.PUBREC).code == 0
+    p.send(m5.ack(m5.PUBREL, 1))
+    assert p.next(m5.PUBCOMP).code == 0
+    s.send(m.PINGREQ)
+    got = s.recv_packet(5)
+    assert got is not None and got.type == m5.PUBLISH, "the message under the reused packet id was lost: %r" % got
+    assert m5.Publish(got).payload == b"after"
+
+
+@pytest.mark.parametrize("version", [4, 5], ids=["3.1.1", "5"])
+def test_retain_as_published_is_for_a_v5_client_after_a_restart(brokers, tmp_path, version):
+    """A retained message queued for an offline v5 session subscribed with Retain As
+    Published keeps its flag across SIGKILL as that option's: after the restart a v5 client
+    taking the session back gets it with RETAIN 1 (MQTT-3.3.1-12), a 3.1.1 client with RETAIN
+    0 (MQTT-3.3.1-9 of 3.1.1: the option is not 3.1.1's). On flash it was RETAIN 1 for any
+    client, as a retained message's copy for a new subscription is."""
+    data = tmp_path / "data"
+    b = brokers(data)
+    s, _ = persistent(b, "rapd")
+    s.send(m5.subscribe(1, ("rd/#", 1 | 8)))
+    assert s.next(m5.SUBACK).codes == [1]
+    s.send(m5.disconnect(0))
+    s.close()
+    pub, _ = v5(b, "pub")
+    publish5(pub, "rd/t", b"kept", 1, retain=True)
+    kill9(b)
+    b2 = brokers(data)
+    if version == 4:
+        c = b2.raw()
+        assert c.connect("rapd", clean=False) == (1, 0)
+        got = c.expect(m5.PUBLISH)
+    else:
+        c, ack = persistent(b2, "rapd")
+        assert ack.present == 1
+        got = c.next(m5.PUBLISH)
+    assert (got.payload, got.retain) == (b"kept", version == 5)

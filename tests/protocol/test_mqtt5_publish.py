@@ -250,6 +250,36 @@ def test_311_client_taking_a_v5_session_back_gets_plain_messages(broker, qos):
     p5.expect(m.PINGRESP)
 
 
+@pytest.mark.parametrize("retained", [False, True])
+def test_v5_client_taking_a_311_session_back_gets_a_well_formed_message_expiry(broker, retained):
+    """MQTT-3.3.2-6 with section 2.2.2.2: a v5 client's QoS 1 message with a Message Expiry
+    Interval held for a 3.1.1 session (clean session 0), queued while it was away or retained
+    and sent at its subscription but not acknowledged, goes to the v5 client that takes the
+    session back with the time left as its one property, in a well-formed property block.
+    The copy kept for the 3.1.1 session once went out with those 4 bytes and no identifier
+    before them (0x00: a malformed packet). A retained copy keeps RETAIN 1 (MQTT-3.3.1-6)."""
+    p5 = v5(broker, "p-exp3")
+    msg = m.publish("exp3/t", b"kept", qos=1, pid=1, retain=retained, properties=[(m.MESSAGE_EXPIRY, 100)])
+    if retained:
+        p5.send(msg)
+        p5.next(m.PUBACK)
+        s3 = broker.raw()
+        assert s3.connect("exp3", clean=False) == (0, 0)
+        s3.send(mqttraw.subscribe(1, ("exp3/#", 1)))
+        s3.expect(9)
+        assert s3.expect(3).payload == b"kept"  # in flight: resent to whoever takes the session
+        s3.close()
+    else:
+        m.away_311(broker, "exp3", "exp3/#")
+        p5.send(msg)
+        p5.next(m.PUBACK)
+    back = v5(broker, "exp3", clean_start=False, properties=[(m.SESSION_EXPIRY, 60)])
+    got = back.next(m.PUBLISH)
+    assert (got.payload, got.qos, got.retain) == (b"kept", 1, retained)
+    assert [k for k, _ in got.props] == [m.MESSAGE_EXPIRY] and 95 <= got.props[0][1] <= 100, got.props
+    back.send(m.ack(m.PUBACK, got.pid))
+
+
 def test_v5_and_311_clients_share_topics(broker):
     """A 3.1.1 subscriber gets a v5 publisher's message plain (no properties, the 3.1.1
     format); a v5 subscriber gets a 3.1.1 publisher's message with an empty property block."""
@@ -336,6 +366,41 @@ def test_acknowledgements_with_reason_codes(broker):
     s.send(m.ack(m.PUBREL, 777))
     a = s.next(m.PUBCOMP)
     assert (a.pid, a.code) == (777, 0x92)
+
+
+def test_refused_qos2_publishes_do_not_count_against_receive_maximum(broker):
+    """Section 4.3.3 with MQTT-3.3.4-7: a QoS 2 PUBLISH the server refuses with PUBREC 0x87 (a
+    `$` topic) ends its exchange, its client sends no PUBREL: it does not count against the
+    server's Receive Maximum. That many refusals and one more, then a new message, are all
+    answered (the refused ids were kept as awaiting PUBREL: the one past the maximum got
+    DISCONNECT 0x93)."""
+    p = m.Client5(broker.port)
+    broker._clients.append(p)
+    rm = prop(p.connect5("pq2").props, m.RECEIVE_MAXIMUM)
+    assert rm is not None and rm <= 64, rm  # the board's, max_inflight_messages
+    s = sub5(broker, "sq2", ("q2/#", 2))
+    for pid in range(1, rm + 2):
+        p.send(m.publish("$q2/t", b"no", qos=2, pid=pid))
+        assert p.next(m.PUBREC).code == 0x87
+    p.send(m.publish("q2/t", b"yes", qos=2, pid=rm + 2))
+    assert send_qos(p, 2, rm + 2) == 0
+    mark(p)
+    assert [g.payload for g in until_mark(s)] == [b"yes"]
+
+
+def test_packet_id_of_a_refused_qos2_publish_may_be_reused(broker):
+    """Section 4.3.3 with 2.2.1 (MQTT-2.2.1-3: an id is free again once its exchange ends): a
+    QoS 2 PUBLISH refused with PUBREC 0x87 ends its exchange, so a new message under the same
+    packet id is a new message, delivered (it was taken for a resent duplicate: PUBREC 0,
+    PUBCOMP, and never delivered)."""
+    s = sub5(broker, "sq2r", ("q2r/#", 2))
+    p = v5(broker, "pq2r")
+    p.send(m.publish("$q2r/t", b"no", qos=2, pid=1))
+    assert p.next(m.PUBREC).code == 0x87
+    p.send(m.publish("q2r/t", b"yes", qos=2, pid=1))
+    assert send_qos(p, 2, 1) == 0
+    mark(p)
+    assert [g.payload for g in until_mark(s)] == [b"yes"], "the message under the reused packet id was lost"
 
 
 def _raw(client, ptype):

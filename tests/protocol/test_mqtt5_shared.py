@@ -94,6 +94,33 @@ def test_unacknowledged_message_goes_to_another_member_when_the_session_ends(bro
     b.send(m.ack(m.PUBACK, again.pid))
 
 
+@pytest.mark.parametrize("sid", [0, 7])
+def test_copy_handed_from_a_311_member_to_a_v5_member_keeps_its_message_expiry(broker, sid):
+    """Section 4.8.2 with MQTT-3.3.2-5/6: a v5 client's QoS 1 message with a Message Expiry
+    Interval, given to a 3.1.1 member that does not acknowledge it and whose session ends,
+    goes to a v5 member with the time left, in a well-formed property block (section
+    2.2.2.2) with the member's Subscription Identifier if it has one (MQTT-3.3.4-3). The
+    3.1.1 member's copy kept the interval without its property bytes: handed over, it went
+    without it (never to expire), or, beside a Subscription Identifier, malformed."""
+    leaver = broker.raw()
+    assert leaver.connect("leaver311") == (0, 0)
+    leaver.send(mqttraw.subscribe(1, ("$share/e/he/#", 1)))
+    leaver.expect(9)
+    p = v5(broker, "pub-he")
+    p.send(m.publish("he/t", b"handed", qos=1, pid=1, properties=[(m.MESSAGE_EXPIRY, 100)]))
+    p.next(m.PUBACK)
+    assert leaver.expect(3).payload == b"handed"  # the only member then; never acknowledged
+    stay = v5(broker, "stay5")
+    assert sub(stay, ("$share/e/he/#", 1), properties=[(m.SUBSCRIPTION_ID, sid)] if sid else ()) == [1]
+    leaver.close()  # its clean session ends with the connection
+    got = stay.next(m.PUBLISH)
+    assert (got.payload, got.qos) == (b"handed", 1)
+    left = m.prop(got.props, m.MESSAGE_EXPIRY)
+    assert left is not None and 95 <= left <= 100, "Message Expiry Interval lost on handover: %r" % got.props
+    assert m.prop(got.props, m.SUBSCRIPTION_ID) == (sid or None), got.props
+    stay.send(m.ack(m.PUBACK, got.pid))
+
+
 def test_no_retained_messages_on_a_shared_subscription(broker):
     """Section 4.8.2: retained messages are not sent when a shared subscription is made (a
     plain subscription of the same filter gets it)."""

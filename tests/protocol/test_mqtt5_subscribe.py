@@ -68,6 +68,42 @@ def test_retain_as_published(broker):
     assert [(x.payload, x.retain) for x in until_mark(b)] == [(b"r", False), (b"n", False)]
 
 
+@pytest.mark.parametrize("case,retain", [("live at QoS 0", False), ("queued", False), ("in flight", False),
+                                         ("retained at the subscription", True)])
+def test_311_client_taking_back_a_retain_as_published_session_gets_retain_0(broker, case, retain):
+    """MQTT-3.3.1-9 of 3.1.1 (RETAIN 0 on a message sent because it matches an established
+    subscription): a 3.1.1 client that takes back a v5 session subscribed with Retain As
+    Published (MQTT-3.3.1-12, a v5 option) gets a message published with RETAIN 1 with
+    RETAIN 0 - live at QoS 0, queued while the session was away, or in flight to the v5 client
+    and resent (it went with RETAIN 1). A retained message's copy for the new subscription,
+    resent, keeps RETAIN 1 (MQTT-3.3.1-8 of 3.1.1)."""
+    p = v5(broker, "p-rap3")
+    pub = m.publish("rap3/t", b"r", qos=1, pid=1, retain=True)
+    if case == "retained at the subscription":
+        p.send(pub)
+        p.next(m.PUBACK)
+    s = v5(broker, "rap3", clean_start=False, properties=[(m.SESSION_EXPIRY, 300)])
+    q = 0 if case == "live at QoS 0" else 1
+    assert subscribe(s, ("rap3/#", RAP | q)) == [q]
+    if case == "in flight":
+        p.send(pub)
+        p.next(m.PUBACK)
+    if case in ("in flight", "retained at the subscription"):
+        assert s.next(m.PUBLISH).retain  # to the v5 client; not acknowledged
+    s.send(m.disconnect(0))
+    s.close()
+    if case == "queued":
+        p.send(pub)
+        p.next(m.PUBACK)
+    c = broker.raw()
+    assert c.connect("rap3", clean=False) == (1, 0)
+    if case == "live at QoS 0":
+        p.send(m.publish("rap3/t", b"r", retain=True))
+    got = c.expect(3)
+    assert (got.payload, got.qos) == (b"r", q)
+    assert got.retain == retain, "RETAIN %d to the 3.1.1 client" % got.retain
+
+
 @pytest.mark.parametrize("handling,first,again", [(0, True, True), (1, True, False), (2, False, False)])
 def test_retain_handling(broker, handling, first, again):
     """MQTT-3.3.1-9 (0: retained messages at every subscribe), -10 (1: only when the

@@ -162,6 +162,8 @@ def read_props(b, i):
     while i < end:
         pid = b[i]
         i += 1
+        assert pid in _TYPES, "malformed property block (section 2.2.2.2): identifier 0x%02x at %d of %r" % (
+            pid, i - 1, bytes(b))
         t = _TYPES[pid]
         if t == "byte":
             v = b[i]
