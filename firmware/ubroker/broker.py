@@ -33,6 +33,22 @@ _STORED = const(5)
 _RECOVERED = const(2)
 _UNSENT = const(3)  # on flash as not sent yet
 
+
+def expired(e, now):
+    """Whether queue entry e is dropped at ticks_ms `now` rather than sent (MQTT-3.3.2-5):
+    its message's Message Expiry Interval (v5_route.py's extra field) has passed and its
+    delivery has not started. One recovered from flash as sent, or past PUBREC, may have
+    gone out before a restart: it goes again (DUP, or PUBREL; MQTT-4.4.0-1). For queue
+    entries only: one in the window may have been sent on an earlier connection with no
+    mark on it, and Router.write knows that by its DUP. Here, not beside session.py's
+    layout: this module already has copies of both layouts it reads (session.py's and
+    store_persist.py's) and `time`, which session.py would have to import; there it cost
+    more heap at start on every board (esp32, 32 bits, tools/heap32: 128 B against 80)."""
+    m = e[_MSG]
+    return _len(m) > 3 and m[3][1] and e[_STAGE] == _AWAIT_ACK and (_len(e) <= _STORED or e[_STORED] != _RECOVERED) \
+        and time.ticks_diff(now, m[3][2]) >= m[3][1] * 1000
+
+
 # The counters messages move, and the bound they are kept under (carry): on 32 bits an int
 # of 2**30 or more is a heap object, and every count past it would allocate.
 _MOVED = ("msgs_in", "msgs_out", "pub_in", "pub_out", "bytes_in", "bytes_out")
@@ -466,13 +482,10 @@ class Broker:
             self.freed = True  # the queue has room again: a paused publisher may go on
             e = queue.pop(0)
             k = e[_MSG]
-            if _len(k) > 3 and c.v5 is None and k[3][1] and e[_STAGE] == _AWAIT_ACK and \
-                    (_len(e) <= _STORED or e[_STORED] != _RECOVERED) and \
-                    time.ticks_diff(time.ticks_ms(), k[3][2]) >= k[3][1] * 1000:
+            if _len(k) > 3 and c.v5 is None and expired(e, time.ticks_ms()):
                 # A v5 publisher's message whose Message Expiry Interval passed while it waited
-                # here, about to start out to a 3.1.1 client: dropped (MQTT-3.3.2-5; a v5
-                # client's in v5_route.Router.write). Not one sent before a restart: its
-                # delivery has started, it goes again (DUP, or PUBREL past PUBREC; MQTT-4.4.0-1)
+                # here, about to start out to a 3.1.1 client (a v5 client's is dropped in
+                # v5_route.Router.write)
                 self.held_bytes -= cost(k)
                 if _len(e) > 4 and self.persist is not None:
                     self.persist.entry_done(s, e)

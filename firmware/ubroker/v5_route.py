@@ -15,6 +15,7 @@ import time
 from micropython import const
 
 from .codec import put_length
+from .broker import expired
 from .session import ENTRY_COST, RETAINED, cost
 from .topics import match_levels
 from .v5_codec import vbi_len
@@ -37,8 +38,6 @@ _PID = const(0)
 _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_ACK = const(0)
-_STORED = const(5)  # broker.py's: the store's fields of an entry
-_RECOVERED = const(2)
 # A topic gets a Topic Alias from the server (v5_asked.py) only from this length on: its
 # first PUBLISH costs 3 bytes more, each later one saves len(topic) - 3, and a connection
 # has few aliases
@@ -92,7 +91,8 @@ class Router:
         discarded as if sent; left in the window, one would hold its slot for good, and
         Broker.resend, which walks the window, cannot take them out as write() does for the
         others) and the queued messages whose Message Expiry Interval has passed
-        (MQTT-3.3.2-5): they never started out (its client was away)."""
+        (MQTT-3.3.2-5, broker.expired): Broker.refill and write() would drop each as it
+        starts out; here their heap and queue slots are freed at once."""
         w = s.inflight
         c = s.conn  # None for a bridge's session here (bridge_v5.py sets it after)
         if w and c is not None and c.v5 is not None and c.v5.max_out:
@@ -107,13 +107,9 @@ class Router:
         b = self.b
         now = self.server.now
         for e in list(q):
-            m = e[_MSG]
-            # Not one sent before a restart (recovered from flash as sent, or past PUBREC): its
-            # delivery has started, it goes again (DUP with 1 s left, or PUBREL; MQTT-4.4.0-1)
-            if len(m) > 3 and m[3][1] and e[_STAGE] == _AWAIT_ACK and (len(e) <= _STORED or e[_STORED] != _RECOVERED) \
-                    and time.ticks_diff(now, m[3][2]) >= m[3][1] * 1000:
+            if expired(e, now):
                 q.remove(e)
-                b.held_bytes -= cost(m)
+                b.held_bytes -= cost(e[_MSG])
                 if len(e) > 4 and b.persist is not None:
                     b.persist.entry_done(s, e)
         if not q:

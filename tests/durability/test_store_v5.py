@@ -21,7 +21,7 @@ from conftest import ROOT, RunningBroker, free_port, start_broker
 from durable_util import kill9, publish_acked
 
 OLD = "598a8f5"  # the release before the v5 records: its store must still load
-MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
+MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
 
 @pytest.fixture
