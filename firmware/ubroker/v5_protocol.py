@@ -528,12 +528,20 @@ class V5(Timers):
             durable = True
         if acked is not None:
             return True
-        pkt = ack(0x40 if qos == 1 else 0x50, pid, code)
-        if code > 0x7F:
-            pkt = self.told(c, pkt)
         if per is not None and (durable or per.fresh or c.acks):
-            per.acknowledge(c, pkt, durable)
+            pkt = ack(0x40 if qos == 1 else 0x50, pid, code)
+            per.acknowledge(c, self.told(c, pkt) if code > 0x7F else pkt, durable)
+        elif code:
+            pkt = ack(0x40 if qos == 1 else 0x50, pid, code)
+            b_.send(c, self.told(c, pkt) if code > 0x7F else pkt)
         else:
+            # Success without properties: the 4-byte form (section 3.4.2.1), written from the
+            # shared buffer as protocol.py's answer() does, so no packet object per message
+            # (the store on and nothing of this message waiting for flash)
+            pkt = self.p.pkt
+            pkt[0] = 0x40 if qos == 1 else 0x50
+            pkt[2] = pid >> 8
+            pkt[3] = pid & 0xFF
             b_.send(c, pkt)
         return True
 
