@@ -14,6 +14,7 @@ import time
 
 from micropython import const
 
+from .broker import _WRITTEN
 from .codec import put_length
 from .session import ENTRY_COST, RETAINED, cost
 from .topics import match_levels
@@ -29,6 +30,7 @@ _EXPIRY = const(0x02)  # Message Expiry Interval
 _NO_LOCAL = const(4)
 _RETAIN_AS_PUBLISHED = const(8)
 _PID = const(0)
+_QOS = const(1)
 _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_ACK = const(0)
@@ -289,6 +291,38 @@ class Router:
             elif c is not None:
                 b.stats.dropped += 1
                 b.stats.hit("out_buffer")
+            return
+        if not s.queue and group is None and s.clean and v is not None and c.bridge is None and \
+                (not s.inflight or _len(s.inflight) < (c.wmax or b.max_inflight)) and \
+                (c.out is None or _len(c.out) < b.out_limit):
+            # Broker.publish's inline case for a 3.1.1 clean session, for a v5 one: written
+            # now, and no copy of the message kept (_WRITTEN), since a clean session is never
+            # resumed (Broker.detach ends it) and so never sends it again. Its extra field
+            # goes to write() as an argument. The size check above is write()'s own, so
+            # write() never finds this entry too large to send.
+            pid = s.pid + 1  # next_pid()'s usual case, as in Broker.deliver()
+            if pid > 65535:
+                pid = 1
+            if s.safe:
+                s.pid = pid
+                s.safe -= 1
+            else:
+                pid = s.next_pid()
+            e = b.nspare
+            if e:  # a spare entry (Broker.release)
+                b.nspare = e = e - 1
+                e = b.spare[e]
+                e[_PID] = pid
+                e[_QOS] = q
+                e[_STAGE] = _AWAIT_ACK
+            else:
+                e = [pid, q, _WRITTEN, _AWAIT_ACK]
+            w = s.inflight
+            if w is None:
+                s.inflight = w = []
+            w.append(e)
+            b.held_bytes += ENTRY_COST
+            self.write(c, topic, payload, q, False, False, pid, extra)  # (RETAIN: extra's)
             return
         # The extra field (and the group that gave it, should s's session end first) in the
         # list as made: an append would grow it (a second block)
