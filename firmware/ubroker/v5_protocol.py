@@ -76,6 +76,10 @@ class V5Conn:
     # Topic Aliases the server may set: the client's maximum within the server's; with it
     # (v5_asked.py) aout, topic -> the alias set; quiet: Request Problem Information 0
     amax = 0
+    # The topic of this client's last PUBLISH that passed the checks (V5._publish): a
+    # publisher keeps to few topics, and several publishing at once would each push the
+    # others' out of a single broker-wide one
+    ltopic = None
 
 
 def load(proto):
@@ -107,7 +111,6 @@ class V5(Timers):
         # CONNACK Topic Alias Maximum: max_topic_alias, 0 none (section 3.2.2.3.8)
         self.aliases = min(65535, cfg.get("max_topic_alias", _ALIASES))
         self.pubp = None  # (property block with its length, props(), fwd) of a PUBLISH: _publish
-        self.ltopic = None  # the topic of the last PUBLISH whose topic passed the checks: _publish
 
     # ------------------------------------------------------------------ CONNECT
 
@@ -409,7 +412,8 @@ class V5(Timers):
         if p > end:
             raise Malformed("truncated string")
         mv = self.server.rmv  # buf's memoryview: slices of it copy nothing
-        t = self.ltopic
+        v = c.v5
+        t = v.ltopic
         if t is not None and _len(t) == p - a and buf.startswith(t, a):
             topic = t  # a publisher's burst comes on one topic: no copy, and no hash to make
         else:
@@ -445,7 +449,6 @@ class V5(Timers):
                     fwd = (bytes(mv[found[0][0] : p]), 0, self.server.now)
             if p - a <= 64:
                 self.pubp = (bytes(mv[a:p]), found, fwd)
-        v = c.v5
         if found is not None and _P_ALIAS in found:
             al = found[_P_ALIAS]
             if not 0 < al <= self.aliases:
@@ -471,7 +474,8 @@ class V5(Timers):
             check_utf8(topic)
             if not valid_topic(topic):
                 raise Malformed("topic name with a wildcard", 0x90)  # MQTT-3.3.2-2
-        self.ltopic = topic
+        if topic is not t:
+            v.ltopic = topic
         if qos > b_.max_qos:
             raise Malformed("QoS above Maximum QoS", 0x9B)  # MQTT-3.2.2-11
         retain = b0 & 1
