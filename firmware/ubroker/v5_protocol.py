@@ -110,7 +110,7 @@ class V5(Timers):
         self.receive_max = min(65535, self.b.max_inflight)
         # CONNACK Topic Alias Maximum: max_topic_alias, 0 none (section 3.2.2.3.8)
         self.aliases = min(65535, cfg.get("max_topic_alias", _ALIASES))
-        self.pubp = None  # (property block with its length, props(), fwd) of a PUBLISH: _publish
+        self.pubp = None  # (property block with its length, props(), fwd, chk) of a PUBLISH: _publish
 
     # ------------------------------------------------------------------ CONNECT
 
@@ -436,6 +436,7 @@ class V5(Timers):
             p += k
             found = last[1]
             fwd = last[2]
+            chk = last[3]
             if fwd is not None and fwd[1]:  # a Message Expiry counts from this arrival
                 fwd = (fwd[0], fwd[1], self.server.now)
         else:
@@ -447,9 +448,12 @@ class V5(Timers):
                     fwd = forward(buf, found, self.server.now)
                 else:  # nothing to cut (nor a Message Expiry): forward()'s result, without its call
                     fwd = (bytes(mv[found[0][0] : p]), 0, self.server.now)
+            # Whether the checks below have a property to read: most blocks (User Properties, a
+            # Message Expiry) have none, and the answer is kept with the block
+            chk = found is not None and (_P_ALIAS in found or _P_RESPONSE_TOPIC in found or 1 in found)
             if p - a <= 64:
-                self.pubp = (bytes(mv[a:p]), found, fwd)
-        if found is not None and _P_ALIAS in found:
+                self.pubp = (bytes(mv[a:p]), found, fwd, chk)
+        if chk and _P_ALIAS in found:
             al = found[_P_ALIAS]
             if not 0 < al <= self.aliases:
                 raise Malformed("topic alias %d" % al, 0x94)  # section 3.3.2.3.4
@@ -488,7 +492,7 @@ class V5(Timers):
                 return True
             if len(s.qos2in) >= self.receive_max:
                 raise Malformed("Receive Maximum exceeded", 0x93)  # MQTT-3.3.4-7
-        if found is not None:
+        if chk:
             if _P_RESPONSE_TOPIC in found and not valid_topic(found[_P_RESPONSE_TOPIC]):
                 raise Malformed("response topic", 0x82)  # MQTT-3.3.2-14
             if 1 in found and found[1] == 1 and _check_message(found, mv, p, end):  # no call without the indicator
