@@ -471,7 +471,8 @@ class V5(Timers):
                 topic = v.aliases.get(al) if v.aliases else None  # type: ignore[assignment]
                 if topic is None:
                     raise Malformed("topic alias %d not set" % al, 0x82)
-        if not topic or _len(topic) > self.p.max_topic:
+        # The client's last topic (t) passed these checks, and max_topic_length stays the same
+        if topic is not t and (not topic or _len(topic) > self.p.max_topic):
             self.b.stats.hit("topic_length")
             raise Malformed("topic name empty or too long", 0x90)  # MQTT-3.3.2-1
         b_ = self.b
@@ -479,7 +480,7 @@ class V5(Timers):
         r = idx.cache.get(topic)
         # A topic routed before, or equal to a filter without wildcards, was checked then
         # (as protocol.py does for 3.1.1)
-        if r is None and topic not in idx.exact:
+        if r is None and topic is not t and topic not in idx.exact:
             check_utf8(topic)
             if not valid_topic(topic):
                 raise Malformed("topic name with a wildcard", 0x90)  # MQTT-3.3.2-2
