@@ -14,6 +14,7 @@ import time
 
 from micropython import const
 
+from .broker import _WRITTEN
 from .codec import put_length
 from .broker import expired
 from .session import ENTRY_COST, RETAINED, cost
@@ -35,6 +36,7 @@ _RETAIN_AS_PUBLISHED = const(8)
 # (Broker.refill, resend)
 _RAP = const(2)
 _PID = const(0)
+_QOS = const(1)
 _MSG = const(2)
 _STAGE = const(3)
 _AWAIT_ACK = const(0)
@@ -297,13 +299,67 @@ class Router:
                 b.stats.dropped += 1
                 b.stats.hit("out_buffer")
             return
+        if not s.queue and group is None and s.clean and v is not None and c.bridge is None and \
+                (not s.inflight or _len(s.inflight) < (c.wmax or b.max_inflight)) and \
+                (c.out is None or _len(c.out) < b.out_limit):
+            # Broker.publish's inline case for a 3.1.1 clean session, for a v5 one: written
+            # now, and no copy of the message kept (_WRITTEN), since a clean session is never
+            # resumed (Broker.detach ends it) and so never sends it again. Its extra field
+            # goes to write() as an argument. The size check above is write()'s own, so
+            # write() never finds this entry too large to send.
+            pid = s.pid + 1  # next_pid()'s usual case, as in Broker.deliver()
+            if pid > 65535:
+                pid = 1
+            if s.safe:
+                s.pid = pid
+                s.safe -= 1
+            else:
+                pid = s.next_pid()
+            e = b.nspare
+            if e:  # a spare entry (Broker.release)
+                b.nspare = e = e - 1
+                e = b.spare[e]
+                e[_PID] = pid
+                e[_QOS] = q
+                e[_STAGE] = _AWAIT_ACK
+            else:
+                e = [pid, q, _WRITTEN, _AWAIT_ACK]
+            w = s.inflight
+            if w is None:
+                s.inflight = w = []
+            w.append(e)
+            b.held_bytes += ENTRY_COST
+            self.write(c, topic, payload, q, False, False, pid, extra)  # (RETAIN: extra's)
+            return
         # The extra field (and the group that gave it, should s's session end first) in the
         # list as made: an append would grow it (a second block)
         if group is not None:
             msg = [topic, _bytes(payload), 0, extra or (b"", 0, 0, b"", False), group]
         else:
             msg = [topic, _bytes(payload), 0] if extra is None else [topic, _bytes(payload), 0, extra]
-        b.deliver(s, msg, q, False, size)
+        w = s.queue
+        if not w:
+            b.deliver(s, msg, q, False, size)
+            return
+        # Broker.deliver's case when messages wait already (a busy subscriber's usual one):
+        # behind them, in the same steps, without deliver()'s call
+        pid = s.pid + 1
+        if pid > 65535:
+            pid = 1
+        if s.safe:
+            s.pid = pid
+            s.safe -= 1
+        else:
+            pid = s.next_pid()
+        if _len(w) >= (s.qmax or b.max_queued):
+            b.stats.dropped += 1
+            b.stats.hit("queued_messages")
+            return
+        e = [pid, q, msg, _AWAIT_ACK]
+        w.append(e)
+        b.held_bytes += size or cost(msg)
+        if b.persist is not None and not s.clean:
+            b.persist.delivered(s, e)
 
     def write(self, c, topic, payload, qos, retain, dup, pid, extra=None):
         """A PUBLISH to v5 connection c, with its properties."""

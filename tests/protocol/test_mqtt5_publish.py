@@ -202,6 +202,62 @@ def test_no_matching_subscribers_is_said(broker):
     assert s
 
 
+def test_acknowledgements_with_the_store_on(broker_factory, tmp_path):
+    """With the durable store on (where the broker writes a success PUBACK/PUBREC in place):
+    success is the 4-byte form without reason code (section 3.4.2.1), 0x10 still says that
+    nobody subscribes, and a subscriber with a persistent session (its copy goes to flash
+    before the acknowledgement) changes none of that."""
+    b = broker_factory(data=tmp_path / "data", heap="160k")
+    s = sub5(b, "st-clean", ("st/yes", 2))
+    p = v5(b, "st-pub")
+    p.send(m.publish("st/no", b"x", qos=1, pid=1))
+    assert p.expect(m.PUBACK).body == b"\x00\x01\x10"
+    p.send(m.publish("st/no", b"x", qos=2, pid=2))
+    assert p.expect(m.PUBREC).body == b"\x00\x02\x10"
+    p.send(m.publish("st/yes", b"a", qos=1, pid=3))
+    assert p.expect(m.PUBACK).body == b"\x00\x03"
+    p.send(m.publish("st/yes", b"b", qos=2, pid=4))
+    assert p.expect(m.PUBREC).body == b"\x00\x04"
+    p.send(m.ack(m.PUBREL, 4))
+    assert p.next(m.PUBCOMP).pid == 4
+    kept = v5(b, "st-kept", clean_start=False, properties=[(m.SESSION_EXPIRY, 60)])
+    kept.send(m.subscribe(1, ("st/yes", 1), (MARK, 0)))
+    assert all(x < 3 for x in kept.next(m.SUBACK).codes)
+    p.send(m.publish("st/yes", b"c", qos=1, pid=5))
+    assert p.expect(m.PUBACK).body == b"\x00\x05"
+    mark(p)
+    assert [x.payload for x in until_mark(s)] == [b"a", b"b", b"c"]
+    assert [x.payload for x in until_mark(kept)] == [b"c"]
+
+
+def test_puback_with_a_reason_code_sent_with_connect(broker):
+    """A v5 client taking its session back may send, in the same write as its CONNECT, the
+    PUBACK of a message it got before (here with its reason code, section 3.4.2.1): the
+    acknowledgement is taken (the message is not sent again after) and the connection stays."""
+    props = [(m.SESSION_EXPIRY, 60)]
+    s = v5(broker, "pc-sub", properties=props)
+    s.send(m.subscribe(1, ("pc/t", 1)))
+    s.next(m.SUBACK)
+    p = v5(broker, "pc-pub")
+    p.send(m.publish("pc/t", b"m", qos=1, pid=1))
+    assert send_qos(p, 1, 1) == 0
+    got = s.next(m.PUBLISH)
+    s.close()
+    time.sleep(0.3)
+    for puback in (m.ack(m.PUBACK, got.pid, 0), None):
+        c = m.Client5(broker.port)
+        broker._clients.append(c)
+        c.send(m.connect("pc-sub", clean_start=False, properties=props) + (puback or b""))
+        assert m.Connack(c.expect(m.CONNACK)).present == 1
+        c.send(mqttraw.PINGREQ)
+        after = [c.recv_packet(5) for _ in range(2 if puback else 1)]
+        assert after[-1] is not None and after[-1].type == m.PINGRESP, after  # not closed
+        if puback:  # the DUP copy the session took back (sent before the PUBACK was read)
+            assert after[0].type == m.PUBLISH and m.Publish(after[0]).pid == got.pid
+        c.close()
+        time.sleep(0.3)
+
+
 @pytest.mark.parametrize("pkt,code", [
     (m.publish("t", b"x", properties=[(m.SUBSCRIPTION_ID, 1)]), 0x82),
     (m.publish("t", b"x", properties=[(m.RESPONSE_TOPIC, "r/#")]), 0x82),
