@@ -14,9 +14,8 @@ import time
 
 from micropython import const
 
-from .broker import _WRITTEN
+from .broker import _WRITTEN, expired
 from .codec import put_length
-from .broker import expired
 from .session import ENTRY_COST, RETAINED, cost
 from .topics import match_levels
 from .v5_codec import vbi_len
