@@ -130,7 +130,8 @@ def test_frozen_saving_counts_what_the_broker_holds_at_start():
     """firmware/image/frozen_heap.json has a figure for every module of the package (one added
     without a measurement would be priced as saving nothing), and frozen_saving counts the
     modules a started broker holds: the core less those start-up forgets (each of them does
-    call ubroker.forget) and sysinfo.py (loaded at its first use, Server.sysinfo), and with the store on store_persist.py and what it imports at once,
+    call ubroker.forget), sysinfo.py (loaded at its first use, Server.sysinfo) and long_packet.py
+    (at the first packet longer than the read buffer), and with the store on store_persist.py and what it imports at once,
     not store_replay.py (forgotten after the replay) nor store_v5.py (MQTT 5 state only)."""
     mods = firmware.heap_figures()["modules"]
     assert sorted(set(firmware.package_modules()) - set(mods)) == []
@@ -141,8 +142,10 @@ def test_frozen_saving_counts_what_the_broker_holds_at_start():
     freed = {p: m["mpy"] - m["frozen"] for p, m in mods.items()}
     core = sum(freed[p] for p in firmware.group_files("core") if p in freed)
     cfg = profiles.fwconfig().resolve(profiles.load_board("rp2-pico-w-image"))
-    off = core - freed["ubroker/config.py"] - freed["ubroker/listen.py"] - freed["ubroker/sysinfo.py"]
+    off = core - freed["ubroker/config.py"] - freed["ubroker/listen.py"] - freed["ubroker/sysinfo.py"] \
+        - freed["ubroker/long_packet.py"]
     assert "def sysinfo(self)" in text and "from .sysinfo import" in text  # loaded at first use
+    assert "from .long_packet import" in text  # loaded at the first long packet (Server._long)
     assert firmware.frozen_saving(cfg, False) == off
     assert firmware.frozen_saving(cfg, True) == off + freed["ubroker/store_log.py"] + freed["ubroker/store_persist.py"]
 
