@@ -298,14 +298,16 @@ class Router:
                 b.stats.dropped += 1
                 b.stats.hit("out_buffer")
             return
-        if not s.queue and group is None and s.clean and v is not None and c.bridge is None and \
-                (not s.inflight or _len(s.inflight) < (c.wmax or b.max_inflight)) and \
-                (c.out is None or _len(c.out) < b.out_limit):
-            # Broker.publish's inline case for a 3.1.1 clean session, for a v5 one: written
-            # now, and no copy of the message kept (_WRITTEN), since a clean session is never
-            # resumed (Broker.detach ends it) and so never sends it again. Its extra field
-            # goes to write() as an argument. The size check above is write()'s own, so
-            # write() never finds this entry too large to send.
+        w = s.queue
+        # Broker.publish's inline case for a 3.1.1 clean session, for a v5 one: written now,
+        # and no copy of the message kept (_WRITTEN), since a clean session is never resumed
+        # (Broker.detach ends it) and so never sends it again. Its extra field goes to write()
+        # as an argument. The size check above is write()'s own, so write() never finds this
+        # entry too large to send.
+        at_once = not w and group is None and s.clean and v is not None and c.bridge is None and \
+            (not s.inflight or _len(s.inflight) < (c.wmax or b.max_inflight)) and \
+            (c.out is None or _len(c.out) < b.out_limit)
+        if w or at_once:  # both take the packet id here; deliver() takes its own
             pid = s.pid + 1  # next_pid()'s usual case, as in Broker.deliver()
             if pid > 65535:
                 pid = 1
@@ -314,42 +316,34 @@ class Router:
                 s.safe -= 1
             else:
                 pid = s.next_pid()
-            e = b.nspare
-            if e:  # a spare entry (Broker.release)
-                b.nspare = e = e - 1
-                e = b.spare[e]
-                e[_PID] = pid
-                e[_QOS] = q
-                e[_STAGE] = _AWAIT_ACK
-            else:
-                e = [pid, q, _WRITTEN, _AWAIT_ACK]
-            w = s.inflight
-            if w is None:
-                s.inflight = w = []
-            w.append(e)
-            b.held_bytes += ENTRY_COST
-            self.write(c, topic, payload, q, False, False, pid, extra)  # (RETAIN: extra's)
-            return
+            if at_once:
+                e = b.nspare
+                if e:  # a spare entry (Broker.release)
+                    b.nspare = e = e - 1
+                    e = b.spare[e]
+                    e[_PID] = pid
+                    e[_QOS] = q
+                    e[_STAGE] = _AWAIT_ACK
+                else:
+                    e = [pid, q, _WRITTEN, _AWAIT_ACK]
+                f = s.inflight
+                if f is None:
+                    s.inflight = f = []
+                f.append(e)
+                b.held_bytes += ENTRY_COST
+                self.write(c, topic, payload, q, False, False, pid, extra)  # (RETAIN: extra's)
+                return
         # The extra field (and the group that gave it, should s's session end first) in the
         # list as made: an append would grow it (a second block)
         if group is not None:
             msg = [topic, _bytes(payload), 0, extra or (b"", 0, 0, b"", False), group]
         else:
             msg = [topic, _bytes(payload), 0] if extra is None else [topic, _bytes(payload), 0, extra]
-        w = s.queue
         if not w:
             b.deliver(s, msg, q, False, size)
             return
         # Broker.deliver's case when messages wait already (a busy subscriber's usual one):
         # behind them, in the same steps, without deliver()'s call
-        pid = s.pid + 1
-        if pid > 65535:
-            pid = 1
-        if s.safe:
-            s.pid = pid
-            s.safe -= 1
-        else:
-            pid = s.next_pid()
         if _len(w) >= (s.qmax or b.max_queued):
             b.stats.dropped += 1
             b.stats.hit("queued_messages")
