@@ -162,7 +162,11 @@ class Link(V5):
         if not br.clean:
             put_u(pr, _P_SESSION_EXPIRY, 0xFFFFFFFF, 4)
         put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
-        mp = self.cfg["max_packet_size"] or min(self.cfg["max_queued_bytes"], 268435455)
+        mp = self.cfg["max_packet_size"]
+        if not mp:  # none: the longest packet long_packet.py takes (never loaded with a limit)
+            from .long_packet import most
+
+            mp = most(self.cfg)
         put_u(pr, _P_MAX_PACKET, mp + 1 + vbi_len(mp), 4)
         out = bytearray()
         out.append(len(pr))  # under 128 bytes: one byte of length

@@ -59,10 +59,12 @@ class Ws:
         self.server = server
         self.listeners = []  # the listening sockets that speak WebSockets
         self.heads = {}  # WsSock -> its request head so far (only while it arrives)
-        cfg = server.cfg
-        # max_packet_size 0: the longest packet long_packet.py takes (its most(), inline: a
-        # module loaded for one number would stay on the heap)
-        WsSock.limit = (cfg["max_packet_size"] or min(cfg["max_queued_bytes"], 268435455)) + 5
+        mp = server.cfg["max_packet_size"]
+        if not mp:  # none: the longest packet long_packet.py takes (never loaded with a limit)
+            from .long_packet import most
+
+            mp = most(server.cfg)
+        WsSock.limit = mp + 5
         WsSock.hs = self  # type: ignore[assignment]  # the class default is None
         sc = server.broker.scratch
         WsSock.sc = sc  # type: ignore[assignment]
