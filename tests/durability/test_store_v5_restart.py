@@ -25,11 +25,12 @@ def persistent(b, cid, expiry=3600, **kw):
     return v5(b, cid, clean_start=False, properties=[(m5.SESSION_EXPIRY, expiry)], **kw)
 
 
-def offline_subscriber(b, cid, flt, expiry=3600):
-    """A persistent v5 session subscribed to flt at QoS 1, left offline."""
+def offline_subscriber(b, cid, flt, expiry=3600, options=0):
+    """A persistent v5 session subscribed to flt at QoS 1 (with subscription options, e.g. No
+    Local 4, Retain As Published 8), left offline."""
     c, _ = persistent(b, cid, expiry)
-    c.send(m5.subscribe(1, (flt, 1)))
-    c.next(m5.SUBACK)
+    c.send(m5.subscribe(1, (flt, 1 | options)))
+    assert c.next(m5.SUBACK).codes == [1]
     c.send(m5.disconnect(0))
     c.close()
 
@@ -97,11 +98,7 @@ def test_no_local_holds_after_a_restart(brokers, tmp_path):
     when a 3.1.1 client publishes first after the restart, before any v5 client connected."""
     data = tmp_path / "data"
     b = brokers(data)
-    me, _ = persistent(b, "me")
-    me.send(m5.subscribe(1, ("n/#", 1 | 4)))
-    assert me.next(m5.SUBACK).codes == [1]
-    me.send(m5.disconnect(0))
-    me.close()
+    offline_subscriber(b, "me", "n/#", options=4)
     kill9(b)
     b2 = brokers(data)
     old = b2.raw()
@@ -416,11 +413,7 @@ def test_retain_as_published_is_for_a_v5_client_after_a_restart(brokers, tmp_pat
     client, as a retained message's copy for a new subscription is."""
     data = tmp_path / "data"
     b = brokers(data)
-    s, _ = persistent(b, "rapd")
-    s.send(m5.subscribe(1, ("rd/#", 1 | 8)))
-    assert s.next(m5.SUBACK).codes == [1]
-    s.send(m5.disconnect(0))
-    s.close()
+    offline_subscriber(b, "rapd", "rd/#", options=8)
     pub, _ = v5(b, "pub")
     publish5(pub, "rd/t", b"kept", 1, retain=True)
     kill9(b)
