@@ -602,6 +602,18 @@ class Broker:
 
     # ---------------------------------------------------------------- sessions
 
+    def again(self, s, clean):
+        """A client connects again to session s, before its old connection (if any) is
+        closed. A will that waits for its delay is not sent, with Clean Start or without ("a
+        new Network Connection for the ClientID", MQTT-3.1.2-8); a session taken over from a
+        live connection that goes on (neither side clean) takes that connection's will with it
+        unpublished: a will goes when its session ends (MQTT-3.1.4-3 as Mosquitto reads it)."""
+        if s.timer is not None:
+            self.v5.back(s)  # type: ignore[attr-defined]  # v5_session.py
+        c = s.conn
+        if c is not None and not clean and not s.clean and c.will is not None:
+            c.will = None
+
     def session(self, cid, clean):
         s = self.sessions.get(cid)
         if s is not None and clean:

@@ -59,6 +59,8 @@ SCHEMA = {
     "response_topic_prefix": "str",
     "max_topic_alias_out": "int",
     "max_topic_alias": "int",
+    # Reason Strings (the log's words) on a v5 refusal: default false, as Mosquitto
+    "reason_strings": "bool",
     # board profile (boards/*.conf)
     "board": "str",
     "description": "str",

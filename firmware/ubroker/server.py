@@ -48,7 +48,17 @@ class Server:
         # rbuf's share (read_buffer_size) then arrives in a buffer of its own (_long), up to
         # max_queued_bytes, the most the broker would hold of messages anyway.
         self.chunk = cfg["read_buffer_size"]
-        self.max_packet = cfg["max_packet_size"] or self.chunk  # the longest packet in rbuf
+        # max_packet_size counts the whole packet, as Mosquitto's key and MQTT 5's Maximum
+        # Packet Size do (section 3.1.2.11.4); max_packet is the longest remaining length in
+        # rbuf: what is left after the first byte and the length's own 1 to 4 bytes
+        mp = cfg["max_packet_size"]
+        if mp:
+            k = 1
+            while mp - 1 - k >= 1 << (7 * k):
+                k += 1
+            self.max_packet = max(0, mp - 1 - k)
+        else:
+            self.max_packet = self.chunk
         self.rbuf = bytearray(self.max_packet + 5 + self.chunk)
         self.rmv = memoryview(self.rbuf)
         # What a read fills when nothing was carried over (the usual case), made once: a
@@ -343,7 +353,7 @@ class Server:
             if rl > self.max_packet:
                 if self.cfg["max_packet_size"]:
                     stats.hit("packet_size")
-                    raise Malformed("packet of %d bytes exceeds max_packet_size" % rl, 0x95)
+                    raise Malformed("packet of %d bytes exceeds max_packet_size" % (p - pos + rl), 0x95)
                 pos = self._long(c, pos, have, proto, rl, p - pos + rl)
                 if pos < 0:
                     return

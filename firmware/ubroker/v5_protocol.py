@@ -16,7 +16,7 @@ gc.collect()  # before the other v5 modules load: they need the heap in few piec
 
 from .codec import PINGRESP_PKT, Malformed, check_utf8, field, u16, utf8
 from .topics import valid_topic
-from .v5_codec import ack, disconnect, packet, props, put_str, put_u, vbi_len
+from .v5_codec import ack, disconnect, packet, props, put_str, put_u
 from .v5_route import forward
 from .v5_session import Timers
 
@@ -115,6 +115,9 @@ class V5(Timers):
         self.receive_max = min(65535, self.b.max_inflight)
         # CONNACK Topic Alias Maximum: max_topic_alias, 0 none (section 3.2.2.3.8)
         self.aliases = min(65535, cfg.get("max_topic_alias", _ALIASES))
+        # Reason Strings on refusals: off unless `reason_strings true`, as Mosquitto sends none
+        # (and some clients read no acknowledgement longer than its short form)
+        self.reasons = cfg.get("reason_strings", False)
         self.pubp = None  # (property block with its length, props(), fwd, chk) of a PUBLISH: _publish
 
     # ------------------------------------------------------------------ CONNECT
@@ -193,9 +196,7 @@ class V5(Timers):
                 return True
         assigned = None
         if not cid:
-            p._ids += 1
-            # MQTT-3.1.3-6/7; from a str: a bytes constant is 64 B of heap once loaded
-            cid = assigned = ("ub-%d-%d" % (p._ids, self.server.now & 0xFFFF)).encode()
+            cid = assigned = p.auto_id()  # MQTT-3.1.3-6/7
         elif len(cid) > self.cfg["max_client_id_length"] or cid.startswith(b"$bridge/"):
             b_.stats.hit("client_id_length")
             self.refuse(c, 0x85, "client id not valid")  # MQTT-3.1.3-8
@@ -205,6 +206,8 @@ class V5(Timers):
         if mk and (keepalive > mk or not keepalive):
             keepalive = told = mk  # Server Keep Alive (MQTT-3.2.2-21)
         old = b_.sessions.get(cid)
+        if old is not None:
+            b_.again(old, flags & 2)
         takeover = old is not None and old.conn is not None
         if not takeover and b_.stats.connected >= self.cfg["max_connections"]:
             b_.stats.hit("connections")
@@ -293,7 +296,7 @@ class V5(Timers):
         # the heap and max_queued_bytes cannot take is then DISCONNECT 0x97 (long_packet.py).
         mp = self.cfg["max_packet_size"]
         if mp:
-            put_u(pr, _P_MAX_PACKET, mp + 1 + vbi_len(mp), 4)
+            put_u(pr, _P_MAX_PACKET, mp, 4)
         if self.receive_max < 65535:
             put_u(pr, _P_RECEIVE_MAX, self.receive_max, 2)
         mq = self.b.max_qos
@@ -381,7 +384,10 @@ class V5(Timers):
         if ptype == 6:  # PUBREL
             q2 = s.qos2in
             if not q2 or pid not in q2:
-                b_.send(c, self.told(c, ack(0x70, pid, 0x92)))  # PUBCOMP: Packet Identifier not found
+                # Already released: a PUBREL sent again after a reconnect, which is "not an
+                # error during recovery" (section 3.7.2.1). Success, as Mosquitto answers,
+                # rather than 0x92, which a client may take for a session out of step
+                b_.send(c, ack(0x70, pid, 0))
                 return True
             q2.remove(pid)
             b_.freed = True  # a publisher held back by that bound may go on
@@ -523,7 +529,9 @@ class V5(Timers):
             if r is None:
                 r = idx.route(topic)
             if not r:
-                code = 0x10  # No matching subscribers (section 3.4.2.1)
+                # No matching subscribers (section 3.4.2.1 allows it, MAY): on PUBACK only,
+                # as Mosquitto; a PUBREC of 0 keeps the QoS 2 exchange as clients expect it
+                code = 0x10 if qos == 1 else 0
             elif qos and per is None:
                 # PUBACK/PUBREC 0 before any copy, written in place by the routing, as
                 # protocol.py does for 3.1.1: a client subscribed to what it publishes gets
@@ -585,6 +593,8 @@ class V5(Timers):
         refuses or fails something, with a Reason String where it may have one
         (v5_reason.told, the module loaded at the first); as it is when the heap has no room
         for that module: the refusal matters more than its words."""
+        if not self.reasons:
+            return pkt
         try:
             from .v5_reason import told
 

@@ -5,6 +5,7 @@ Statement numbers are the MQTT 5.0 standard's (OASIS, 2019). Raw clients
 (tests/support/mqttraw5.py) check the bytes; paho-mqtt 2.x's MQTTv5 client checks that a
 real client library gets along."""
 
+import re
 import time
 
 import paho.mqtt.client as mqtt
@@ -27,7 +28,7 @@ def client(broker):
 def test_connack_says_what_the_server_supports(broker):
     """MQTT-3.2.2-1..3, section 3.2.2.3: CONNACK 0 with Receive Maximum (the esp32 profile's
     max_inflight_messages 8, as Mosquitto announces its own), Maximum Packet Size (its
-    max_packet_size 2048 as a whole packet: 2051), Topic Alias Maximum (the firmware's 8, which
+    max_packet_size 2048, a whole packet's size as both count it), Topic Alias Maximum (the firmware's 8, which
     the board keeps); no Wildcard, Subscription Identifier nor Shared Subscription Available,
     since absent means available (sections 3.2.2.3.11-13); no Server Keep Alive when the
     client's keepalive is within max_keepalive."""
@@ -35,7 +36,7 @@ def test_connack_says_what_the_server_supports(broker):
     assert (ack.present, ack.code) == (0, 0)
     p = ack.props
     assert prop(p, m.RECEIVE_MAXIMUM) == 8
-    assert prop(p, m.MAXIMUM_PACKET_SIZE) == 2048 + 1 + 2
+    assert prop(p, m.MAXIMUM_PACKET_SIZE) == 2048
     assert prop(p, m.TOPIC_ALIAS_MAXIMUM) == 8
     assert prop(p, m.WILDCARD_AVAILABLE) is None  # absent: available (3.2.2.3.11)
     assert prop(p, m.SUBSCRIPTION_ID_AVAILABLE) is None  # (3.2.2.3.12)
@@ -52,24 +53,25 @@ def _connack_bytes(broker, cid="cb"):
     return bytes((p.b0, len(p.body))) + bytes(p.body)
 
 
-def test_connack_bytes_are_mosquittos_but_for_its_packet_size(broker):
+def test_connack_bytes_are_mosquittos(broker):
     """The esp32 profile's CONNACK byte for byte: Topic Alias Maximum 8, Maximum Packet Size
-    2051, Receive Maximum 8, in the order Mosquitto writes them (properties may come in any
+    2048 (max_packet_size, a whole packet's size, as Mosquitto announces its own), Receive
+    Maximum 8, in the order Mosquitto writes them (properties may come in any
     order, section 2.2.2; a test comparing bytes then compares content), nothing else."""
-    assert _connack_bytes(broker) == bytes.fromhex("200e00000b" "220008" "2700000803" "210008")
+    assert _connack_bytes(broker) == bytes.fromhex("200e00000b" "220008" "2700000800" "210008")
 
 
 def test_connack_of_the_unix_profile_and_of_max_topic_alias(broker_factory):
     """The unix profile (what `ubroker run` starts) announces Mosquitto's defaults, byte for
     byte: Topic Alias Maximum 10, Receive Maximum 20 (max_inflight_messages) and no Maximum
     Packet Size (its max_packet_size 0: no limit, section 3.2.2.3.6); a max_packet_size set
-    is announced as a whole packet (256k + 4); `max_topic_alias 0` leaves Topic Alias Maximum
+    is announced as it is (256k: it counts a whole packet); `max_topic_alias 0` leaves Topic Alias Maximum
     out (absent: 0, section 3.2.2.3.8) and then any alias from the client is DISCONNECT 0x94
     (MQTT-3.2.2-17 and section 3.3.2.3.4)."""
     b = broker_factory(board="unix")
     assert _connack_bytes(b) == bytes.fromhex("2009000006" "22000a" "210014")
     b = broker_factory(board="unix", config="max_packet_size 256k\n")
-    assert _connack_bytes(b) == bytes.fromhex("200e00000b" "22000a" "2700040004" "210014")
+    assert _connack_bytes(b) == bytes.fromhex("200e00000b" "22000a" "2700040000" "210014")
     b = broker_factory(board="unix", config="max_topic_alias 0\nmax_inflight_messages 3\n")
     assert _connack_bytes(b) == bytes.fromhex("2006000003" "210003")
     c = client(b)
@@ -80,14 +82,15 @@ def test_connack_of_the_unix_profile_and_of_max_topic_alias(broker_factory):
 
 def test_empty_client_id_gets_an_assigned_one(broker):
     """MQTT-3.1.3-6/7: a zero-length ClientID is given a unique one, returned in CONNACK's
-    Assigned Client Identifier; also with Clean Start 0."""
+    Assigned Client Identifier; also with Clean Start 0. Its form is Mosquitto's, `auto-` and
+    a random (version 4) UUID, so that one assigned before a restart is not assigned again."""
     ids = set()
     for clean in (True, False):
         c = client(broker)
         ack = c.connect5("", clean_start=clean)
         assert ack.code == 0
         cid = prop(ack.props, m.ASSIGNED_CLIENT_ID)
-        assert cid
+        assert re.fullmatch(rb"auto-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", cid), cid
         ids.add(cid)
         c.send(mqttraw.PINGREQ)
         c.expect(m.PINGRESP)

@@ -139,16 +139,42 @@ def test_no_session_left_sends_the_will_at_once(broker):
     assert w.next(m.PUBLISH, timeout=2.0).payload == b"now"
 
 
-def test_clean_start_takeover_sends_a_waiting_will(broker):
-    """Section 3.1.4 / 3.1.3.2.2: a new connection with Clean Start 1 ends the old session, so
-    its waiting will is published then, before the delay."""
+def test_reconnect_with_clean_start_within_the_delay_discards_the_will(broker):
+    """MQTT-3.1.2-8: the will is not published when "a new Network Connection for the
+    ClientID is opened before the Will Delay Interval has expired"; with Clean Start 1 too,
+    which ends the old session (Mosquitto's reading, its test 07-will-delay-recover): the
+    client is back."""
     w = watcher(broker)
     c = v5(broker, "wc", properties=[(m.SESSION_EXPIRY, 60)],
-           will=("will/wc", b"cleaned", 0, False, [(m.WILL_DELAY, 30)]))
+           will=("will/wc", b"cleaned", 0, False, [(m.WILL_DELAY, 2)]))
     c.close()
     no_will(w, 0.5)
     v5(broker, "wc")  # Clean Start 1
-    assert w.next(m.PUBLISH, timeout=2.0).payload == b"cleaned"
+    no_will(w, 3.0)
+
+
+def test_takeover_that_keeps_the_session_sends_no_will(broker):
+    """MQTT-3.1.4-3 with MQTT-3.1.2-8: a takeover by a connection with Clean Start 0 keeps the
+    session (Session Expiry 60 on both), so the old connection's will, without a delay, is
+    not published; its client is still there (Mosquitto's 07-will-takeover)."""
+    w = watcher(broker)
+    v5(broker, "wk", clean_start=False, properties=[(m.SESSION_EXPIRY, 60)],
+       will=("will/wk", b"never", 0, False, []))
+    back = m.Client5(broker.port)
+    broker._clients.append(back)
+    assert back.connect5("wk", clean_start=False, properties=[(m.SESSION_EXPIRY, 60)]).present == 1
+    no_will(w, 1.0)
+
+
+def test_takeover_with_clean_start_sends_the_will(broker):
+    """MQTT-3.1.4-3 with MQTT-3.1.2-8: a takeover by a connection with Clean Start 1 ends the
+    old session with its connection, so that connection's will goes, its delay (30 s) cut
+    short by the session's end (section 3.1.3.2.2)."""
+    w = watcher(broker)
+    v5(broker, "wt", properties=[(m.SESSION_EXPIRY, 60)],
+       will=("will/wt", b"ended", 0, False, [(m.WILL_DELAY, 30)]))
+    v5(broker, "wt")  # Clean Start 1
+    assert w.next(m.PUBLISH, timeout=2.0).payload == b"ended"
 
 
 def test_a_will_on_a_dollar_topic_is_not_published(broker):

@@ -91,8 +91,9 @@ def test_will_published_on_protocol_error_close(broker, bad):
 
 def test_will_published_on_session_takeover(broker):
     """MQTT-3.1.4-2: the server disconnects the old connection when the same client id
-    connects again; the old connection ended without DISCONNECT, so its will is published
-    (MQTT-3.1.2-8). The new connection has no will and publishes nothing."""
+    connects again; the old connection ended without DISCONNECT and its clean session with
+    it, so its will is published (MQTT-3.1.2-8). The new connection has no will and publishes
+    nothing."""
     sub = subscriber(broker, "will/takeover")
     old = with_will(broker, "tk", "will/takeover", b"replaced")
     new = broker.raw()
@@ -107,7 +108,35 @@ def test_will_published_on_session_takeover(broker):
     assert sub.expect(PUBLISH).payload == b"marker"
 
 
+@pytest.mark.parametrize("old_clean,new_clean", [(True, False), (False, True)], ids=["old-clean", "new-clean"])
+def test_will_published_on_takeover_that_ends_the_session(broker, old_clean, new_clean):
+    """MQTT-3.1.4-2 with MQTT-3.1.2-6/8: a takeover where either connection is clean ends the
+    old session, and with it the old connection's will goes (Mosquitto's 07-will-takeover)."""
+    sub = subscriber(broker, "will/tend")
+    old = broker.raw()
+    assert old.connect("tend", clean=old_clean, will=("will/tend", b"ended", 0, False))[1] == 0
+    new = broker.raw()
+    assert new.connect("tend", clean=new_clean)[1] == 0
+    assert old.closed()
+    assert sub.expect(PUBLISH).payload == b"ended"
+
+
 # ---------------------------------------------------------------------- when it is not
+
+
+def test_no_will_on_takeover_that_keeps_the_session(broker):
+    """MQTT-3.1.4-2: a takeover where both connections ask for a persistent session (clean
+    session 0) keeps the session going in the new connection, so the old connection's will is
+    not published (a will goes when its session ends or its client does not come back:
+    Mosquitto's reading, its test 07-will-takeover). The session is there (Session Present 1)."""
+    sub = subscriber(broker, "will/tkeep")
+    old = broker.raw()
+    assert old.connect("tkeep", clean=False, will=("will/tkeep", b"never", 0, False)) == (0, 0)
+    new = broker.raw()
+    assert new.connect("tkeep", clean=False) == (1, 0)
+    assert old.closed()
+    publish_marker(broker, "will/tkeep")
+    assert sub.expect(PUBLISH).payload == b"marker"
 
 
 def test_no_will_after_disconnect(broker):
