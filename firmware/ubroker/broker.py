@@ -11,7 +11,7 @@ from .codec import ack, put_length
 from micropython import const
 
 from .session import ENTRY_COST, RETAINED, Session, cost
-from .topics import Index, match_levels
+from .topics import Index, forbidden, match_levels
 
 # Builtins the routing calls per message, as module globals: MicroPython looks a builtin up
 # in the module's globals first and then searches the builtins table, about 5x the cost of
@@ -545,8 +545,8 @@ class Broker:
     def retain(self, topic, payload, qos):
         """Store, replace or clear (empty payload, MQTT-3.3.1-10/11) a retained message. The
         old one goes first in every case (MQTT-3.3.1-7), even when the new one does not fit."""
-        if topic.startswith(b"$SYS/"):
-            return
+        if topic.startswith(b"$SYS/") and forbidden(topic):
+            return  # the broker's figures: the current ones are the retained ones (send_retained)
         old = self.retained.get(topic)
         if old is not None:
             del self.retained[topic]

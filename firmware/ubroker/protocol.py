@@ -6,7 +6,7 @@ when the packet cannot be taken yet (a subscriber has no room) and must be offer
 from micropython import const
 
 from .codec import PINGRESP_PKT, Malformed, ack, check_utf8, field, suback, u16, utf8
-from .topics import valid_filter, valid_topic
+from .topics import forbidden, valid_filter, valid_topic
 
 # codec.py's packet types and return codes (MQTT 3.1.1 tables 2.1, 3.1) and session.py's
 # entry layout, as private consts: imported names would each be a global of this module
@@ -202,7 +202,7 @@ class Protocol:
             a, pos = field(buf, pos, end)
             if not valid_topic(topic):
                 raise Malformed("will topic")
-            if topic[0] == 36:  # $: what a client may not publish (publish), its will may not
+            if topic[0] == 36 and forbidden(topic):  # $: what a client may not publish (publish), its will may not
                 self.b.stats.hit("publish_to_dollar_topic")
             else:
                 will = (topic, bytes(buf[a:pos]), will_qos, bool(will_retain))
@@ -375,7 +375,7 @@ class Protocol:
             topic = br.local_topic(topic)
             if not b_.publish(topic, rmv[p:end], qos, retain, False, None, s):
                 return False
-        elif topic[0] == 36:  # $
+        elif topic[0] == 36 and forbidden(topic):  # $
             # Clients may not write $ topics such as $SYS: acknowledged, not delivered.
             b_.stats.hit("publish_to_dollar_topic")
         elif self.acl is not None and not self.acl.can_publish(c.user, s.cid, topic):

@@ -5,6 +5,14 @@ published topic walks byte offsets and allocates nothing."""
 from .buffers import rebuild, table
 
 
+def forbidden(t):
+    """A `$` topic a client may not publish to (nor set its will on): all but
+    `$SYS/broker/connection/NAME/state`, where a Mosquitto bridge says whether its link is up
+    (its `notifications`, on by default: a retained "1", and "0" as its will), as Mosquitto
+    lets it."""
+    return t[0] == 36 and not (len(t) > 29 and t.startswith(b"$SYS/broker/connection/") and t.endswith(b"/state"))
+
+
 def valid_topic(t):
     """A PUBLISH topic name: at least one byte (MQTT-4.7.3-1), no wildcard (MQTT-3.3.2-2)."""
     return len(t) > 0 and b"+" not in t and b"#" not in t

@@ -15,7 +15,7 @@ from micropython import const
 gc.collect()  # before the other v5 modules load: they need the heap in few pieces
 
 from .codec import PINGRESP_PKT, Malformed, check_utf8, field, u16, utf8
-from .topics import valid_topic
+from .topics import forbidden, valid_topic
 from .v5_codec import ack, disconnect, packet, props, put_str, put_u
 from .v5_route import forward
 from .v5_session import Timers
@@ -164,7 +164,7 @@ class V5(Timers):
             payload = bytes(buf[a:pos])
             if wp is not None and _check_message(wp, buf, a, pos):
                 raise Malformed("will payload is not UTF-8", 0x99)
-            if topic[0] == 36:  # $: what a client may not publish (_publish), its will may not
+            if topic[0] == 36 and forbidden(topic):  # $: what a client may not publish (_publish), its will may not
                 self.b.stats.hit("publish_to_dollar_topic")
                 wp = None
             else:
@@ -521,9 +521,10 @@ class V5(Timers):
         code = 0
         per = b_.persist
         acked = None
-        if topic[0] == 36 or (self.p.acl is not None and not self.p.acl.can_publish(c.user, s.cid, topic)):
+        dollar = topic[0] == 36 and forbidden(topic)
+        if dollar or (self.p.acl is not None and not self.p.acl.can_publish(c.user, s.cid, topic)):
             # $ topics and what the access rules forbid: not delivered, and said so
-            b_.stats.hit("publish_to_dollar_topic" if topic[0] == 36 else "acl_denied_publish")
+            b_.stats.hit("publish_to_dollar_topic" if dollar else "acl_denied_publish")
             code = 0x87
         else:
             if r is None:

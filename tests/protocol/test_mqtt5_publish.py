@@ -541,3 +541,17 @@ def test_paho_mqttv5_round_trip_with_properties(broker):
         for c in clients:
             c.disconnect()
             c.loop_stop()
+
+
+def test_a_bridge_state_topic_may_be_published(broker):
+    """Section 4.7.2 leaves `$` topics to the server: ubroker refuses a client's PUBLISH to
+    them (0x87) but for `$SYS/broker/connection/NAME/state`, where a Mosquitto bridge says
+    whether its link is up, as Mosquitto does (its test 03-publish-dollar-v5: nobody
+    subscribes, so 0x10)."""
+    p = v5(broker, "pub-state")
+    p.send(m.publish("$SYS/broker/uptime", b"x", qos=1, pid=1))
+    assert send_qos(p, 1, 1) == 0x87
+    p.send(m.publish("$SYS/broker/connection/me", b"x", qos=1, pid=2))
+    assert send_qos(p, 1, 2) == 0x87
+    p.send(m.publish("$SYS/broker/connection/me/state", b"1", qos=1, pid=3))
+    assert send_qos(p, 1, 3) == 0x10

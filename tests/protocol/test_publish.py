@@ -431,3 +431,27 @@ def test_client_publish_to_sys_topic_is_not_delivered_nor_retained(broker):
     pub2 = connected(broker, "p2")
     pub2.send(m.publish(MARK.decode(), b""))
     assert until_marker(late) == []
+
+
+def test_a_bridge_state_topic_is_the_one_sys_topic_a_client_may_publish(broker):
+    """A Mosquitto bridge (its `notifications`, on by default) publishes whether its link is
+    up to `$SYS/broker/connection/NAME/state`, retained, and sets its will there: Mosquitto
+    lets clients publish that topic alone under $SYS (its test 03-publish-dollar-v5), and so
+    does ubroker; `$SYS/broker/connection/NAME` itself stays the broker's."""
+    sub, _ = subscriber(broker, "s", ("$SYS/broker/connection/#", 1))
+    bridge = broker.raw()
+    assert bridge.connect("gw.up", will=("$SYS/broker/connection/gw.up/state", b"0", 1, True)) == (0, 0)
+    bridge.send(m.publish("$SYS/broker/connection/gw.up", b"forged", qos=1, pid=1))
+    assert bridge.expect(4).body == b"\x00\x01"
+    bridge.send(m.publish("$SYS/broker/connection/gw.up/state", b"1", qos=1, pid=2, retain=True))
+    assert bridge.expect(4).body == b"\x00\x02"
+    p = sub.expect(3)
+    assert (p.topic, p.payload) == (b"$SYS/broker/connection/gw.up/state", b"1")
+    sub.send(m.puback(p.pid))
+    bridge.close()  # no DISCONNECT: its will says the link is down
+    p = sub.expect(3)
+    assert (p.topic, p.payload) == (b"$SYS/broker/connection/gw.up/state", b"0")
+    sub.send(m.puback(p.pid))
+    late, _ = subscriber(broker, "late", ("$SYS/broker/connection/+/state", 1))
+    p = late.expect(3)
+    assert (p.topic, p.payload, p.retain) == (b"$SYS/broker/connection/gw.up/state", b"0", True)
