@@ -71,6 +71,17 @@ def test_topic_then_alias_alone(broker):
                                   (b"", 1, b"4"), (b"", 2, b"5")]
 
 
+def test_a_four_byte_topic_gets_an_alias(broker):
+    """Section 3.3.2.3.4: from 4 bytes on an alias saves bytes on every PUBLISH after the
+    first (the alias costs 3, the topic it stands for len(topic)), so `ab/c` gets one and
+    `a/b` none (paho's test_server_topic_alias expects one for `TopicA`)."""
+    c = connected(broker, "ta-4", properties=[(m.TOPIC_ALIAS_MAXIMUM, 10)])
+    c.send(m.subscribe(1, ("ab/c", 0), ("a/b", 0)))
+    assert c.next(m.SUBACK).codes == [0, 0]
+    publish(broker, "ta-p4", ["ab/c", "ab/c", "a/b", "a/b"])
+    assert received(c, 4) == [(b"ab/c", 1, b"0"), (b"", 1, b"1"), (b"a/b", None, b"2"), (b"a/b", None, b"3")]
+
+
 def test_aliases_bounded_by_the_client_and_the_server(broker_factory):
     """MQTT-3.1.2-26, 3.3.2-11: no alias above the client's Topic Alias Maximum (2 here) nor
     above max_topic_alias_out (3 here); topics beyond go with their topic each time, and an
