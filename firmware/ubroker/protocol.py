@@ -292,7 +292,7 @@ class Protocol:
         r = bytearray(urandom(16))
         r[6] = r[6] & 0x0F | 0x40  # version 4 (RFC 4122: random)
         r[8] = r[8] & 0x3F | 0x80  # its variant
-        h = hexlify(r)
+        h = hexlify(r)  # type: ignore[arg-type]  # any buffer, in MicroPython
         return b"auto-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
     def refuse(self, c, code, why):
