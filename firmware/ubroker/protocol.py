@@ -44,6 +44,7 @@ class Protocol:
         self.b = broker
         self.server = server
         self.cfg = cfg = broker.cfg
+        self._ids = 0
         # Fixed for the broker's life, kept here to save lookups per PUBLISH.
         self.rmv = server.rmv
         self.index = broker.index
@@ -225,7 +226,8 @@ class Protocol:
             if not clean:
                 self.refuse(c, _BAD_CLIENT_ID, "empty client id with a persistent session")  # MQTT-3.1.3-8
                 return True
-            cid = self.auto_id()  # MQTT-3.1.3-6
+            self._ids += 1
+            cid = b"ub-%d-%d" % (self._ids, self.server.now & 0xFFFF)  # MQTT-3.1.3-6
         elif len(cid) > self.cfg["max_client_id_length"]:
             self.b.stats.hit("client_id_length")
             self.refuse(c, _BAD_CLIENT_ID, "client id too long")
@@ -281,19 +283,6 @@ class Protocol:
         if present:
             b_.resend(s)
         return True
-
-    def auto_id(self):
-        """A client id for a client that gave none (MQTT-3.1.3-6): `auto-` and a random UUID,
-        Mosquitto's form. Random rather than counted: a v5 session kept under it (Session
-        Expiry) must not go to the next client given the same id after a restart."""
-        from binascii import hexlify
-        from os import urandom
-
-        r = bytearray(urandom(16))
-        r[6] = r[6] & 0x0F | 0x40  # version 4 (RFC 4122: random)
-        r[8] = r[8] & 0x3F | 0x80  # its variant
-        h = hexlify(r)  # type: ignore[arg-type]  # any buffer, in MicroPython
-        return b"auto-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
     def refuse(self, c, code, why):
         # CONNACK 0x20 0x02, session present 0, the code: written like an acknowledgement, from

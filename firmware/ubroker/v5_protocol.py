@@ -65,6 +65,21 @@ _MARK = const(4)
 _FLAGS = b"\xff\xff\xff\xff\x00\x00\x02\x00\x02\xff\x02\xff\x00\xff\x00\x00"
 
 
+def _auto_id():
+    """The Assigned Client Identifier of a client that gave none (MQTT-3.1.3-6/7): `auto-`
+    and a random (version 4) UUID, Mosquitto's form. Random rather than counted: a session
+    kept under it (Session Expiry) must not go to another client given the same id after a
+    restart. (A 3.1.1 client without an id has a clean session: protocol.py counts.)"""
+    from binascii import hexlify
+    from os import urandom
+
+    r = bytearray(urandom(16))
+    r[6] = r[6] & 0x0F | 0x40  # version 4 (RFC 4122: random)
+    r[8] = r[8] & 0x3F | 0x80  # its variant
+    h = hexlify(r)  # type: ignore[arg-type]  # any buffer, in MicroPython
+    return b"auto-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
 class V5Conn:
     """What a v5 connection has beyond a Conn (Conn.v5): set on v5 connections only."""
 
@@ -196,7 +211,7 @@ class V5(Timers):
                 return True
         assigned = None
         if not cid:
-            cid = assigned = p.auto_id()  # MQTT-3.1.3-6/7
+            cid = assigned = _auto_id()  # MQTT-3.1.3-6/7
         elif len(cid) > self.cfg["max_client_id_length"] or cid.startswith(b"$bridge/"):
             b_.stats.hit("client_id_length")
             self.refuse(c, 0x85, "client id not valid")  # MQTT-3.1.3-8
