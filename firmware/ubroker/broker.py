@@ -11,7 +11,7 @@ from .codec import ack, put_length
 from micropython import const
 
 from .session import ENTRY_COST, RETAINED, Session, cost
-from .topics import Index, forbidden, match_levels, matching
+from .topics import Index, forbidden, match_levels
 
 # Builtins the routing calls per message, as module globals: MicroPython looks a builtin up
 # in the module's globals first and then searches the builtins table, about 5x the cost of
@@ -585,7 +585,9 @@ class Broker:
                 if match_levels(levels, topic):
                     self._write_publish(c, topic, payload, 0, True, False, 0)
         table = self.retained
-        for topic in matching(table, levels):
+        for topic in table:
+            if not match_levels(levels, topic):
+                continue
             payload, q = table[topic]
             q = q if q < granted else granted
             if q == 0:

@@ -66,18 +66,6 @@ def match_levels(levels, topic):
     return False
 
 
-def matching(table, levels):
-    """The topics of the retained table that a filter (split into levels) matches, sorted:
-    a topic before every topic below it, the order Mosquitto's topic tree sends them in, and
-    the same after a restart (a dict's order is its hash slots')."""
-    out = []  # a loop, not a comprehension: that would be one more code object in the heap
-    for t in table:
-        if match_levels(levels, t):
-            out.append(t)
-    out.sort()
-    return out
-
-
 class Index:
     """Subscriptions of all clients. Each filter maps to a flat list [client, qos, client,
     qos, ...] (smaller than a dict for the usual one or two subscribers). A topic's exact

@@ -17,7 +17,7 @@ from micropython import const
 from .broker import _WRITTEN, expired
 from .codec import put_length
 from .session import ENTRY_COST, RETAINED, cost
-from .topics import match_levels, matching
+from .topics import match_levels
 from .v5_codec import vbi_len
 
 # Builtins used per message, as module globals (broker.py's _len: a builtin is looked up in
@@ -205,7 +205,9 @@ class Router:
         now = self.server.now
         rp = self.rprops
         table = b.retained
-        for topic in matching(table, levels):
+        for topic in table:
+            if not match_levels(levels, topic):
+                continue
             e = table[topic]
             fwd = b""
             expiry = t0 = 0

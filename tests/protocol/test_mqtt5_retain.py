@@ -91,17 +91,6 @@ def test_retained_delivery_carries_the_subscription_identifier(broker):
     assert p.retain
 
 
-def test_retained_messages_with_properties_come_parents_first(broker):
-    """Retained messages with properties (v5_route's path) come in topic order too, a topic
-    before every topic below it, as Mosquitto sends them; the standard sets no order."""
-    for t in ("ro/a/b/c", "ro/a", "ro/a/b"):
-        retain(broker, t, b"x", PROPS, qos=0)
-    s = v5(broker, "sub-order")
-    s.send(m.subscribe(1, ("ro/#", 0)))
-    s.next(m.SUBACK)
-    assert [s.next(m.PUBLISH).topic for _ in range(3)] == [b"ro/a", b"ro/a/b", b"ro/a/b/c"]
-
-
 def test_queued_retained_message_keeps_retain_1(broker):
     """Section 3.3.1.3: retained messages sent for a new subscription carry RETAIN 1, also one
     that waited in the queue (Receive Maximum 1: the second goes after the first's PUBACK)."""

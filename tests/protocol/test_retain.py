@@ -169,24 +169,6 @@ def test_wildcard_subscription_receives_every_matching_retained_message(broker):
     assert payloads("nothing/+") == []
 
 
-def test_retained_messages_come_parents_first(broker):
-    """A wildcard subscription gets the retained messages it matches in topic order: a topic
-    before every topic below it, as Mosquitto's topic tree sends them (its test
-    04-retain-clear-multiple), whatever the order they were published in; one cleared
-    leaves the others in that order. (The standard sets no order.)"""
-    pub = connected(broker, "p")
-    for i, t in enumerate(["1/2/3/4/5/6/7", "1/2/3/4", "1/2", "1", "0/9"]):
-        publish(pub, t, b"m", qos=1, pid=i + 1)
-
-    def order(cid):
-        _, got = retained_for(broker, cid, pub, ("#", 0))
-        return [p.topic for p in got]
-
-    assert order("s1") == [b"0/9", b"1", b"1/2", b"1/2/3/4", b"1/2/3/4/5/6/7"]
-    publish(pub, "1/2/3/4", b"", qos=1, pid=9)
-    assert order("s2") == [b"0/9", b"1", b"1/2", b"1/2/3/4/5/6/7"]
-
-
 def test_retained_not_resent_on_unrelated_subscribe(broker):
     """Subscribing to another filter does not resend retained messages of the client's
     existing subscriptions (MQTT-3.3.1-6: only those matching the new subscription)."""
