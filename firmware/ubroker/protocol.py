@@ -244,8 +244,6 @@ class Protocol:
             return True
         b_ = self.b
         old = b_.sessions.get(cid)
-        if old is not None:
-            b_.again(old, clean)
         takeover = old is not None and old.conn is not None
         if not takeover and b_.stats.connected >= self.cfg["max_connections"]:
             b_.stats.hit("connections")
@@ -254,6 +252,8 @@ class Protocol:
         if b_.low_heap():
             self.refuse(c, _UNAVAILABLE, "heap below heap_reserve")
             return True
+        if old is not None:  # once the CONNECT is taken: a refused one changes nothing
+            b_.again(old, clean)
         if takeover:
             self.server.close(old.conn, "taken over by a new connection", True)  # MQTT-3.1.4-2
         s, present = b_.session(cid, clean)

@@ -221,8 +221,6 @@ class V5(Timers):
         if mk and (keepalive > mk or not keepalive):
             keepalive = told = mk  # Server Keep Alive (MQTT-3.2.2-21)
         old = b_.sessions.get(cid)
-        if old is not None:
-            b_.again(old, flags & 2)
         takeover = old is not None and old.conn is not None
         if not takeover and b_.stats.connected >= self.cfg["max_connections"]:
             b_.stats.hit("connections")
@@ -231,6 +229,8 @@ class V5(Timers):
         if b_.low_heap():
             self.refuse(c, 0x88, "heap below heap_reserve")
             return True
+        if old is not None:  # once the CONNECT is taken: a refused one changes nothing
+            b_.again(old, flags & 2)
         if takeover:
             self.drop(old.conn, 0x8E, "taken over by a new connection")  # MQTT-3.1.4-3
         expiry = found.get(_P_SESSION_EXPIRY, 0)
