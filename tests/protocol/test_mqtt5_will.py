@@ -10,6 +10,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 import mqttraw5 as m
+from mqttraw5 import board_heap_on_64_bits
 from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
 from mqttraw5 import connected as v5
 
@@ -151,6 +152,22 @@ def test_reconnect_with_clean_start_within_the_delay_discards_the_will(broker):
     no_will(w, 0.5)
     v5(broker, "wc")  # Clean Start 1
     no_will(w, 3.0)
+
+
+def test_a_refused_reconnect_leaves_the_waiting_will(broker_factory):
+    """MQTT-3.1.2-8: only a reconnect the server takes counts as the client's return: one
+    refused with CONNACK 0x97 (max_connections reached) leaves the will waiting, and it goes
+    when its delay has passed."""
+    b = broker_factory(config="max_connections 2\n", heap=board_heap_on_64_bits())
+    w = watcher(b)
+    c = v5(b, "wf", properties=[(m.SESSION_EXPIRY, 60)],
+           will=("will/wf", b"still gone", 0, False, [(m.WILL_DELAY, 2)]))
+    c.close()
+    v5(b, "wf-other")
+    back = m.Client5(b.port)
+    b._clients.append(back)
+    assert back.connect5("wf", clean_start=False, properties=[(m.SESSION_EXPIRY, 60)]).code == 0x97
+    assert w.next(m.PUBLISH, timeout=4.0).payload == b"still gone"
 
 
 def test_takeover_that_keeps_the_session_sends_no_will(broker):
