@@ -255,7 +255,11 @@ class Protocol:
         if old is not None:  # once the CONNECT is taken: a refused one changes nothing
             b_.again(old, clean)
         if takeover:
-            self.server.close(old.conn, "taken over by a new connection", True)  # MQTT-3.1.4-2
+            oc = old.conn
+            v5 = oc.v5 is not None
+            if v5:  # a v5 connection taken over by a 3.1.1 one is still told (MQTT-3.1.4-3)
+                self.server.goodbye(oc, 0x8E, "taken over by a new connection")
+            self.server.close(oc, "taken over by a new connection", True, v5)  # MQTT-3.1.4-2
         s, present = b_.session(cid, clean)
         if s is None:
             self.refuse(c, _UNAVAILABLE, "too many sessions")

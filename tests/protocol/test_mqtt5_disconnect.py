@@ -95,6 +95,17 @@ def test_session_taken_over(broker):
     second.expect(m.PINGRESP)
 
 
+def test_session_taken_over_by_a_311_client(broker):
+    """MQTT-3.1.4-3: the DISCONNECT 0x8E goes to the existing v5 connection whatever the
+    protocol of the new one; a 3.1.1 client taking the session over is served."""
+    first = v5(broker, "dup311")
+    second = broker.raw()
+    assert second.connect("dup311") == (0, 0)
+    assert first.disconnected() == 0x8E
+    second.send(mqttraw.PINGREQ)
+    second.expect(13)
+
+
 @pytest.mark.parametrize("pkt", [
     b"\xe0\x02\x00",  # its property length runs into the PINGREQ sent after it
     b"\xf0\x00",  # AUTH without an authentication method
