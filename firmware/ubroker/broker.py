@@ -507,6 +507,11 @@ class Broker:
             # v5_route's); Retain As Published's flag (v5_route._RAP) is for a v5 client, which
             # v5_route.Router.write reads (MQTT-3.3.1-9 of 3.1.1)
             k = e[_MSG]
+            if c.v5 is not None:
+                # _write_publish's first case without its call (a v5 subscriber's every
+                # message comes here once its window is full); its RETAIN from the extra field
+                self.v5.write(c, k[0], k[1], e[_QOS], False, dup, e[_PID])  # type: ignore[attr-defined]
+                continue
             self._write_publish(c, k[0], k[1], e[_QOS], _len(k) > 3 and k[3][4] is True, dup, e[_PID])
         if not queue:
             s.queue = None
