@@ -215,17 +215,25 @@ class Broker:
 
     def send(self, conn, data):
         """A packet other than PUBLISH (those are encoded by _write_publish/_write_raw)."""
-        out = self._out(conn)
+        # _out() and _done() called only when they have something to do: an output buffer to
+        # take or list, one to write (two calls less per acknowledgement, 1.8k instructions
+        # each under callgrind)
+        out = conn.out
+        if not out:
+            out = self._out(conn)
         out += data
         self.stats.msgs_out += 1
-        self._done(conn, out)
+        if out is self.scratch or _len(out) >= self.flush_at:
+            self._done(conn, out)
 
     def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
         if conn.v5 is not None:  # with properties (v5_route.py)
             return self.v5.write(conn, topic, payload, qos, retain, dup, pid)  # type: ignore[attr-defined]
         if conn.bridge is not None:
             topic = conn.bridge.remote_topic(topic)
-        out = self._out(conn)
+        out = conn.out
+        if not out:  # (as in send())
+            out = self._out(conn)
         # The PUBLISH encoded here, inline: this runs for every message delivered
         tl = _len(topic)
         rl = 2 + tl + _len(payload)
@@ -244,7 +252,8 @@ class Broker:
             out.append(pid & 0xFF)
         out += payload
         self.stats.pub_out += 1
-        self._done(conn, out)
+        if out is self.scratch or _len(out) >= self.flush_at:
+            self._done(conn, out)
 
     def _write_raw(self, conn, raw):
         out = self._out(conn)

@@ -403,7 +403,9 @@ class Router:
             return
         if v.amax and _len(topic) >= _ALIAS_MIN:  # only to a client that asked (MQTT-3.1.2-27)
             topic, pr = self.alias(v, topic, payload, qos, pr)  # type: ignore[attr-defined]
-        out = b._out(c)
+        out = c.out
+        if not out:  # _out() and _done() only when they have something to do (Broker.send)
+            out = b._out(c)
         tl = _len(topic)
         n = _len(pr)
         # The lengths under 128, the usual ones, written without put_length's call
@@ -428,7 +430,8 @@ class Router:
         out += pr
         out += payload
         b.stats.pub_out += 1
-        b._done(c, out)
+        if out is b.scratch or _len(out) >= b.flush_at:
+            b._done(c, out)
 
 
     def dropped(self, s, i):
