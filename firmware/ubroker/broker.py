@@ -525,9 +525,20 @@ class Broker:
         if not queue:
             s.queue = None
 
-    def release(self, s, i):
-        """An outbound message is done (PUBACK or PUBCOMP): free its slot."""
-        e = s.inflight.pop(i)
+    def release(self, s, i, pid=0):
+        """An outbound message is done (PUBACK or PUBCOMP): free its slot, the i-th of s's
+        window. With pid, a PUBACK's (Protocol.puback, V5.handle): the entry of that packet id
+        if it is a QoS 1 one, found here (Session.find inline: a call less per QoS 1
+        message), else nothing (an acknowledgement for nothing sent is ignored)."""
+        w = s.inflight
+        if pid:
+            n = _len(w) if w else 0
+            i = 0
+            while i < n and w[i][_PID] != pid:
+                i += 1
+            if i == n or w[i][_QOS] != 1:
+                return
+        e = w.pop(i)
         m = e[_MSG]
         self.held_bytes -= _len(m[0]) + _len(m[1]) + ENTRY_COST  # cost(m)
         if m is _WRITTEN:

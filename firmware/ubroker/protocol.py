@@ -145,9 +145,7 @@ class Protocol:
         pid = (buf[pos] << 8) | buf[pos + 1]
         if pid == 0:
             raise Malformed("packet id 0")  # MQTT-2.3.1-1
-        i = c.sess.find(pid)  # -1: an acknowledgement for nothing we sent, ignored
-        if i >= 0 and c.sess.inflight[i][_QOS] == 1:
-            self.b.release(c.sess, i)
+        self.b.release(c.sess, 0, pid)  # the QoS 1 entry of pid, if there is one
         return True
 
     def answer(self, c, b0, pid):

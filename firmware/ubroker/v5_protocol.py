@@ -348,10 +348,7 @@ class V5(Timers):
             if b0 == 0x40 and end - pos == 2 and (buf[pos] or buf[pos + 1]):
                 # A PUBACK without reason code, one per QoS 1 delivery: ack_in's answer
                 # without its frame, which is a heap block on MicroPython
-                s = c.sess
-                i = s.find((buf[pos] << 8) | buf[pos + 1])
-                if i >= 0 and s.inflight[i][_QOS] == 1:  # (a QoS 1 entry waits for nothing else)
-                    self.b.release(s, i)
+                self.b.release(c.sess, 0, (buf[pos] << 8) | buf[pos + 1])  # the QoS 1 entry of that id, if any
                 return True
             ptype = b0 >> 4
             if ptype == 3:
