@@ -72,8 +72,8 @@ class Group:
                 break
             k += 1
         else:
-            # _place() inline (a call less per message: the members of a busy group have
-            # queues); c the member's queue, x the store, here
+            # The next in turn with a place: room()'s test (c the member's queue, x the
+            # store, here)
             x = b.persist
             k = 0
             while k < n:
@@ -105,22 +105,18 @@ class Group:
         else:
             b.stats.dropped += 1
 
-    @staticmethod
-    def _place(b, s, size):
-        """Broker.slot's answer for member s, without counting a refusal."""
-        if b.persist is not None and not s.clean and not b.persist.room(size):
-            return False
-        # (not b.sendable(s), which says yes only with an empty queue)
-        q = s.queue
-        return not q or len(q) < (s.qmax or b.max_queued)
-
     def room(self, b, size):
         """Broker.slot for the group: one member at least has a place, which route() finds
         (a QoS 1/2 message is acknowledged only then: section 4.3.2, never dropped after)."""
         m = self.members
+        x = b.persist
         i = 0
         while i < len(m):  # (a while: range() is a heap block per message)
-            if self._place(b, m[i], size):
+            s = m[i]
+            q = s.queue
+            # Broker.slot's answer for member s, without counting a refusal (as in route();
+            # not sendable(), which says yes only with an empty queue)
+            if (x is None or s.clean or x.room(size)) and (not q or len(q) < (s.qmax or b.max_queued)):
                 return True
             i += 2
         b.stats.hit("queued_messages")
