@@ -441,6 +441,8 @@ class V5(Timers):
         t = v.ltopic
         if t is not None and _len(t) == p - a and buf.startswith(t, a):
             topic = t  # a publisher's burst comes on one topic: no copy, and no hash to make
+        elif p == a:
+            topic = b""  # a Topic Alias stands for it (below): no slice of mv to make
         else:
             topic = _bytes(mv[a:p])
         pid = 0
