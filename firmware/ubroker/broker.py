@@ -495,7 +495,8 @@ class Broker:
             s.inflight = []
         inflight = s.inflight
         limit = self.out_limit
-        while queue and _len(inflight) < (c.wmax or self.max_inflight) and (c.out is None or _len(c.out) < limit):
+        win = c.wmax or self.max_inflight  # (read once: this runs per acknowledgement)
+        while queue and _len(inflight) < win and (c.out is None or _len(c.out) < limit):
             self.freed = True  # the queue has room again: a paused publisher may go on
             e = queue.pop(0)
             k = e[_MSG]
