@@ -292,14 +292,13 @@ class Broker:
         return False
 
     def slot(self, s, size):
-        """Has session s a place (window or queue, and store room if persistent)?"""
-        if type(s) is not Session:  # a shared subscription's group (v5_shared.py)
-            return s.room(self, size)
+        """Has session s a place (window or queue, and store room if persistent)? (A shared
+        subscription's group answers its own room(), which publish() asks.)"""
         if self.persist is not None and not s.clean and not self.persist.room(size):
             self.stats.hit("store_full")
             return False
-        if self.sendable(s):
-            return True
+        # A place in the queue, or none waiting there: deliver() then sends it at once if the
+        # window and the output have room, else queues it
         if not s.queue or len(s.queue) < (s.qmax or self.max_queued):
             return True
         self.stats.hit("queued_messages")
@@ -309,16 +308,6 @@ class Broker:
         """Once a second, from Server.tick: what falls due with time. MQTT 5's timers (wills
         with a delay, sessions with an expiry interval) put their own tick in its place on
         the instance (v5_session.py), so a broker without them does nothing here."""
-
-    def sendable(self, s):
-        """Can a QoS 1/2 message for session s go out now? Online, nothing queued before it,
-        a free place in the in-flight window, and the output below out_buffer_size. Else it
-        waits in the queue, so a client that does not read never makes its output buffer grow
-        (a large block, which a small fragmented heap may not have); Server.write_out sends
-        the queue on when the output drains (refill)."""
-        c = s.conn
-        return c is not None and not s.queue and (not s.inflight or _len(s.inflight) < (c.wmax or self.max_inflight)) \
-            and (c.out is None or _len(c.out) < self.out_limit)
 
     def publish(self, topic, payload, qos, retain, force=False, raw=None, origin=None, first=None, props=None):
         """Route one message. Returns False, having changed nothing, when a subscriber that
@@ -351,11 +340,10 @@ class Broker:
                         # slot()'s usual answer, inline (per subscriber per message: the call
                         # cost 5 % of the broker's CPU per QoS 1 message, measured in
                         # process): a clean session (nothing for the store) online, with room
-                        # in its queue. sendable() need not be asked: when it says no the
-                        # message is queued, and slot() says yes whenever the queue has room
-                        # (an empty one has). A subscriber whose window is full, the usual
-                        # one under load, is taken here too, not by slot() and sendable().
-                        # A group (v5_shared.Group, no connection) goes to slot().
+                        # in its queue (an empty one has: deliver() sends the message at once
+                        # or queues it). A subscriber whose window is full, the usual one
+                        # under load, is taken here too, not by slot().
+                        # A group (v5_shared.Group, no connection) is asked its room() below.
                         w = s.queue
                         if not (s.clean and s.conn is not None and (not w or _len(w) < (s.qmax or self.max_queued))):
                             usual = False
@@ -405,7 +393,7 @@ class Broker:
                     s.fwd.dropped += 1
                 continue
             c = s.conn
-            # deliver()'s usual case for a 3.1.1 clean session (sendable(), inline): written
+            # deliver()'s usual case for a 3.1.1 clean session (its test, inline): written
             # now, with no copy kept (_WRITTEN)
             w = s.inflight
             if s.clean and c is not None and c.v5 is None and c.bridge is None and not s.queue and \
@@ -464,8 +452,12 @@ class Broker:
         entry = [pid, qos, msg, _AWAIT_ACK]
         c = s.conn
         inflight = s.inflight
-        # sendable()'s body, inline: this runs for every QoS 1/2 delivery (the call cost 1-2 %
-        # of the broker's CPU per QoS 1 message, measured in process)
+        # Can it go out now? Online, nothing queued before it, a free place in the in-flight
+        # window, and the output below out_buffer_size. Else it waits in the queue, so a
+        # client that does not read never makes its output buffer grow (a large block, which
+        # a small fragmented heap may not have); Server.write_out sends the queue on when the
+        # output drains (refill). (Once a method, sendable(): inline, as the call cost 1-2 %
+        # of the broker's CPU per QoS 1 message, measured in process.)
         if c is not None and not s.queue and (not inflight or _len(inflight) < (c.wmax or self.max_inflight)) \
                 and (c.out is None or _len(c.out) < self.out_limit):
             if inflight is None:

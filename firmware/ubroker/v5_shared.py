@@ -63,7 +63,7 @@ class Group:
             i = (t + k) % n
             s = m[2 * i]
             c = s.conn
-            # Broker.sendable's test: a member with a queue has had its window filled by
+            # Broker.deliver's test: a member with a queue has had its window filled by
             # now and only refill() may send; deliver() would drop the message at a full
             # queue after its PUBACK
             if c is not None and not s.queue and (c.out is None or len(c.out) < b.out_limit) and \
@@ -106,8 +106,9 @@ class Group:
             b.stats.dropped += 1
 
     def room(self, b, size):
-        """Broker.slot for the group: one member at least has a place, which route() finds
-        (a QoS 1/2 message is acknowledged only then: section 4.3.2, never dropped after)."""
+        """Broker.slot for the group (Broker.publish asks it): one member at least has a
+        place, which route() finds (a QoS 1/2 message is acknowledged only then: section
+        4.3.2, never dropped after)."""
         m = self.members
         x = b.persist
         i = 0
@@ -115,7 +116,7 @@ class Group:
             s = m[i]
             q = s.queue
             # Broker.slot's answer for member s, without counting a refusal (as in route();
-            # not sendable(), which says yes only with an empty queue)
+            # not deliver()'s test of the window, which says yes only with an empty queue)
             if (x is None or s.clean or x.room(size)) and (not q or len(q) < (s.qmax or b.max_queued)):
                 return True
             i += 2
