@@ -404,7 +404,7 @@ class Router:
         if v.amax and _len(topic) >= _ALIAS_MIN:  # only to a client that asked (MQTT-3.1.2-27)
             topic, pr = self.alias(v, topic, payload, qos, pr)  # type: ignore[attr-defined]
         out = c.out
-        if not out:  # _out() and _done() only when they have something to do (Broker.send)
+        if not out:  # _out() and _done() only when they have something to do (Broker._out)
             out = b._out(c)
         tl = _len(topic)
         n = _len(pr)
