@@ -156,7 +156,7 @@ class Link(V5):
         session for ever (Session Expiry Interval 0xFFFFFFFF): what a 3.1.1 persistent session
         is, and what QoS 2 exactly once across a broken link needs. The Receive Maximum is the
         inbound QoS 2 bound (as a v5 client's CONNACK says), the Maximum Packet Size
-        max_packet_size (a whole packet's size) (with none, the most long_packet.py takes), so the
+        max_packet_size, a whole packet's size (with none, the most long_packet.py takes), so the
         upstream drops what we could not read rather than us closing the link for it."""
         pr = bytearray()
         if not br.clean:

@@ -254,10 +254,10 @@ class Protocol:
             b_.again(old, clean)
         if takeover:
             oc = old.conn
-            v5 = oc.v5 is not None
-            if v5:  # a v5 connection taken over by a 3.1.1 one is still told (MQTT-3.1.4-3)
-                self.server.goodbye(oc, 0x8E, "taken over by a new connection")
-            self.server.close(oc, "taken over by a new connection", True, v5)  # MQTT-3.1.4-2
+            if oc.v5 is not None:  # a v5 connection taken over by a 3.1.1 one is still told
+                b_.v5.drop(oc, 0x8E, "taken over by a new connection")  # type: ignore[attr-defined]  # MQTT-3.1.4-3
+            else:
+                self.server.close(oc, "taken over by a new connection", True)  # MQTT-3.1.4-2
         s, present = b_.session(cid, clean)
         if s is None:
             self.refuse(c, _UNAVAILABLE, "too many sessions")

@@ -6,11 +6,11 @@ from .buffers import rebuild, table
 
 
 def forbidden(t):
-    """A `$` topic a client may not publish to (nor set its will on): all but
-    `$SYS/broker/connection/NAME/state`, where a Mosquitto bridge says whether its link is up
-    (its `notifications`, on by default: a retained "1", and "0" as its will), as Mosquitto
-    lets it."""
-    return t[0] == 36 and not (len(t) > 29 and t.startswith(b"$SYS/broker/connection/") and t.endswith(b"/state"))
+    """Is `$` topic t (its callers have seen the `$`) one a client may not publish to, nor set
+    its will on? All are but `$SYS/broker/connection/NAME/state`, where a Mosquitto bridge
+    says whether its link is up (its `notifications`, on by default: a retained "1", and "0"
+    as its will), as Mosquitto lets it."""
+    return not (len(t) > 29 and t.startswith(b"$SYS/broker/connection/") and t.endswith(b"/state"))
 
 
 def valid_topic(t):

@@ -72,15 +72,14 @@ class Group:
                 break
             k += 1
         else:
-            # The next in turn with a place: room()'s test (c the member's queue, x the
-            # store, here)
+            # The next in turn with a place: room()'s test (x the store)
             x = b.persist
             k = 0
             while k < n:
                 i = (t + k) % n
                 s = m[2 * i]
-                c = s.queue
-                if (x is None or s.clean or x.room(size)) and (not c or len(c) < (s.qmax or b.max_queued)):
+                q = s.queue
+                if (x is None or s.clean or x.room(size)) and (not q or len(q) < (s.qmax or b.max_queued)):
                     j = i
                     break
                 k += 1
