@@ -7,7 +7,8 @@ index instance.
 A group is one entry in the subscription index under FILTER, with the QoS mark 8: the routing
 (Broker.publish) hands such entries to Group.route. A QoS 1/2 copy given to a member carries
 the group as the fifth field of its message ([topic, payload, mid, v5 extra, group]); when
-the member's session ends, copies it had not acknowledged go to another member."""
+the member's session ends, copies it had not acknowledged go to another member, but a QoS 2
+copy already sent (MQTT-4.8.2-5)."""
 
 import time
 
@@ -123,22 +124,24 @@ class Group:
         return False
 
     def handover(self, s):
-        """Session s, a member, ends: the QoS 1/2 copies this group gave it that it has not
-        received go to another member (section 4.8.2)."""
+        """Session s, a member, ends: the copies this group gave it that it has not received
+        go to another member (section 4.8.2): QoS 1 ones, and QoS 2 ones not sent yet. A
+        QoS 2 copy sent and not acknowledged goes to no one (MQTT-4.8.2-5): the member may
+        have received it, and QoS 2 is exactly once."""
         b = self.b
         if b is None or not self.members:
             return
-        for q in (s.inflight, s.queue):
-            if not q:
-                continue
-            for e in q:
-                msg = e[_MSG]
-                if len(msg) > 4 and msg[4] is self and e[_STAGE] == _AWAIT_ACK:
-                    x = msg[3]
-                    if x[1] and time.ticks_diff(time.ticks_ms(), x[2]) >= x[1] * 1000:
-                        continue  # expired: for no other member either (MQTT-3.3.2-5)
-                    props = (x[0], x[1], x[2]) if x[0] or x[1] else None
-                    self.route(b, msg[0], msg[1], e[_QOS], False, props, cost(msg))
+        # (the window's copies were sent, the queue's not: a sent QoS 2 copy ends with the session)
+        for q, kept in ((s.inflight, 2), (s.queue, None)):
+            if q:
+                for e in q:
+                    msg = e[_MSG]
+                    if len(msg) > 4 and msg[4] is self and e[_STAGE] == _AWAIT_ACK and e[_QOS] != kept:
+                        x = msg[3]
+                        if x[1] and time.ticks_diff(time.ticks_ms(), x[2]) >= x[1] * 1000:
+                            continue  # expired: for no other member either (MQTT-3.3.2-5)
+                        props = (x[0], x[1], x[2]) if x[0] or x[1] else None
+                        self.route(b, msg[0], msg[1], e[_QOS], False, props, cost(msg))
 
 
 def valid(flt):

@@ -94,6 +94,37 @@ def test_unacknowledged_message_goes_to_another_member_when_the_session_ends(bro
     b.send(m.ack(m.PUBACK, again.pid))
 
 
+def test_sent_qos2_copy_is_not_handed_over_mqtt_4_8_2_5(broker):
+    """MQTT-4.8.2-5: a QoS 2 message sent to a member whose session ends before it completes
+    goes to no other member (it may have been received: exactly once). A QoS 2 copy still in
+    the member's queue, never sent, does go to another member (section 4.8.2)."""
+    one = [(m.RECEIVE_MAXIMUM, 1)]
+    a = v5(broker, "q2a", properties=one)
+    assert sub(a, ("$share/g/q2/t", 2)) == [2]
+    b = v5(broker, "q2b", properties=one)
+    assert sub(b, ("$share/g/q2/t", 2)) == [2]
+    p = v5(broker, "pub-q2")
+    for i, word in enumerate((b"sent-to-a", b"sent-to-b", b"queued-for-a")):
+        p.send(m.publish("q2/t", word, qos=2, pid=i + 1))
+        assert p.next(m.PUBREC).pid == i + 1
+        p.send(m.ack(m.PUBREL, i + 1))
+        p.next(m.PUBCOMP)
+    assert a.next(m.PUBLISH).payload == b"sent-to-a"  # its window of 1 is full: the third waits
+    got = b.next(m.PUBLISH)
+    assert got.payload == b"sent-to-b"
+    assert drain(a, 0.3) == []
+    a.close()  # Session Expiry 0: the session ends with the connection
+    b.send(m.ack(m.PUBREC, got.pid))
+    assert b.next(m.PUBREL).pid == got.pid
+    b.send(m.ack(m.PUBCOMP, got.pid))
+    again = b.next(m.PUBLISH)
+    assert (again.payload, again.qos) == (b"queued-for-a", 2)
+    b.send(m.ack(m.PUBREC, again.pid))
+    assert b.next(m.PUBREL).pid == again.pid
+    b.send(m.ack(m.PUBCOMP, again.pid))
+    assert drain(b, 0.7) == []  # never "sent-to-a"
+
+
 @pytest.mark.parametrize("sid", [0, 7])
 def test_copy_handed_from_a_311_member_to_a_v5_member_keeps_its_message_expiry(broker, sid):
     """Section 4.8.2 with MQTT-3.3.2-5/6: a v5 client's QoS 1 message with a Message Expiry
