@@ -1,8 +1,9 @@
 """MQTT 5.0 DISCONNECT both ways through the network: the client's reason code decides about
 its will, Session Expiry Interval changed at DISCONNECT, and the server's DISCONNECT with a
-reason code before it closes (protocol errors, session taken over). Statement numbers are the
-MQTT 5.0 standard's."""
+reason code before it closes (protocol errors, session taken over, shutting down).
+Statement numbers are the MQTT 5.0 standard's."""
 
+import signal
 import time
 
 import pytest
@@ -11,6 +12,7 @@ import mqttraw
 import mqttraw5 as m
 from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
 from mqttraw5 import connected as v5
+from conftest import start_broker
 
 MARK = "zz/mark"
 
@@ -146,3 +148,25 @@ def test_311_client_is_closed_without_disconnect_on_keep_alive(broker):
     assert c.connect("ka311", keepalive=1) == (0, 0)
     assert c.recv_packet(6.0) is None
     assert c.closed()
+
+
+
+@pytest.mark.parametrize("profile", sorted(m.PROFILES))
+def test_server_shutting_down_sends_disconnect_0x8b(tmp_path, profile):
+    """Section 3.14.2.1: the server stopping (SIGTERM to `ubroker run`) sends a v5 client
+    DISCONNECT 0x8B Server shutting down, the connection's last packet (MQTT-3.14.4-1), and
+    closes; a 3.1.1 client's connection just closes (3.1.1 has no server DISCONNECT)."""
+    config, heap = m.PROFILES[profile]
+    b = start_broker(tmp_path, config=config, heap=heap)
+    try:
+        c5 = m.Client5(b.port)
+        assert c5.connect5("stopping5").code == 0
+        c3 = mqttraw.RawClient(b.port)
+        assert c3.connect("stopping311") == (0, 0)
+        b.proc.send_signal(signal.SIGTERM)
+        assert c5.disconnected(10) == 0x8B
+        assert c3.recv_packet(10) is None, "a 3.1.1 client got a packet at shutdown"
+        assert b.proc.wait(10) == 0
+        assert "Traceback" not in b.log(), b.log()
+    finally:
+        b.stop()
