@@ -131,7 +131,7 @@ def test_will_beyond_the_server_gets_connack(limited, will, code):
     """MQTT-3.2.2-12: a CONNECT whose Will QoS exceeds the server's Maximum QoS is refused
     with CONNACK 0x9B (QoS not supported); MQTT-3.2.2-13: one with Will Retain 1 where retain
     is not available with CONNACK 0x9A (Retain not supported); Session Present 0, then the
-    connection is closed (MQTT-3.2.2-5)."""
+    connection is closed (section 3.2.2.2)."""
     c = client(limited)
     ack = c.connect5("w", will=will)
     assert (ack.present, ack.code) == (0, code)
@@ -142,7 +142,7 @@ def test_will_beyond_the_server_gets_connack(limited, will, code):
 # ------------------------------------------------------------------ CONNACK refusals
 
 def test_bad_password_gets_connack_0x86(broker_factory, tmp_path):
-    """Section 3.2.2.2, MQTT-3.2.2-5: a v5 CONNECT with a wrong password (a password_file
+    """Section 3.2.2.2: a v5 CONNECT with a wrong password (a password_file
     configured) gets CONNACK 0x86 (Bad User Name or Password), Session Present 0, then the
     connection is closed. A 128k heap: the esp32 profile's 100k on the 64-bit port has no
     room for the v5 modules beside the security ones (test_mqtt5_response_info.py)."""
@@ -156,7 +156,7 @@ def test_bad_password_gets_connack_0x86(broker_factory, tmp_path):
 
 
 def test_anonymous_client_gets_connack_0x87(broker_factory, tmp_path):
-    """Section 3.2.2.2, MQTT-3.2.2-5: with a password_file and allow_anonymous not set, a v5
+    """Section 3.2.2.2: with a password_file and allow_anonymous not set, a v5
     CONNECT without a user name gets CONNACK 0x87 (Not authorized), then close."""
     f = users_file(tmp_path, alice="wonderland")
     b = broker_factory(config="password_file %s\n" % f, heap="128k")
@@ -168,7 +168,7 @@ def test_anonymous_client_gets_connack_0x87(broker_factory, tmp_path):
 
 
 def test_will_on_a_topic_the_access_rules_forbid_gets_connack_0x87(broker_factory, tmp_path):
-    """Section 3.2.2.2, MQTT-3.2.2-5: the access rules' CONNECT-level check (a will on a topic
+    """Section 3.2.2.2: the access rules' CONNECT-level check (a will on a topic
     the client may not write, refused as Mosquitto 2 does, sec_acl.connect): a v5 CONNECT
     with a will on `other/w` under `pattern readwrite own/%c/#` gets CONNACK 0x87 (Not
     authorized), then close; with a will on its own topic it is accepted."""
@@ -183,7 +183,7 @@ def test_will_on_a_topic_the_access_rules_forbid_gets_connack_0x87(broker_factor
 
 
 def test_heap_below_reserve_gets_connack_0x88(broker_factory):
-    """Section 3.2.2.2, MQTT-3.2.2-5: when the free heap is below heap_reserve a new client is
+    """Section 3.2.2.2: when the free heap is below heap_reserve a new client is
     refused: a 3.1.1 one with CONNACK 3 (Server unavailable, as test_limits.py's heap test
     finds it), a v5 one with its equivalent CONNACK 0x88 (Server unavailable), then close.
     Here heap_reserve (1M) is above the whole heap, so that every CONNECT finds the heap
