@@ -176,3 +176,47 @@ def test_figures_json_holds_these_figures(fig, stored):
                 stale.append("%s %s: %s, stored %s" % (part, key, v, old.get(key)))
     assert not stale, "tools/heap32/figures.json is stale (rewrite it: .venv/bin/python " \
                       "tools/heap32/heap32.py --write):\n" + "\n".join(stale)
+
+
+# The one-time figures of MQTT 5 (module loads) move by a qstr chunk or so with any name
+# added to the harness or the broker: compared more loosely than the per-object ones.
+V5_ONCE = ("v5_modules", "v5_subscribe_module", "shared_first")
+
+
+@pytest.fixture(scope="module")
+def v5():
+    """heapsteps_v5.v5costs, measured now on 32 bits (esp32 profile)."""
+    info = heap32.board_info(heap32.FIRST)
+    raw = heap32.run32("heapsteps_v5.v5costs", ["boards/%s.conf" % heap32.FIRST] + heap32.measure_heap_args(),
+                       info["opt_level"])
+    return heap32.v5_figures(raw)
+
+
+def test_what_mqtt_5_costs_on_32_bits_is_plausible(v5):
+    """An idle v5 client with one subscription costs more than a 3.1.1 one (its V5Conn, its
+    session's options dict) but well under twice as much; the v5 modules loaded at the first
+    v5 CONNECT are kilobytes (about 17 kB), v5_subscribe.py and the first shared subscription
+    (v5_shared.py) a few; a member of a shared group less than a new group of one; a topic
+    alias less than a client, eight of them more than one."""
+    assert 100 < v5["idle_311"] < v5["idle_v5"] < 2 * v5["idle_311"], v5
+    assert 8000 < v5["v5_modules"] < 40000, v5
+    assert 500 < v5["v5_subscribe_module"] < 8000, v5
+    assert 1000 < v5["shared_first"] < 8000, v5
+    assert 0 < v5["shared_member"] < v5["shared_group"] < 1000, v5
+    assert 16 < v5["alias"] < v5["idle_v5"] and v5["alias"] < v5["aliases_8"] < 8 * v5["idle_v5"], v5
+
+
+def test_figures_json_holds_the_mqtt_5_figures(v5, stored):
+    """tools/heap32/figures.json's boards.esp32.v5 holds what is measured now: each per-object
+    figure within a heap block or 2 %, each one-time figure within 5 % (a qstr chunk more or
+    less); rewrite it with `.venv/bin/python tools/heap32/heap32.py --write`."""
+    old = stored["boards"][heap32.FIRST].get("v5", {}).get("32", {})
+    stale = []
+    for key, v in v5.items():
+        if key.endswith("_qstr_pool"):
+            continue
+        ok = key in old and (abs(v - old[key]) <= 0.05 * old[key] if key in V5_ONCE else _close(v, old[key]))
+        if not ok:
+            stale.append("v5 %s: %s, stored %s" % (key, v, old.get(key)))
+    assert not stale, "tools/heap32/figures.json is stale (rewrite it: .venv/bin/python " \
+                      "tools/heap32/heap32.py --write):\n" + "\n".join(stale)

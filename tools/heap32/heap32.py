@@ -9,7 +9,9 @@ figures in tools/heap32/figures.json.
 Figures per board profile (esp32 first): the heap at start with the store off and on, and
 how many subscribed clients fit in the profile's heap_budget (the 32-bit heap fixed at that
 size). With the esp32 profile: the cost per client, subscription, queued, retained and
-in-flight message by tools/measure_heap.py's definitions, and what the hot path allocates."""
+in-flight message by tools/measure_heap.py's definitions, what the hot path allocates, and
+what MQTT 5 costs beside 3.1.1 (heapsteps.v5costs: an idle v5 client, the v5 modules, a
+shared subscription, a topic alias), under boards.esp32.v5."""
 
 import argparse
 import atexit
@@ -93,6 +95,7 @@ def code(opt):
             os.remove(os.path.join(fw, "ubroker", name))  # a module since deleted
     harness = os.path.join(ROOT, "build", "heap32", "harness")
     _compile([(os.path.join(HERE, "heapsteps.py"), "heapsteps.py"),
+              (os.path.join(HERE, "heapsteps_v5.py"), "heapsteps_v5.py"),
               (os.path.join(ROOT, "tests", "support", "broker_sim.py"), "broker_sim.py")], harness, 0)
     return [fw, harness]
 
@@ -151,7 +154,8 @@ def run64(step, args, opt, heap="4M"):
     wd = _workdir()
     try:
         env = dict(os.environ, MICROPYPATH=os.pathsep.join(code(opt)))
-        r = subprocess.run([mp, "-X", "heapsize=" + str(heap), "-m", "heapsteps", step] + list(args),
+        mod, _, fn = step.rpartition(".")  # "heapsteps_v5.v5costs": a step of another module
+        r = subprocess.run([mp, "-X", "heapsize=" + str(heap), "-m", mod or "heapsteps", fn] + list(args),
                            capture_output=True, text=True, timeout=300, cwd=wd, env=env)
     finally:
         shutil.rmtree(wd, ignore_errors=True)
@@ -180,9 +184,11 @@ def jobs32(board_list):
         for key, store in STORES:
             out.append((("boards", board, key), run32,
                         ("fit", ["boards/%s.conf" % board, store], info["opt_level"], info["heap_budget"], True)))
+    info = board_info(first)  # the first board's opt_level (the loop left the last board's)
     path = "boards/%s.conf" % first
     out.append((("costs",), run32, ("costs", [path] + measure_heap_args(), info["opt_level"])))
     out.append((("hot",), run32, ("hot", [path], info["opt_level"])))
+    out.append((("v5",), run32, ("heapsteps_v5.v5costs", [path] + measure_heap_args(), info["opt_level"])))
     return out
 
 
@@ -199,6 +205,31 @@ def jobs64(board_list):
     path = "boards/%s.conf" % first
     out.append((("costs",), run64, ("costs", [path] + measure_heap_args(), info["opt_level"])))
     out.append((("hot",), run64, ("hot", [path], info["opt_level"])))
+    out.append((("v5",), run64, ("heapsteps_v5.v5costs", [path] + measure_heap_args(), info["opt_level"])))
+    return out
+
+
+# The one-time figures of the v5costs step and the qstrs_ lines around each (heapsteps_v5._qstrs)
+V5_ONCE = (("v5_modules", "g0", "g1"), ("v5_subscribe_module", "g1", "g2"), ("shared_first", "s0", "s1"))
+
+
+def _pools(line):
+    """The bytes of the qstr pools' tables and their count, from a micropython.qstr_info() line."""
+    f = dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", line))
+    return f["n_total_bytes"] - f["n_str_data_bytes"], f["n_pool"]
+
+
+def v5_figures(raw):
+    """The v5costs step's figures, a one-time figure without the new qstr pool the interpreter
+    allocated within it if it did (NAME_qstr_pool: its table; 0 when none). Where the pools
+    grow is chance (each new one doubles), so a figure with it would be some other module's
+    share as much as this one's."""
+    out = {k: v for k, v in raw.items() if not k.startswith("qstrs_")}
+    for name, a, b in V5_ONCE:
+        (ta, na), (tb, nb) = _pools(raw["qstrs_" + a]), _pools(raw["qstrs_" + b])
+        lump = tb - ta if nb > na else 0
+        out[name] -= lump
+        out[name + "_qstr_pool"] = lump
     return out
 
 
@@ -254,6 +285,9 @@ def measure(with64=True, with_sockets=False):
         if with64:  # the heap at start only: its client is there to start the harness
             figures["boards"][board]["64"] = {store: {k: v for k, v in r.items() if k.startswith("start_")}
                                               for store, r in m64["boards"][board].items()}
+    figures["boards"][bl[0]]["v5"] = {"32": v5_figures(m32["v5"])}
+    if with64:
+        figures["boards"][bl[0]]["v5"]["64"] = v5_figures(m64["v5"])
     figures["costs"] = {"32": m32["costs"]}
     figures["hot"] = {"32": m32["hot"]}
     if with64:
@@ -308,6 +342,7 @@ def report(fig):
     lines.append("(per client: without the fake socket and client object of the harness, %s B on 32 bits)"
                  % c32["harness_per_client"])
     lines.append("")
+    lines += report_v5(fig["boards"][FIRST].get("v5"))
     h32 = fig["hot"]["32"]
     h64 = fig["hot"].get("64", {})
     lines.append("Hot path, bytes allocated per message (garbage; the heap after a burst grew by):")
@@ -323,6 +358,36 @@ def report(fig):
         if k.startswith("locked_"):
             lines.append("  %-20s %s" % (k[7:], h32[k]))
     return "\n".join(lines)
+
+
+V5_ROWS = (
+    ("idle client, one subscription, 3.1.1", "idle_311"),
+    ("idle client, one subscription, v5", "idle_v5"),
+    ("v5 modules at the first v5 CONNECT", "v5_modules"),
+    ("v5_subscribe.py, first v5 SUBSCRIBE", "v5_subscribe_module"),
+    ("first shared subscription", "shared_first"),
+    ("one more member of its group", "shared_member"),
+    ("a new group of one", "shared_group"),
+    ("a topic alias set by a client", "alias"),
+    ("all 8 aliases of a connection", "aliases_8"),
+)
+
+
+def report_v5(v5):
+    """The v5costs step's figures, 32-bit beside 64-bit."""
+    if not v5:
+        return []
+    a, b = v5["32"], v5.get("64", {})
+    lines = ["MQTT 5 beside 3.1.1, esp32 profile (B; heapsteps_v5.v5costs; per client without the harness's):"]
+    lines.append("%-40s %7s %7s" % ("", "32-bit", "64-bit"))
+    for text, key in V5_ROWS:
+        lines.append("%-40s %7s %7s" % (text, a[key], b.get(key, "")))
+    pools = ["%s %d B (%s-bit)" % (name, v[name + "_qstr_pool"], bits) for bits, v in sorted(v5.items())
+             for name, _, _ in V5_ONCE if v.get(name + "_qstr_pool")]
+    if pools:
+        lines.append("(left out: the new qstr pool the interpreter allocated within %s)" % ", ".join(pools))
+    lines.append("")
+    return lines
 
 
 def _k(n):

@@ -6,7 +6,8 @@
 //
 // Every DIR is copied into the port's filesystem root (its VFS is Emscripten's in-memory
 // one), so `import ubroker` finds DIR/ubroker/*.mpy. STEP names a generator function of
-// heapsteps; every value it yields is printed as a line, and between two of its parts the
+// heapsteps (or MODULE.FUNCTION, of that module); every value it yields is printed as a
+// line, and between two of its parts the
 // garbage is collected: this port only marks a collection as wanted when gc.collect() is
 // called, and makes it when control is back at the top level, here.
 //
@@ -102,10 +103,14 @@ async function main() {
   mp.FS.writeFile("/socket.py", SOCKET_STUB);
   if (opts.fixed) fixHeap(mp._module);
   try {
+    // STEP may be MODULE.FUNCTION, a step kept in a module of its own (heapsteps_v5.py)
+    const dot = opts.step.lastIndexOf(".");
+    const args = opts.args.map((a) => JSON.stringify(a)).join(", ");
     mp.runPython(
-      "import heapsteps\nheapsteps.begin(" +
-        [opts.step, ...opts.args].map((a) => JSON.stringify(a)).join(", ") +
-        ")\n"
+      dot < 0
+        ? "import heapsteps\nheapsteps.begin(" + [JSON.stringify(opts.step), args].filter((a) => a).join(", ") + ")\n"
+        : "import heapsteps\nimport " + opts.step.slice(0, dot) + " as m\nheapsteps._gen = m." +
+            opts.step.slice(dot + 1) + "(" + args + ")\ndel m\n"
     );
     const step = mp.pyimport("heapsteps").step;
     for (;;) {
