@@ -645,7 +645,8 @@ class Server:
                 self.flush()
 
     def shutdown(self):
-        """Send what is waiting, then to each v5 client DISCONNECT 0x8B, and close every socket. Nothing here allocates: a SIGINT can
+        """Send what is waiting and close every socket (v5_protocol.V5.shutdown comes first
+        once a v5 client has come). Nothing here allocates: a SIGINT can
         arrive while the heap is locked, and stopping must work then too. The store's last
         lazy records (deliveries done) are written if the heap allows; if not, those messages
         are only sent again after the restart, which QoS 1/2 permits."""
@@ -661,8 +662,6 @@ class Server:
             try:
                 if c.out:
                     s.write(c.out)
-                if c.v5 is not None and c.bridge is None:
-                    s.write(b"\xe0\x01\x8b")  # DISCONNECT 0x8B Server shutting down (section 3.14.2.1)
             except Exception:  # also MemoryError: a WebSocket's write may need the heap
                 pass
             try:

@@ -106,6 +106,7 @@ def load(proto):
         # Messages of v5 publishers may expire in any session, a 3.1.1 client's too
         # (MQTT-3.3.2-5): a session taken back drops them first (Router.resend)
         b.resend = v.resend
+        proto.server.shutdown = v.shutdown
     return v
 
 
@@ -134,6 +135,26 @@ class V5(Timers):
         # (and some clients read no acknowledgement longer than its short form)
         self.reasons = cfg.get("reason_strings", False)
         self.pubp = None  # (property block with its length, props(), fwd, chk) of a PUBLISH: _publish
+
+    def shutdown(self):
+        """Server.shutdown, in its place from the first v5 CONNECT on: each v5 client gets
+        what waits for it, then DISCONNECT 0x8B Server shutting down (section 3.14.2.1), its
+        last packet; then Server.shutdown closes them all. As there, nothing is allocated (a
+        SIGINT may come while the heap is locked). A bridge link is a client: no DISCONNECT
+        0x8B from it."""
+        sv = self.server
+        conns = sv.conns
+        for k in conns:
+            c = conns[k]
+            if c.v5 is not None and c.bridge is None:
+                try:
+                    if c.out:
+                        c.sock.write(c.out)
+                        c.out = None  # sent: not again by Server.shutdown
+                    c.sock.write(b"\xe0\x01\x8b")
+                except Exception:  # also MemoryError: a WebSocket's write may need the heap
+                    pass
+        type(sv).shutdown(sv)
 
     # ------------------------------------------------------------------ CONNECT
 
