@@ -428,7 +428,13 @@ class V5(Timers):
             return True
         i = s.find(pid)
         if i < 0:
-            return True  # an acknowledgement for nothing we sent: ignore
+            if ptype == 5 and code < 0x80:
+                # A PUBREC for an id not in flight: PUBREL 0x92 Packet Identifier not found
+                # (section 3.6.2.1) ends the client's side of the exchange, which would
+                # otherwise wait for a PUBREL that never comes. Other acknowledgements of
+                # nothing we sent are ignored
+                b_.send(c, ack(0x62, pid, 0x92))
+            return True
         e = s.inflight[i]
         if ptype == 5 and code < 0x80:  # PUBREC: discard the message, keep the id
             if e[_QOS] == 2:

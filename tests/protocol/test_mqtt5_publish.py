@@ -426,6 +426,23 @@ def test_acknowledgements_with_reason_codes(broker):
     assert (a.pid, a.code) == (777, 0)
 
 
+def test_pubrec_for_an_unknown_id_gets_pubrel_0x92(broker):
+    """Section 3.6.2.1: a PUBREC for a packet id the server has not in flight gets PUBREL
+    0x92 Packet Identifier not found (with the fixed header flags 0010, MQTT-3.6.1-1), so the
+    client's side of the exchange can end; its PUBCOMP then is ignored, as is a PUBACK or
+    PUBCOMP of nothing sent, and a failed PUBREC (0x80 or more) gets nothing. The connection
+    stays."""
+    c = v5(broker, "unknown-rec")
+    c.send(m.ack(m.PUBREC, 4321))
+    p = c.expect(m.PUBREL)
+    assert (p.b0, bytes(p.body)) == (0x62, b"\x10\xe1\x92")
+    c.send(m.ack(m.PUBCOMP, 4321))
+    c.send(m.ack(m.PUBACK, 99))
+    c.send(m.ack(m.PUBREC, 98, 0x80))
+    c.send(mqttraw.PINGREQ)
+    assert c.recv_packet(5).type == m.PINGRESP  # nothing before it
+
+
 def test_refused_qos2_publishes_do_not_count_against_receive_maximum(broker):
     """Section 4.3.3 with MQTT-3.3.4-7: a QoS 2 PUBLISH the server refuses with PUBREC 0x87 (a
     `$` topic) ends its exchange, its client sends no PUBREL: it does not count against the
