@@ -11,9 +11,8 @@ import pytest
 import mqttraw
 import mqttraw5 as m
 from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
+from mqttraw5 import MARK, until_mark
 from mqttraw5 import connected as v5
-
-MARK = "zz/mark"
 
 
 def _raw(c, ptype):
@@ -60,18 +59,6 @@ def test_receive_maximum_of_the_client_with_qos2_is_freed_by_pubcomp(broker):
     s.send(m.ack(m.PUBCOMP, second.pid))
     s.send(mqttraw.PINGREQ)
     assert _raw(s, m.PINGRESP) == b"\xd0\x00"  # nothing else was sent
-
-
-def until_mark(c, timeout=5.0):
-    """The PUBLISHes received before one on MARK, each QoS 1 one acknowledged."""
-    got = []
-    while True:
-        p = c.next(m.PUBLISH, timeout)
-        if p.topic == MARK.encode():
-            return got
-        got.append(p)
-        if p.qos == 1:
-            c.send(m.ack(m.PUBACK, p.pid))
 
 
 @pytest.mark.parametrize("qos", [0, 1])

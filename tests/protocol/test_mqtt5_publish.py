@@ -16,6 +16,7 @@ from paho.mqtt.properties import Properties
 import mqttraw
 import mqttraw5 as m
 from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
+from mqttraw5 import MARK, until_mark
 from mqttraw5 import connected as v5
 from conftest import wait_for
 from mqttraw5 import prop
@@ -23,9 +24,6 @@ from mqttraw5 import prop
 # The smallest board's profile, and with pooled output buffers: those 8 buffers leave the
 # 64-bit unix port's 100k heap too little for the v5 modules (16.5 kB here) and two clients
 # publishing, so that run gets a larger heap (docs/mqtt5.md).
-MARK = "zz/mark"
-
-
 
 
 def sub5(broker, cid, *filters, properties=(), **kw):
@@ -35,26 +33,6 @@ def sub5(broker, cid, *filters, properties=(), **kw):
     a = c.next(m.SUBACK)
     assert all(x < 3 for x in a.codes), a.codes
     return c
-
-
-def until_mark(c, timeout=5.0):
-    """The PUBLISHes received before one on MARK, acknowledged as a client must (a PUBREL
-    may come after the MARK)."""
-    got = []
-    while True:
-        raw = c.recv_packet(timeout)
-        assert raw is not None, "the server closed the subscriber's connection"
-        if raw.type == m.PUBREL:
-            c.send(m.ack(m.PUBCOMP, m.Ack(raw).pid))
-            continue
-        p = m.Publish(raw)
-        if p.topic == MARK.encode():
-            return got
-        got.append(p)
-        if p.qos == 1:
-            c.send(m.ack(m.PUBACK, p.pid))
-        elif p.qos == 2:
-            c.send(m.ack(m.PUBREC, p.pid))
 
 
 def mark(c):

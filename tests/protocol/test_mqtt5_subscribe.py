@@ -6,13 +6,11 @@ import pytest
 
 import mqttraw5 as m
 from mqttraw5 import broker5  # noqa: F401 (the `broker` fixture)
+from mqttraw5 import MARK, until_mark
 from mqttraw5 import connected as v5
 from mqttraw5 import prop
 
-MARK = "zz/mark"
 NO_LOCAL, RAP = 4, 8
-
-
 
 
 def subscribe(c, *filters, pid=1, properties=()):
@@ -20,17 +18,6 @@ def subscribe(c, *filters, pid=1, properties=()):
     a = c.next(m.SUBACK)
     assert a.pid == pid
     return a.codes
-
-
-def until_mark(c, timeout=5.0):
-    got = []
-    while True:
-        p = c.next(m.PUBLISH, timeout)
-        if p.topic == MARK.encode():
-            return got
-        got.append(p)
-        if p.qos == 1:
-            c.send(m.ack(m.PUBACK, p.pid))
 
 
 def mark(c):

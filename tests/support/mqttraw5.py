@@ -339,3 +339,30 @@ def connected(broker, cid, **kw):
     ack = c.connect5(cid, **kw)
     assert ack.code == 0, "CONNACK 0x%02x" % ack.code
     return c
+
+
+# ------------------------------------------------------------------ reading up to a marker
+
+# A test shows that something was NOT delivered by publishing to MARK afterwards and checking
+# what came before it (no sleeping): the server keeps a subscriber's order.
+MARK = "zz/mark"
+
+
+def until_mark(c, timeout=5.0):
+    """The PUBLISHes c receives before one on MARK, acknowledged as a client must (a PUBREL
+    may come after the MARK)."""
+    got = []
+    while True:
+        raw = c.recv_packet(timeout)
+        assert raw is not None, "the server closed the subscriber's connection"
+        if raw.type == PUBREL:
+            c.send(ack(PUBCOMP, Ack(raw).pid))
+            continue
+        p = Publish(raw)
+        if p.topic == MARK.encode():
+            return got
+        got.append(p)
+        if p.qos == 1:
+            c.send(ack(PUBACK, p.pid))
+        elif p.qos == 2:
+            c.send(ack(PUBREC, p.pid))
