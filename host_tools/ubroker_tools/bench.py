@@ -9,6 +9,7 @@ bench/RESULTS.md on request). The parts, one job each, none importing this modul
   bench_tls        the TLS connects scenario's certificates and client
   bench_ws         the WebSockets scenario's check that a broker's listener answers the Upgrade
   bench_report     the tables, the targets, the verdicts
+  bench_rounds     --rounds N: which round of a broker's scenario the tables report
   bench_bridge     the `bridge` scenario (and its own bench_bridge_* parts)"""
 
 import argparse
@@ -25,6 +26,7 @@ from . import bench_bridge, bench_bridge_report
 from .bench_peers import BROKERS, make_broker
 from .bench_proc import BENCH
 from .bench_report import NOTE, is_failure, render, summary
+from .bench_rounds import select
 from .bench_scenarios import SCENARIOS, build_loadgen, run_scenario
 
 HELP = """Benchmark ubroker (unix port) against Mosquitto, aedes and amqtt, side by side.
@@ -49,6 +51,7 @@ example:
   make bench                                 # set up the peers, then the full run (~3-5 min)
   ubroker bench --quick                      # short run while developing
   ubroker bench --brokers ubroker,mosquitto --scenarios fanin1,latency
+  ubroker bench --brokers ubroker,mosquitto --scenarios fanin1,fanin1v5 --rounds 5  # medians of 5 rounds
   ubroker bench --quick --scenarios fanin1,fanin1ws  # WebSockets against TCP
   ubroker bench --brokers ubroker,mosquitto --scenarios fanin1v5,fanin1v5alias,fanin1shared
   ubroker bench --update-results             # also rewrite bench/RESULTS.md (committed table)
@@ -78,9 +81,18 @@ def add_parser(sub):
     # buffer, which fails (MemoryError, publisher held back) after 8,064 queued messages.
     p.add_argument("--bridge-heap", default="16M",
                    help="bridge: ubroker's heap in the drain run (default 16M; 8M holds 8,064 queued)")
+    p.add_argument("--rounds", type=positive, default=1,
+                   help="run every scenario N times, the brokers interleaved, and report each one's median round "
+                        "with the rounds' range (default 1; the bridge scenario runs once)")
     p.add_argument("--heap", default="8M", help="ubroker's MicroPython heap (default 8M, the unix board's)")
     p.set_defaults(func=main)
 
+
+def positive(v):
+    n = int(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return n
 
 
 def main(args):
@@ -125,19 +137,31 @@ def main(args):
     }
     # Mosquitto first: it is the reference of the ratios.
     order = sorted(names, key=lambda b: (b != "mosquitto", BROKERS.index(b)))
+    brokers = {}
     for b in order if scen else []:
         broker = make_broker(b, args.out, args.heap)
         why = broker.unavailable()
         report["brokers"][b] = {"unavailable": why} if why else {"version": broker.version()}
         if why:
             print("bench: %s unavailable: %s" % (b, why), file=sys.stderr)
-            continue
-        report["results"][b] = {}
+        else:
+            brokers[b] = broker
+    # Interleaved: one scenario on every broker in turn, seconds apart, the order reversed every
+    # other round (ABBA), so that the machine's drift weighs on every broker alike.
+    rounds = {b: {s: [] for s in scen} for b in brokers}
+    for n in range(args.rounds):
         for s in scen:
-            t = time.time()
-            r = run_scenario(broker, s, exe, opts)
-            report["results"][b][s] = r
-            print("bench: %-9s %-8s %5.1fs  %s" % (b, s, time.time() - t, summary(r)), file=sys.stderr)
+            for b in (list(brokers) if n % 2 == 0 else list(brokers)[::-1]):
+                t = time.time()
+                r = run_scenario(brokers[b], s, exe, opts)
+                if args.rounds > 1:
+                    r["round"] = n + 1
+                rounds[b][s].append(r)
+                print("bench: %s%-9s %-8s %5.1fs  %s" % ("round %d  " % (n + 1) if args.rounds > 1 else "", b, s,
+                                                         time.time() - t, summary(r)), file=sys.stderr)
+    report["results"] = select(rounds)
+    if args.rounds > 1:
+        report["rounds"] = rounds  # every round's result; "results" has the one reported
     if bridge:
         report["bridge"] = bench_bridge.run(args.out, names, {
             "forward_messages": args.bridge_messages or (20000 if quick else 100000),

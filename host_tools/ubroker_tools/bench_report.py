@@ -37,6 +37,23 @@ ROWS = [
     ("storm", "reconnect storm: clients in, of 1,000", "clients", "storm", lambda r: r.get("connected"), False),
 ]
 
+# scenario -> (how to get the figure its ratio is made of, lower is better): its first row (latency: p50).
+FIGURE = {}
+for _key, _label, _unit, _scen, _get, _lower in ROWS:
+    FIGURE.setdefault(_scen, (_get, _lower))
+
+
+def figure(r):
+    """The number a result's ratio to Mosquitto is made of (None when it has none)."""
+    if not r or cell_error(r) or r.get("untested") or r.get("scenario") not in FIGURE:
+        return None
+    return FIGURE[r["scenario"]][0](r)
+
+
+def lower_is_better(scen):
+    return FIGURE.get(scen, (None, False))[1]
+
+
 # A scenario over WebSockets -> the same over TCP: its cells also give the ratio to that broker's TCP figure.
 OVER_TCP = {"fanin1ws": "fanin1"}
 
@@ -173,6 +190,9 @@ def render(report):
     out.append("")
     out.append(table)
     out.append("")
+    if report.get("rounds"):
+        out.extend(rounds_table(report, names))
+        out.append("")
     if any(s in report["scenarios"] for s in OVER_TCP):
         out.append("Over WebSockets: (×) is to Mosquitto over WebSockets, as elsewhere; [× own TCP] to the same "
                    "broker's figure over TCP in this run. A broker whose WebSockets listener does not answer the "
@@ -208,6 +228,40 @@ def render(report):
                "messages ahead of the subscriber, 16-byte payloads, %d idle clients." %
                (fmt_num(report["settings"]["duration"]), 20, 2000, report["settings"]["idle_clients"]))
     return "\n".join(out)
+
+
+def rounds_table(report, names):
+    """--rounds N > 1: what the figures are, and each (broker, scenario)'s range over the rounds."""
+    rounds = report["rounds"]
+    n = max((len(rs) for by_scen in rounds.values() for rs in by_scen.values()), default=0)
+    out = ["Figures are medians of %d interleaved rounds (each scenario run on every broker in turn, the "
+           "brokers' order reversed every other round); each is the one round with the median figure (with an "
+           "even count the worse middle one), its verification and CPU with it. A round that failed "
+           "verification is reported instead of the median. Rounds, the range (min-max) of the figure (latency: "
+           "p50) and the round reported:" % n, ""]
+    out.append("| scenario | unit | " + " | ".join(names) + " |")
+    out.append("|---|---|" + "---|" * len(names))
+    units = {}
+    for key, label, unit, scen, get, lower in ROWS:
+        units.setdefault(scen, unit)
+    for scen in report["scenarios"]:
+        cells = []
+        for b in names:
+            rs = rounds.get(b, {}).get(scen)
+            if not rs:
+                cells.append("-")
+                continue
+            failed = [i + 1 for i, r in enumerate(rs) if is_failure(r)]
+            vals = [figure(r) for r in rs if figure(r) is not None]
+            cell = "%s-%s" % (fmt_num(min(vals)), fmt_num(max(vals))) if vals else "-"
+            chosen = report["results"].get(b, {}).get(scen) or {}
+            if chosen.get("round"):
+                cell += " (round %d)" % chosen["round"]
+            if failed:
+                cell += " **failed in round %s**" % ", ".join(map(str, failed))
+            cells.append(cell)
+        out.append("| %s | %s | %s |" % (scen, units.get(scen, ""), " | ".join(cells)))
+    return out
 
 
 def targets(report):
