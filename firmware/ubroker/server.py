@@ -646,10 +646,10 @@ class Server:
 
     def shutdown(self):
         """Send what is waiting and close every socket (v5_protocol.V5.shutdown comes first
-        once a v5 client has come). Nothing here allocates: a SIGINT can
-        arrive while the heap is locked, and stopping must work then too. The store's last
-        lazy records (deliveries done) are written if the heap allows; if not, those messages
-        are only sent again after the restart, which QoS 1/2 permits."""
+        once a v5 client has come). Nothing here allocates: a SIGINT can arrive while the
+        heap is locked, and stopping must work then too. The store's last lazy records
+        (deliveries done) are written if the heap allows; if not, those messages are only
+        sent again after the restart, which QoS 1/2 permits."""
         if self.persist is not None:
             try:
                 self.persist.store.commit()
