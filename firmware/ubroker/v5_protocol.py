@@ -148,9 +148,11 @@ class V5(Timers):
             c = conns[k]
             if c.v5 is not None and c.bridge is None:
                 try:
-                    if c.out:
-                        c.sock.write(c.out)
-                        c.out = None  # sent: not again by Server.shutdown
+                    out = c.out
+                    if out:
+                        c.out = None  # written once, as Server.shutdown would: not again there
+                        if (c.sock.write(out) or 0) < len(out):
+                            continue  # cut short: a DISCONNECT now would land inside a packet
                     c.sock.write(b"\xe0\x01\x8b")
                 except Exception:  # also MemoryError: a WebSocket's write may need the heap
                     pass
@@ -411,20 +413,18 @@ class V5(Timers):
         b_ = self.b
         per = b_.persist
         if ptype == 6:  # PUBREL
-            q2 = s.qos2in
-            if not q2 or pid not in q2:
-                # Already released: a PUBREL sent again after a reconnect, which is "not an
-                # error during recovery" (section 3.7.2.1). Success, as Mosquitto answers,
-                # rather than 0x92, which a client may take for a session out of step
-                b_.send(c, ack(0x70, pid, 0))
-                return True
-            q2.remove(pid)
-            b_.freed = True  # a publisher held back by that bound may go on
             pkt = ack(0x70, pid, 0)  # MQTT-4.3.3-11
-            if per is None:
-                b_.send(c, pkt)
-            else:
-                per.acknowledge(c, pkt, per.q2_removed(s, pid))
+            q2 = s.qos2in
+            if q2 and pid in q2:
+                q2.remove(pid)
+                b_.freed = True  # a publisher held back by that bound may go on
+                if per is not None:
+                    per.acknowledge(c, pkt, per.q2_removed(s, pid))
+                    return True
+            # else already released: a PUBREL sent again after a reconnect, which is "not an
+            # error during recovery" (section 3.7.2.1). Success, as Mosquitto answers, rather
+            # than 0x92, which a client may take for a session out of step
+            b_.send(c, pkt)
             return True
         i = s.find(pid)
         if i < 0:
@@ -433,7 +433,7 @@ class V5(Timers):
                 # (section 3.6.2.1) ends the client's side of the exchange, which would
                 # otherwise wait for a PUBREL that never comes. Other acknowledgements of
                 # nothing we sent are ignored
-                b_.send(c, ack(0x62, pid, 0x92))
+                b_.send(c, self.told(c, ack(0x62, pid, 0x92)))
             return True
         e = s.inflight[i]
         if ptype == 5 and code < 0x80:  # PUBREC: discard the message, keep the id
@@ -633,7 +633,7 @@ class V5(Timers):
         return unsubscribe(self, c, buf, pos, end)
 
     def told(self, c, pkt, text=None):
-        """pkt, a CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK or DISCONNECT that
+        """pkt, a CONNACK, PUBACK, PUBREC, PUBREL, SUBACK, UNSUBACK or DISCONNECT that
         refuses or fails something, with a Reason String where it may have one
         (v5_reason.told, the module loaded at the first); as it is when the heap has no room
         for that module: the refusal matters more than its words."""

@@ -1,6 +1,6 @@
 """Reason Strings (property 0x1F): the short human readable words the server puts on a
-CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK or DISCONNECT that refuses or fails
-something (MQTT 5.0 sections 3.2.2.3.9, 3.4.2.2.2, 3.5.2.2.2, 3.7.2.2.2, 3.9.2.1.2,
+CONNACK, PUBACK, PUBREC, PUBREL, SUBACK, UNSUBACK or DISCONNECT that refuses or fails
+something (MQTT 5.0 sections 3.2.2.3.9, 3.4.2.2.2, 3.5.2.2.2, 3.6.2.2.2, 3.9.2.1.2,
 3.11.2.1.2, 3.14.2.2.3). v5_protocol.py (V5.told) loads this module at the first such
 packet, so a broker whose v5 clients are never refused carries none of it; one table for
 every connection, nothing kept per connection."""
@@ -20,7 +20,7 @@ def told(v5, c, pkt, text):
     (for SUBACK and UNSUBACK the highest of its codes) in _WHY for the others, which get one
     only when the client did not ask for none (Request Problem Information 0,
     MQTT-3.1.2-29). None when it goes without: no words for it, or over the client's Maximum
-    Packet Size (MQTT-3.2.2-19, 3.4.2-2, 3.5.2-2, 3.7.2-2, 3.9.2-1, 3.11.2-1, 3.14.2-3); for a
+    Packet Size (MQTT-3.2.2-19, 3.4.2-2, 3.5.2-2, 3.6.2-2, 3.9.2-1, 3.11.2-1, 3.14.2-3); for a
     CONNACK that size is V5.lim, -1 while it is not known."""
     b0 = pkt[0]
     k = 2  # after the remaining length
@@ -43,7 +43,7 @@ def told(v5, c, pkt, text):
             head = pkt[k : k + 2]
             tail = pkt[k + 3 :]
             code = max(tail)
-        else:  # PUBACK, PUBREC, PUBCOMP: packet id, code
+        else:  # PUBACK, PUBREC, PUBREL: packet id, code
             head = pkt[k : k + 3]
             code = pkt[k + 2]
     if text is None:
