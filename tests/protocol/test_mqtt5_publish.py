@@ -39,19 +39,22 @@ def mark(c):
     c.send(m.publish(MARK, b"."))
 
 
-def send_qos(c, pkt_qos, pid, code=0):
-    """After a PUBLISH at pkt_qos, the acknowledgement flow; returns the PUBACK/PUBREC code."""
-    if pkt_qos == 1:
+def published(c, *args, **kw):
+    """c sends m.publish(*args, **kw) and goes through the acknowledgement flow of its QoS;
+    the PUBACK/PUBREC's reason code (None at QoS 0)."""
+    c.send(m.publish(*args, **kw))
+    pid = kw.get("pid")
+    if not kw.get("qos"):
+        return None
+    if kw["qos"] == 1:
         a = c.next(m.PUBACK)
         assert a.pid == pid
         return a.code
-    if pkt_qos == 2:
-        a = c.next(m.PUBREC)
-        assert a.pid == pid
-        c.send(m.ack(m.PUBREL, pid))
-        assert c.next(m.PUBCOMP).pid == pid
-        return a.code
-    return None
+    a = c.next(m.PUBREC)
+    assert a.pid == pid
+    c.send(m.ack(m.PUBREL, pid))
+    assert c.next(m.PUBCOMP).pid == pid
+    return a.code
 
 
 PROPS = [
@@ -72,8 +75,7 @@ def test_properties_pass_through_unchanged(broker, qos):
     sends reaches a v5 subscriber unchanged, at each QoS (MQTT-3.3.4-2 for the QoS)."""
     s = sub5(broker, "s", ("p/#", 2))
     p = v5(broker, "p")
-    p.send(m.publish("p/x", "héllo".encode(), qos=qos, pid=5, properties=PROPS))
-    send_qos(p, qos, 5)
+    published(p, "p/x", "héllo".encode(), qos=qos, pid=5, properties=PROPS)
     mark(p)
     got = until_mark(s)
     assert len(got) == 1
@@ -97,8 +99,7 @@ def test_message_expiry_is_forwarded_with_the_time_left(broker):
     s.close()
     time.sleep(0.2)
     p = v5(broker, "pe")
-    p.send(m.publish("e/1", b"x", qos=1, pid=1, properties=[(m.MESSAGE_EXPIRY, 100)]))
-    send_qos(p, 1, 1)
+    published(p, "e/1", b"x", qos=1, pid=1, properties=[(m.MESSAGE_EXPIRY, 100)])
     time.sleep(2.1)
     s = v5(broker, "exp", clean_start=False, properties=[(m.SESSION_EXPIRY, 600)])
     g = s.next(m.PUBLISH)
@@ -116,10 +117,8 @@ def test_an_expired_message_is_not_sent(broker):
     s.close()
     time.sleep(0.2)
     p = v5(broker, "pg")
-    p.send(m.publish("g/short", b"x", qos=1, pid=1, properties=[(m.MESSAGE_EXPIRY, 1)]))
-    send_qos(p, 1, 1)
-    p.send(m.publish("g/long", b"y", qos=1, pid=2, properties=[(m.MESSAGE_EXPIRY, 100)]))
-    send_qos(p, 1, 2)
+    published(p, "g/short", b"x", qos=1, pid=1, properties=[(m.MESSAGE_EXPIRY, 1)])
+    published(p, "g/long", b"y", qos=1, pid=2, properties=[(m.MESSAGE_EXPIRY, 100)])
     time.sleep(1.6)
     s = v5(broker, "gone", clean_start=False, properties=[(m.SESSION_EXPIRY, 600)])
     mark(p)
@@ -172,12 +171,9 @@ def test_no_matching_subscribers_is_said(broker):
     too, a MAY: Mosquitto does not, and its tests expect 0)."""
     s = sub5(broker, "sn", ("n/yes", 1))
     p = v5(broker, "pn")
-    p.send(m.publish("n/no", b"x", qos=1, pid=1))
-    assert send_qos(p, 1, 1) == 0x10
-    p.send(m.publish("n/no", b"x", qos=2, pid=2))
-    assert send_qos(p, 2, 2) == 0
-    p.send(m.publish("n/yes", b"x", qos=1, pid=3))
-    assert send_qos(p, 1, 3) == 0
+    assert published(p, "n/no", b"x", qos=1, pid=1) == 0x10
+    assert published(p, "n/no", b"x", qos=2, pid=2) == 0
+    assert published(p, "n/yes", b"x", qos=1, pid=3) == 0
     assert s
 
 
@@ -218,8 +214,7 @@ def test_puback_with_a_reason_code_sent_with_connect(broker):
     s.send(m.subscribe(1, ("pc/t", 1)))
     s.next(m.SUBACK)
     p = v5(broker, "pc-pub")
-    p.send(m.publish("pc/t", b"m", qos=1, pid=1))
-    assert send_qos(p, 1, 1) == 0
+    assert published(p, "pc/t", b"m", qos=1, pid=1) == 0
     got = s.next(m.PUBLISH)
     s.close()
     time.sleep(0.3)
@@ -324,8 +319,7 @@ def test_v5_and_311_clients_share_topics(broker):
     s3.send(mqttraw.subscribe(1, ("mix/#", 1)))
     s3.expect(9)
     p5 = v5(broker, "p5")
-    p5.send(m.publish("mix/a", b"from5", qos=1, pid=1, properties=PROPS))
-    send_qos(p5, 1, 1)
+    published(p5, "mix/a", b"from5", qos=1, pid=1, properties=PROPS)
     got3 = s3.expect(3)
     assert (got3.topic, got3.payload, got3.qos) == (b"mix/a", b"from5", 1)
     s3.send(mqttraw.puback(got3.pid))
@@ -348,8 +342,7 @@ def test_receive_maximum_of_the_client_bounds_what_is_in_flight(broker):
     s.next(m.SUBACK)
     p = v5(broker, "prm")
     for i in (1, 2, 3):
-        p.send(m.publish("rm/t", b"%d" % i, qos=1, pid=i))
-        send_qos(p, 1, i)
+        published(p, "rm/t", b"%d" % i, qos=1, pid=i)
     first = s.next(m.PUBLISH)
     assert first.payload == b"1"
     with pytest.raises(socket.timeout):
@@ -370,11 +363,9 @@ def test_maximum_packet_size_of_the_client(broker):
     s.send(m.subscribe(1, ("mp/#", 1), (MARK, 0)))
     s.next(m.SUBACK)
     p = v5(broker, "pmps")
-    p.send(m.publish("mp/big", b"x" * 200, qos=1, pid=1))
-    send_qos(p, 1, 1)
+    published(p, "mp/big", b"x" * 200, qos=1, pid=1)
     p.send(m.publish("mp/big0", b"x" * 200))
-    p.send(m.publish("mp/small", b"y" * 10, qos=1, pid=2))
-    send_qos(p, 1, 2)
+    published(p, "mp/small", b"y" * 10, qos=1, pid=2)
     mark(p)
     assert [g.topic for g in until_mark(s)] == [b"mp/small"]
 
@@ -388,10 +379,8 @@ def test_acknowledgements_with_reason_codes(broker):
     s.send(m.subscribe(1, ("ak/#", 2)))
     s.next(m.SUBACK)
     p = v5(broker, "pak")
-    p.send(m.publish("ak/1", b"1", qos=2, pid=1))
-    send_qos(p, 2, 1)
-    p.send(m.publish("ak/2", b"2", qos=2, pid=2))
-    send_qos(p, 2, 2)
+    published(p, "ak/1", b"1", qos=2, pid=1)
+    published(p, "ak/2", b"2", qos=2, pid=2)
     g = s.next(m.PUBLISH)
     s.send(m.ack(m.PUBREC, g.pid, 0x80, [(m.REASON_STRING, "no thanks")]))
     g2 = s.next(m.PUBLISH)  # the window (Receive Maximum 1) was freed by the 0x80
@@ -435,8 +424,7 @@ def test_refused_qos2_publishes_do_not_count_against_receive_maximum(broker):
     for pid in range(1, rm + 2):
         p.send(m.publish("$q2/t", b"no", qos=2, pid=pid))
         assert p.next(m.PUBREC).code == 0x87
-    p.send(m.publish("q2/t", b"yes", qos=2, pid=rm + 2))
-    assert send_qos(p, 2, rm + 2) == 0
+    assert published(p, "q2/t", b"yes", qos=2, pid=rm + 2) == 0
     mark(p)
     assert [g.payload for g in until_mark(s)] == [b"yes"]
 
@@ -450,8 +438,7 @@ def test_packet_id_of_a_refused_qos2_publish_may_be_reused(broker):
     p = v5(broker, "pq2r")
     p.send(m.publish("$q2r/t", b"no", qos=2, pid=1))
     assert p.next(m.PUBREC).code == 0x87
-    p.send(m.publish("q2r/t", b"yes", qos=2, pid=1))
-    assert send_qos(p, 2, 1) == 0
+    assert published(p, "q2r/t", b"yes", qos=2, pid=1) == 0
     mark(p)
     assert [g.payload for g in until_mark(s)] == [b"yes"], "the message under the reused packet id was lost"
 
@@ -544,9 +531,6 @@ def test_a_bridge_state_topic_may_be_published(broker):
     whether its link is up, as Mosquitto does (its test 03-publish-dollar-v5: nobody
     subscribes, so 0x10)."""
     p = v5(broker, "pub-state")
-    p.send(m.publish("$SYS/broker/uptime", b"x", qos=1, pid=1))
-    assert send_qos(p, 1, 1) == 0x87
-    p.send(m.publish("$SYS/broker/connection/me", b"x", qos=1, pid=2))
-    assert send_qos(p, 1, 2) == 0x87
-    p.send(m.publish("$SYS/broker/connection/me/state", b"1", qos=1, pid=3))
-    assert send_qos(p, 1, 3) == 0x10
+    assert published(p, "$SYS/broker/uptime", b"x", qos=1, pid=1) == 0x87
+    assert published(p, "$SYS/broker/connection/me", b"x", qos=1, pid=2) == 0x87
+    assert published(p, "$SYS/broker/connection/me/state", b"1", qos=1, pid=3) == 0x10
