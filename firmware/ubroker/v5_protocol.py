@@ -95,6 +95,9 @@ class V5Conn:
     # publisher keeps to few topics, and several publishing at once would each push the
     # others' out of a single broker-wide one
     ltopic = None
+    # The Topic Alias that stands for ltopic, 0 none: a publisher's burst by alias is then
+    # resolved without the aliases' dict
+    lal = 0
 
 
 def load(proto):
@@ -134,7 +137,7 @@ class V5(Timers):
         # Reason Strings on refusals: off unless `reason_strings true`, as Mosquitto sends none
         # (and some clients read no acknowledgement longer than its short form)
         self.reasons = cfg.get("reason_strings", False)
-        self.pubp = None  # (property block with its length, props(), fwd, chk) of a PUBLISH: _publish
+        self.pubp = None  # (property block with its length, props(), fwd, chk, alias) of a PUBLISH: _publish
 
     def shutdown(self):
         """Server.shutdown, in its place from the first v5 CONNECT on: each v5 client gets
@@ -491,6 +494,7 @@ class V5(Timers):
             found = last[1]
             fwd = last[2]
             chk = last[3]
+            al = last[4]
             if fwd is not None and fwd[1]:  # a Message Expiry counts from this arrival
                 fwd = (fwd[0], fwd[1], self.server.now)
         else:
@@ -502,20 +506,30 @@ class V5(Timers):
                     fwd = forward(buf, found, self.server.now)
                 else:  # nothing to cut (nor a Message Expiry): forward()'s result, without its call
                     fwd = (bytes(mv[found[0][0] : p]), 0, self.server.now)
-            # Whether the checks below have a property to read: most blocks (User Properties, a
-            # Message Expiry) have none, and the answer is kept with the block
-            chk = found is not None and (_P_ALIAS in found or _P_RESPONSE_TOPIC in found or 1 in found)
+            # What the checks below need of the block, kept with it: its Topic Alias (0 none),
+            # checked here once, and whether it has a Response Topic or a Payload Format
+            # Indicator to check; most blocks (User Properties, a Message Expiry) have neither
+            al = 0
+            chk = False
+            if found is not None:
+                if _P_ALIAS in found:
+                    al = found[_P_ALIAS]
+                    if not 0 < al <= self.aliases:
+                        raise Malformed("topic alias %d" % al, 0x94)  # section 3.3.2.3.4
+                chk = _P_RESPONSE_TOPIC in found or 1 in found
             if p - a <= 64:
-                self.pubp = (bytes(mv[a:p]), found, fwd, chk)
-        if chk and _P_ALIAS in found:
-            al = found[_P_ALIAS]
-            if not 0 < al <= self.aliases:
-                raise Malformed("topic alias %d" % al, 0x94)  # section 3.3.2.3.4
+                self.pubp = (bytes(mv[a:p]), found, fwd, chk, al)
+        if al:
             if topic:
-                check_utf8(topic)
+                if topic is not t:
+                    check_utf8(topic)
+                elif v.lal != al:  # the last topic, under another alias: which one now
+                    v.lal = al
                 if v.aliases is None:
                     v.aliases = {}
                 v.aliases[al] = topic
+            elif al == v.lal:
+                topic = t  # the alias of the client's last topic (lal's rule)
             else:
                 topic = v.aliases.get(al) if v.aliases else None  # type: ignore[assignment]
                 if topic is None:
@@ -535,6 +549,8 @@ class V5(Timers):
                 raise Malformed("topic name with a wildcard", 0x90)  # MQTT-3.3.2-2
         if topic is not t:
             v.ltopic = topic
+            if al or v.lal:  # no instance slot for a client that uses no alias
+                v.lal = al
         if qos > b_.max_qos:
             raise Malformed("QoS above Maximum QoS", 0x9B)  # MQTT-3.2.2-11
         retain = b0 & 1

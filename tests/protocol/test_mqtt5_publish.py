@@ -139,6 +139,38 @@ def test_topic_alias_from_the_client(broker):
     assert all(prop(g.props, m.TOPIC_ALIAS) is None for g in got)
 
 
+def test_topic_aliases_mixed_with_topics_and_remapped(broker):
+    """MQTT-3.3.2-12 and section 3.3.2.3.4: an alias keeps standing for the topic last set
+    for it whatever the client publishes in between: a topic without alias, the same topic
+    under a second alias, another alias; and a new topic for an alias replaces the old one.
+    (The broker resolves a burst on its last topic's alias without its table: each step here
+    changes which topic and alias were the last ones.)"""
+    s = sub5(broker, "sm", ("am/#", 0))
+    p = v5(broker, "pm")
+    steps = [  # (topic sent, alias sent, topic the subscriber must see)
+        ("am/a", 1, "am/a"),
+        ("", 1, "am/a"),
+        ("am/b", None, "am/b"),  # no alias: alias 1 still stands for am/a
+        ("", 1, "am/a"),
+        ("am/a", 2, "am/a"),  # the last topic again, under a second alias
+        ("", 1, "am/a"),
+        ("", 2, "am/a"),
+        ("am/c", 1, "am/c"),  # alias 1 now stands for am/c; alias 2 still for am/a
+        ("", 2, "am/a"),
+        ("", 1, "am/c"),
+        ("am/c", None, "am/c"),
+        ("", 1, "am/c"),
+        ("am/d", 2, "am/d"),
+        ("", 1, "am/c"),
+        ("", 2, "am/d"),
+    ]
+    for i, (topic, alias, _) in enumerate(steps):
+        p.send(m.publish(topic, b"%d" % i, properties=[] if alias is None else [(m.TOPIC_ALIAS, alias)]))
+    mark(p)
+    got = until_mark(s)
+    assert [(g.topic, g.payload) for g in got] == [(want.encode(), b"%d" % i) for i, (_, _, want) in enumerate(steps)]
+
+
 @pytest.mark.parametrize("alias,topic,code", [(0, "t", 0x94), (9, "t", 0x94), (4, "", 0x82)])
 def test_bad_topic_alias_gets_disconnect(broker, alias, topic, code):
     """Section 3.3.2.3.4, MQTT-3.3.2-8/9: Topic Alias 0 or above the server's Topic Alias
