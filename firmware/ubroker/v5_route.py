@@ -293,7 +293,7 @@ class Router:
                 if v is None:  # a 3.1.1 client took the v5 session back: no properties, no RAP
                     b_write_publish(b, c, topic, payload, 0, False, False, 0)
                 else:
-                    self.fwrite(self, c, topic, payload, 0, rflag, False, 0, extra)
+                    self.fwrite(self, c, topic, payload, 0, rflag, False, 0, extra)  # type: ignore[attr-defined]
             elif c is not None:
                 b.stats.dropped += 1
                 b.stats.hit("out_buffer")
@@ -331,7 +331,7 @@ class Router:
                     s.inflight = f = []
                 f.append(e)
                 b.held_bytes += ENTRY_COST
-                self.fwrite(self, c, topic, payload, q, False, False, pid, extra)  # (RETAIN: extra's)
+                self.fwrite(self, c, topic, payload, q, False, False, pid, extra)  # type: ignore[attr-defined]  # (RETAIN: extra's)
                 return
         # The extra field (and the group that gave it, should s's session end first) in the
         # list as made: an append would grow it (a second block)
