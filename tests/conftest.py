@@ -30,10 +30,20 @@ if not os.path.exists(UBROKER):
 SMALLEST_BOARD = "esp32"
 
 
+_GIVEN = set()  # the ports free_port() has handed out in this run
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and not handed out before in this run. The kernel may give
+    two calls in a row the same port, the first not bound yet: a broker given both for two
+    listeners then stops with EADDRINUSE (seen once in test_ws_frames)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 class RunningBroker:
