@@ -10,6 +10,7 @@ bench/RESULTS.md on request). The parts, one job each, none importing this modul
   bench_ws         the WebSockets scenario's check that a broker's listener answers the Upgrade
   bench_report     the tables, the targets, the verdicts
   bench_rounds     --rounds N: which round of a broker's scenario the tables report
+  bench_steal      a run during which the hypervisor stole CPU time is run again
   bench_bridge     the `bridge` scenario (and its own bench_bridge_* parts)"""
 
 import argparse
@@ -27,6 +28,7 @@ from .bench_peers import BROKERS, make_broker
 from .bench_proc import BENCH
 from .bench_report import NOTE, is_failure, render, summary
 from .bench_rounds import select
+from .bench_steal import undisturbed
 from .bench_scenarios import SCENARIOS, build_loadgen, run_scenario
 
 HELP = """Benchmark ubroker (unix port) against Mosquitto, aedes and amqtt, side by side.
@@ -153,7 +155,8 @@ def main(args):
         for s in scen:
             for b in (list(brokers) if n % 2 == 0 else list(brokers)[::-1]):
                 t = time.time()
-                r = run_scenario(brokers[b], s, exe, opts)
+                r = undisturbed(lambda: run_scenario(brokers[b], s, exe, opts),
+                                log=lambda m: print("bench: %-9s %-8s %s" % (b, s, m), file=sys.stderr))
                 if args.rounds > 1:
                     r["round"] = n + 1
                 rounds[b][s].append(r)

@@ -3,6 +3,8 @@ table with ratios to Mosquitto, what each scenario's verification found, the CPU
 against the targets of issue 2, the one-line summary printed as each scenario ends, and which
 results count as ubroker failing (the exit status)."""
 
+from .bench_steal import rerun_note
+
 
 def fmt_num(v, unit=""):
     if v is None:
@@ -193,6 +195,8 @@ def render(report):
     if report.get("rounds"):
         out.extend(rounds_table(report, names))
         out.append("")
+    out.append(rerun_note(report.get("rounds") or report["results"]))
+    out.append("")
     if any(s in report["scenarios"] for s in OVER_TCP):
         out.append("Over WebSockets: (×) is to Mosquitto over WebSockets, as elsewhere; [× own TCP] to the same "
                    "broker's figure over TCP in this run. A broker whose WebSockets listener does not answer the "
@@ -400,5 +404,10 @@ def summary(r):
         main_ = "%s of %s clients in, %s s" % (r.get("connected"), r.get("clients"), fmt_num(r.get("seconds")))
     else:
         main_ = "%s /s" % fmt_num(r.get("rate"))
-    return "%s  [cpu broker %s%%, loadgen %s%%]  %s" % (main_, fmt_num(r.get("broker_cpu_pct")),
-                                                      fmt_num(r.get("loadgen_cpu_pct")), verification(r))
+    stolen = ""
+    if r.get("steal_pct") is not None:
+        stolen = ", stolen %s%%" % fmt_num(r["steal_pct"])
+        if r.get("attempts", 1) > 1:
+            stolen += " (run %d times)" % r["attempts"]
+    return "%s  [cpu broker %s%%, loadgen %s%%%s]  %s" % (main_, fmt_num(r.get("broker_cpu_pct")),
+                                                        fmt_num(r.get("loadgen_cpu_pct")), stolen, verification(r))
