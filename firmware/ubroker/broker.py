@@ -216,20 +216,20 @@ class Broker:
         """A packet other than PUBLISH (those are encoded by _write_publish/_write_raw)."""
         out = conn.out
         if not out:
-            out = b_out(self, conn)
+            out = self._out(conn)
         out += data
         self.stats.msgs_out += 1
         if out is self.scratch or _len(out) >= self.flush_at:
-            b_done(self, conn, out)
+            self._done(conn, out)
 
     def _write_publish(self, conn, topic, payload, qos, retain, dup, pid):
         if conn.v5 is not None:  # with properties (v5_route.py)
-            return self.v5.fwrite(self.v5, conn, topic, payload, qos, retain, dup, pid)  # type: ignore[attr-defined]
+            return self.v5.write(conn, topic, payload, qos, retain, dup, pid)  # type: ignore[attr-defined]
         if conn.bridge is not None:
             topic = conn.bridge.remote_topic(topic)
         out = conn.out
         if not out:
-            out = b_out(self, conn)
+            out = self._out(conn)
         # The PUBLISH encoded here, inline: this runs for every message delivered
         tl = _len(topic)
         rl = 2 + tl + _len(payload)
@@ -249,18 +249,18 @@ class Broker:
         out += payload
         self.stats.pub_out += 1
         if out is self.scratch or _len(out) >= self.flush_at:
-            b_done(self, conn, out)
+            self._done(conn, out)
 
     def _write_raw(self, conn, raw):
         out = conn.out
         if not out:
-            out = b_out(self, conn)
+            out = self._out(conn)
         out.append(0x30)
         put_length(out, len(raw))
         out.extend(raw)
         self.stats.pub_out += 1
         if out is self.scratch or _len(out) >= self.flush_at:
-            b_done(self, conn, out)
+            self._done(conn, out)
 
     # ---------------------------------------------------------------- routing
 
@@ -360,7 +360,7 @@ class Broker:
                         return False
                     i += 2
         if first is not None:
-            b_send(self, first, self.pkt)
+            self.send(first, self.pkt)
         msg = None
         i = 0
         while i < n:
@@ -374,16 +374,16 @@ class Broker:
                     if q > 7:  # a shared subscription's group (v5_shared.py): one of its members
                         s.route(self, topic, payload, qos, retain, props, size)
                     else:  # a v5 subscription (its QoS carries the v5 mark): options, properties
-                        self.v5.froute(self.v5, s, q, topic, payload, qos, retain, props, size)  # type: ignore[attr-defined]
+                        self.v5.route(s, q, topic, payload, qos, retain, props, size)  # type: ignore[attr-defined]
                     continue
                 q = qos
             if q == 0:
                 c = s.conn
                 if c is not None and (c.out is None or len(c.out) < self.out_limit):
                     if raw is None or c.bridge is not None:
-                        b_write_publish(self, c, topic, payload, 0, False, False, 0)
+                        self._write_publish(c, topic, payload, 0, False, False, 0)
                     else:
-                        b_write_raw(self, c, raw)
+                        self._write_raw(c, raw)
                     continue
                 if c is not None:
                     self.stats.dropped += 1
@@ -421,13 +421,13 @@ class Broker:
                     s.inflight = w = []
                 w.append(e)
                 self.held_bytes += ENTRY_COST
-                b_write_publish(self, c, topic, payload, q, False, False, pid)
+                self._write_publish(c, topic, payload, q, False, False, pid)
                 continue
             if msg is None:
                 msg = [topic, _bytes(payload), 0]  # MSG layout (session.py): topic, payload, mid
                 if props is not None and props[1]:  # its Message Expiry holds for 3.1.1 too
                     msg.append(self.v5.plain(props))  # type: ignore[attr-defined]
-            b_deliver(self, s, msg, q, False, size)
+            self.deliver(s, msg, q, False, size)
         if force and self.persist is not None:
             self.persist.forget_fresh()
         if retain:
@@ -462,7 +462,7 @@ class Broker:
             if inflight is None:
                 s.inflight = inflight = []
             inflight.append(entry)
-            b_write_publish(self, c, msg[0], msg[1], qos, retain, False, pid)
+            self._write_publish(c, msg[0], msg[1], qos, retain, False, pid)
         elif not s.queue or _len(s.queue) < (s.qmax or self.max_queued):
             if s.queue is None:
                 s.queue = []
@@ -516,9 +516,9 @@ class Broker:
             if c.v5 is not None:
                 # _write_publish's first case without its call (a v5 subscriber's every
                 # message comes here once its window is full); its RETAIN from the extra field
-                self.v5.fwrite(self.v5, c, k[0], k[1], e[_QOS], False, dup, e[_PID])  # type: ignore[attr-defined]
+                self.v5.write(c, k[0], k[1], e[_QOS], False, dup, e[_PID])  # type: ignore[attr-defined]
                 continue
-            b_write_publish(self, c, k[0], k[1], e[_QOS], _len(k) > 3 and k[3][4] is True, dup, e[_PID])
+            self._write_publish(c, k[0], k[1], e[_QOS], _len(k) > 3 and k[3][4] is True, dup, e[_PID])
         if not queue:
             s.queue = None
 
@@ -549,7 +549,7 @@ class Broker:
             self.persist.entry_done(s, e)
         self.freed = True
         if s.queue:
-            b_refill(self, s)
+            self.refill(s)
 
     def resend(self, s):
         """On reconnect, resend what was in flight in its original order, with DUP, and the
@@ -714,22 +714,3 @@ class Broker:
                 self.drop_session(s)
         if will is not None and abnormal:
             self.publish(will[0], will[1], will[2], will[3], True)
-
-
-# The methods that run per message, as module globals, called with the broker first (here,
-# in server.py, protocol.py and the v5 modules). Through the instance, MicroPython looks a
-# method up in the instance's own attribute table first, a table it fills completely before
-# it grows it: the search for a name the table lacks runs along the occupied slots from the
-# name's hash to an empty one, a division at each, and only then asks the class (the
-# broker's table after a fan-in: 1 to 16 slots for these, 10 for release;
-# tools/attr_probes.py). A module global is found at once. A method an instance may have in
-# its place (tick, resend, mark_dirty in tests) is still called as one.
-b_publish = Broker.publish
-b_send = Broker.send
-b_out = Broker._out
-b_done = Broker._done
-b_write_publish = Broker._write_publish
-b_write_raw = Broker._write_raw
-b_deliver = Broker.deliver
-b_refill = Broker.refill
-b_release = Broker.release

@@ -5,7 +5,6 @@ when the packet cannot be taken yet (a subscriber has no room) and must be offer
 
 from micropython import const
 
-from .broker import b_publish, b_release, b_send
 from .codec import PINGRESP_PKT, Malformed, ack, check_utf8, field, suback, u16, utf8
 from .topics import forbidden, valid_filter, valid_topic
 
@@ -146,7 +145,7 @@ class Protocol:
         pid = (buf[pos] << 8) | buf[pos + 1]
         if pid == 0:
             raise Malformed("packet id 0")  # MQTT-2.3.1-1
-        b_release(self.b, c.sess, 0, pid)  # the QoS 1 entry of pid, if there is one
+        self.b.release(c.sess, 0, pid)  # the QoS 1 entry of pid, if there is one
         return True
 
     def answer(self, c, b0, pid):
@@ -156,7 +155,7 @@ class Protocol:
         pkt[0] = b0
         pkt[2] = pid >> 8
         pkt[3] = pid & 0xFF
-        b_send(self.b, c, pkt)
+        self.b.send(c, pkt)
 
     # ------------------------------------------------------------------ CONNECT
 
@@ -390,7 +389,7 @@ class Protocol:
             else:
                 payload = rmv[p:end]
                 raw = rmv[pos:end] if qos == 0 else None
-            if not b_publish(b_, topic, payload, qos, retain, False, raw, c.peer, acked):
+            if not b_.publish(topic, payload, qos, retain, False, raw, c.peer, acked):
                 return False
         st = b_.stats
         st.pub_in += 1

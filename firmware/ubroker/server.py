@@ -12,7 +12,7 @@ import time
 from micropython import const
 
 from . import forget
-from .broker import Broker, b_refill
+from .broker import Broker
 from .buffers import rebuild, table
 from .codec import Malformed, decode_length
 from .protocol import Protocol
@@ -298,12 +298,12 @@ class Server:
         self.broker.stats.bytes_in += n
         if c.sess is not None:  # before CONNECT, the accept time stays: a byte a second
             c.last = self.now  # must not keep a slowloris past connect_timeout
-        s_consume(self, c, have + n, keep)
+        self.consume(c, have + n, keep)
         if c.out:  # (none once consume closed it: close() gives c.out back)
             # Its answers (PUBACK, PUBREC, ...) now, not after the other sockets of this pass
             # are read: the client sends its next messages while the broker works on the
             # rest (the same one write per pass; fan-in QoS 1 +30 %, side by side).
-            s_write_out(self, c, True)
+            self.write_out(c, True)
 
     def consume(self, c, have, keep=None):
         """Handle the complete packets in rbuf[:have]; keep the incomplete rest in c.rx. A
@@ -315,7 +315,7 @@ class Server:
                 # A v5 connection's packets go straight to the v5 handlers (Broker.v5, same
                 # calls): Protocol.publish/handle would only pass them on, each with a frame
                 # that is a heap block on MicroPython. One test per read, not per packet.
-                s_packets(self, c, have, self.proto if c.v5 is None else self.broker.v5)  # type: ignore[attr-defined]
+                self._packets(c, have, self.proto if c.v5 is None else self.broker.v5)  # type: ignore[attr-defined]
         except Malformed as e:
             why = "protocol error: %s" % e.args[0]
             if c.v5 is not None:  # DISCONNECT with the reason first (MQTT 5.0 section 4.13)
@@ -343,14 +343,6 @@ class Server:
             pos = self._long(c, 0, have, proto, 0, 0)
             if pos < 0:
                 return
-        # The handlers as functions (broker.py says why, at b_send): the 3.1.1 ones, or those
-        # of the v5 object's class, once per read
-        if c.v5 is None:
-            pub = p_publish
-            han = p_handle
-        else:
-            pub = proto.fpub
-            han = proto.fhandle
         while have - pos >= 2:
             rl = buf[pos + 1]
             p = pos + 2
@@ -372,11 +364,11 @@ class Server:
             b0 = buf[pos]
             # PUBLISH from a connected client, the usual packet, skips the dispatch
             if b0 >> 4 == 3 and c.sess is not None:
-                ok = pub(proto, c, b0, buf, p, end)
+                ok = proto.publish(c, b0, buf, p, end)
             elif b0 == 0x40 and c.v5 is None and c.sess is not None:  # and PUBACK (see puback)
-                ok = p_puback(proto, c, buf, p, end)
+                ok = proto.puback(c, buf, p, end)
             else:
-                ok = han(proto, c, b0, buf, p, end)
+                ok = proto.handle(c, b0, buf, p, end)
             if not ok:
                 self._carry(c, pos, have)
                 self.pause(c)
@@ -476,7 +468,7 @@ class Server:
         dirty = b.dirty
         while b.fcur < b.ndirty:
             c = dirty[b.fcur]
-            s_write_out(self, c, True)
+            self.write_out(c, True)
             i = b.fcur  # again: listing others may have moved the list up (mark_dirty)
             dirty[i] = None
             b.fcur = i + 1
@@ -525,7 +517,7 @@ class Server:
             # write goes out with the next pass (_mask asks for POLLOUT).
             s = c.sess
             if s is not None and s.queue and s.conn is c:
-                b_refill(self.broker, s)
+                self.broker.refill(s)
         self._mask(c)
 
     # ------------------------------------------------------------------ timers
@@ -631,7 +623,7 @@ class Server:
             if flags & _OUT and c.out:
                 b.mark_dirty(c)
             if flags & (_IN | _ERR):
-                s_read(self, c)
+                self.read(c)
         if ready is not None:
             # New sockets after this pass's reads: a client accepted in the last pass has its
             # CONNECT read before a flood's newer sockets can make it the oldest half-open one.
@@ -681,13 +673,3 @@ class Server:
         conns.clear()
         for s in self.listeners:
             s.close()
-
-
-# The methods that run per read and per packet, as functions (broker.py says why, at b_send)
-s_read = Server.read
-s_consume = Server.consume
-s_packets = Server._packets
-s_write_out = Server.write_out
-p_publish = Protocol.publish
-p_puback = Protocol.puback
-p_handle = Protocol.handle

@@ -14,7 +14,6 @@ from micropython import const
 
 gc.collect()  # before the other v5 modules load: they need the heap in few pieces
 
-from .broker import b_publish, b_release, b_send
 from .codec import PINGRESP_PKT, Malformed, check_utf8, field, u16, utf8
 from .topics import forbidden, valid_topic
 from .v5_codec import ack, disconnect, packet, props, put_str, put_u
@@ -127,14 +126,6 @@ class V5(Timers):
     def __init__(self, proto):
         Timers.__init__(self, proto.b, proto.server)
         self.p = proto
-        # The per-message methods, found at once in this table and called as functions with
-        # this object first (broker.py says why, at b_send): those of its class, since a
-        # bridge's Link (bridge_v5.py) has its own publish, handle and write
-        cls = type(self)
-        self.fpub = cls.publish
-        self.fhandle = cls.handle
-        self.froute = cls.route
-        self.fwrite = cls.write
         cfg = proto.cfg
         self.cfg = cfg
         # CONNACK Receive Maximum, and the inbound QoS 2 ids a v5 client may leave waiting for
@@ -383,7 +374,7 @@ class V5(Timers):
             if b0 == 0x40 and end - pos == 2 and (buf[pos] or buf[pos + 1]):
                 # A PUBACK without reason code, one per QoS 1 delivery: ack_in's answer
                 # without its frame, which is a heap block on MicroPython
-                b_release(self.b, c.sess, 0, (buf[pos] << 8) | buf[pos + 1])  # the QoS 1 entry of that id, if any
+                self.b.release(c.sess, 0, (buf[pos] << 8) | buf[pos + 1])  # the QoS 1 entry of that id, if any
                 return True
             ptype = b0 >> 4
             if ptype == 3:
@@ -458,7 +449,7 @@ class V5(Timers):
         # PUBACK, PUBCOMP, or a PUBREC with a reason code of 0x80 or more, which ends the
         # exchange (section 4.3.3): the message is done
         if e[_QOS] == (1 if ptype == 4 else 2) and e[_STAGE] == (_AWAIT_COMP if ptype == 7 else _AWAIT_ACK):
-            b_release(b_, s, i)
+            b_.release(s, i)
         return True
 
     # ------------------------------------------------------------------ PUBLISH
@@ -605,7 +596,7 @@ class V5(Timers):
                 pkt[2] = pid >> 8
                 pkt[3] = pid & 0xFF
             self.sender = s
-            ok = b_publish(b_, topic, mv[p:end], qos, retain == 1, False, None, None, acked, fwd)
+            ok = b_.publish(topic, mv[p:end], qos, retain == 1, False, None, None, acked, fwd)
             self.sender = None
             if not ok:
                 return False
@@ -636,7 +627,7 @@ class V5(Timers):
             pkt[0] = 0x40 if qos == 1 else 0x50
             pkt[2] = pid >> 8
             pkt[3] = pid & 0xFF
-            b_send(b_, c, pkt)
+            b_.send(c, pkt)
         return True
 
     # A PUBLISH from Server._packets (or protocol.publish), without handle()'s call (1.8k

@@ -14,7 +14,7 @@ import time
 
 from micropython import const
 
-from .broker import _WRITTEN, b_deliver, b_done, b_out, b_write_publish, expired
+from .broker import _WRITTEN, expired
 from .codec import put_length
 from .session import ENTRY_COST, RETAINED, cost
 from .topics import match_levels
@@ -291,9 +291,9 @@ class Router:
         if q == 0:
             if c is not None and (c.out is None or _len(c.out) < b.out_limit):
                 if v is None:  # a 3.1.1 client took the v5 session back: no properties, no RAP
-                    b_write_publish(b, c, topic, payload, 0, False, False, 0)
+                    b._write_publish(c, topic, payload, 0, False, False, 0)
                 else:
-                    self.fwrite(self, c, topic, payload, 0, rflag, False, 0, extra)  # type: ignore[attr-defined]
+                    self.write(c, topic, payload, 0, rflag, False, 0, extra)
             elif c is not None:
                 b.stats.dropped += 1
                 b.stats.hit("out_buffer")
@@ -331,7 +331,7 @@ class Router:
                     s.inflight = f = []
                 f.append(e)
                 b.held_bytes += ENTRY_COST
-                self.fwrite(self, c, topic, payload, q, False, False, pid, extra)  # type: ignore[attr-defined]  # (RETAIN: extra's)
+                self.write(c, topic, payload, q, False, False, pid, extra)  # (RETAIN: extra's)
                 return
         # The extra field (and the group that gave it, should s's session end first) in the
         # list as made: an append would grow it (a second block)
@@ -340,7 +340,7 @@ class Router:
         else:
             msg = [topic, _bytes(payload), 0] if extra is None else [topic, _bytes(payload), 0, extra]
         if not w:
-            b_deliver(b, s, msg, q, False, size)
+            b.deliver(s, msg, q, False, size)
             return
         # Broker.deliver's case when messages wait already (a busy subscriber's usual one):
         # behind them, in the same steps, without deliver()'s call
@@ -405,7 +405,7 @@ class Router:
             topic, pr = self.alias(v, topic, payload, qos, pr)  # type: ignore[attr-defined]
         out = c.out
         if not out:  # _out() and _done() only when they have something to do (Broker._out)
-            out = b_out(b, c)
+            out = b._out(c)
         tl = _len(topic)
         n = _len(pr)
         # The lengths under 128, the usual ones, written without put_length's call
@@ -431,7 +431,7 @@ class Router:
         out += payload
         b.stats.pub_out += 1
         if out is b.scratch or _len(out) >= b.flush_at:
-            b_done(b, c, out)
+            b._done(c, out)
 
 
     def dropped(self, s, i):
