@@ -7,8 +7,9 @@ hash slot along the run of occupied slots to the next empty one, each step a div
 only then is the class asked. With a full table that is every slot. This prints, after the
 in-process MQTT 5 fan-in of tools/fanin_v5_inprocess.py (so that the tables hold what a
 running broker's hold), each object's slots used/allocated and the slots scanned for each
-method or class default it lacks, longest first. The per-message ones are called through the
-module-level names (broker.b_send, ...) instead; this is how to see why.
+method or class default it lacks, longest first: what a method called through the instance
+costs before the class is asked (docs/performance.md, "Methods looked up through a full
+attribute table").
 
     N=2000 MICROPYPATH=build/run-x64:.frozen:tools .venv/bin/micropython -X heapsize=8M \\
         tools/attr_probes.py
